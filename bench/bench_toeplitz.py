@@ -1,0 +1,94 @@
+"""Throughput of Toeplitz privacy amplification (qkdnet.node.toeplitz).
+
+Prints, for n in {1e5, 1e6, 2e6} and compression m/n in {0.2, 0.5, 0.8}, the median time per
+call and the throughput in Mbit/s of *input* for the one-shot ``toeplitz_hash`` (default
+method and the three-FFT ``direct`` method) and for ``ToeplitzHasher.hash`` (precomputed seed
+spectrum). Planning (first call per FFT length) is timed separately.
+
+Usage: ``python bench/bench_toeplitz.py [--repeats R] [--measure] [--wisdom FILE]``.
+``--measure`` plans with FFTW_MEASURE (can take minutes per FFT length unless ``--wisdom``
+points to a file saved by an earlier run); runtime is otherwise well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from qkdnet.node import toeplitz
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--measure", action="store_true", help="plan with FFTW_MEASURE")
+    parser.add_argument("--wisdom", type=Path, help="FFTW wisdom file to load and save")
+    args = parser.parse_args()
+
+    if args.wisdom is not None and args.wisdom.exists():
+        ok = toeplitz.import_wisdom(pickle.loads(args.wisdom.read_bytes()))
+        print(f"wisdom loaded from {args.wisdom}: {ok}")
+    if args.measure:
+        toeplitz.configure_fftw(planner_effort="FFTW_MEASURE")
+    settings = toeplitz.fftw_settings()
+    print(f"FFTW threads={settings.threads} planner={settings.planner_effort}")
+    header = (
+        f"{'n':>9} {'m/n':>4} {'FFT len':>9} {'variant':>10} {'first ms':>8} "
+        f"{'median ms':>10} {'Mbit/s':>8}"
+    )
+    print(header)
+    rng = np.random.default_rng(2024)
+    for n in (100_000, 1_000_000, 2_000_000):
+        bits = rng.integers(0, 2, n, dtype=np.uint8)
+        for ratio in (0.2, 0.5, 0.8):
+            m = int(n * ratio)
+            seed = rng.integers(0, 2, toeplitz.seed_length(n, m), dtype=np.uint8)
+            length = toeplitz.fft_length(n, m)
+            reference = toeplitz.toeplitz_hash(bits, seed, m, method="direct")
+
+            def one_shot(method: toeplitz.Method) -> Callable[[], object]:
+                return lambda: toeplitz.toeplitz_hash(bits, seed, m, method=method)
+
+            variants: list[tuple[str, Callable[[], object]]] = [
+                ("one-shot", one_shot("auto")),
+                ("direct", one_shot("direct")),
+            ]
+            start = time.perf_counter()
+            hasher = toeplitz.ToeplitzHasher(seed, n, m)
+            hasher_setup = time.perf_counter() - start
+            variants.append(("hasher", lambda: hasher.hash(bits)))
+            for name, fn in variants:
+                start = time.perf_counter()
+                result = fn()  # first call: plans the FFT length if needed
+                first = time.perf_counter() - start
+                assert isinstance(result, np.ndarray) and np.array_equal(result, reference)
+                if name == "hasher":
+                    first += hasher_setup
+                seconds = _median_seconds(fn, args.repeats)
+                print(
+                    f"{n:>9} {ratio:>4} {length:>9} {name:>10} {first * 1e3:>8.1f} "
+                    f"{seconds * 1e3:>10.2f} {n / seconds / 1e6:>8.1f}",
+                    flush=True,
+                )
+    if args.wisdom is not None:
+        args.wisdom.write_bytes(pickle.dumps(toeplitz.export_wisdom()))
+        print(f"wisdom saved to {args.wisdom}")
+
+
+if __name__ == "__main__":
+    main()

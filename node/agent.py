@@ -1,0 +1,302 @@
+"""The node agent: one asyncio event loop serving gRPC (mutual TLS) and running the links.
+
+`qkdnet node --config FILE` calls `main(path)`. The agent checks its configuration and
+certificates first (a problem stops it with one message and exit status 2), opens one key store
+per link, starts the gRPC server (link services, node control, health checking, reflection),
+starts a transmitter task for every link it transmits on, writes `ready.json` into its state
+directory, and runs until SIGTERM or SIGINT (a second signal exits at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from qkdnet.v1 import control_pb2, control_pb2_grpc, link_pb2, link_pb2_grpc
+
+from .authentication import LinkAuthenticator, read_psk
+from .config import NodeConfig, load_node_config
+from .conversation import TamperFault
+from .errors import ConfigError, LinkError, QkdnetError
+from .key_store import KeyStore
+from .link import GRPC_OPTIONS, LinkEnd, ReceiverLink, TransmitterLink, link_id_for
+from .structured_log import configure_logging, log_event
+from .tls import NodeCredentials, load_credentials
+
+__all__ = ["NodeAgent", "main", "peer_common_name"]
+
+logger = logging.getLogger("qkdnet.node.agent")
+
+
+def peer_common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The CN of the client certificate of the caller ('' when there is none)."""
+    names = list(context.auth_context().get("x509_common_name", []))
+    return names[0].decode() if names else ""
+
+
+class _LinkServices(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.ClassicalChannelServicer):
+    """QuantumChannel and ClassicalChannel: only the configured peer of a link may call."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self._agent = agent
+
+    async def _receiver(self, context: grpc.aio.ServicerContext[Any, Any]) -> ReceiverLink:
+        peer = peer_common_name(context)
+        link = self._agent.links.get(peer)
+        if not isinstance(link, ReceiverLink):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no link from {peer!r}")
+            raise AssertionError("unreachable")
+        return link
+
+    async def Transmit(
+        self,
+        request_iterator: AsyncIterator[link_pb2.PhotonChunk],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> link_pb2.TransmitSummary:
+        link = await self._receiver(context)
+        try:
+            frames = await link.receive_photons(request_iterator)
+        except LinkError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        return link_pb2.TransmitSummary(frames=frames)
+
+    async def Session(  # type: ignore[override]  # reads and writes through the context
+        self,
+        request_iterator: AsyncIterator[link_pb2.Envelope],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        link = await self._receiver(context)
+        try:
+            await link.serve(context)
+        except LinkError as exc:
+            await context.abort(grpc.StatusCode.ABORTED, f"{exc.reason}: {exc}")
+
+
+class _ControlService(control_pb2_grpc.NodeControlServicer):
+    """NodeControl: status, key digests and fault injection, for the orchestrator only."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self._agent = agent
+
+    async def _authorise(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if peer_common_name(context) not in self._agent.config.controllers:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a controller")
+
+    async def _link(self, link_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> LinkEnd:
+        for link in self._agent.links.values():
+            if link.link_id == link_id:
+                return link
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no link {link_id!r} on this node")
+        raise AssertionError("unreachable")
+
+    async def GetStatus(
+        self, request: control_pb2.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.NodeStatus:
+        await self._authorise(context)
+        return self._agent.status()
+
+    async def GetKeyDigest(
+        self, request: control_pb2.KeyDigestRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.KeyDigest:
+        await self._authorise(context)
+        if len(request.nonce) < 16:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nonce of at least 16 bytes")
+        link = await self._link(request.link_id, context)
+        nonce = bytes(request.nonce)
+        digests = await link.store.run(lambda db: db.digests(nonce))
+        return control_pb2.KeyDigest(
+            link_id=link.link_id,
+            blocks=[
+                control_pb2.BlockDigest(
+                    block_id=d.block_id,
+                    bits=d.bits,
+                    consumed=d.consumed,
+                    digest=d.digest,
+                    ones=d.ones,
+                    frame=d.frame,
+                    pending=d.pending,
+                )
+                for d in digests
+            ],
+        )
+
+    async def InjectFault(
+        self, request: control_pb2.FaultRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.FaultReply:
+        await self._authorise(context)
+        link = await self._link(request.link_id, context)
+        try:
+            fault = TamperFault(request.kind, request.target)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        link.arm_fault(fault)
+        log_event(logger, logging.WARNING, "fault_armed", link=link.link_id, kind=fault.kind)
+        return control_pb2.FaultReply(armed=True)
+
+
+class NodeAgent:
+    """A running node: server, links, stores."""
+
+    def __init__(self, config: NodeConfig, credentials: NodeCredentials) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.links: dict[str, LinkEnd] = {}
+        self.started = time.monotonic()
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="numpy")
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        for link_cfg in cfg.links:
+            psk = read_psk(link_cfg.psk_file)
+            link_id = link_id_for(cfg.node_id, link_cfg.peer)
+            store = await KeyStore.open(cfg.state_dir / "links" / f"{link_id}.sqlite")
+            transmits = cfg.node_id < link_cfg.peer
+            auth = await LinkAuthenticator.load(store, psk, 0 if transmits else 1)
+            common: dict[str, Any] = {
+                "node_id": cfg.node_id,
+                "config": link_cfg,
+                "store": store,
+                "auth": auth,
+                "executor": self._executor,
+            }
+            link: LinkEnd
+            if transmits:
+                link = TransmitterLink(credentials=self.credentials.channel(), **common)
+            else:
+                link = ReceiverLink(**common)
+            self.links[link_cfg.peer] = link
+
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        services = _LinkServices(self)
+        link_pb2_grpc.add_QuantumChannelServicer_to_server(services, server)
+        link_pb2_grpc.add_ClassicalChannelServicer_to_server(services, server)
+        control_pb2_grpc.add_NodeControlServicer_to_server(_ControlService(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [
+            link_pb2.DESCRIPTOR.services_by_name["QuantumChannel"].full_name,
+            link_pb2.DESCRIPTOR.services_by_name["ClassicalChannel"].full_name,
+            control_pb2.DESCRIPTOR.services_by_name["NodeControl"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, server)
+        try:
+            self.port = server.add_secure_port(cfg.listen, self.credentials.server())
+        except RuntimeError:
+            raise ConfigError(f"listen: cannot listen on {cfg.listen}") from None
+        await server.start()
+        self._server = server
+        for name in names[:3]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for link in self.links.values():
+            if isinstance(link, TransmitterLink):
+                self._tasks.append(asyncio.create_task(link.run(), name=f"link {link.link_id}"))
+        self._write_ready()
+        log_event(
+            logger,
+            logging.INFO,
+            "node_started",
+            listen=cfg.listen,
+            port=self.port,
+            links=[link.link_id for link in self.links.values()],
+        )
+
+    def _write_ready(self) -> None:
+        host = self.config.listen.rpartition(":")[0]
+        info = {
+            "node_id": self.config.node_id,
+            "pid": os.getpid(),
+            "address": f"{host}:{self.port}",
+        }
+        path = self.config.state_dir / "ready.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)
+
+    def status(self) -> control_pb2.NodeStatus:
+        return control_pb2.NodeStatus(
+            node_id=self.config.node_id,
+            uptime_seconds=time.monotonic() - self.started,
+            links=[link.stats.to_proto() for link in self.links.values()],
+        )
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.stop(grace)
+        for link in self.links.values():
+            await link.store.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.state_dir / "ready.json").unlink()
+        log_event(logger, logging.INFO, "node_stopped")
+
+
+async def _serve(config: NodeConfig, credentials: NodeCredentials) -> None:
+    agent = NodeAgent(config, credentials)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(1)  # second signal: leave now
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await agent.start()
+    await stop.wait()
+    log_event(logger, logging.INFO, "node_stopping")
+    await agent.stop()
+
+
+def main(config_path: Path) -> int:
+    """Run a node until SIGTERM/SIGINT. Exit status: 0 stopped, 2 bad configuration, 1 failure."""
+    try:
+        config = load_node_config(config_path)
+        credentials = load_credentials(config.tls, config.node_id)
+        for link in config.links:
+            read_psk(link.psk_file)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+    except ConfigError as exc:
+        print(f"qkdnet node: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"qkdnet node: error: {config_path}: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.node_id, config.log_level)
+    try:
+        asyncio.run(_serve(config, credentials))
+    except ConfigError as exc:
+        print(f"qkdnet node: error: {exc}", file=sys.stderr)
+        return 2
+    except QkdnetError as exc:
+        print(f"qkdnet node: failed: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,241 @@
+"""Node configuration: the YAML file of `qkdnet node --config FILE`, validated into typed models.
+
+Every error names the file and the field path (for example `links[0].channel.length_km`), so a
+user sees exactly what to fix; unknown fields are errors too, because a misspelt option that is
+silently ignored is worse than a refusal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .channel_model import GYS_RECONCILIATION_EFFICIENCY, ChannelParameters, optimal_gllp_mu
+from .errors import ConfigError
+
+__all__ = [
+    "ChannelConfig",
+    "LinkConfig",
+    "NodeConfig",
+    "ProcessingConfig",
+    "TlsConfig",
+    "format_validation_error",
+    "load_node_config",
+    "parse_address",
+]
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+_DECOY_MU = 0.48  # GYS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChannelConfig(_Strict):
+    """The physical link: fibre, detectors, source intensities, an optional eavesdropper.
+
+    Defaults are the GYS parameter set (Gobby, Yuan, Shields, APL 84, 3762 (2004)).
+    """
+
+    length_km: float = Field(ge=0.0, le=1000.0, description="fibre length in km")
+    fiber_loss_db_per_km: float = Field(0.21, ge=0.0, le=10.0)
+    detector_efficiency: float = Field(0.045, gt=0.0, le=1.0, description="eta_Bob")
+    dark_count_yield: float = Field(1.7e-6, ge=0.0, lt=0.5, description="Y0 per pulse")
+    misalignment_error: float = Field(0.033, ge=0.0, le=0.5, description="e_det")
+    pulse_rate_hz: float = Field(1e9, gt=0.0, le=1e11)
+    mu: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="signal mean photon number; default 0.48 with decoys, and without decoys the "
+        "value that maximises the GLLP key rate at this length (of the order of the transmittance)",
+    )
+    nu: float = Field(0.1, gt=0.0, le=10.0, description="weak decoy mean photon number")
+    p_signal: Probability = 0.8
+    p_decoy: Probability = 0.15
+    p_vacuum: Probability = 0.05
+    decoy: bool = Field(True, description="send decoy and vacuum pulses; GLLP when off")
+    eavesdrop_fraction: Probability = Field(0.0, description="intercept-resend on this fraction")
+
+    @model_validator(mode="after")
+    def _check_intensities(self) -> ChannelConfig:
+        if self.decoy:
+            if self.nu >= (self.mu if self.mu is not None else _DECOY_MU):
+                raise ValueError("nu (decoy intensity) must be below mu (signal intensity)")
+            total = self.p_signal + self.p_decoy + self.p_vacuum
+            if abs(total - 1.0) > 1e-9:
+                raise ValueError(
+                    f"p_signal + p_decoy + p_vacuum must be 1 (they add up to {total:g})"
+                )
+            if self.p_signal <= 0.0:
+                raise ValueError("p_signal must be above 0")
+        return self
+
+    def parameters(self) -> ChannelParameters:
+        """The physics view of this configuration, with the signal intensity resolved."""
+        fields = self.model_dump()
+        if self.mu is not None:
+            return ChannelParameters(**fields)
+        if self.decoy:
+            return ChannelParameters(**{**fields, "mu": _DECOY_MU})
+        probe = ChannelParameters(**{**fields, "mu": _DECOY_MU})
+        best = optimal_gllp_mu(probe, GYS_RECONCILIATION_EFFICIENCY)
+        return ChannelParameters(**{**fields, "mu": best})
+
+
+class ProcessingConfig(_Strict):
+    """Post-processing and pacing of the link."""
+
+    frame_bits: int = Field(
+        200_000, ge=1_000, le=4_000_000, description="target sifted signal bits per frame"
+    )
+    speedup: float = Field(1.0, gt=0.0, le=1e6, description="emulated seconds per wall second")
+    qber_abort: float = Field(0.11, gt=0.0, lt=0.5, description="abort above this QBER")
+    pe_sample_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    epsilon_pa: float = Field(1e-10, gt=0.0, lt=1.0)
+    max_frame_seconds: float = Field(
+        30.0, gt=0.0, description="emulated time a frame may take at most (long links)"
+    )
+    auth_reserve_pads: int = Field(
+        1024, ge=64, description="authentication pads kept available per direction"
+    )
+    seed: int | None = Field(None, description="seed the emulation RNGs (tests only)")
+
+
+class TlsConfig(_Strict):
+    """Files for gRPC mutual TLS: the CA, this node's certificate and its private key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class LinkConfig(_Strict):
+    """One QKD link of this node. The node whose ID sorts first transmits (is Alice)."""
+
+    peer: str = Field(min_length=1)
+    address: str | None = Field(None, description="host:port of the peer (transmitter side)")
+    psk_file: Path = Field(description="pre-shared authentication secret of this link")
+    channel: ChannelConfig
+    processing: ProcessingConfig = ProcessingConfig()
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
+        return value
+
+
+class NodeConfig(_Strict):
+    """The whole node."""
+
+    node_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    listen: str = Field(description="host:port for the gRPC server")
+    state_dir: Path
+    tls: TlsConfig
+    links: list[LinkConfig] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    controllers: list[str] = Field(
+        default_factory=lambda: ["orchestrator"],
+        description="certificate CNs allowed to call NodeControl",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_links(self) -> NodeConfig:
+        peers = [link.peer for link in self.links]
+        for peer in peers:
+            if peer == self.node_id:
+                raise ValueError(f"link to itself ({peer})")
+            if peers.count(peer) > 1:
+                raise ValueError(f"two links to the same peer ({peer})")
+        for index, link in enumerate(self.links):
+            if self.node_id < link.peer and link.address is None:
+                raise ValueError(
+                    f"links[{index}].address is required: this node transmits to {link.peer}"
+                )
+        return self
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 as `[::1]:port`) and check the port; ValueError otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"address {value!r} is not host:port")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range in {value!r}")
+    if host.startswith("["):
+        ipaddress.IPv6Address(host.strip("[]"))
+    return host, port
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One readable line per problem: `source: field.path: message`."""
+    lines = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{source}: {path or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative file paths in a config file are relative to the file itself."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    if "state_dir" in data:
+        data["state_dir"] = fix(data["state_dir"])
+    tls = data.get("tls")
+    if isinstance(tls, dict):
+        for key in ("ca", "cert", "key"):
+            if key in tls:
+                tls[key] = fix(tls[key])
+    links = data.get("links")
+    if isinstance(links, list):
+        for link in links:
+            if isinstance(link, dict) and "psk_file" in link:
+                link["psk_file"] = fix(link["psk_file"])
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and validate a node configuration file; ConfigError names the file and field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "syntax"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): expected a mapping of fields")
+    _resolve_paths(data, path.parent.resolve())
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None

@@ -1,0 +1,396 @@
+"""The key store of one link end: distilled key blocks and authentication pads, in SQLite (WAL).
+
+Both ends of a link hold the same blocks under the same IDs and consume them in the same order;
+a bit is never handed out twice. A block is written by the transmitter as *pending* before it
+asks the receiver to store it, and becomes *ready* once the receiver has acknowledged a durable
+write; a session that starts resolves pending blocks against the receiver's (see `link.py`).
+
+Authentication pads form one index space per direction (0: transmitter -> receiver,
+1: receiver -> transmitter). The pre-shared secret provides the first pads; each round appends
+a refill cut from its own distilled key. Only ready pads may be used.
+
+All SQLite work runs on one thread per store (`KeyStore` wraps `KeyStoreDb` in a single-worker
+executor), so the event loop never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from .errors import KeyExhausted, KeyStoreError
+
+__all__ = [
+    "PAD_BYTES",
+    "BlockDigest",
+    "KeyRange",
+    "KeyStore",
+    "KeyStoreDb",
+]
+
+PAD_BYTES = 8
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    block_id TEXT PRIMARY KEY,
+    frame INTEGER NOT NULL UNIQUE,
+    nbits INTEGER NOT NULL,
+    consumed INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'ready')),
+    created REAL NOT NULL,
+    bits BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pads (
+    direction INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'ready')),
+    block_id TEXT,
+    data BLOB NOT NULL,
+    PRIMARY KEY (direction, start)
+);
+"""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """A run of key bits: `length` bits of block `block_id` from bit `offset`."""
+
+    block_id: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class BlockDigest:
+    """A keyed digest of one block, for comparing both ends without revealing key."""
+
+    block_id: str
+    bits: int
+    consumed: int
+    digest: bytes
+    ones: int
+    frame: int
+    pending: bool
+
+
+def _bit_slice(data: bytes, offset: int, length: int) -> bytes:
+    """Bits [offset, offset+length) of a big-endian bit string, packed again from bit 0."""
+    value = int.from_bytes(data, "big")
+    total = len(data) * 8
+    chunk = (value >> (total - offset - length)) & ((1 << length) - 1)
+    nbytes = (length + 7) // 8
+    return (chunk << (nbytes * 8 - length)).to_bytes(nbytes, "big")
+
+
+class KeyStoreDb:
+    """Synchronous store on one SQLite file. Use it from one thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise KeyStoreError(f"{path}: cannot open key store ({exc})") from None
+        self.path = path
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- meta counters -------------------------------------------------------------------
+    def get_meta(self, name: str, default: int = 0) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def set_meta(self, name: str, value: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def hash_key(self) -> int:
+        """The link's 64-bit authentication hash key."""
+        return self.get_meta("hash_key") % (1 << 64)
+
+    def initialised(self) -> bool:
+        return self.get_meta("initialised") == 1
+
+    def initialise(self, hash_key: int, pads: dict[int, bytes]) -> None:
+        """First start of the link: import the pre-shared secret (once)."""
+        with self._transaction():
+            if self.get_meta("initialised") == 1:
+                return
+            # SQLite integers are signed 64-bit: keep the key's two's complement.
+            self.set_meta("hash_key", hash_key - (1 << 64) if hash_key >= 1 << 63 else hash_key)
+            for direction, data in pads.items():
+                self._insert_pads(direction, data, "ready", None)
+            self.set_meta("initialised", 1)
+
+    # -- blocks ----------------------------------------------------------------------------
+    def add_block(
+        self,
+        block_id: str,
+        frame: int,
+        bits: bytes,
+        nbits: int,
+        *,
+        pending: bool,
+        refill: dict[int, bytes],
+    ) -> None:
+        """Store a distilled block and its pad refills in one durable transaction."""
+        if len(bits) != (nbits + 7) // 8:
+            raise KeyStoreError(f"block {block_id}: {len(bits)} bytes do not hold {nbits} bits")
+        state = "pending" if pending else "ready"
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO blocks(block_id, frame, nbits, state, created, bits) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (block_id, frame, nbits, state, time.time(), bits),
+                )
+                for direction, data in refill.items():
+                    if data:
+                        self._insert_pads(direction, data, state, block_id)
+        except sqlite3.IntegrityError:
+            raise KeyStoreError(f"block {block_id} (frame {frame}) is already stored") from None
+
+    def confirm_blocks(self, block_ids: Iterable[str]) -> None:
+        ids = list(block_ids)
+        with self._transaction():
+            for block_id in ids:
+                self._db.execute("UPDATE blocks SET state='ready' WHERE block_id=?", (block_id,))
+                self._db.execute("UPDATE pads SET state='ready' WHERE block_id=?", (block_id,))
+
+    def discard_pending(self, block_ids: Iterable[str]) -> None:
+        ids = list(block_ids)
+        with self._transaction():
+            for block_id in ids:
+                self._db.execute(
+                    "DELETE FROM blocks WHERE block_id=? AND state='pending'", (block_id,)
+                )
+                self._db.execute(
+                    "DELETE FROM pads WHERE block_id=? AND state='pending'", (block_id,)
+                )
+
+    def pending_blocks(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT block_id FROM blocks WHERE state='pending' ORDER BY frame"
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def held_blocks(self, block_ids: Iterable[str]) -> list[str]:
+        held = []
+        for block_id in block_ids:
+            row = self._db.execute(
+                "SELECT 1 FROM blocks WHERE block_id=? AND state='ready'", (block_id,)
+            ).fetchone()
+            if row is not None:
+                held.append(block_id)
+        return held
+
+    def level(self) -> tuple[int, int]:
+        """(unconsumed bits, blocks) over ready blocks."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(nbits - consumed), 0), COUNT(*) FROM blocks "
+            "WHERE state='ready' AND consumed < nbits"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def take_next(self, nbits: int) -> tuple[list[KeyRange], bytes]:
+        """Consume the oldest `nbits` unconsumed ready bits; returns their ranges and the bits.
+
+        The bits are returned packed big-endian from bit 0 of the first range.
+        """
+        if nbits <= 0:
+            raise KeyStoreError("asked for a non-positive number of key bits")
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT block_id, nbits, consumed, bits FROM blocks "
+                "WHERE state='ready' AND consumed < nbits ORDER BY frame"
+            ).fetchall()
+            available = sum(int(r[1]) - int(r[2]) for r in rows)
+            if available < nbits:
+                raise KeyExhausted(f"asked for {nbits} key bits, {available} available")
+            ranges: list[KeyRange] = []
+            value = 0
+            need = nbits
+            for block_id, total, consumed, data in rows:
+                if need == 0:
+                    break
+                length = min(need, int(total) - int(consumed))
+                ranges.append(KeyRange(str(block_id), int(consumed), length))
+                piece = int.from_bytes(_bit_slice(bytes(data), int(consumed), length), "big")
+                value = (value << length) | (piece >> ((8 - length % 8) % 8))
+                self._consume(str(block_id), int(consumed) + length, int(total))
+                need -= length
+        nbytes = (nbits + 7) // 8
+        return ranges, (value << (nbytes * 8 - nbits)).to_bytes(nbytes, "big")
+
+    def take_ranges(self, ranges: list[KeyRange]) -> bytes:
+        """Consume exactly `ranges` (as the other end chose them); refuse any bit already used."""
+        total_bits = sum(r.length for r in ranges)
+        if total_bits <= 0:
+            raise KeyStoreError("asked for no key bits")
+        value = 0
+        with self._transaction():
+            for r in ranges:
+                row = self._db.execute(
+                    "SELECT nbits, consumed, bits FROM blocks WHERE block_id=? AND state='ready'",
+                    (r.block_id,),
+                ).fetchone()
+                if row is None:
+                    raise KeyStoreError(f"block {r.block_id} is not in the store")
+                nbits, consumed, data = int(row[0]), int(row[1]), bytes(row[2])
+                if r.offset < consumed:
+                    raise KeyStoreError(
+                        f"block {r.block_id}: bits from {r.offset} were already consumed"
+                    )
+                if r.length <= 0 or r.offset + r.length > nbits:
+                    raise KeyStoreError(f"block {r.block_id}: range beyond the block")
+                piece = int.from_bytes(_bit_slice(data, r.offset, r.length), "big")
+                value = (value << r.length) | (piece >> ((8 - r.length % 8) % 8))
+                self._consume(r.block_id, r.offset + r.length, nbits)
+        nbytes = (total_bits + 7) // 8
+        return (value << (nbytes * 8 - total_bits)).to_bytes(nbytes, "big")
+
+    def _consume(self, block_id: str, new_consumed: int, nbits: int) -> None:
+        if new_consumed >= nbits:
+            # Fully used: forget the bits, keep the row as a record that the ID was consumed.
+            self._db.execute(
+                "UPDATE blocks SET consumed=?, bits=zeroblob(length(bits)) WHERE block_id=?",
+                (nbits, block_id),
+            )
+        else:
+            self._db.execute(
+                "UPDATE blocks SET consumed=? WHERE block_id=?", (new_consumed, block_id)
+            )
+
+    def digests(self, nonce: bytes) -> list[BlockDigest]:
+        """HMAC-SHA256(nonce, bits) of every block (pending ones flagged), oldest first."""
+        rows = self._db.execute(
+            "SELECT block_id, nbits, consumed, bits, frame, state FROM blocks ORDER BY frame"
+        ).fetchall()
+        out = []
+        for block_id, nbits, consumed, data, frame, state in rows:
+            blob = bytes(data)
+            out.append(
+                BlockDigest(
+                    block_id=str(block_id),
+                    bits=int(nbits),
+                    consumed=int(consumed),
+                    digest=hmac.new(nonce, blob, hashlib.sha256).digest(),
+                    ones=int.from_bytes(blob, "big").bit_count(),
+                    frame=int(frame),
+                    pending=state == "pending",
+                )
+            )
+        return out
+
+    # -- authentication pads -----------------------------------------------------------------
+    def _insert_pads(self, direction: int, data: bytes, state: str, block_id: str | None) -> None:
+        if len(data) % PAD_BYTES:
+            raise KeyStoreError(f"pad refill of {len(data)} bytes is not whole pads")
+        start = self.pad_end(direction)
+        self._db.execute(
+            "INSERT INTO pads(direction, start, count, state, block_id, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (direction, start, len(data) // PAD_BYTES, state, block_id, data),
+        )
+
+    def pad_end(self, direction: int) -> int:
+        """One past the last pad index (ready or pending) of a direction."""
+        row = self._db.execute(
+            "SELECT COALESCE(MAX(start + count), 0) FROM pads WHERE direction=?", (direction,)
+        ).fetchone()
+        return int(row[0])
+
+    def ready_pad_end(self, direction: int) -> int:
+        row = self._db.execute(
+            "SELECT COALESCE(MAX(start + count), 0) FROM pads WHERE direction=? AND state='ready'",
+            (direction,),
+        ).fetchone()
+        return int(row[0])
+
+    def ready_pad_runs(self, direction: int) -> list[tuple[int, bytes]]:
+        """The ready pads of a direction as (first index, bytes) runs, in index order."""
+        rows = self._db.execute(
+            "SELECT start, data FROM pads WHERE direction=? AND state='ready' ORDER BY start",
+            (direction,),
+        ).fetchall()
+        return [(int(start), bytes(data)) for start, data in rows]
+
+    def forget_pads_below(self, direction: int, index: int) -> None:
+        """Delete pad rows that lie wholly below `index` (used pads are not kept)."""
+        with self._transaction():
+            self._db.execute(
+                "DELETE FROM pads WHERE direction=? AND start + count <= ? AND state='ready'",
+                (direction, index),
+            )
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> None:
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._outer:
+            return
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
+
+
+class KeyStore:
+    """The async face of a link's key store: every call runs on the store's own thread."""
+
+    def __init__(self, db: KeyStoreDb) -> None:
+        self._db = db
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keystore")
+
+    @classmethod
+    async def open(cls, path: Path) -> KeyStore:
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keystore")
+        db = await loop.run_in_executor(executor, KeyStoreDb, path)
+        store = cls.__new__(cls)
+        store._db = db
+        store._executor = executor
+        return store
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    async def run(self, fn: Callable[[KeyStoreDb], T]) -> T:
+        """Run `fn(db)` on the store's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._db)
+
+    async def close(self) -> None:
+        await self.run(lambda db: db.close())
+        self._executor.shutdown(wait=True)

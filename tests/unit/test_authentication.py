@@ -1,0 +1,108 @@
+"""Wegman-Carter sealing: round trip, wrong tags, replays, malformed bodies, restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qkdnet.node.authentication import LinkAuthenticator, PreSharedSecret
+from qkdnet.node.errors import AuthenticationError, ConfigError, ProtocolError
+from qkdnet.node.key_store import KeyStore
+from qkdnet.v1 import link_pb2
+
+
+def _message(frame: int = 1) -> link_pb2.ClassicalMessage:
+    return link_pb2.ClassicalMessage(
+        link_id="a--b", sender="a", frame=frame, stored=link_pb2.Stored(block_id="x")
+    )
+
+
+async def _pair(tmp_path: Path) -> tuple[LinkAuthenticator, LinkAuthenticator, list[KeyStore]]:
+    psk = PreSharedSecret.generate(64)
+    sa = await KeyStore.open(tmp_path / "a.sqlite")
+    sb = await KeyStore.open(tmp_path / "b.sqlite")
+    return (
+        await LinkAuthenticator.load(sa, psk, 0),
+        await LinkAuthenticator.load(sb, psk, 1),
+        [sa, sb],
+    )
+
+
+async def test_round_trip_both_directions(tmp_path: Path) -> None:
+    a, b, stores = await _pair(tmp_path)
+    for frame in range(3):
+        env = await a.seal(_message(frame))
+        assert (await b.open(env)).frame == frame
+        back = await b.seal(_message(frame))
+        assert (await a.open(back)).frame == frame
+    for store in stores:
+        await store.close()
+
+
+async def test_wrong_tag_replay_and_garbage_are_refused(tmp_path: Path) -> None:
+    a, b, stores = await _pair(tmp_path)
+    env = await a.seal(_message())
+    bad = link_pb2.Envelope(body=env.body, tag=bytes([env.tag[0] ^ 1]) + env.tag[1:])
+    with pytest.raises(AuthenticationError) as wrong:
+        await b.open(bad)
+    assert wrong.value.reason == "bad_tag"
+    await b.open(env)
+    with pytest.raises(AuthenticationError) as replay:
+        await b.open(env)
+    assert replay.value.reason == "replay"
+    env2 = await a.seal(_message())
+    with pytest.raises(ProtocolError):
+        await b.open(link_pb2.Envelope(body=b"\xff\xff\xff", tag=env2.tag))
+    with pytest.raises(ProtocolError):
+        await b.open(link_pb2.Envelope(body=env2.body, tag=env2.tag[:4]))
+    # A body changed but still parseable fails the tag.
+    changed = link_pb2.ClassicalMessage()
+    changed.ParseFromString(env2.body)
+    changed.frame += 1
+    with pytest.raises(AuthenticationError):
+        await b.open(link_pb2.Envelope(body=changed.SerializeToString(), tag=env2.tag))
+    assert (await b.open(env2)).frame == 1  # the genuine one still passes
+    for store in stores:
+        await store.close()
+
+
+async def test_restart_never_reuses_a_pad(tmp_path: Path) -> None:
+    psk = PreSharedSecret.generate(1024)
+    store = await KeyStore.open(tmp_path / "a.sqlite")
+    auth = await LinkAuthenticator.load(store, psk, 0)
+    first = [(await auth.seal(_message())).body for _ in range(3)]
+    await store.close()
+    store = await KeyStore.open(tmp_path / "a.sqlite")
+    again = await LinkAuthenticator.load(store, psk, 0)
+    env = await again.seal(_message())
+    parsed = link_pb2.ClassicalMessage()
+    parsed.ParseFromString(env.body)
+    used = []
+    for body in first:
+        m = link_pb2.ClassicalMessage()
+        m.ParseFromString(body)
+        used.append(m.pad_index)
+    assert parsed.pad_index > max(used)
+    await store.close()
+
+
+async def test_pads_run_out_cleanly(tmp_path: Path) -> None:
+    psk = PreSharedSecret.generate(16)
+    store = await KeyStore.open(tmp_path / "a.sqlite")
+    auth = await LinkAuthenticator.load(store, psk, 0)
+    for _ in range(16):
+        await auth.seal(_message())
+    with pytest.raises(AuthenticationError) as exhausted:
+        await auth.seal(_message())
+    assert exhausted.value.reason == "no_pad"
+    await store.close()
+
+
+def test_psk_file_format() -> None:
+    psk = PreSharedSecret.generate(32)
+    assert PreSharedSecret.from_bytes(psk.to_bytes()) == psk
+    with pytest.raises(ConfigError, match="not a qkdnet"):
+        PreSharedSecret.from_bytes(b"hello world, not a secret")
+    with pytest.raises(ConfigError, match="truncated"):
+        PreSharedSecret.from_bytes(psk.to_bytes()[:-1], "x.psk")

@@ -1,0 +1,100 @@
+"""The key store: blocks, pending/ready, in-order consumption, pads, digests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qkdnet.node.errors import KeyExhausted, KeyStoreError
+from qkdnet.node.key_store import KeyRange, KeyStoreDb
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> KeyStoreDb:
+    store = KeyStoreDb(tmp_path / "link.sqlite")
+    store.initialise(7, {0: bytes(range(16)), 1: bytes(range(16, 32))})
+    return store
+
+
+def test_blocks_pending_until_confirmed(db: KeyStoreDb) -> None:
+    db.add_block("l/1", 1, b"\xff\x00", 16, pending=True, refill={0: b"\x01" * 8})
+    assert db.level() == (0, 0)
+    assert db.pending_blocks() == ["l/1"]
+    assert db.ready_pad_runs(0) == [(0, bytes(range(16)))]  # the refill is pending too
+    db.confirm_blocks(["l/1"])
+    assert db.level() == (16, 1)
+    assert db.ready_pad_runs(0) == [(0, bytes(range(16))), (2, b"\x01" * 8)]
+    assert db.held_blocks(["l/1", "l/2"]) == ["l/1"]
+
+
+def test_discard_pending_removes_block_and_pads(db: KeyStoreDb) -> None:
+    db.add_block("l/1", 1, b"\xff", 8, pending=True, refill={1: b"\x02" * 8})
+    db.discard_pending(["l/1"])
+    assert db.pending_blocks() == []
+    assert db.pad_end(1) == 2
+    db.add_block("l/2", 2, b"\xff", 8, pending=False, refill={})
+    db.discard_pending(["l/2"])  # ready blocks are never discarded
+    assert db.level() == (8, 1)
+
+
+def test_consumption_in_order_and_never_twice(tmp_path: Path) -> None:
+    a = KeyStoreDb(tmp_path / "a.sqlite")
+    b = KeyStoreDb(tmp_path / "b.sqlite")
+    for store in (a, b):
+        store.add_block("l/1", 1, bytes([0b10110011, 0b01000000]), 10, pending=False, refill={})
+        store.add_block("l/2", 2, bytes([0b11110000]), 8, pending=False, refill={})
+    ranges, bits = a.take_next(12)
+    assert ranges == [KeyRange("l/1", 0, 10), KeyRange("l/2", 0, 2)]
+    # 1011001101 then 11 -> 101100110111
+    assert bits == bytes([0b10110011, 0b01110000])
+    assert b.take_ranges(ranges) == bits
+    with pytest.raises(KeyStoreError, match="already consumed"):
+        b.take_ranges(ranges)
+    ranges2, bits2 = a.take_next(6)
+    assert ranges2 == [KeyRange("l/2", 2, 6)]
+    assert bits2 == bytes([0b11000000])
+    with pytest.raises(KeyExhausted):
+        a.take_next(1)
+    assert a.level() == (0, 0)
+
+
+def test_duplicate_block_refused(db: KeyStoreDb) -> None:
+    db.add_block("l/1", 1, b"\x00", 8, pending=False, refill={})
+    with pytest.raises(KeyStoreError, match="already stored"):
+        db.add_block("l/1", 1, b"\x00", 8, pending=False, refill={})
+    with pytest.raises(KeyStoreError, match="do not hold"):
+        db.add_block("l/3", 3, b"\x00\x00", 8, pending=False, refill={})
+
+
+def test_state_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "link.sqlite"
+    first = KeyStoreDb(path)
+    first.initialise(99, {0: b"\xaa" * 8, 1: b"\xbb" * 8})
+    first.add_block("l/1", 1, b"\x0f", 8, pending=False, refill={})
+    first.set_meta("send_lease_0", 256)
+    first.close()
+    again = KeyStoreDb(path)
+    assert again.initialised()
+    again.initialise(1, {0: b"\x00" * 8})  # a second import is ignored
+    assert again.hash_key() == 99
+    assert again.ready_pad_runs(0) == [(0, b"\xaa" * 8)]
+    assert again.get_meta("send_lease_0") == 256
+    assert again.level() == (8, 1)
+
+
+def test_digests_compare_without_key(tmp_path: Path) -> None:
+    a = KeyStoreDb(tmp_path / "a.sqlite")
+    b = KeyStoreDb(tmp_path / "b.sqlite")
+    a.add_block("l/1", 1, b"\x0f", 8, pending=False, refill={})
+    b.add_block("l/1", 1, b"\x0e", 8, pending=False, refill={})
+    da, db_ = a.digests(b"n" * 16), b.digests(b"n" * 16)
+    assert da[0].digest != db_[0].digest
+    assert da[0].ones == 4
+    assert a.digests(b"m" * 16)[0].digest != da[0].digest
+
+
+def test_full_width_hash_key(tmp_path: Path) -> None:
+    store = KeyStoreDb(tmp_path / "k.sqlite")
+    store.initialise((1 << 64) - 1, {0: b"\x00" * 8})
+    assert store.hash_key() == (1 << 64) - 1
