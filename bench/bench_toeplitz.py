@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from qkdnet.node import toeplitz
 
@@ -31,6 +32,35 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _bench_case(
+    rng: np.random.Generator, bits: NDArray[np.uint8], ratio: float, repeats: int
+) -> None:
+    n = bits.size
+    m = int(n * ratio)
+    seed = rng.integers(0, 2, toeplitz.seed_length(n, m), dtype=np.uint8)
+    length = toeplitz.fft_length(n, m)
+    reference = toeplitz.toeplitz_hash(bits, seed, m, method="direct")
+    start = time.perf_counter()
+    hasher = toeplitz.ToeplitzHasher(seed, n, m)
+    hasher_setup = time.perf_counter() - start
+    variants: list[tuple[str, Callable[[], NDArray[np.uint8]]]] = [
+        ("one-shot", lambda: toeplitz.toeplitz_hash(bits, seed, m)),
+        ("direct", lambda: toeplitz.toeplitz_hash(bits, seed, m, method="direct")),
+        ("hasher", lambda: hasher.hash(bits)),
+    ]
+    for name, fn in variants:
+        start = time.perf_counter()
+        result = fn()  # first call: plans the FFT length if needed
+        first = time.perf_counter() - start + (hasher_setup if name == "hasher" else 0.0)
+        assert np.array_equal(result, reference)
+        seconds = _median_seconds(fn, repeats)
+        print(
+            f"{n:>9} {ratio:>4} {length:>9} {name:>10} {first * 1e3:>8.1f} "
+            f"{seconds * 1e3:>10.2f} {n / seconds / 1e6:>8.1f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -56,35 +86,7 @@ def main() -> None:
     for n in (100_000, 1_000_000, 2_000_000):
         bits = rng.integers(0, 2, n, dtype=np.uint8)
         for ratio in (0.2, 0.5, 0.8):
-            m = int(n * ratio)
-            seed = rng.integers(0, 2, toeplitz.seed_length(n, m), dtype=np.uint8)
-            length = toeplitz.fft_length(n, m)
-            reference = toeplitz.toeplitz_hash(bits, seed, m, method="direct")
-
-            def one_shot(method: toeplitz.Method) -> Callable[[], object]:
-                return lambda: toeplitz.toeplitz_hash(bits, seed, m, method=method)
-
-            variants: list[tuple[str, Callable[[], object]]] = [
-                ("one-shot", one_shot("auto")),
-                ("direct", one_shot("direct")),
-            ]
-            start = time.perf_counter()
-            hasher = toeplitz.ToeplitzHasher(seed, n, m)
-            hasher_setup = time.perf_counter() - start
-            variants.append(("hasher", lambda: hasher.hash(bits)))
-            for name, fn in variants:
-                start = time.perf_counter()
-                result = fn()  # first call: plans the FFT length if needed
-                first = time.perf_counter() - start
-                assert isinstance(result, np.ndarray) and np.array_equal(result, reference)
-                if name == "hasher":
-                    first += hasher_setup
-                seconds = _median_seconds(fn, args.repeats)
-                print(
-                    f"{n:>9} {ratio:>4} {length:>9} {name:>10} {first * 1e3:>8.1f} "
-                    f"{seconds * 1e3:>10.2f} {n / seconds / 1e6:>8.1f}",
-                    flush=True,
-                )
+            _bench_case(rng, bits, ratio, args.repeats)
     if args.wisdom is not None:
         args.wisdom.write_bytes(pickle.dumps(toeplitz.export_wisdom()))
         print(f"wisdom saved to {args.wisdom}")

@@ -179,6 +179,7 @@ class LinkEnd:
         )
         self.fault: TamperFault | None = None
         self._conversation: Conversation | None = None
+        self._frame_sifted = 0
         seed = self.processing.seed
         self._rng = np.random.default_rng(
             None if seed is None else [seed, 0 if self.role == "transmitter" else 1]
@@ -388,10 +389,14 @@ class TransmitterLink(LinkEnd):
         while True:
             frame = await frames.get()
             conv.frame = frame.frame
+            self._frame_sifted = 0
             try:
                 await self._round(conv, frame)
             except RoundAborted as exc:
                 self._aborted(frame.frame, exc)
+            # Counted once the frame's outcome is known (no await since), so that a status
+            # never pairs the pulses of a frame in flight with the key of finished ones.
+            self.stats.record_frame(frame.pulses, int(frame.slots.size), self._frame_sifted)
 
     async def _abort(self, conv: Conversation, reason: str) -> RoundAborted:
         await conv.send(abort=link_pb2.Abort(reason=reason))
@@ -430,7 +435,7 @@ class TransmitterLink(LinkEnd):
             )
         )
         sifted = _sift(fr.basis, bob_basis, fr.intensity_class, sample_seed, fraction)
-        self.stats.record_frame(fr.pulses, n_det, sum(sifted.sifted_per_class))
+        self._frame_sifted = sum(sifted.sifted_per_class)
 
         clock = self._phase("sifting", clock)
         est_msg = await conv.expect("estimation")
@@ -537,8 +542,13 @@ class TransmitterLink(LinkEnd):
             frame=fr.frame,
             block=block_id,
             secret_bits=secret,
+            auth_bits=64 * sum(refill),
+            pulses=fr.pulses,
+            key_bits=n_key,
             qber=round(qber, 5),
             disclosed=disclosed,
+            single_photon_fraction=round(est.single_photon_fraction, 5),
+            e1_upper=round(est.e1_upper, 5),
         )
 
     def _class_counts(
@@ -674,12 +684,15 @@ class ReceiverLink(LinkEnd):
                 if start.WhichOneof("payload") != "round_start":
                     raise ProtocolError(f"expected round_start, got {start.WhichOneof('payload')}")
                 conv.frame = start.frame
+                self._frame_sifted = 0
                 try:
                     await self._round(conv, start.frame, start.round_start)
                 except RoundAborted as exc:
                     self._aborted(start.frame, exc)
                 finally:
                     self._frames.pop(start.frame, None)
+                r = start.round_start
+                self.stats.record_frame(r.pulses, r.detections, self._frame_sifted)
         except LinkError as exc:
             if exc.reason in ("bad_tag", "replay", "malformed", "no_pad"):
                 self._reject(exc)
@@ -715,7 +728,7 @@ class ReceiverLink(LinkEnd):
         if not 0.0 < reply.sample_fraction < 0.5:
             raise ProtocolError("sample fraction out of range")
         sifted = _sift(alice_basis, basis, classes, reply.sample_seed, reply.sample_fraction)
-        self.stats.record_frame(frame.pulses, n_det, sum(sifted.sifted_per_class))
+        self._frame_sifted = sum(sifted.sifted_per_class)
         disclosed = bits[sifted.disclosed_idx]
         await conv.send(
             estimation=link_pb2.EstimationData(

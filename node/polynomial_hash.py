@@ -57,7 +57,7 @@ import hmac
 import struct
 import sys
 import threading
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -260,7 +260,7 @@ class PolynomialHash:
 
     __slots__ = ("__key", "_level_tables", "_lock", "_small_tables")
 
-    def __init__(self, key: int) -> None:
+    def __init__(self, key: int | np.integer[Any]) -> None:
         if isinstance(key, bool) or not isinstance(key, int | np.integer):
             raise TypeError("key must be an int")
         key = int(key)

@@ -65,6 +65,8 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 
@@ -388,14 +390,51 @@ def warm_up(n: int, m: int, *, method: Method = "auto") -> int:
 # Hashing
 # --------------------------------------------------------------------------------------------
 
+# Element-wise passes over at least this many elements are split between the calling thread
+# and a helper thread (numpy releases the GIL), when FFTW is allowed more than one thread.
+_SPLIT_MIN: Final[int] = 1 << 17
+
+_helper: ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+
+def _helper_pool() -> ThreadPoolExecutor:
+    global _helper
+    with _helper_lock:
+        if _helper is None:
+            _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qkdnet-toeplitz")
+        return _helper
+
+
+def _split(work: Callable[[int, int], None], size: int) -> None:
+    """Run ``work(lo, hi)`` over ``[0, size)``, in two halves on two threads when large.
+
+    If the helper thread is busy (another call is using it), the caller does both halves.
+    """
+    if size < _SPLIT_MIN or _settings.threads < 2:
+        work(0, size)
+        return
+    half = (size // 2) & ~63
+    future = _helper_pool().submit(work, half, size)
+    work(0, half)
+    if future.cancel():
+        work(half, size)
+    else:
+        future.result()
+
 
 def _parity(values: NDArray[np.float64], scale: float) -> NDArray[np.uint8]:
     """``round(values * scale) mod 2`` as uint8; ``values`` is scratch and is overwritten."""
     out = np.empty(values.size, dtype=np.uint8)
-    if scale != 1.0:
-        np.multiply(values, scale, out=values)
-    np.add(values, _ROUND_MAGIC, out=values)
-    np.bitwise_and(values.view(np.int64), 1, out=out, casting="unsafe")
+
+    def work(lo: int, hi: int) -> None:
+        chunk = values[lo:hi]
+        if scale != 1.0:
+            np.multiply(chunk, scale, out=chunk)
+        np.add(chunk, _ROUND_MAGIC, out=chunk)
+        np.bitwise_and(chunk.view(np.int64), 1, out=out[lo:hi], casting="unsafe")
+
+    _split(work, values.size)
     return out
 
 
@@ -407,8 +446,24 @@ def _check_margin(values: NDArray[np.float64], scale: float) -> None:
         raise ArithmeticError(f"FFT rounding error too large: {error:.3g}")
 
 
+def _multiply(
+    a: NDArray[np.complex128], b: NDArray[np.complex128], out: NDArray[np.complex128]
+) -> None:
+    """``out = a * b`` element-wise."""
+
+    def work(lo: int, hi: int) -> None:
+        np.multiply(a[lo:hi], b[lo:hi], out=out[lo:hi])
+
+    _split(work, out.size)
+
+
 def _fill(buffer: NDArray[np.float64], bits: NDArray[np.uint8]) -> None:
-    np.copyto(buffer[: bits.size], bits)
+    """``buffer = bits`` zero-padded to the buffer length."""
+
+    def work(lo: int, hi: int) -> None:
+        np.copyto(buffer[lo:hi], bits[lo:hi])
+
+    _split(work, bits.size)
     buffer[bits.size :] = 0.0
 
 
@@ -431,7 +486,7 @@ def _direct(
         workspace.forward.execute()
         _fill(workspace.real, bits)
         forward_b.execute()
-        np.multiply(workspace.spectrum, spectrum_b, out=workspace.spectrum)
+        _multiply(workspace.spectrum, spectrum_b, workspace.spectrum)
         workspace.inverse.execute()
         values = workspace.real[window]
         scale = 1.0 / length  # FFTW's inverse transform is unnormalised
@@ -452,9 +507,13 @@ def _packed_fill(
 ) -> None:
     """``real = seed + weight * bits`` zero-padded to the buffer length."""
     n, total = bits.size, seed.size
-    head = real[:n]
-    np.multiply(bits, weight, out=head)
-    np.add(head, seed[:n], out=head)
+
+    def work(lo: int, hi: int) -> None:
+        head = real[lo:hi]
+        np.multiply(bits[lo:hi], weight, out=head)
+        np.add(head, seed[lo:hi], out=head)
+
+    _split(work, n)
     np.copyto(real[n:total], seed[n:])
     real[total:] = 0.0
 
@@ -488,7 +547,12 @@ def _packed(
 def _square_with_dc(spectrum: NDArray[np.complex128], length: int, total: int) -> None:
     """Square the spectrum in place; set the DC bin to ``S^2 - length * total / 2``."""
     u_sum = round(float(spectrum[0].real))  # sum(u): an integer below 2^53, computed to ~1e-5
-    np.multiply(spectrum, spectrum, out=spectrum)
+
+    def work(lo: int, hi: int) -> None:
+        chunk = spectrum[lo:hi]
+        np.multiply(chunk, chunk, out=chunk)
+
+    _split(work, spectrum.size)
     spectrum[0] = float(2 * u_sum * u_sum - length * total) * 0.5
 
 
@@ -591,7 +655,7 @@ class ToeplitzHasher:
             try:
                 _fill(workspace.real, bits)
                 workspace.forward.execute()
-                np.multiply(workspace.spectrum, self._spectrum, out=workspace.spectrum)
+                _multiply(workspace.spectrum, self._spectrum, workspace.spectrum)
                 workspace.inverse.execute()
                 values = workspace.real[window]
                 if check_rounding:

@@ -39,11 +39,11 @@ async def test_key_rate_matches_decoy_model(link_pair: PairFactory, length_km: f
     sigma_q = math.sqrt(q * (1 - q) / status.reconciled_bits)
     assert abs(status.qber - q) < 5 * sigma_q + 1e-4, (status.qber, q)
     # Secret key per pulse: the finite frames cost a little (security margin, estimation
-    # noise through a concave entropy); allow 15 % below and 10 % above the model, more near
-    # the cutoff where every estimate is noisier.
+    # noise through a concave entropy); allow 10 % either way, 20 % from 100 km on, where
+    # the single-photon bounds of a frame spread by about 10 %.
     measured = status.secret_fraction_per_pulse
     model = status.model_secret_fraction_per_pulse
-    low, high = (0.75, 1.15) if length_km >= 100 else (0.85, 1.10)
+    low, high = (0.8, 1.2) if length_km >= 100 else (0.9, 1.1)
     assert model > 0
     assert low * model <= measured <= high * model, (measured, model, status.frames_aborted)
 
