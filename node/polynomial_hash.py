@@ -84,7 +84,6 @@ TAG_BYTES: Final[int] = 8
 """Size of a Wegman-Carter tag and of its one-time pad, in bytes."""
 
 _MASK64: Final[int] = (1 << 64) - 1
-_LOW_POLY: Final[int] = 0b11011  # x^4 + x^3 + x + 1, i.e. x^64 mod p
 _BITS_DOMAIN_FLAG: Final[int] = 1 << 63
 
 # Messages of up to this many blocks (length block included) take the pure-Python path.

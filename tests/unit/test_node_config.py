@@ -88,14 +88,14 @@ def test_invalid_fields_named(pki: Path, tmp_path: Path, change: Any, expected: 
     if isinstance(change, dict):
         config = _config(pki, **change)
     else:
-        channel = {
+        channels: dict[str, dict[str, Any]] = {
             "negative_length": {"length_km": -5},
             "mu_out_of_range": {"mu": 11},
             "nu_above_mu": {"mu": 0.1, "nu": 0.3},
             "probabilities": {"p_signal": 0.9},
             "unknown_channel_field": {"lenght_km": 3},
-        }[change]
-        config = _config(pki, links=_link(pki, **channel))
+        }
+        config = _config(pki, links=_link(pki, **channels[change]))
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError) as error:
