@@ -265,36 +265,115 @@ class _Workspace:
         return self._forward_b, self.spectrum_b
 
 
+class _HalfWorkspace:
+    """Buffers and complex FFTW plans of length ``N / 2`` for the packed method.
+
+    The real sequence of length ``N`` in ``data`` (viewed as ``real``) is transformed as ``N / 2``
+    complex numbers ``u[2j] + i u[2j+1]``: ``forward: data -> spectrum``,
+    ``inverse: spectrum -> data`` (unnormalised). ``tau``, ``conj_b`` and ``scratch`` serve
+    the spectral step of :func:`_packed_half`.
+    """
+
+    __slots__ = (
+        "conj_b",
+        "data",
+        "forward",
+        "generation",
+        "inverse",
+        "length",
+        "real",
+        "scratch",
+        "spectrum",
+        "tau",
+    )
+
+    def __init__(self, length: int, settings: FFTWSettings, generation: int) -> None:
+        if length % 4:
+            raise ValueError("the packed FFT length must be a multiple of 4")
+        self.length = length
+        self.generation = generation
+        half, quarter = length // 2, length // 4
+        options: dict[str, Any] = {
+            "flags": (settings.planner_effort, "FFTW_DESTROY_INPUT"),
+            "threads": settings.threads,
+            "planning_timelimit": settings.planning_timelimit,
+        }
+        self.data: NDArray[np.complex128] = pyfftw.empty_aligned(half, dtype="complex128")
+        self.real: NDArray[np.float64] = self.data.view(np.float64)
+        self.spectrum: NDArray[np.complex128] = pyfftw.empty_aligned(half, dtype="complex128")
+        self.conj_b = np.empty(quarter, dtype=np.complex128)
+        self.scratch = np.empty(quarter, dtype=np.complex128)
+        # tau[i] = (1 + w^(i+1)) / 4, w = exp(-2 pi i / (N/2)); see _packed_half
+        self.tau = np.exp(np.arange(1, quarter + 1) * (-2j * np.pi / half))
+        self.tau += 1.0
+        self.tau *= 0.25
+        with _plan_lock:
+            self.forward: _Plan = pyfftw.FFTW(
+                self.data, self.spectrum, direction="FFTW_FORWARD", **options
+            )
+            self.inverse: _Plan = pyfftw.FFTW(
+                self.spectrum, self.data, direction="FFTW_BACKWARD", **options
+            )
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            self.data.nbytes
+            + self.spectrum.nbytes
+            + self.conj_b.nbytes
+            + self.scratch.nbytes
+            + self.tau.nbytes
+        )
+
+
+_AnyWorkspace = _Workspace | _HalfWorkspace
+
 _plan_lock = threading.Lock()  # serialises FFTW planning and wisdom (the planner is global)
 _pool_lock = threading.Lock()  # guards _pool, _generation and _settings
-_pool: OrderedDict[int, list[_Workspace]] = OrderedDict()
+_pool: OrderedDict[tuple[bool, int], list[_AnyWorkspace]] = OrderedDict()
 _generation = 0
 
 
 def _acquire(length: int) -> _Workspace:
+    """A real-transform workspace (direct method, hasher)."""
     with _pool_lock:
-        idle = _pool.get(length)
+        idle = _pool.get((False, length))
         if idle:
-            return idle.pop()
+            workspace = idle.pop()
+            assert isinstance(workspace, _Workspace)
+            return workspace
         settings, generation = _settings, _generation
     return _Workspace(length, settings, generation)
 
 
-def _release(workspace: _Workspace) -> None:
+def _acquire_half(length: int) -> _HalfWorkspace:
+    """A half-length complex workspace (packed method)."""
+    with _pool_lock:
+        idle = _pool.get((True, length))
+        if idle:
+            workspace = idle.pop()
+            assert isinstance(workspace, _HalfWorkspace)
+            return workspace
+        settings, generation = _settings, _generation
+    return _HalfWorkspace(length, settings, generation)
+
+
+def _release(workspace: _AnyWorkspace) -> None:
+    key = (isinstance(workspace, _HalfWorkspace), workspace.length)
     with _pool_lock:
         if workspace.generation != _generation:
             return
-        idle = _pool.setdefault(workspace.length, [])
-        _pool.move_to_end(workspace.length)
+        idle = _pool.setdefault(key, [])
+        _pool.move_to_end(key)
         if len(idle) < _settings.max_idle_per_length:
             idle.append(workspace)
         total = sum(w.nbytes for ws in _pool.values() for w in ws)
         while total > _settings.max_cache_bytes and _pool:
-            length, dropped = next(iter(_pool.items()))
+            oldest, dropped = next(iter(_pool.items()))
             if dropped:
                 total -= dropped.pop(0).nbytes
             else:
-                del _pool[length]
+                del _pool[oldest]
 
 
 def clear_fft_cache() -> None:
@@ -376,11 +455,14 @@ def warm_up(n: int, m: int, *, method: Method = "auto") -> int:
     With ``FFTW_MEASURE`` this is where the planning time is spent.
     """
     length = fft_length(n, m)
-    if length > _NUMPY_MAX_LENGTH:
+    if length <= _NUMPY_MAX_LENGTH or m == 0:
+        return length
+    if method != "direct" and seed_length(n, m) < _PACKED_MAX_BITS:
+        _release(_acquire_half(length))
+    else:
         workspace = _acquire(length)
         try:
-            if method == "direct" or seed_length(n, m) >= _PACKED_MAX_BITS:
-                workspace.forward_b()
+            workspace.forward_b()
         finally:
             _release(workspace)
     return length
@@ -533,13 +615,75 @@ def _packed(
         spectrum = np.fft.rfft(real)
         _square_with_dc(spectrum, length, total)
         return _parity(np.fft.irfft(spectrum, length)[window], scale)
-    workspace = _acquire(length)
+    return _packed_half(bits, seed, m, length, shift)
+
+
+# Sub-block size of the spectral step (keeps its operands in cache).
+_SPECTRAL_BLOCK: Final[int] = 1 << 15
+
+
+def _packed_half(
+    bits: NDArray[np.uint8], seed: NDArray[np.uint8], m: int, length: int, shift: int
+) -> NDArray[np.uint8]:
+    """Packed method with two complex FFTs of length ``M = N / 2`` instead of real FFTs.
+
+    FFTW's estimated plans are much better for complex than for real transforms of these
+    sizes, so the real sequence ``u`` of length ``N`` is transformed as the complex sequence
+    ``z[j] = u[2j] + i u[2j+1]``: ``Z = DFT_M(z)``. With ``P = Z[k]``,
+    ``Q = conj(Z[M - k])``, the spectra of the even and odd samples of ``u`` are
+    ``E = (P + Q) / 2`` and ``O = (P - Q) / (2i)``. The self-convolution ``v = u * u``
+    has even samples with spectrum ``E^2 + w^k O^2`` (``w = exp(-2 pi i / M)``) and odd samples
+    with spectrum ``2 E O``; packing them the same way gives
+    ``W[k] = P^2 - tau_k (P - Q)^2`` and ``conj(W[M - k]) = Q^2 - tau_k (P - Q)^2`` with
+    ``tau_k = (1 + w^k) / 4``, computed for each pair ``(k, M - k)`` at once. The inverse
+    complex FFT of ``W`` is ``M v`` with the even and odd samples interleaved, i.e. ``M v`` in
+    natural order when viewed as reals. The DC bin gets the exact
+    ``W[0] = E0^2 + O0^2 - M L / 2 + i (2 E0 O0 - M L / 2)`` (``E0``, ``O0``: the integer
+    sums of the even and odd samples), which applies the ``-L/2`` shift to every output.
+    """
+    n = bits.size
+    total = n + m - 1
+    half, quarter = length // 2, length // 4
+    workspace = _acquire_half(length)
     try:
         _packed_fill(workspace.real, bits, seed, float(1 << shift))
         workspace.forward.execute()
-        _square_with_dc(workspace.spectrum, length, total)
+        spectrum, conj_b, scratch, tau = (
+            workspace.spectrum,
+            workspace.conj_b,
+            workspace.scratch,
+            workspace.tau,
+        )
+        even_sum = round(float(spectrum[0].real))
+        odd_sum = round(float(spectrum[0].imag))
+
+        def work(lo: int, hi: int) -> None:
+            # pairs k = i + 1 and M - k for i in [lo, hi), in cache-sized sub-blocks
+            for a in range(lo, hi, _SPECTRAL_BLOCK):
+                b = min(hi, a + _SPECTRAL_BLOCK)
+                p = spectrum[1 + a : 1 + b]
+                q = conj_b[a:b]
+                d = scratch[a:b]
+                np.conjugate(spectrum[half - 1 - a : half - 1 - b : -1], out=q)
+                np.subtract(p, q, out=d)
+                np.multiply(d, d, out=d)
+                np.multiply(d, tau[a:b], out=d)
+                np.multiply(p, p, out=p)
+                np.subtract(p, d, out=p)
+                np.multiply(q, q, out=q)
+                np.subtract(q, d, out=q)
+                top = min(b, quarter - 1)  # k = M/2 pairs with itself: written once, above
+                if top > a:
+                    np.conjugate(q[: top - a], out=spectrum[half - 1 - a : half - 1 - top : -1])
+
+        _split(work, quarter)
+        offset = half * total / 2
+        spectrum[0] = complex(
+            float(even_sum * even_sum + odd_sum * odd_sum) - offset,
+            float(2 * even_sum * odd_sum) - offset,
+        )
         workspace.inverse.execute()
-        return _parity(workspace.real[window], scale / length)
+        return _parity(workspace.real[n - 1 : n - 1 + m], 1.0 / (half * float(1 << (shift + 1))))
     finally:
         _release(workspace)
 

@@ -164,7 +164,7 @@ def _table(status: control_pb2.LinkStatus, opts: LinkDemoOptions, elapsed: float
     )
     table.add_row(
         "secret key rate",
-        f"{_rate(status.secret_bits, status):,.0f} bit/s",
+        f"{_rate(status.secret_bits + status.auth_bits, status):,.0f} bit/s",
         f"{status.model_secret_rate_bps:,.0f} bit/s",
     )
     table.add_row(
@@ -181,6 +181,9 @@ def _table(status: control_pb2.LinkStatus, opts: LinkDemoOptions, elapsed: float
     )
     table.add_row("key in store", f"{status.store_bits:,} bits", "")
     table.add_row("wall-clock secret rate", f"{status.secret_rate_bps:,.0f} bit/s", "")
+    table.add_row(
+        "emulated time", f"{status.emulated_seconds:.2f} s in {elapsed:.0f} s of wall time", ""
+    )
     table.caption = "rates per emulated second; the link runs at the speed-up above"
     return table
 
@@ -206,7 +209,7 @@ def _summary(
         "secret_fraction_per_pulse": status.secret_fraction_per_pulse,
         "net_secret_fraction_per_pulse": status.secret_bits / status.pulses if status.pulses else 0,
         "model_secret_fraction_per_pulse": status.model_secret_fraction_per_pulse,
-        "secret_rate_bps": _rate(status.secret_bits, status),
+        "secret_rate_bps": _rate(status.secret_bits + status.auth_bits, status),
         "model_secret_rate_bps": status.model_secret_rate_bps,
         "reconciliation_efficiency": status.reconciliation_efficiency,
         "frames_ok": status.frames_ok,

@@ -1,0 +1,29 @@
+"""Run every benchmark of bench/ in turn and print their figures (`make bench`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = [
+    ["bench_cascade.py"],
+    ["bench_toeplitz.py"],
+    ["bench_polynomial_hash.py"],
+    ["bench_postprocessing.py"],
+    ["model_table.py"],
+]
+
+
+def main() -> int:
+    failed = 0
+    for command in BENCHMARKS:
+        print(f"\n=== {' '.join(command)} ===", flush=True)
+        result = subprocess.run([sys.executable, str(HERE / command[0]), *command[1:]])
+        failed += result.returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
