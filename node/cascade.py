@@ -657,20 +657,20 @@ class CascadeAlice:
         if not bool(np.all(s < e)) or int(e.max()) > self._n:
             raise CascadeProtocolError("parity query range out of bounds")
         missing = ~self._laid_out[p]
-        if not bool(missing.any()):
+        if self.queries_answered and not bool(missing.any()):
             return self._count(self._range_parity(p, s, e))
-        # Whole blocks of split passes not laid out yet come from the table; any other range
-        # in such a pass makes Alice lay it out.
+        # Whole blocks (all of the first query) come from the table of top-level parities;
+        # any other range in a split pass not laid out yet makes Alice lay it out.
         block = plan.block_offset[p] + s // plan.block_size[p]
         whole = (s == plan.block_start[block]) & (e == plan.block_end[block])
         for q in np.unique(p[missing & ~whole]).tolist():
             row = plan.split_order(q - 2, self._bits)
             self._prefix[q] = _prefix_words(row[None, :], plan.words)[0]
             self._laid_out[q] = True
-        table = ~self._laid_out[p]
         out = self._top[block]
-        ranges = np.flatnonzero(~table)
-        out[ranges] = self._range_parity(p[ranges], s[ranges], e[ranges])
+        ranges = np.flatnonzero(~whole)
+        if ranges.size:
+            out[ranges] = self._range_parity(p[ranges], s[ranges], e[ranges])
         return self._count(out)
 
     def _range_parity(self, p: I64, s: I64, e: I64) -> U8:
@@ -1043,9 +1043,10 @@ class CascadeBob:
         live = np.flatnonzero(self._laid_out)
         self._flat_bits[(live[:, None] * n + pos[live]).ravel()] ^= 1
         flat = pos + np.arange(tracked)[:, None] * self._stride
-        self._since = _merge_sorted(self._since, flat[live].ravel())
-        if self._since.size > self._since_limit:
+        if self._since.size + live.size * orig.size > self._since_limit:
             self._snapshot()
+        else:
+            self._since = _merge_sorted(self._since, flat[live].ravel())
         blocks = (
             plan.block_offset[:tracked, None] + pos // plan.block_size[:tracked, None]
         ).ravel()

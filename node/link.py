@@ -455,17 +455,21 @@ class TransmitterLink(LinkEnd):
         if secret_key_length(n_key, est, expected_leak, self.processing.epsilon_pa) <= 0:
             raise await self._abort(conv, "no_key")
         cascade_seed = secrets.randbits(63)
+        # Cascade pays far more for an underestimate than for an overestimate: plan it for
+        # the sample's upper bound (two standard deviations).
+        sigma = math.sqrt(max(sample_qber, 1e-3) * (1 - sample_qber) / sifted.sample_count)
+        cascade_qber = min(sample_qber + 2 * sigma, 0.25)
         await conv.send(
             estimation_result=link_pb2.EstimationResult(
                 proceed=True,
-                qber_estimate=sample_qber,
+                qber_estimate=cascade_qber,
                 cascade_seed=cascade_seed,
                 key_bits=n_key,
             )
         )
         key = np.ascontiguousarray(fr.bit[sifted.key_idx])
         clock = self._phase("estimation", clock)
-        alice = await self._compute(CascadeAlice, key, sample_qber, cascade_seed)
+        alice = await self._compute(CascadeAlice, key, cascade_qber, cascade_seed)
         disclosed = 0
         while True:
             request = await conv.expect("parity_request")
@@ -755,7 +759,10 @@ class ReceiverLink(LinkEnd):
             if reply_parities.count != count:
                 raise ProtocolError("parity reply does not answer the query")
             parities = decode_bits(reply_parities.parities, count, "parities")
-            await self._compute(bob.receive, parities)
+            try:
+                await self._compute(bob.receive, parities)
+            except ValueError as exc:
+                raise ProtocolError(f"parity reply: {exc}") from None
         verification = await conv.expect("verification")
         n_key = int(key.size)
         corrected = bob.key

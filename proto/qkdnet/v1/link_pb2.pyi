@@ -385,6 +385,7 @@ class EstimationResult(_message.Message):
     proceed: _builtins.bool
     abort_reason: _builtins.str
     qber_estimate: _builtins.float
+    """what both ends plan Cascade for (the sample's upper bound)"""
     cascade_seed: _builtins.int
     key_bits: _builtins.int
     def __init__(
