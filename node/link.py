@@ -75,6 +75,7 @@ _CHUNK_SECONDS = 0.05  # at most this much emulated wall time per chunk, for smo
 _FRAMES_BUFFERED = 4
 _EARLY_ABORT_F = 1.1  # reconciliation efficiency assumed when deciding to skip Cascade
 _VERIFY_LEAK = 64 + 32  # verification tag + the disclosed error count
+_INLINE_ELEMENTS = 20_000  # Cascade steps up to this many ranges run on the event loop
 
 
 def link_id_for(a: str, b: str) -> str:
@@ -200,6 +201,12 @@ class LinkEnd:
     async def _compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run numpy-heavy work off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _maybe_compute(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """Small steps (about a millisecond) run in place: a thread hop would cost as much."""
+        if size > _INLINE_ELEMENTS:
+            return await self._compute(fn, *args)
+        return fn(*args)
 
     async def refresh_store_level(self) -> None:
         bits, blocks = await self.store.run(lambda db: db.level())
@@ -477,7 +484,7 @@ class TransmitterLink(LinkEnd):
                 break
             try:
                 query = ParityQuery.from_bytes(request.query)
-                parities = await self._compute(alice.answer, query)
+                parities = await self._maybe_compute(query.start.size, alice.answer, query)
             except ValueError as exc:
                 raise ProtocolError(f"parity request: {exc}") from None
             disclosed += int(parities.size)
@@ -748,8 +755,11 @@ class ReceiverLink(LinkEnd):
             raise ProtocolError("QBER estimate out of range")
         key = np.ascontiguousarray(bits[sifted.key_idx])
         bob = await self._compute(CascadeBob, key, result.qber_estimate, result.cascade_seed)
+        first = True
         while True:
-            query = await self._compute(bob.next_query)
+            # The first query holds every top-level block; later ones are small.
+            query = await self._compute(bob.next_query) if first else bob.next_query()
+            first = False
             if query is None:
                 await conv.send(parity_request=link_pb2.ParityRequest(done=True))
                 break
@@ -760,7 +770,7 @@ class ReceiverLink(LinkEnd):
                 raise ProtocolError("parity reply does not answer the query")
             parities = decode_bits(reply_parities.parities, count, "parities")
             try:
-                await self._compute(bob.receive, parities)
+                await self._maybe_compute(count, bob.receive, parities)
             except ValueError as exc:
                 raise ProtocolError(f"parity reply: {exc}") from None
         verification = await conv.expect("verification")
