@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from ._arguments import as_count
 from .channel_model import (
     DECOY,
     SIGNAL,
@@ -52,15 +53,6 @@ __all__ = [
 ]
 
 EstimationMethod = Literal["vacuum+weak", "weak", "gllp"]
-
-
-def _as_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    result = int(value)
-    if result < 0:
-        raise ValueError(f"{name} must be >= 0, got {result}")
-    return result
 
 
 def _as_fraction(name: str, value: object, *, upper_open: bool = False) -> float:
@@ -105,7 +97,7 @@ class ClassCounts:
 
     def __post_init__(self) -> None:
         for name in ("pulses", "detections", "sifted", "sifted_errors"):
-            object.__setattr__(self, name, _as_count(name, getattr(self, name)))
+            object.__setattr__(self, name, as_count(name, getattr(self, name)))
         if self.detections > self.pulses:
             raise ValueError(
                 f"detections ({self.detections}) must not exceed pulses ({self.pulses})"
@@ -326,8 +318,8 @@ def secret_key_length(
     Raises:
         ValueError: negative counts or ``epsilon_pa`` outside (0, 1).
     """
-    n = _as_count("n_key_bits", n_key_bits)
-    leaked = _as_count("leaked_bits", leaked_bits)
+    n = as_count("n_key_bits", n_key_bits)
+    leaked = as_count("leaked_bits", leaked_bits)
     epsilon = _as_open_interval("epsilon_pa", epsilon_pa, 1.0)
     if not est.valid or n == 0:
         return 0

@@ -519,7 +519,7 @@ class TransmitterLink(LinkEnd):
         )
         final = await self._compute(toeplitz_hash, key, seed_bits, m)
         block_id = f"{self.link_id}/{fr.frame:08d}-{uuid.uuid4().hex[:8]}"
-        await self._store_block(block_id, fr.frame, final, refill, pending=True)
+        await _store_block(self.store, block_id, fr.frame, final, refill, pending=True)
         await conv.send(
             amplification=link_pb2.Amplification(
                 toeplitz_seed=encode_bits(seed_bits),
@@ -592,17 +592,6 @@ class TransmitterLink(LinkEnd):
             scale = budget / sum(want)
             want = [int(w * scale) for w in want]
         return want[0], want[1]
-
-    async def _store_block(
-        self,
-        block_id: str,
-        frame: int,
-        final: NDArray[np.uint8],
-        refill: tuple[int, int],
-        *,
-        pending: bool,
-    ) -> None:
-        await _store_block(self.store, block_id, frame, final, refill, pending=pending)
 
 
 async def _store_block(

@@ -32,12 +32,12 @@ tens of milliseconds. Memory is about 20 bytes per detection: size
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from ._arguments import as_count
 from .channel_model import (
     ChannelParameters,
     error_rate,
@@ -111,15 +111,6 @@ class ClassTotals:
     """Detected slots per class (ground truth; equals the bincount of Alice's classes)."""
 
 
-def _as_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    result = int(value)
-    if result < 0:
-        raise ValueError(f"{name} must be >= 0, got {result}")
-    return result
-
-
 def _bernoulli_slots(
     rng: np.random.Generator, n: int, prob: float, *, batch: int | None = None
 ) -> npt.NDArray[np.uint64]:
@@ -189,8 +180,8 @@ def transmit(
     Raises:
         ValueError: on a negative or out-of-range ``first_slot`` or ``n_pulses``.
     """
-    first = _as_count("first_slot", first_slot)
-    n = _as_count("n_pulses", n_pulses)
+    first = as_count("first_slot", first_slot)
+    n = as_count("n_pulses", n_pulses)
     if n >= _MAX_PULSES:
         raise ValueError(f"n_pulses must be < 2**53, got {n}")
     if first + n > _MAX_SLOT:
