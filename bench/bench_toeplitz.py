@@ -3,7 +3,10 @@
 Prints, for n in {1e5, 1e6, 2e6} and compression m/n in {0.2, 0.5, 0.8}, the median time per
 call and the throughput in Mbit/s of *input* for the one-shot ``toeplitz_hash`` (default
 method and the three-FFT ``direct`` method) and for ``ToeplitzHasher.hash`` (precomputed seed
-spectrum). Planning (first call per FFT length) is timed separately.
+spectrum). One-time costs are shown separately in "first ms": the choice of the FFT length
+("tuning" row: candidate lengths planned and timed) and each variant's first call (planning,
+buffers). "one-shot" is the default ``toeplitz_hash`` (packed, two FFTs), "direct" the
+three-FFT method.
 
 Usage: ``python bench/bench_toeplitz.py [--repeats R] [--measure] [--wisdom FILE]``.
 ``--measure`` plans with FFTW_MEASURE (can take minutes per FFT length unless ``--wisdom``
@@ -40,7 +43,10 @@ def _bench_case(
     n = bits.size
     m = int(n * ratio)
     seed = rng.integers(0, 2, toeplitz.seed_length(n, m), dtype=np.uint8)
-    length = toeplitz.fft_length(n, m)
+    start = time.perf_counter()
+    length = toeplitz.fft_length(n, m)  # first use of a size region: times candidate lengths
+    tuning = time.perf_counter() - start
+    print(f"{n:>9} {ratio:>4} {length:>9} {'tuning':>10} {tuning * 1e3:>8.1f}")
     reference = toeplitz.toeplitz_hash(bits, seed, m, method="direct")
     start = time.perf_counter()
     hasher = toeplitz.ToeplitzHasher(seed, n, m)
@@ -77,6 +83,9 @@ def main() -> None:
         toeplitz.configure_fftw(planner_effort="FFTW_MEASURE")
     settings = toeplitz.fftw_settings()
     print(f"FFTW threads={settings.threads} planner={settings.planner_effort}")
+    reference = np.random.default_rng(0).random(1_500_000)
+    numpy_fft = _median_seconds(lambda: np.fft.rfft(reference), 3)
+    print(f"machine reference: numpy.fft.rfft of 1.5M points takes {numpy_fft * 1e3:.1f} ms")
     header = (
         f"{'n':>9} {'m/n':>4} {'FFT len':>9} {'variant':>10} {'first ms':>8} "
         f"{'median ms':>10} {'Mbit/s':>8}"

@@ -1,4 +1,4 @@
-"""Toeplitz-matrix privacy amplification, computed with real FFTs.
+"""Toeplitz-matrix privacy amplification, computed with FFTs.
 
 Definition
 ----------
@@ -15,25 +15,25 @@ Convolution
 ``c = s * x`` (length ``2n + m - 2``). Only the entries ``n - 1 .. n + m - 2`` are needed,
 and none of them is touched by wrap-around in a *cyclic* convolution of any length
 ``N >= L = n + m - 1`` (the aliased terms ``c[t - N]`` and ``c[t + N]`` fall outside the
-support of ``c``). Hence, with real FFTs of length ``N``:
+support of ``c``). Two ways to get them from FFTs of length ``N``:
 
-* **direct** method (three FFTs):
-  ``y = irfft(rfft(s, N) * rfft(x, N))[n - 1 : n - 1 + m] mod 2``. The values are integers
-  in ``[0, n]`` and the float64 round-off is orders of magnitude below 0.5, so rounding to
-  the nearest integer and keeping the lowest bit is exact.
+* **direct** method (three FFTs): ``y = IDFT(DFT(s) DFT(x))[n - 1 : n - 1 + m] mod 2``.
+  The values are integers in ``[0, n]`` and the float64 round-off is orders of magnitude
+  below 0.5, so rounding to the nearest integer and keeping the lowest bit is exact.
+  :class:`ToeplitzHasher` keeps ``DFT(s)`` and then needs two FFTs per input.
 
-* **packed** method (two FFTs, used by default for ``L < 2^22``): with ``2^k > L``,
-  transform the single real sequence ``u = s + 2^k x`` and square its spectrum:
+* **packed** method (two FFTs, the default for ``L < 2^22``): with ``2^k > L``, transform
+  the single real sequence ``u = s + 2^k x`` and square its spectrum:
   ``u * u = s * s + 2^(k+1) (s * x) + 2^(2k) (x * x)`` (cyclic convolutions). Every entry
   ``A`` of ``s * s`` lies in ``[0, L]``, so
   ``(u * u - L/2) / 2^(k+1) = B + 2^(k-1) C + (A - L/2) / 2^(k+1)`` where the last term is
   below 1/4 in magnitude: rounding gives ``B + 2^(k-1) C``, whose parity is that of the
-  wanted ``B = s * x`` (``k >= 2``). This holds as long as the float64 error on
-  ``u * u`` stays below ``2^(k-1)``; the values reach ``~2^(2k) n`` (up to ~2^66 at the size
-  limit), and the measured worst-case error (all-ones inputs at ``L`` just below 2^22) is
-  about 2^14.4, i.e. a margin of ~100x. The DC bin of the squared spectrum is replaced by
-  the exact ``S^2 - N L / 2`` (``S = sum(u)``, recovered exactly by rounding the computed
-  DC bin), which both applies the ``-L/2`` shift and removes the largest rounding error.
+  wanted ``B = s * x`` (``k >= 2``). This holds as long as the float64 error on ``u * u``
+  stays below ``2^(k-1)``; the values reach ``~2^(2k) n`` (up to ~2^66 at the size limit),
+  and the measured worst-case error (all-ones inputs at ``L`` just below 2^22) is about
+  2^14.2 against a tolerance above 2^21, a margin of more than 100x. The DC bin of the
+  squared spectrum is replaced by its exact value (the sums of ``u`` are integers, recovered
+  by rounding), which both applies the ``-L/2`` shift and removes the largest rounding error.
 
 Rounding uses the float64 "magic number" trick: adding ``1.5 * 2^52`` leaves ``round(v)``
 in the low mantissa bits, whose lowest bit is the parity. ``check_rounding=True`` is a
@@ -42,28 +42,39 @@ integer, and the packed method is cross-checked against the direct one.
 
 FFT engine
 ----------
-Large transforms use FFTW through pyFFTW, multi-threaded (two threads by default). FFT
-lengths come from a small set, ``c * 2^j`` with ``c`` in {16, 18, 20, 21, 24, 25, 27, 28, 30}
-(at most ~14 % padding), so that frames of slightly different sizes share plans. Each length
-gets a *workspace*: SIMD-aligned buffers plus the FFTW plans that operate on them. A
-workspace is used by one call at a time; concurrent callers (the link runs privacy
-amplification from a thread pool) take distinct workspaces from a small pool, bounded in
-memory, and planning is serialised by a lock.
+Large transforms use FFTW through pyFFTW, two threads by default. A real sequence of even
+length ``N`` is transformed as the ``N / 2`` complex numbers ``u[2j] + i u[2j+1]`` (a free
+view of the same memory): FFTW's *estimated* plans are good for complex transforms but
+poor for real ones at these sizes (a real 1.5M-point inverse transform is ~50 % slower than
+with a measured plan), while measuring plans (``FFTW_MEASURE``) takes 1-3 minutes per
+length on a two-core machine. The even/odd spectra are separated, combined and re-packed in
+one cache-blocked pass over the pairs ``(k, N/2 - k)`` (see :func:`_packed` and
+:class:`_SeedSpectrum`); element-wise passes over large arrays are split between the
+calling thread and one helper thread.
 
-The default planner effort is ``FFTW_ESTIMATE``: planning is instantaneous, but the
-transforms are ~30 % slower than with ``FFTW_MEASURE``, whose planning takes *minutes* for
-lengths around 10^6 on a small machine. A long-running node can opt in with
-:func:`configure_fftw` (optionally with a ``planning_timelimit``), plan ahead with
-:func:`warm_up`, and persist the result with :func:`export_wisdom` / :func:`import_wisdom`.
-Small transforms use ``numpy.fft`` (no planning at all).
+FFT lengths are 5-smooth numbers (``2^a 3^b 5^c``, multiples of 4 for FFTW). The speed of
+FFTW's estimated plans varies by up to 2x between lengths of similar size, unpredictably, so
+the first time a size region is used the (at most four) smallest candidates within +25 %
+are planned and timed once (a few hundred milliseconds for ~10^6 points) and the fastest is
+used from then on; with ``FFTW_MEASURE`` the smallest candidate is used. Each length gets a
+*workspace*: SIMD-aligned buffers plus the FFTW plans that operate on them. A workspace is
+used by one call at a time; concurrent callers (the link runs privacy amplification from a
+thread pool) take distinct workspaces from a small pool bounded in memory, and planning is
+serialised by a lock. The planner effort defaults to ``FFTW_ESTIMATE`` (instantaneous); a
+long-running node may opt in to ``FFTW_MEASURE`` with :func:`configure_fftw` (optionally
+with a ``planning_timelimit``), plan ahead with :func:`warm_up`, and persist plans with
+:func:`export_wisdom` / :func:`import_wisdom`.
+Transforms of at most 4096 points use ``numpy.fft`` (real transforms, no planning).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,10 +108,36 @@ Method = Literal["auto", "direct", "packed"]
 # Sizes
 # --------------------------------------------------------------------------------------------
 
-_FAST_MULTIPLIERS: Final[tuple[int, ...]] = (16, 18, 20, 21, 24, 25, 27, 28, 30)
-_FAST_LENGTHS: Final[tuple[int, ...]] = tuple(
-    sorted(set(range(1, 16)) | {c << j for c in _FAST_MULTIPLIERS for j in range(48)})
-)
+# Candidate FFT lengths: 5-smooth numbers (2^a 3^b 5^c); those used with FFTW must be
+# multiples of 4 (the transforms work on N/2 complex numbers, split in pairs k, N/2 - k).
+_LENGTH_LIMIT: Final[int] = 1 << 40
+
+
+def _smooth_numbers(limit: int) -> tuple[int, ...]:
+    """Sorted 5-smooth numbers below ``limit``."""
+    numbers = []
+    power5 = 1
+    while power5 < limit:
+        power35 = power5
+        while power35 < limit:
+            value = power35
+            while value < limit:
+                numbers.append(value)
+                value <<= 1
+            power35 *= 3
+        power5 *= 5
+    return tuple(sorted(numbers))
+
+
+_SMOOTH_LENGTHS: Final[tuple[int, ...]] = _smooth_numbers(_LENGTH_LIMIT)
+_FFTW_LENGTHS: Final[tuple[int, ...]] = tuple(x for x in _SMOOTH_LENGTHS if x % 4 == 0)
+
+# Length selection for FFTW: FFTW's estimated plans are fast for some lengths and up to ~50 %
+# slower for others of similar size, unpredictably. The first time a size region is used,
+# the few smallest candidate lengths (at most this many, within +25 %) are planned and timed
+# once; the fastest is used from then on (the output does not depend on the length).
+_TUNE_CANDIDATES: Final[int] = 4
+_TUNE_SPAN: Final[float] = 1.25
 
 # Cyclic convolutions of at most this length use numpy.fft instead of FFTW.
 _NUMPY_MAX_LENGTH: Final[int] = 1 << 12
@@ -119,12 +156,54 @@ def seed_length(n: int, m: int) -> int:
 
 
 def fft_length(n: int, m: int) -> int:
-    """FFT length used for an ``m x n`` hash: the smallest cached length ``>= n + m - 1``."""
+    """FFT length used for an ``m x n`` hash (``>= n + m - 1``; may time candidate lengths)."""
     return _fast_length(seed_length(n, m))
 
 
 def _fast_length(minimum: int) -> int:
-    return _FAST_LENGTHS[bisect.bisect_left(_FAST_LENGTHS, max(1, minimum))]
+    minimum = max(1, minimum)
+    if minimum <= _NUMPY_MAX_LENGTH:
+        return _SMOOTH_LENGTHS[bisect.bisect_left(_SMOOTH_LENGTHS, minimum)]
+    start = bisect.bisect_left(_FFTW_LENGTHS, minimum)
+    candidates = [
+        length
+        for length in _FFTW_LENGTHS[start : start + _TUNE_CANDIDATES]
+        if length <= minimum * _TUNE_SPAN
+    ] or [_FFTW_LENGTHS[start]]
+    if len(candidates) == 1 or _settings.planner_effort != "FFTW_ESTIMATE":
+        return candidates[0]
+    if all(length in _length_costs for length in candidates):  # already timed: no lock
+        return min(candidates, key=lambda length: (_length_costs[length], length))
+    with _tune_lock:
+        timed = [length for length in candidates if length not in _length_costs]
+        for length in timed:
+            _length_costs[length] = _time_length(length)
+        best = min(candidates, key=lambda length: (_length_costs[length], length))
+    with _pool_lock:  # keep only the chosen length's workspace from the timing runs
+        for length in timed:
+            if length != best:
+                _pool.pop(length, None)
+    return best
+
+
+_tune_lock = threading.Lock()
+_length_costs: dict[int, float] = {}  # FFT length -> seconds for a forward + inverse pair
+
+
+def _time_length(length: int) -> float:
+    """Best of three timings of a forward and an inverse transform of ``length`` points."""
+    workspace = _acquire(length)
+    try:
+        workspace.real[:] = 1.0
+        best = math.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            workspace.forward.execute()
+            workspace.inverse.execute()
+            best = min(best, time.perf_counter() - start)
+        return best
+    finally:
+        _release(workspace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,76 +284,30 @@ class _Plan(Protocol):
     def execute(self) -> None: ...
 
 
+@functools.lru_cache(maxsize=4)
+def _tau(length: int) -> NDArray[np.complex128]:
+    """``tau[i] = (1 + w^(i+1)) / 4`` for ``i < N/4``, ``w = exp(-2 pi i / (N/2))`` (read-only)."""
+    half = length // 2
+    tau: NDArray[np.complex128] = np.exp(np.arange(1, length // 4 + 1) * (-2j * np.pi / half))
+    tau += 1.0
+    tau *= 0.25
+    tau.setflags(write=False)
+    return tau
+
+
 class _Workspace:
-    """Aligned buffers and FFTW plans for one FFT length.
+    """Aligned buffers and FFTW plans for one FFT length ``N`` (a multiple of 4).
 
-    ``forward: real -> spectrum``, ``inverse: spectrum -> real`` (unnormalised) and, created
-    on first use, ``forward_b: real -> spectrum_b``.
+    A real sequence of length ``N`` stored in ``real`` is transformed as ``M = N / 2`` complex
+    numbers (``data`` is the same memory): ``forward: data -> spectrum`` and
+    ``inverse: spectrum -> data`` (unnormalised), plus, created on first use,
+    ``inverse_swapped: data -> spectrum``. ``tau``, ``conj_b`` and ``scratch`` serve the spectral
+    step of the packed method.
     """
 
     __slots__ = (
-        "_forward_b",
+        "_inverse_swapped",
         "_options",
-        "forward",
-        "generation",
-        "inverse",
-        "length",
-        "real",
-        "spectrum",
-        "spectrum_b",
-    )
-
-    def __init__(self, length: int, settings: FFTWSettings, generation: int) -> None:
-        self.length = length
-        self.generation = generation
-        self._options: dict[str, Any] = {
-            "flags": (settings.planner_effort, "FFTW_DESTROY_INPUT"),
-            "threads": settings.threads,
-            "planning_timelimit": settings.planning_timelimit,
-        }
-        self.real: NDArray[np.float64] = pyfftw.empty_aligned(length, dtype="float64")
-        self.spectrum: NDArray[np.complex128] = pyfftw.empty_aligned(
-            length // 2 + 1, dtype="complex128"
-        )
-        self.spectrum_b: NDArray[np.complex128] | None = None
-        self._forward_b: _Plan | None = None
-        with _plan_lock:
-            self.forward: _Plan = pyfftw.FFTW(
-                self.real, self.spectrum, direction="FFTW_FORWARD", **self._options
-            )
-            self.inverse: _Plan = pyfftw.FFTW(
-                self.spectrum, self.real, direction="FFTW_BACKWARD", **self._options
-            )
-
-    @property
-    def nbytes(self) -> int:
-        extra = 0 if self.spectrum_b is None else self.spectrum_b.nbytes
-        return int(self.real.nbytes + self.spectrum.nbytes + extra)
-
-    def forward_b(self) -> tuple[_Plan, NDArray[np.complex128]]:
-        """The second forward plan (into ``spectrum_b``), created on first use."""
-        if self._forward_b is None or self.spectrum_b is None:
-            spectrum_b: NDArray[np.complex128] = pyfftw.empty_aligned(
-                self.length // 2 + 1, dtype="complex128"
-            )
-            with _plan_lock:
-                plan: _Plan = pyfftw.FFTW(
-                    self.real, spectrum_b, direction="FFTW_FORWARD", **self._options
-                )
-            self.spectrum_b, self._forward_b = spectrum_b, plan
-        return self._forward_b, self.spectrum_b
-
-
-class _HalfWorkspace:
-    """Buffers and complex FFTW plans of length ``N / 2`` for the packed method.
-
-    The real sequence of length ``N`` in ``data`` (viewed as ``real``) is transformed as ``N / 2``
-    complex numbers ``u[2j] + i u[2j+1]``: ``forward: data -> spectrum``,
-    ``inverse: spectrum -> data`` (unnormalised). ``tau``, ``conj_b`` and ``scratch`` serve
-    the spectral step of :func:`_packed_half`.
-    """
-
-    __slots__ = (
         "conj_b",
         "data",
         "forward",
@@ -289,11 +322,11 @@ class _HalfWorkspace:
 
     def __init__(self, length: int, settings: FFTWSettings, generation: int) -> None:
         if length % 4:
-            raise ValueError("the packed FFT length must be a multiple of 4")
+            raise ValueError("the FFT length must be a multiple of 4")
         self.length = length
         self.generation = generation
         half, quarter = length // 2, length // 4
-        options: dict[str, Any] = {
+        self._options: dict[str, Any] = {
             "flags": (settings.planner_effort, "FFTW_DESTROY_INPUT"),
             "threads": settings.threads,
             "planning_timelimit": settings.planning_timelimit,
@@ -303,68 +336,53 @@ class _HalfWorkspace:
         self.spectrum: NDArray[np.complex128] = pyfftw.empty_aligned(half, dtype="complex128")
         self.conj_b = np.empty(quarter, dtype=np.complex128)
         self.scratch = np.empty(quarter, dtype=np.complex128)
-        # tau[i] = (1 + w^(i+1)) / 4, w = exp(-2 pi i / (N/2)); see _packed_half
-        self.tau = np.exp(np.arange(1, quarter + 1) * (-2j * np.pi / half))
-        self.tau += 1.0
-        self.tau *= 0.25
+        self.tau = _tau(length)
+        self._inverse_swapped: _Plan | None = None
         with _plan_lock:
             self.forward: _Plan = pyfftw.FFTW(
-                self.data, self.spectrum, direction="FFTW_FORWARD", **options
+                self.data, self.spectrum, direction="FFTW_FORWARD", **self._options
             )
             self.inverse: _Plan = pyfftw.FFTW(
-                self.spectrum, self.data, direction="FFTW_BACKWARD", **options
+                self.spectrum, self.data, direction="FFTW_BACKWARD", **self._options
             )
 
     @property
     def nbytes(self) -> int:
-        return int(
-            self.data.nbytes
-            + self.spectrum.nbytes
-            + self.conj_b.nbytes
-            + self.scratch.nbytes
-            + self.tau.nbytes
-        )
+        arrays = (self.data, self.spectrum, self.conj_b, self.scratch)
+        return sum(int(a.nbytes) for a in arrays)
 
+    def inverse_swapped(self) -> _Plan:
+        """Inverse transform ``data -> spectrum`` (product method), planned on first use."""
+        if self._inverse_swapped is None:
+            with _plan_lock:
+                plan: _Plan = pyfftw.FFTW(
+                    self.data, self.spectrum, direction="FFTW_BACKWARD", **self._options
+                )
+            self._inverse_swapped = plan
+        return self._inverse_swapped
 
-_AnyWorkspace = _Workspace | _HalfWorkspace
 
 _plan_lock = threading.Lock()  # serialises FFTW planning and wisdom (the planner is global)
 _pool_lock = threading.Lock()  # guards _pool, _generation and _settings
-_pool: OrderedDict[tuple[bool, int], list[_AnyWorkspace]] = OrderedDict()
+_pool: OrderedDict[int, list[_Workspace]] = OrderedDict()
 _generation = 0
 
 
 def _acquire(length: int) -> _Workspace:
-    """A real-transform workspace (direct method, hasher)."""
     with _pool_lock:
-        idle = _pool.get((False, length))
+        idle = _pool.get(length)
         if idle:
-            workspace = idle.pop()
-            assert isinstance(workspace, _Workspace)
-            return workspace
+            return idle.pop()
         settings, generation = _settings, _generation
     return _Workspace(length, settings, generation)
 
 
-def _acquire_half(length: int) -> _HalfWorkspace:
-    """A half-length complex workspace (packed method)."""
-    with _pool_lock:
-        idle = _pool.get((True, length))
-        if idle:
-            workspace = idle.pop()
-            assert isinstance(workspace, _HalfWorkspace)
-            return workspace
-        settings, generation = _settings, _generation
-    return _HalfWorkspace(length, settings, generation)
-
-
-def _release(workspace: _AnyWorkspace) -> None:
-    key = (isinstance(workspace, _HalfWorkspace), workspace.length)
+def _release(workspace: _Workspace) -> None:
     with _pool_lock:
         if workspace.generation != _generation:
             return
-        idle = _pool.setdefault(key, [])
-        _pool.move_to_end(key)
+        idle = _pool.setdefault(workspace.length, [])
+        _pool.move_to_end(workspace.length)
         if len(idle) < _settings.max_idle_per_length:
             idle.append(workspace)
         total = sum(w.nbytes for ws in _pool.values() for w in ws)
@@ -395,7 +413,8 @@ def configure_fftw(
     """Change the FFTW settings for plans created from now on; returns the new settings.
 
     Arguments left at ``None`` keep their value; ``planning_timelimit=math.inf`` removes the
-    limit. The workspace cache is cleared, so the next call of each length plans again.
+    limit. The workspace cache and the length timings are cleared, so the next call of each
+    length plans again.
     """
     global _settings
     for name, value in (
@@ -428,6 +447,8 @@ def configure_fftw(
         _settings = replace(_settings, **changes)
         settings = _settings
     clear_fft_cache()
+    with _tune_lock:
+        _length_costs.clear()  # length timings depend on the settings
     return settings
 
 
@@ -449,32 +470,31 @@ def import_wisdom(wisdom: tuple[bytes, ...]) -> bool:
     return bool(accepted[0])
 
 
-def warm_up(n: int, m: int, *, method: Method = "auto") -> int:
+def warm_up(n: int, m: int) -> int:
     """Create the FFT workspace (plans) used for ``m x n`` hashes now; returns the FFT length.
 
     With ``FFTW_MEASURE`` this is where the planning time is spent.
     """
     length = fft_length(n, m)
-    if length <= _NUMPY_MAX_LENGTH or m == 0:
-        return length
-    if method != "direct" and seed_length(n, m) < _PACKED_MAX_BITS:
-        _release(_acquire_half(length))
-    else:
+    if length > _NUMPY_MAX_LENGTH and m > 0:
         workspace = _acquire(length)
         try:
-            workspace.forward_b()
+            workspace.inverse_swapped()
         finally:
             _release(workspace)
     return length
 
 
 # --------------------------------------------------------------------------------------------
-# Hashing
+# Element-wise passes
 # --------------------------------------------------------------------------------------------
 
 # Element-wise passes over at least this many elements are split between the calling thread
 # and a helper thread (numpy releases the GIL), when FFTW is allowed more than one thread.
 _SPLIT_MIN: Final[int] = 1 << 17
+
+# Sub-block size of the multi-operation spectral passes (keeps their operands in cache).
+_BLOCK: Final[int] = 1 << 15
 
 _helper: ThreadPoolExecutor | None = None
 _helper_lock = threading.Lock()
@@ -496,11 +516,11 @@ def _split(work: Callable[[int, int], None], size: int) -> None:
     if size < _SPLIT_MIN or _settings.threads < 2:
         work(0, size)
         return
-    half = (size // 2) & ~63
-    future = _helper_pool().submit(work, half, size)
-    work(0, half)
+    middle = (size // 2) & ~63
+    future = _helper_pool().submit(work, middle, size)
+    work(0, middle)
     if future.cancel():
-        work(half, size)
+        work(middle, size)
     else:
         future.result()
 
@@ -528,60 +548,14 @@ def _check_margin(values: NDArray[np.float64], scale: float) -> None:
         raise ArithmeticError(f"FFT rounding error too large: {error:.3g}")
 
 
-def _multiply(
-    a: NDArray[np.complex128], b: NDArray[np.complex128], out: NDArray[np.complex128]
-) -> None:
-    """``out = a * b`` element-wise."""
+def _fill(real: NDArray[np.float64], bits: NDArray[np.uint8]) -> None:
+    """``real = bits`` zero-padded to the buffer length."""
 
     def work(lo: int, hi: int) -> None:
-        np.multiply(a[lo:hi], b[lo:hi], out=out[lo:hi])
-
-    _split(work, out.size)
-
-
-def _fill(buffer: NDArray[np.float64], bits: NDArray[np.uint8]) -> None:
-    """``buffer = bits`` zero-padded to the buffer length."""
-
-    def work(lo: int, hi: int) -> None:
-        np.copyto(buffer[lo:hi], bits[lo:hi])
+        np.copyto(real[lo:hi], bits[lo:hi])
 
     _split(work, bits.size)
-    buffer[bits.size :] = 0.0
-
-
-def _direct(
-    bits: NDArray[np.uint8], seed: NDArray[np.uint8], m: int, length: int, check: bool
-) -> NDArray[np.uint8]:
-    """Three-FFT method: ``irfft(rfft(seed) * rfft(bits))``."""
-    n = bits.size
-    window = slice(n - 1, n - 1 + m)
-    if length <= _NUMPY_MAX_LENGTH:
-        spectrum = np.fft.rfft(seed, length) * np.fft.rfft(bits, length)
-        values = np.fft.irfft(spectrum, length)[window]
-        if check:
-            _check_margin(values, 1.0)
-        return _parity(values, 1.0)
-    workspace = _acquire(length)
-    try:
-        forward_b, spectrum_b = workspace.forward_b()
-        _fill(workspace.real, seed)
-        workspace.forward.execute()
-        _fill(workspace.real, bits)
-        forward_b.execute()
-        _multiply(workspace.spectrum, spectrum_b, workspace.spectrum)
-        workspace.inverse.execute()
-        values = workspace.real[window]
-        scale = 1.0 / length  # FFTW's inverse transform is unnormalised
-        if check:
-            _check_margin(values, scale)
-        return _parity(values, scale)
-    finally:
-        _release(workspace)
-
-
-def _packed_shift(n: int, m: int) -> int:
-    """``k`` of the packed method: the smallest ``k >= 2`` with ``2^k > n + m - 1``."""
-    return max(2, (n + m - 1).bit_length())
+    real[bits.size :] = 0.0
 
 
 def _packed_fill(
@@ -600,10 +574,33 @@ def _packed_fill(
     real[total:] = 0.0
 
 
+# --------------------------------------------------------------------------------------------
+# Packed method (two FFTs)
+# --------------------------------------------------------------------------------------------
+
+
+def _packed_shift(n: int, m: int) -> int:
+    """``k`` of the packed method: the smallest ``k >= 2`` with ``2^k > n + m - 1``."""
+    return max(2, (n + m - 1).bit_length())
+
+
 def _packed(
     bits: NDArray[np.uint8], seed: NDArray[np.uint8], m: int, length: int
 ) -> NDArray[np.uint8]:
-    """Two-FFT method: square the spectrum of ``seed + 2^k bits`` (see module docstring)."""
+    """Square the spectrum of ``u = seed + 2^k bits`` (see the module docstring).
+
+    With FFTW, the real sequence ``u`` of length ``N`` is transformed as the complex sequence
+    ``z[j] = u[2j] + i u[2j+1]`` of length ``M = N / 2``: ``Z = DFT_M(z)``. For
+    ``P = Z[k]`` and ``Q = conj(Z[M - k])`` the spectra of the even and odd samples of ``u``
+    are ``E = (P + Q) / 2`` and ``O = (P - Q) / (2i)``. The even samples of ``v = u * u`` have
+    the spectrum ``E^2 + w^k O^2`` (``w = exp(-2 pi i / M)``) and the odd ones ``2 E O``;
+    packed the same way, ``W[k] = P^2 - tau_k (P - Q)^2`` and
+    ``conj(W[M - k]) = Q^2 - tau_k (P - Q)^2`` with ``tau_k = (1 + w^k) / 4``, computed for
+    each pair ``(k, M - k)`` at once. The inverse transform of ``W`` is ``M v``, its even and
+    odd samples interleaved, i.e. ``M v`` in natural order when viewed as reals. ``W[0]`` is
+    set to the exact ``E0^2 + O0^2 - M L / 2 + i (2 E0 O0 - M L / 2)`` (``E0``, ``O0``: the
+    integer sums of the even and odd samples of ``u``), which shifts every output by ``-L/2``.
+    """
     n = bits.size
     total = n + m - 1
     shift = _packed_shift(n, m)
@@ -613,38 +610,13 @@ def _packed(
         real = np.empty(length, dtype=np.float64)
         _packed_fill(real, bits, seed, float(1 << shift))
         spectrum = np.fft.rfft(real)
-        _square_with_dc(spectrum, length, total)
+        u_sum = round(float(spectrum[0].real))
+        np.multiply(spectrum, spectrum, out=spectrum)
+        spectrum[0] = float(2 * u_sum * u_sum - length * total) * 0.5
         return _parity(np.fft.irfft(spectrum, length)[window], scale)
-    return _packed_half(bits, seed, m, length, shift)
 
-
-# Sub-block size of the spectral step (keeps its operands in cache).
-_SPECTRAL_BLOCK: Final[int] = 1 << 15
-
-
-def _packed_half(
-    bits: NDArray[np.uint8], seed: NDArray[np.uint8], m: int, length: int, shift: int
-) -> NDArray[np.uint8]:
-    """Packed method with two complex FFTs of length ``M = N / 2`` instead of real FFTs.
-
-    FFTW's estimated plans are much better for complex than for real transforms of these
-    sizes, so the real sequence ``u`` of length ``N`` is transformed as the complex sequence
-    ``z[j] = u[2j] + i u[2j+1]``: ``Z = DFT_M(z)``. With ``P = Z[k]``,
-    ``Q = conj(Z[M - k])``, the spectra of the even and odd samples of ``u`` are
-    ``E = (P + Q) / 2`` and ``O = (P - Q) / (2i)``. The self-convolution ``v = u * u``
-    has even samples with spectrum ``E^2 + w^k O^2`` (``w = exp(-2 pi i / M)``) and odd samples
-    with spectrum ``2 E O``; packing them the same way gives
-    ``W[k] = P^2 - tau_k (P - Q)^2`` and ``conj(W[M - k]) = Q^2 - tau_k (P - Q)^2`` with
-    ``tau_k = (1 + w^k) / 4``, computed for each pair ``(k, M - k)`` at once. The inverse
-    complex FFT of ``W`` is ``M v`` with the even and odd samples interleaved, i.e. ``M v`` in
-    natural order when viewed as reals. The DC bin gets the exact
-    ``W[0] = E0^2 + O0^2 - M L / 2 + i (2 E0 O0 - M L / 2)`` (``E0``, ``O0``: the integer
-    sums of the even and odd samples), which applies the ``-L/2`` shift to every output.
-    """
-    n = bits.size
-    total = n + m - 1
     half, quarter = length // 2, length // 4
-    workspace = _acquire_half(length)
+    workspace = _acquire(length)
     try:
         _packed_fill(workspace.real, bits, seed, float(1 << shift))
         workspace.forward.execute()
@@ -658,9 +630,9 @@ def _packed_half(
         odd_sum = round(float(spectrum[0].imag))
 
         def work(lo: int, hi: int) -> None:
-            # pairs k = i + 1 and M - k for i in [lo, hi), in cache-sized sub-blocks
-            for a in range(lo, hi, _SPECTRAL_BLOCK):
-                b = min(hi, a + _SPECTRAL_BLOCK)
+            # pairs k = i + 1 and M - k for i in [lo, hi)
+            for a in range(lo, hi, _BLOCK):
+                b = min(hi, a + _BLOCK)
                 p = spectrum[1 + a : 1 + b]
                 q = conj_b[a:b]
                 d = scratch[a:b]
@@ -672,7 +644,7 @@ def _packed_half(
                 np.subtract(p, d, out=p)
                 np.multiply(q, q, out=q)
                 np.subtract(q, d, out=q)
-                top = min(b, quarter - 1)  # k = M/2 pairs with itself: written once, above
+                top = min(b, quarter - 1)  # k = M/2 is its own partner: written once, above
                 if top > a:
                     np.conjugate(q[: top - a], out=spectrum[half - 1 - a : half - 1 - top : -1])
 
@@ -683,21 +655,128 @@ def _packed_half(
             float(2 * even_sum * odd_sum) - offset,
         )
         workspace.inverse.execute()
-        return _parity(workspace.real[n - 1 : n - 1 + m], 1.0 / (half * float(1 << (shift + 1))))
+        return _parity(workspace.real[window], scale / half)
     finally:
         _release(workspace)
 
 
-def _square_with_dc(spectrum: NDArray[np.complex128], length: int, total: int) -> None:
-    """Square the spectrum in place; set the DC bin to ``S^2 - length * total / 2``."""
-    u_sum = round(float(spectrum[0].real))  # sum(u): an integer below 2^53, computed to ~1e-5
+# --------------------------------------------------------------------------------------------
+# Product method (seed spectrum times input spectrum)
+# --------------------------------------------------------------------------------------------
 
-    def work(lo: int, hi: int) -> None:
-        chunk = spectrum[lo:hi]
-        np.multiply(chunk, chunk, out=chunk)
 
-    _split(work, spectrum.size)
-    spectrum[0] = float(2 * u_sum * u_sum - length * total) * 0.5
+class _SeedSpectrum:
+    """What the product method needs from the seed, for one FFT length.
+
+    numpy engine: ``rfft(seed, N)``. FFTW engine: the seed is transformed packed as complex
+    numbers, ``Z = DFT_M(s[2j] + i s[2j+1])``; its even/odd-sample spectra are
+    ``E = (Z + R) / 2`` and ``O = (Z - R) / (2i)`` with ``R[k] = conj(Z[M - k])``. The packed
+    spectrum of ``bits * seed`` (even samples ``E_x E + w^k O_x O``, odd samples
+    ``E_x O + O_x E``, ``w = exp(-2 pi i / M)``) is ``W = P g1 + Q g2`` where
+    ``P = Z_x[k]``, ``Q = conj(Z_x[M - k])`` come from the input and, including the ``1 / M``
+    of the unnormalised inverse, ``g2 = (1 + w^k) (Z - R) / (4M)`` and ``g1 = Z / M - g2``.
+    """
+
+    __slots__ = ("g1", "g2", "length", "numpy_spectrum")
+
+    def __init__(self, seed: NDArray[np.uint8], length: int) -> None:
+        self.length = length
+        self.numpy_spectrum: NDArray[np.complex128] | None = None
+        self.g1: NDArray[np.complex128] | None = None
+        self.g2: NDArray[np.complex128] | None = None
+        if length <= _NUMPY_MAX_LENGTH:
+            self.numpy_spectrum = np.fft.rfft(seed, length)
+            return
+        half, quarter = length // 2, length // 4
+        g1: NDArray[np.complex128] = pyfftw.empty_aligned(half, dtype="complex128")
+        g2: NDArray[np.complex128] = pyfftw.empty_aligned(half, dtype="complex128")
+        workspace = _acquire(length)
+        try:
+            _fill(workspace.real, seed)
+            workspace.forward.execute()
+            z, tau = workspace.spectrum, workspace.tau  # tau[k - 1] = (1 + w^k) / 4
+            inv_half = 1.0 / half
+
+            def work(lo: int, hi: int) -> None:
+                lo = max(lo, 1)  # k = 0 is done below
+                for a in range(lo, hi, _BLOCK):
+                    b = min(hi, a + _BLOCK)
+                    d = g2[a:b]
+                    np.conjugate(z[half - a : half - b : -1], out=d)
+                    np.subtract(z[a:b], d, out=d)  # Z - R
+                    # (1 + w^k) / 4 for k in [a, b): tau[k - 1] up to M/2, conj(tau[M-k-1]) above
+                    low_end = min(b, quarter + 1)
+                    if low_end > a:
+                        np.multiply(
+                            d[: low_end - a], tau[a - 1 : low_end - 1], out=d[: low_end - a]
+                        )
+                    high_start = max(a, quarter + 1)
+                    if b > high_start:
+                        t = np.conjugate(tau[half - b : half - high_start][::-1])
+                        np.multiply(d[high_start - a :], t, out=d[high_start - a :])
+                    np.multiply(d, inv_half, out=d)
+                    np.multiply(z[a:b], inv_half, out=g1[a:b])
+                    np.subtract(g1[a:b], d, out=g1[a:b])
+
+            _split(work, half)
+            # k = 0: R = conj(Z[0]), w^0 = 1
+            z0 = complex(z[0])
+            g2[0] = (z0 - z0.conjugate()) * 0.5 * inv_half
+            g1[0] = z0 * inv_half - complex(g2[0])
+        finally:
+            _release(workspace)
+        g1.setflags(write=False)
+        g2.setflags(write=False)
+        self.g1, self.g2 = g1, g2
+
+    def hash(self, bits: NDArray[np.uint8], m: int, check: bool) -> NDArray[np.uint8]:
+        n = bits.size
+        window = slice(n - 1, n - 1 + m)
+        length = self.length
+        if self.numpy_spectrum is not None:
+            values = np.fft.irfft(self.numpy_spectrum * np.fft.rfft(bits, length), length)
+            if check:
+                _check_margin(values[window], 1.0)
+            return _parity(values[window], 1.0)
+        g1, g2 = self.g1, self.g2
+        assert g1 is not None
+        assert g2 is not None
+        half = length // 2
+        workspace = _acquire(length)
+        try:
+            inverse = workspace.inverse_swapped()  # planning may overwrite the buffers
+            _fill(workspace.real, bits)
+            workspace.forward.execute()
+            spectrum, data = workspace.spectrum, workspace.data
+            k0 = complex(spectrum[0])
+            data_zero = k0 * complex(g1[0]) + k0.conjugate() * complex(g2[0])
+
+            def work(lo: int, hi: int) -> None:
+                lo = max(lo, 1)  # k = 0 pairs with itself, done separately
+                temp = np.empty(min(_BLOCK, max(hi - lo, 0)), dtype=np.complex128)
+                for a in range(lo, hi, _BLOCK):
+                    b = min(hi, a + _BLOCK)
+                    t = temp[: b - a]
+                    out = data[a:b]
+                    np.conjugate(spectrum[half - a : half - b : -1], out=t)
+                    np.multiply(t, g2[a:b], out=t)
+                    np.multiply(spectrum[a:b], g1[a:b], out=out)
+                    np.add(out, t, out=out)
+
+            _split(work, half)
+            data[0] = data_zero
+            inverse.execute()
+            values = workspace.spectrum.view(np.float64)[window]
+            if check:
+                _check_margin(values, 1.0)
+            return _parity(values, 1.0)
+        finally:
+            _release(workspace)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
 
 
 def toeplitz_hash(
@@ -732,10 +811,12 @@ def toeplitz_hash(
         return np.zeros(0, dtype=np.uint8)
     length = _fast_length(n + m - 1)
     if method == "direct" or not packed_allowed:
-        return _direct(bits, seed, m, length, check_rounding)
+        return _SeedSpectrum(seed, length).hash(bits, m, check_rounding)
     result = _packed(bits, seed, m, length)
-    if check_rounding and not np.array_equal(result, _direct(bits, seed, m, length, True)):
-        raise ArithmeticError("packed Toeplitz hash disagrees with the direct method")
+    if check_rounding:
+        direct = _SeedSpectrum(seed, length).hash(bits, m, True)
+        if not np.array_equal(result, direct):
+            raise ArithmeticError("packed Toeplitz hash disagrees with the direct method")
     return result
 
 
@@ -746,31 +827,16 @@ class ToeplitzHasher:
     call costs two FFTs (forward of ``bits``, inverse). Thread-safe.
     """
 
-    __slots__ = ("_length", "_m", "_n", "_spectrum")
+    __slots__ = ("_m", "_n", "_spectrum")
 
     def __init__(self, seed: NDArray[np.uint8], n: int, m: int) -> None:
         _check_dimensions(n, m)
         self._n = int(n)
         self._m = int(m)
         _check_bits(seed, "seed", self._n + self._m - 1)
-        self._length = _fast_length(self._n + self._m - 1)
-        spectrum: NDArray[np.complex128]
-        if self._m == 0:
-            spectrum = np.zeros(0, dtype=np.complex128)
-        elif self._length <= _NUMPY_MAX_LENGTH:
-            spectrum = np.fft.rfft(seed, self._length)
-        else:
-            workspace = _acquire(self._length)
-            try:
-                _fill(workspace.real, seed)
-                workspace.forward.execute()
-                spectrum = pyfftw.empty_aligned(self._length // 2 + 1, dtype="complex128")
-                # fold the 1/N of FFTW's unnormalised inverse transform into the spectrum
-                np.multiply(workspace.spectrum, 1.0 / self._length, out=spectrum)
-            finally:
-                _release(workspace)
-        spectrum.setflags(write=False)
-        self._spectrum = spectrum
+        self._spectrum = (
+            None if self._m == 0 else _SeedSpectrum(seed, _fast_length(self._n + self._m - 1))
+        )
 
     @property
     def n(self) -> int:
@@ -788,28 +854,9 @@ class ToeplitzHasher:
         ``check_rounding`` verifies that the convolution values are within 0.25 of integers.
         """
         _check_bits(bits, "bits", self._n)
-        n, m, length = self._n, self._m, self._length
-        if m == 0:
+        if self._spectrum is None:
             return np.zeros(0, dtype=np.uint8)
-        window = slice(n - 1, n - 1 + m)
-        if length <= _NUMPY_MAX_LENGTH:
-            values = np.fft.irfft(self._spectrum * np.fft.rfft(bits, length), length)[window]
-        else:
-            workspace = _acquire(length)
-            try:
-                _fill(workspace.real, bits)
-                workspace.forward.execute()
-                _multiply(workspace.spectrum, self._spectrum, workspace.spectrum)
-                workspace.inverse.execute()
-                values = workspace.real[window]
-                if check_rounding:
-                    _check_margin(values, 1.0)
-                return _parity(values, 1.0)
-            finally:
-                _release(workspace)
-        if check_rounding:
-            _check_margin(values, 1.0)
-        return _parity(values, 1.0)
+        return self._spectrum.hash(bits, self._m, check_rounding)
 
 
 def toeplitz_hash_dense(

@@ -36,7 +36,16 @@ def test_seed_length_and_fft_length() -> None:
     assert seed_length(1, 1) == 1
     assert seed_length(10, 4) == 13
     assert seed_length(10, 0) == 9
-    assert fft_length(10**6, 5 * 10**5) >= seed_length(10**6, 5 * 10**5)
+    for n, m in [(10, 4), (5000, 2500), (60_000, 30_000)]:
+        length = fft_length(n, m)
+        assert seed_length(n, m) <= length <= 1.25 * seed_length(n, m) + 8
+        assert fft_length(n, m) == length  # the timed choice is remembered
+        odd = length
+        for p in (2, 3, 5):
+            while odd % p == 0:
+                odd //= p
+        assert odd == 1  # 5-smooth
+        assert length <= 4096 or length % 4 == 0
     with pytest.raises(ValueError, match="m"):
         seed_length(10, 11)
     with pytest.raises(ValueError, match="n"):
@@ -214,18 +223,25 @@ def test_large_input_balanced_output() -> None:
     assert np.array_equal(hasher.hash(bits, check_rounding=True), out)
 
 
-def test_configure_and_wisdom_roundtrip() -> None:
+def test_configure_measure_and_wisdom_roundtrip() -> None:
     original = toeplitz.fftw_settings()
     try:
-        settings = toeplitz.configure_fftw(threads=1, max_idle_per_length=1)
+        settings = toeplitz.configure_fftw(
+            threads=1, planner_effort="FFTW_MEASURE", planning_timelimit=5.0
+        )
         assert settings.threads == 1
+        assert settings.planner_effort == "FFTW_MEASURE"
         assert toeplitz.fftw_settings() == settings
         rng = np.random.default_rng(4)
-        bits, seed = _bits(rng, 6000), _bits(rng, 8999)
-        assert toeplitz.warm_up(6000, 3000) == fft_length(6000, 3000)
-        assert np.array_equal(
-            toeplitz_hash(bits, seed, 3000), toeplitz_hash_dense(bits, seed, 3000)
-        )
+        n, m = 3000, 1500  # FFT length 4608: FFTW engine, quick to measure
+        bits, seed = _bits(rng, n), _bits(rng, n + m - 1)
+        assert toeplitz.warm_up(n, m) == fft_length(n, m) > 4096
+        expected = toeplitz_hash_dense(bits, seed, m)
+        for method in ("packed", "direct"):
+            assert np.array_equal(toeplitz_hash(bits, seed, m, method=method), expected)
+        hasher = ToeplitzHasher(seed, n, m)
+        toeplitz.clear_fft_cache()  # the next call plans a fresh workspace
+        assert np.array_equal(hasher.hash(bits), expected)
         wisdom = toeplitz.export_wisdom()
         assert wisdom
         assert all(isinstance(w, bytes) for w in wisdom)
@@ -242,3 +258,4 @@ def test_configure_and_wisdom_roundtrip() -> None:
             max_idle_per_length=original.max_idle_per_length,
             max_cache_bytes=original.max_cache_bytes,
         )
+    assert toeplitz.fftw_settings() == original
