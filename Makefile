@@ -18,7 +18,9 @@ $(DEPS): requirements.lock
 # The package maps node/, orchestrator/ and proto/ onto qkdnet.*; the strict editable mode links
 # every file, so it is re-run each time to pick up new modules (it takes a second).
 install: $(DEPS)
-	@$(BIN)/pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict 2>&1 | grep -v -i -E "warning|^\s*$$|!!|\*\*\*|editable|please|strategy|directory|import" || true
+	@$(BIN)/pip install --no-deps --no-build-isolation -e . \
+		--config-settings editable_mode=strict > $(VENV)/install.log 2>&1 \
+		|| { cat $(VENV)/install.log; exit 1; }
 
 demo: install
 	$(BIN)/qkdnet link-demo --length-km 25 --duration 30

@@ -368,19 +368,16 @@ class _Transaction:
 class KeyStore:
     """The async face of a link's key store: every call runs on the store's own thread."""
 
-    def __init__(self, db: KeyStoreDb) -> None:
+    def __init__(self, db: KeyStoreDb, executor: ThreadPoolExecutor) -> None:
         self._db = db
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keystore")
+        self._executor = executor
 
     @classmethod
     async def open(cls, path: Path) -> KeyStore:
-        loop = asyncio.get_running_loop()
+        """Open (or create) the store at `path` on a thread of its own."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keystore")
-        db = await loop.run_in_executor(executor, KeyStoreDb, path)
-        store = cls.__new__(cls)
-        store._db = db
-        store._executor = executor
-        return store
+        db = await asyncio.get_running_loop().run_in_executor(executor, KeyStoreDb, path)
+        return cls(db, executor)
 
     @property
     def path(self) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qkdnet.node.errors import QkdnetError
 
-__all__ = ["NodeProcess", "NodeStartError"]
+__all__ = ["NodeProcess", "NodeStartError", "pid_alive"]
 
 
 class NodeStartError(QkdnetError):
