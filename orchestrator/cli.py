@@ -13,7 +13,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from qkdnet.node.config import ChannelConfig, ProcessingConfig
-from qkdnet.node.errors import QkdnetError
+from qkdnet.node.errors import ConfigError, QkdnetError
+
+from .topology import load_topology, topology_json_schema
 
 __all__ = ["main"]
 
@@ -36,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
     node = commands.add_parser("node", help="run a node agent")
     node.add_argument("--config", required=True, type=Path, help="node configuration (YAML)")
+
+    validate = commands.add_parser(
+        "validate", help="check a topology file and summarise it (exit 2 when it is wrong)"
+    )
+    validate.add_argument("-t", "--topology", required=True, type=Path, help="topology file")
+
+    commands.add_parser("schema", help="print the JSON schema of topology files")
 
     demo = commands.add_parser(
         "link-demo",
@@ -78,6 +87,28 @@ def _field_errors(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _validate(path: Path, console: Console) -> int:
+    try:
+        topology = load_topology(path)
+    except ConfigError as exc:
+        return _error("validate", str(exc), 2)
+    saes = sum(len(node.saes) for node in topology.nodes.values())
+    km = sum(link.length_km for link in topology.links)
+    console.print(
+        f"{path}: topology {topology.name!r}: {len(topology.nodes)} nodes, "
+        f"{len(topology.links)} links ({km:g} km of fibre), {saes} SAEs",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _error(command: str, message: str, status: int) -> int:
+    """Print `qkdnet COMMAND: error: MESSAGE` on stderr, unwrapped; return the exit status."""
+    print(f"qkdnet {command}: error: {message}", file=sys.stderr)
+    return status
+
+
 def _link_demo(args: argparse.Namespace, console: Console) -> int:
     from .link_demo import LinkDemoOptions, print_summary, run_link_demo
 
@@ -96,11 +127,9 @@ def _link_demo(args: argparse.Namespace, console: Console) -> int:
             processing_fields["frame_bits"] = args.frame_bits
         processing = ProcessingConfig.model_validate(processing_fields)
     except ValidationError as exc:
-        console.print(f"qkdnet link-demo: error: {_field_errors(exc)}", style="red")
-        return 2
+        return _error("link-demo", _field_errors(exc), 2)
     if args.duration <= 0:
-        console.print("qkdnet link-demo: error: --duration: must be positive", style="red")
-        return 2
+        return _error("link-demo", "--duration: must be positive", 2)
     opts = LinkDemoOptions(
         channel=channel,
         processing=processing,
@@ -124,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             return node_main(args.config)
         if args.command == "link-demo":
             return _link_demo(args, console)
+        if args.command == "validate":
+            return _validate(args.topology, console)
+        if args.command == "schema":
+            print(topology_json_schema(), end="")
+            return 0
     except QkdnetError as exc:
-        console.print(f"qkdnet {args.command}: error: {exc}", style="red")
-        return 1
+        return _error(args.command, str(exc), 1)
     except KeyboardInterrupt:
         return 130
     return 2

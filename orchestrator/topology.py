@@ -1,0 +1,287 @@
+"""Topology files: a whole QKD network in one YAML file, in the shape containerlab users know.
+
+```yaml
+name: chain5                 # names the deployment (state directory, telemetry topics)
+runtime: process             # where nodes run: process (default)
+defaults:                    # link parameters every link starts from
+  pulse_rate_hz: 1.0e9
+  speedup: 10
+nodes:
+  alice: {saes: [sae-alice]} # a node that serves applications lists its SAE IDs
+  r1: {}                     # every node can relay
+  bob: {saes: [sae-bob]}
+links:
+  - endpoints: [alice, r1]
+    length_km: 25            # required
+  - endpoints: [r1, bob]
+    length_km: 40
+    eavesdrop_fraction: 0.1  # any channel or processing parameter overrides the defaults
+```
+
+`load_topology(path)` validates the file into typed models. Every problem is reported as
+`FILE:LINE: field.path: message`, and the loader refuses duplicate keys (YAML itself would keep
+the last one silently). `topology_json_schema()` is the JSON schema editors can use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+
+from qkdnet.node.config import ChannelConfig, ProcessingConfig
+from qkdnet.node.errors import ConfigError
+
+__all__ = [
+    "LinkSpec",
+    "NodeSpec",
+    "ResolvedLink",
+    "Topology",
+    "load_topology",
+    "topology_json_schema",
+]
+
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+_CHANNEL_FIELDS = {k for k in ChannelConfig.model_fields if k != "length_km"}
+_PROCESSING_FIELDS = {k for k in ProcessingConfig.model_fields if k != "seed"}
+
+
+def _optional(model: type[BaseModel], names: set[str]) -> dict[str, Any]:
+    """The fields `names` of `model`, with their types and limits, but all optional."""
+    fields: dict[str, Any] = {}
+    for name in sorted(names):
+        info = model.model_fields[name]
+        assert info.annotation is not None
+        fields[name] = (info.annotation | None, FieldInfo.merge_field_infos(info, default=None))
+    return fields
+
+
+# The link parameters a topology may set, in `defaults` or on a link: every channel and
+# processing parameter of a node's link configuration, each optional.
+LinkParameters: type[BaseModel] = create_model(
+    "LinkParameters",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    **_optional(ChannelConfig, _CHANNEL_FIELDS),
+    **_optional(ProcessingConfig, _PROCESSING_FIELDS),
+)
+
+
+class NodeSpec(BaseModel):
+    """One node. Every node relays; one that serves applications lists its SAE IDs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    saes: list[Identifier] = Field(default_factory=list, description="SAE IDs served here")
+
+    @field_validator("saes")
+    @classmethod
+    def _unique(cls, saes: list[str]) -> list[str]:
+        for sae in saes:
+            if saes.count(sae) > 1:
+                raise ValueError(f"SAE {sae!r} listed twice")
+        return saes
+
+
+class LinkSpec(LinkParameters):
+    """One QKD link: its two endpoints, its length and any parameter overriding the defaults."""
+
+    endpoints: tuple[Identifier, Identifier]
+    length_km: float = Field(ge=0.0, le=1000.0, description="fibre length in km")
+
+
+class Topology(BaseModel):
+    """A whole network."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Identifier
+    runtime: Literal["process"] = "process"
+    defaults: LinkParameters = Field(default_factory=LinkParameters)
+    nodes: dict[Identifier, NodeSpec] = Field(min_length=1)
+    links: list[LinkSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> Topology:
+        seen: dict[frozenset[str], int] = {}
+        for index, link in enumerate(self.links):
+            a, b = link.endpoints
+            for end in (a, b):
+                if end not in self.nodes:
+                    raise _PathError(("links", index, "endpoints"), f"unknown node {end!r}")
+            if a == b:
+                raise _PathError(("links", index, "endpoints"), f"link from {a!r} to itself")
+            pair = frozenset((a, b))
+            if pair in seen:
+                raise _PathError(
+                    ("links", index, "endpoints"),
+                    f"second link between {a!r} and {b!r} (first: links[{seen[pair]}])",
+                )
+            seen[pair] = index
+        owner: dict[str, str] = {}
+        for node_id, node in self.nodes.items():
+            for sae in node.saes:
+                if sae in owner:
+                    raise _PathError(
+                        ("nodes", node_id, "saes"),
+                        f"SAE {sae!r} is already served by node {owner[sae]!r}",
+                    )
+                owner[sae] = node_id
+        return self
+
+    def resolved_links(self) -> list[ResolvedLink]:
+        """Every link with its defaults applied, as node link configurations."""
+        defaults = self.defaults.model_dump(exclude_none=True)
+        out = []
+        for index, link in enumerate(self.links):
+            merged = {**defaults, **link.model_dump(exclude_none=True, exclude={"endpoints"})}
+            channel = {k: v for k, v in merged.items() if k in _CHANNEL_FIELDS | {"length_km"}}
+            processing = {k: v for k, v in merged.items() if k in _PROCESSING_FIELDS}
+            try:
+                resolved = ResolvedLink(
+                    index=index,
+                    endpoints=(link.endpoints[0], link.endpoints[1]),
+                    channel=ChannelConfig.model_validate(channel),
+                    processing=ProcessingConfig.model_validate(processing),
+                )
+            except ValidationError as exc:
+                detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise _PathError(("links", index), detail) from None
+            out.append(resolved)
+        return out
+
+
+@dataclass(frozen=True)
+class ResolvedLink:
+    """A link with its defaults applied."""
+
+    index: int
+    endpoints: tuple[str, str]
+    channel: ChannelConfig
+    processing: ProcessingConfig
+
+
+class _PathError(ValueError):
+    """A validation problem that knows its field path."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+# -- YAML with line numbers ------------------------------------------------------------------
+Path_ = tuple[str | int, ...]
+
+
+def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML into plain data and a map from field path to 1-based line number."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}:{line}: YAML syntax: {problem}") from None
+    lines: dict[Path_, int] = {}
+    if root is None:
+        return None, lines
+    constructor = yaml.SafeLoader("")
+
+    def walk(node: yaml.Node, path: Path_) -> Any:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = constructor.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool):
+                    raise ConfigError(
+                        f"{source}:{key_node.start_mark.line + 1}: {_dotted(path)}: "
+                        "keys must be plain names"
+                    )
+                if key in result:
+                    raise ConfigError(
+                        f"{source}:{key_node.start_mark.line + 1}: "
+                        f"{_dotted((*path, str(key)))}: duplicate key {key!r}"
+                    )
+                child = (*path, str(key))
+                result[key] = walk(value_node, child)
+                lines[child] = key_node.start_mark.line + 1
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [walk(item, (*path, i)) for i, item in enumerate(node.value)]
+        return constructor.construct_object(node, deep=True)
+
+    return walk(root, ()), lines
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line(lines: dict[Path_, int], path: Path_) -> int:
+    """The line of the deepest part of `path` that exists in the file."""
+    for cut in range(len(path), -1, -1):
+        found = lines.get(tuple(path[:cut]))
+        if found is not None:
+            return found
+    return 1
+
+
+def load_topology(path: Path) -> Topology:
+    """Read and validate a topology file; ConfigError says FILE:LINE: field: problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    data, lines = _compose(text, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: (top level): expected a mapping with name, nodes, links")
+    try:
+        topology = Topology.model_validate(data)
+        topology.resolved_links()
+    except ValidationError as exc:
+        messages = []
+        for item in exc.errors():
+            loc: Path_ = tuple(item["loc"])
+            message = item["msg"].removeprefix("Value error, ")
+            error = item.get("ctx", {}).get("error")
+            if isinstance(error, _PathError):
+                loc, message = error.path, error.message
+            elif item["type"] == "extra_forbidden":
+                message = "unknown field"
+            elif item["type"] == "missing":
+                message = "required field missing"
+            messages.append(f"{path}:{_line(lines, loc)}: {_dotted(loc)}: {message}")
+        raise ConfigError("\n".join(messages)) from None
+    except _PathError as exc:
+        raise ConfigError(f"{path}:{_line(lines, exc.path)}: {_dotted(exc.path)}: {exc}") from None
+    return topology
+
+
+def topology_json_schema() -> str:
+    """The JSON schema of topology files (for editors), as text."""
+    schema = Topology.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "qkdnet topology"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
