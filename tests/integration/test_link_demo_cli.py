@@ -50,6 +50,17 @@ def _node_pids(state_dir: Path) -> list[int]:
     return pids
 
 
+def _wait_for_nodes(state_dir: Path) -> list[int]:
+    """The PIDs of the demo's two nodes once both are ready."""
+    deadline = time.monotonic() + 60
+    pids: list[int] = []
+    while time.monotonic() < deadline and len(pids) < 2:
+        time.sleep(0.2)
+        pids = _node_pids(state_dir)
+    assert len(pids) == 2, "the two nodes never became ready"
+    return pids
+
+
 def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     state = tmp_path / "demo"
     proc = subprocess.Popen(
@@ -58,12 +69,7 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    pids: list[int] = []
-    while time.monotonic() < deadline and len(pids) < 2:
-        time.sleep(0.2)
-        pids = _node_pids(state)
-    assert len(pids) == 2, "the two nodes never became ready"
+    pids = _wait_for_nodes(state)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -81,12 +87,7 @@ def test_nodes_die_with_a_killed_demo(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    pids: list[int] = []
-    while time.monotonic() < deadline and len(pids) < 2:
-        time.sleep(0.2)
-        pids = _node_pids(state)
-    assert len(pids) == 2
+    pids = _wait_for_nodes(state)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     deadline = time.monotonic() + 20
