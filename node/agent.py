@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -37,7 +38,10 @@ from .link import GRPC_OPTIONS, LinkEnd, ReceiverLink, TransmitterLink, link_id_
 from .structured_log import configure_logging, log_event
 from .tls import NodeCredentials, load_credentials
 
-__all__ = ["NodeAgent", "main", "peer_common_name"]
+__all__ = ["PARENT_PID_ENV", "NodeAgent", "main", "peer_common_name"]
+
+# When set to a PID, the node stops (SIGTERM) as soon as that process is gone.
+PARENT_PID_ENV = "QKDNET_PARENT_PID"
 
 logger = logging.getLogger("qkdnet.node.agent")
 
@@ -276,8 +280,20 @@ async def _serve(config: NodeConfig, credentials: NodeCredentials) -> None:
     await agent.stop()
 
 
+def _tie_to_parent() -> None:
+    """Honour PARENT_PID_ENV: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(expected):  # the parent died before the request took effect
+        sys.exit(1)
+
+
 def main(config_path: Path) -> int:
     """Run a node until SIGTERM/SIGINT. Exit status: 0 stopped, 2 bad configuration, 1 failure."""
+    _tie_to_parent()
     try:
         config = load_node_config(config_path)
         credentials = load_credentials(config.tls, config.node_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qkdnet.node.agent import PARENT_PID_ENV
 from qkdnet.node.errors import QkdnetError
 
 __all__ = ["NodeProcess", "NodeStartError", "pid_alive"]
@@ -19,12 +19,6 @@ __all__ = ["NodeProcess", "NodeStartError", "pid_alive"]
 
 class NodeStartError(QkdnetError):
     """A node process exited or did not become ready."""
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this child when the parent dies (prctl PR_SET_PDEATHSIG)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)
 
 
 @dataclass
@@ -41,6 +35,12 @@ class NodeProcess:
         """Spawn the node; with `tied_to_parent` it dies when this process dies."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "ready.json").unlink(missing_ok=True)
+        env = dict(os.environ)
+        if tied_to_parent:
+            # The node arranges this itself (PARENT_PID_ENV): a preexec_fn would make Python
+            # fork instead of vfork, and gRPC's fork handlers in a process with live gRPC
+            # threads can abort the child.
+            env[PARENT_PID_ENV] = str(os.getpid())
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
@@ -48,8 +48,8 @@ class NodeProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                preexec_fn=_die_with_parent if tied_to_parent else None,
-                start_new_session=not tied_to_parent,
+                env=env,
+                start_new_session=True,
             )
         finally:
             log.close()
