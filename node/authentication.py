@@ -95,7 +95,6 @@ class LinkAuthenticator:
         self._send_next = 0
         self._lease_end = 0
         self._recv_next = 0
-        self.pads_used = 0
         # Ready pads per direction as (first index, bytes) runs, so that sealing and opening a
         # message needs no trip to the store's thread; refreshed whenever pads change.
         self._pads: dict[int, list[tuple[int, bytes]]] = {0: [], 1: []}
@@ -167,7 +166,6 @@ class LinkAuthenticator:
                 f"no authentication pad left to send (index {index})", reason="no_pad"
             )
         self._send_next = index + 1
-        self.pads_used += 1
         message.pad_index = index
         body = message.SerializeToString()
         return link_pb2.Envelope(body=body, tag=wegman_carter_tag(self._hash, pad, body))
@@ -193,7 +191,6 @@ class LinkAuthenticator:
         if not tags_equal(wegman_carter_tag(self._hash, pad, envelope.body), envelope.tag):
             raise AuthenticationError("wrong authentication tag", reason="bad_tag")
         self._recv_next = index + 1
-        self.pads_used += 1
         return message
 
     async def persist(self) -> None:

@@ -318,13 +318,6 @@ class KeyStoreDb:
         ).fetchone()
         return int(row[0])
 
-    def ready_pad_end(self, direction: int) -> int:
-        row = self._db.execute(
-            "SELECT COALESCE(MAX(start + count), 0) FROM pads WHERE direction=? AND state='ready'",
-            (direction,),
-        ).fetchone()
-        return int(row[0])
-
     def ready_pad_runs(self, direction: int) -> list[tuple[int, bytes]]:
         """The ready pads of a direction as (first index, bytes) runs, in index order."""
         rows = self._db.execute(

@@ -61,15 +61,19 @@ def _wait_for_nodes(state_dir: Path) -> list[int]:
     return pids
 
 
-def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
-    state = tmp_path / "demo"
+def _start_long_demo(state: Path, output: int) -> tuple[subprocess.Popen[str], list[int]]:
+    """A demo meant to be interrupted, and the PIDs of its two nodes once they are ready."""
     proc = subprocess.Popen(
         [*DEMO, "--length-km", "10", "--duration", "600", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=output,
+        stderr=output,
         text=True,
     )
-    pids = _wait_for_nodes(state)
+    return proc, _wait_for_nodes(state)
+
+
+def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    proc, pids = _start_long_demo(tmp_path / "demo", subprocess.PIPE)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -81,13 +85,7 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
 
 
 def test_nodes_die_with_a_killed_demo(tmp_path: Path) -> None:
-    state = tmp_path / "demo"
-    proc = subprocess.Popen(
-        [*DEMO, "--length-km", "10", "--duration", "600", "--state-dir", str(state)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    pids = _wait_for_nodes(state)
+    proc, pids = _start_long_demo(tmp_path / "demo", subprocess.DEVNULL)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     deadline = time.monotonic() + 20
