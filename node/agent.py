@@ -36,6 +36,7 @@ from .errors import ConfigError, LinkError, QkdnetError
 from .key_store import KeyStore
 from .link import GRPC_OPTIONS, LinkEnd, ReceiverLink, TransmitterLink, link_id_for
 from .structured_log import configure_logging, log_event
+from .telemetry import TelemetryPublisher
 from .tls import NodeCredentials, load_credentials
 
 __all__ = ["PARENT_PID_ENV", "NodeAgent", "main", "peer_common_name"]
@@ -166,6 +167,7 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="numpy")
         self._health = health.aio.HealthServicer()
+        self.telemetry: TelemetryPublisher | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -216,6 +218,11 @@ class NodeAgent:
         for link in self.links.values():
             if isinstance(link, TransmitterLink):
                 self._tasks.append(asyncio.create_task(link.run(), name=f"link {link.link_id}"))
+        if cfg.telemetry is not None:
+            self.telemetry = TelemetryPublisher(
+                cfg.telemetry, cfg.node_id, self.address, self.status
+            )
+            self.telemetry.start()
         self._write_ready()
         log_event(
             logger,
@@ -226,13 +233,13 @@ class NodeAgent:
             links=[link.link_id for link in self.links.values()],
         )
 
+    @property
+    def address(self) -> str:
+        """host:port the gRPC server listens on (the real port when the config said 0)."""
+        return f"{self.config.listen.rpartition(':')[0]}:{self.port}"
+
     def _write_ready(self) -> None:
-        host = self.config.listen.rpartition(":")[0]
-        info = {
-            "node_id": self.config.node_id,
-            "pid": os.getpid(),
-            "address": f"{host}:{self.port}",
-        }
+        info = {"node_id": self.config.node_id, "pid": os.getpid(), "address": self.address}
         path = self.config.state_dir / "ready.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
@@ -247,6 +254,11 @@ class NodeAgent:
 
     async def stop(self, grace: float = 2.0) -> None:
         await self._health.enter_graceful_shutdown()
+        if self.telemetry is not None:
+            try:
+                await self.telemetry.close()
+            except Exception:  # a telemetry bug must not keep the node from stopping
+                logger.exception("telemetry did not close cleanly")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -22,6 +22,7 @@ __all__ = [
     "LinkConfig",
     "NodeConfig",
     "ProcessingConfig",
+    "TelemetryConfig",
     "TlsConfig",
     "format_validation_error",
     "load_node_config",
@@ -132,6 +133,22 @@ class LinkConfig(_Strict):
         return value
 
 
+class TelemetryConfig(_Strict):
+    """Where the node publishes its state and link figures (MQTT); see node/telemetry.py."""
+
+    broker: str = Field(description="MQTT broker as host:port")
+    topic_prefix: str = Field(
+        min_length=1, pattern=r"^[^#+]+[^/#+]$", description="e.g. qkdnet/<topology>"
+    )
+    interval_s: float = Field(1.0, ge=0.1, le=3600.0, description="seconds between reports")
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+
 class NodeConfig(_Strict):
     """The whole node."""
 
@@ -145,6 +162,7 @@ class NodeConfig(_Strict):
         default_factory=lambda: ["orchestrator"],
         description="certificate CNs allowed to call NodeControl",
     )
+    telemetry: TelemetryConfig | None = Field(None, description="publish telemetry over MQTT")
 
     @field_validator("listen")
     @classmethod

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from .errors import KeyExhausted, KeyStoreError
 
@@ -34,6 +34,7 @@ __all__ = [
     "KeyRange",
     "KeyStore",
     "KeyStoreDb",
+    "StoreLevel",
 ]
 
 PAD_BYTES = 8
@@ -60,6 +61,15 @@ CREATE TABLE IF NOT EXISTS pads (
 """
 
 T = TypeVar("T")
+
+
+class StoreLevel(NamedTuple):
+    """Unconsumed bits and blocks, all bits ever stored, and the newest block's frame (-1)."""
+
+    bits: int
+    blocks: int
+    total_bits: int
+    last_frame: int
 
 
 @dataclass(frozen=True)
@@ -202,13 +212,14 @@ class KeyStoreDb:
                 held.append(block_id)
         return held
 
-    def level(self) -> tuple[int, int]:
-        """(unconsumed bits, blocks) over ready blocks."""
+    def level(self) -> StoreLevel:
+        """How much key the store holds, over ready blocks."""
         row = self._db.execute(
-            "SELECT COALESCE(SUM(nbits - consumed), 0), COUNT(*) FROM blocks "
-            "WHERE state='ready' AND consumed < nbits"
+            "SELECT COALESCE(SUM(nbits - consumed), 0), "
+            "COALESCE(SUM(consumed < nbits), 0), COALESCE(SUM(nbits), 0), "
+            "COALESCE(MAX(frame), -1) FROM blocks WHERE state='ready'"
         ).fetchone()
-        return int(row[0]), int(row[1])
+        return StoreLevel(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     def take_next(self, nbits: int) -> tuple[list[KeyRange], bytes]:
         """Consume the oldest `nbits` unconsumed ready bits; returns their ranges and the bits.

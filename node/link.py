@@ -209,8 +209,7 @@ class LinkEnd:
         return fn(*args)
 
     async def refresh_store_level(self) -> None:
-        bits, blocks = await self.store.run(lambda db: db.level())
-        self.stats.store_bits, self.stats.store_blocks = bits, blocks
+        self.stats.store = await self.store.run(lambda db: db.level())
 
     def _reject(self, exc: LinkError) -> None:
         self.stats.rejected[exc.reason] += 1

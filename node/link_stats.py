@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from qkdnet.v1 import control_pb2
 
 from .channel_model import ChannelParameters, model_figures
+from .key_store import StoreLevel
 
 __all__ = ["LinkStats"]
 
@@ -39,8 +40,7 @@ class LinkStats:
     secret_bits: int = 0
     auth_bits: int = 0
     last_qber: float = 0.0
-    store_bits: int = 0
-    store_blocks: int = 0
+    store: StoreLevel = field(default_factory=lambda: StoreLevel(0, 0, 0, -1))
     phase_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     sample_bits: int = 0
     sample_errors: int = 0
@@ -139,8 +139,10 @@ class LinkStats:
             model_secret_rate_bps=model.secret_per_pulse * self.params.pulse_rate_hz,
             model_sifted_rate_bps=model.detections_per_pulse / 2 * self.params.pulse_rate_hz,
             reconciliation_efficiency=self.efficiency,
-            store_bits=self.store_bits,
-            store_blocks=self.store_blocks,
+            store_bits=self.store.bits,
+            store_blocks=self.store.blocks,
+            stored_bits_total=self.store.total_bits,
+            last_frame=self.store.last_frame,
             phase_seconds=dict(self.phase_seconds),
             sample_bits=self.sample_bits,
             sample_qber=self.sample_errors / self.sample_bits if self.sample_bits else 0.0,

@@ -19,7 +19,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from qkdnet.node.authentication import PreSharedSecret
 
-__all__ = ["CertificateAuthority", "CertificatePaths", "write_private", "write_psk"]
+__all__ = [
+    "CertificateAuthority",
+    "CertificatePaths",
+    "TopologyPki",
+    "provision_pki",
+    "write_private",
+    "write_psk",
+]
 
 _VALIDITY = datetime.timedelta(days=365)
 
@@ -102,9 +109,17 @@ class CertificateAuthority:
         write_private(self.key_path, _key_pem(self._key))
 
     def issue(
-        self, common_name: str, directory: Path, *, dns_names: list[str] | None = None
+        self,
+        common_name: str,
+        directory: Path,
+        *,
+        dns_names: list[str] | None = None,
+        client_only: bool = False,
     ) -> CertificatePaths:
-        """Issue a certificate for `common_name` (TLS client and server) into `directory`."""
+        """Issue a certificate for `common_name` into `directory`.
+
+        It is valid for TLS server and client use, or only as a client with `client_only`.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in (dns_names or [common_name])]
@@ -120,7 +135,9 @@ class CertificateAuthority:
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    [ExtendedKeyUsageOID.CLIENT_AUTH]
+                    if client_only
+                    else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
                 ),
                 critical=False,
             )
@@ -133,6 +150,51 @@ class CertificateAuthority:
         paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         write_private(paths.key, _key_pem(key))
         return paths
+
+
+@dataclass(frozen=True)
+class TopologyPki:
+    """Every credential of one deployment, by owner."""
+
+    ca: Path
+    orchestrator: CertificatePaths
+    nodes: dict[str, CertificatePaths]
+    saes: dict[str, CertificatePaths]
+    link_secrets: dict[str, Path]
+
+
+def provision_pki(
+    directory: Path, nodes: dict[str, list[str]], links: list[str], *, ca_name: str
+) -> TopologyPki:
+    """The PKI of a topology under `directory`, reusing whatever is already there.
+
+    `nodes` maps node IDs to the SAE IDs they serve; `links` are link IDs. Layout: `ca.pem`,
+    `ca.key`, `orchestrator/`, `nodes/<id>/`, `saes/<sae>/` (client certificates, CN = SAE ID)
+    and `links/<a>--<b>.psk`. Existing credentials are kept: a redeployed node must present the
+    same identity, and a link's secret must match the pads its stores have already used.
+    """
+    ca = CertificateAuthority(directory, ca_name)
+
+    def issue(cn: str, where: Path, client_only: bool = False) -> CertificatePaths:
+        paths = CertificatePaths(cert=where / "cert.pem", key=where / "key.pem", ca=ca.cert_path)
+        if paths.cert.exists() and paths.key.exists():
+            return paths
+        return ca.issue(cn, where, client_only=client_only)
+
+    orchestrator = issue("orchestrator", directory / "orchestrator")
+    node_paths = {node: issue(node, directory / "nodes" / node) for node in nodes}
+    sae_paths = {
+        sae: issue(sae, directory / "saes" / sae, client_only=True)
+        for saes in nodes.values()
+        for sae in saes
+    }
+    secrets: dict[str, Path] = {}
+    for link_id in links:
+        path = directory / "links" / f"{link_id}.psk"
+        if not path.exists():
+            write_psk(path)
+        secrets[link_id] = path
+    return TopologyPki(ca.cert_path, orchestrator, node_paths, sae_paths, secrets)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

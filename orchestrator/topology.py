@@ -49,6 +49,7 @@ __all__ = [
     "LinkSpec",
     "NodeSpec",
     "ResolvedLink",
+    "TelemetrySpec",
     "Topology",
     "load_topology",
     "topology_json_schema",
@@ -105,6 +106,19 @@ class LinkSpec(LinkParameters):
     length_km: float = Field(ge=0.0, le=1000.0, description="fibre length in km")
 
 
+class TelemetrySpec(BaseModel):
+    """Where telemetry goes: the embedded broker (default) or one given by URL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker: str | None = Field(
+        None,
+        pattern=r"^mqtt://[^/:]+:[0-9]{1,5}$",
+        description="external MQTT broker as mqtt://host:port (default: embedded)",
+    )
+    interval_s: float = Field(1.0, ge=0.1, le=3600.0, description="seconds between reports")
+
+
 class Topology(BaseModel):
     """A whole network."""
 
@@ -115,6 +129,7 @@ class Topology(BaseModel):
     defaults: LinkParameters = Field(default_factory=LinkParameters)
     nodes: dict[Identifier, NodeSpec] = Field(min_length=1)
     links: list[LinkSpec] = Field(default_factory=list)
+    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
 
     @model_validator(mode="after")
     def _check_graph(self) -> Topology:

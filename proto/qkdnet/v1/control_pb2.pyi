@@ -207,6 +207,8 @@ class LinkStatus(_message.Message):
     PHASE_SECONDS_FIELD_NUMBER: _builtins.int
     SAMPLE_QBER_FIELD_NUMBER: _builtins.int
     SAMPLE_BITS_FIELD_NUMBER: _builtins.int
+    STORED_BITS_TOTAL_FIELD_NUMBER: _builtins.int
+    LAST_FRAME_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
     peer: _builtins.str
     role: _builtins.str
@@ -244,6 +246,11 @@ class LinkStatus(_message.Message):
     sample_qber: _builtins.float
     """QBER of the disclosed signal sample over all frames, aborted ones included."""
     sample_bits: _builtins.int
+    stored_bits_total: _builtins.int
+    """All key this end ever stored for the link (consumed or not) and the frame of its newest
+    block (-1 before the first): at the same last_frame both ends hold the same amount.
+    """
+    last_frame: _builtins.int
     @_builtins.property
     def aborts_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -289,10 +296,12 @@ class LinkStatus(_message.Message):
         phase_seconds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         sample_qber: _builtins.float = ...,
         sample_bits: _builtins.int = ...,
+        stored_bits_total: _builtins.int = ...,
+        last_frame: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborts_by_reason", b"aborts_by_reason", "auth_bits", b"auth_bits", "detections", b"detections", "disclosed_bits", b"disclosed_bits", "elapsed_seconds", b"elapsed_seconds", "emulated_seconds", b"emulated_seconds", "frames_aborted", b"frames_aborted", "frames_ok", b"frames_ok", "last_qber", b"last_qber", "link_id", b"link_id", "model_qber", b"model_qber", "model_secret_fraction_per_pulse", b"model_secret_fraction_per_pulse", "model_secret_rate_bps", b"model_secret_rate_bps", "model_sifted_rate_bps", b"model_sifted_rate_bps", "peer", b"peer", "phase_seconds", b"phase_seconds", "pulses", b"pulses", "qber", b"qber", "reconciled_bits", b"reconciled_bits", "reconciliation_efficiency", b"reconciliation_efficiency", "rejected_messages", b"rejected_messages", "role", b"role", "sample_bits", b"sample_bits", "sample_qber", b"sample_qber", "secret_bits", b"secret_bits", "secret_fraction_per_pulse", b"secret_fraction_per_pulse", "secret_rate_bps", b"secret_rate_bps", "sifted_bits", b"sifted_bits", "sifted_rate_bps", b"sifted_rate_bps", "state", b"state", "store_bits", b"store_bits", "store_blocks", b"store_blocks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborts_by_reason", b"aborts_by_reason", "auth_bits", b"auth_bits", "detections", b"detections", "disclosed_bits", b"disclosed_bits", "elapsed_seconds", b"elapsed_seconds", "emulated_seconds", b"emulated_seconds", "frames_aborted", b"frames_aborted", "frames_ok", b"frames_ok", "last_frame", b"last_frame", "last_qber", b"last_qber", "link_id", b"link_id", "model_qber", b"model_qber", "model_secret_fraction_per_pulse", b"model_secret_fraction_per_pulse", "model_secret_rate_bps", b"model_secret_rate_bps", "model_sifted_rate_bps", b"model_sifted_rate_bps", "peer", b"peer", "phase_seconds", b"phase_seconds", "pulses", b"pulses", "qber", b"qber", "reconciled_bits", b"reconciled_bits", "reconciliation_efficiency", b"reconciliation_efficiency", "rejected_messages", b"rejected_messages", "role", b"role", "sample_bits", b"sample_bits", "sample_qber", b"sample_qber", "secret_bits", b"secret_bits", "secret_fraction_per_pulse", b"secret_fraction_per_pulse", "secret_rate_bps", b"secret_rate_bps", "sifted_bits", b"sifted_bits", "sifted_rate_bps", b"sifted_rate_bps", "state", b"state", "store_bits", b"store_bits", "store_blocks", b"store_blocks", "stored_bits_total", b"stored_bits_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

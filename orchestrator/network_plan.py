@@ -1,0 +1,177 @@
+"""From a topology to what a runtime starts: addresses, state layout, PKI and node configurations.
+
+A deployment lives in one state directory (default `~/.local/state/qkdnet/<name>`):
+
+```
+pki/            CA, orchestrator, node and SAE certificates, link secrets (private files 0600)
+nodes/<id>.yaml the node's configuration
+nodes/<id>/     the node's state: key stores, ready.json
+logs/<id>.log   the node's output (JSON lines); logs/broker.log
+runtime.json    what the runtime started (see process_runtime.py)
+```
+
+On the process runtime every deployment gets its own loopback /16, `127.X.0.0` with `X` taken
+from the topology name: the broker listens on `127.X.0.1:1883` and node number `k` (in file
+order) on `127.X.(1 + k // 250).(1 + k % 250):50051`, so addresses say which deployment a
+socket belongs to and stay the same across restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qkdnet.node.link import link_id_for
+
+from .pki import CertificatePaths, TopologyPki, provision_pki
+from .topology import ResolvedLink, Topology
+
+__all__ = [
+    "GRPC_PORT",
+    "MQTT_PORT",
+    "NetworkPlan",
+    "NodePlan",
+    "default_state_dir",
+]
+
+GRPC_PORT = 50051
+MQTT_PORT = 1883
+
+
+def default_state_dir(name: str) -> Path:
+    """`$XDG_STATE_HOME/qkdnet/<name>` (`~/.local/state/qkdnet/<name>` by default)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "qkdnet" / name
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One node: where it listens and where its files are."""
+
+    node_id: str
+    address: str
+    saes: tuple[str, ...]
+    config_path: Path
+    state_dir: Path
+    log_path: Path
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0]
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """Everything a runtime needs to start (and later find) a deployment."""
+
+    topology: Topology
+    state_dir: Path
+    subnet: int
+    nodes: dict[str, NodePlan]
+    links: list[ResolvedLink]
+    external_broker: str | None
+
+    @classmethod
+    def build(
+        cls, topology: Topology, state_dir: Path | None = None, broker_url: str | None = None
+    ) -> NetworkPlan:
+        """Lay out `topology`; `broker_url` (mqtt://host:port) overrides the topology's."""
+        root = (state_dir or default_state_dir(topology.name)).absolute()
+        subnet = 1 + zlib.crc32(topology.name.encode()) % 254
+        nodes = {}
+        for k, node_id in enumerate(topology.nodes):
+            host = f"127.{subnet}.{1 + k // 250}.{1 + k % 250}"
+            nodes[node_id] = NodePlan(
+                node_id=node_id,
+                address=f"{host}:{GRPC_PORT}",
+                saes=tuple(topology.nodes[node_id].saes),
+                config_path=root / "nodes" / f"{node_id}.yaml",
+                state_dir=root / "nodes" / node_id,
+                log_path=root / "logs" / f"{node_id}.log",
+            )
+        url = broker_url or topology.telemetry.broker
+        return cls(
+            topology=topology,
+            state_dir=root,
+            subnet=subnet,
+            nodes=nodes,
+            links=topology.resolved_links(),
+            external_broker=url.removeprefix("mqtt://") if url else None,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.topology.name
+
+    @property
+    def broker_address(self) -> str:
+        """host:port of the MQTT broker the nodes publish to."""
+        return self.external_broker or f"127.{self.subnet}.0.1:{MQTT_PORT}"
+
+    @property
+    def topic_prefix(self) -> str:
+        return f"qkdnet/{self.name}"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def broker_log(self) -> Path:
+        return self.state_dir / "logs" / "broker.log"
+
+    @property
+    def controller_credentials(self) -> CertificatePaths:
+        """The orchestrator's client certificate for NodeControl (once the PKI exists)."""
+        where = self.pki_dir / "orchestrator"
+        return CertificatePaths(where / "cert.pem", where / "key.pem", self.pki_dir / "ca.pem")
+
+    def link_ids(self) -> list[str]:
+        return [link_id_for(*link.endpoints) for link in self.links]
+
+    def provision_pki(self) -> TopologyPki:
+        """Create (or reuse) the deployment's CA, certificates and link secrets."""
+        return provision_pki(
+            self.pki_dir,
+            {node.node_id: list(node.saes) for node in self.nodes.values()},
+            self.link_ids(),
+            ca_name=f"qkdnet {self.name} CA",
+        )
+
+    def write_node_configs(self, pki: TopologyPki) -> None:
+        """Write every node's configuration file (the links it holds, TLS, telemetry)."""
+        links_of: dict[str, list[dict[str, Any]]] = {node: [] for node in self.nodes}
+        for link in self.links:
+            a, b = link.endpoints
+            link_id = link_id_for(a, b)
+            for end, peer in ((a, b), (b, a)):
+                entry: dict[str, Any] = {
+                    "peer": peer,
+                    "psk_file": str(pki.link_secrets[link_id]),
+                    "channel": link.channel.model_dump(exclude_none=True),
+                    "processing": link.processing.model_dump(exclude_none=True),
+                }
+                if end < peer:
+                    entry["address"] = self.nodes[peer].address
+                links_of[end].append(entry)
+        for node in self.nodes.values():
+            tls = pki.nodes[node.node_id]
+            config = {
+                "node_id": node.node_id,
+                "listen": node.address,
+                "state_dir": str(node.state_dir),
+                "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+                "links": links_of[node.node_id],
+                "telemetry": {
+                    "broker": self.broker_address,
+                    "topic_prefix": self.topic_prefix,
+                    "interval_s": self.topology.telemetry.interval_s,
+                },
+            }
+            node.config_path.parent.mkdir(parents=True, exist_ok=True)
+            node.config_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,94 @@
+"""The live state of a deployed network, asked from the nodes themselves over NodeControl."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import grpc
+
+from qkdnet.node.link import link_id_for
+from qkdnet.v1 import control_pb2
+
+from .controller import LinkComparison, NodeClient, compare_link_stores
+from .network_plan import NetworkPlan
+
+__all__ = ["LinkView", "NetworkSnapshot", "NetworkStatus"]
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """One link as its two ends report it (None for an end that did not answer)."""
+
+    link_id: str
+    transmitter: str
+    receiver: str
+    length_km: float
+    tx: control_pb2.LinkStatus | None
+    rx: control_pb2.LinkStatus | None
+
+    @property
+    def has_key(self) -> bool:
+        """Whether both ends have stored distilled key."""
+        return bool(self.tx and self.rx and self.tx.last_frame >= 0 and self.rx.last_frame >= 0)
+
+
+@dataclass(frozen=True)
+class NetworkSnapshot:
+    """Every node's answer (None when it did not answer) and every link."""
+
+    nodes: dict[str, control_pb2.NodeStatus | None]
+    links: list[LinkView] = field(default_factory=list)
+
+    @property
+    def every_link_has_key(self) -> bool:
+        return all(link.has_key for link in self.links)
+
+
+class NetworkStatus:
+    """NodeControl clients for every node of a deployment; use as an async context manager."""
+
+    def __init__(self, plan: NetworkPlan) -> None:
+        self.plan = plan
+        self.clients: dict[str, NodeClient] = {}
+
+    async def __aenter__(self) -> NetworkStatus:
+        credentials = self.plan.controller_credentials
+        for node_id, node in self.plan.nodes.items():
+            self.clients[node_id] = NodeClient(node_id, node.address, credentials)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+    async def _status(self, node_id: str, timeout: float) -> control_pb2.NodeStatus | None:
+        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+            return await self.clients[node_id].status(timeout)
+        return None
+
+    async def snapshot(self, timeout: float = 5.0) -> NetworkSnapshot:
+        """Ask every node at once."""
+        answers = await asyncio.gather(*(self._status(n, timeout) for n in self.clients))
+        nodes = dict(zip(self.clients, answers, strict=True))
+        links = []
+        for link in self.plan.links:
+            a, b = sorted(link.endpoints)
+            link_id = link_id_for(a, b)
+            ends: dict[str, control_pb2.LinkStatus | None] = {}
+            for end in (a, b):
+                status = nodes.get(end)
+                ends[end] = (
+                    next((s for s in status.links if s.link_id == link_id), None)
+                    if status
+                    else None
+                )
+            links.append(LinkView(link_id, a, b, link.channel.length_km, ends[a], ends[b]))
+        return NetworkSnapshot(nodes, links)
+
+    async def compare_stores(self, link: LinkView) -> LinkComparison:
+        """Both ends' stores of a link compared through keyed digests."""
+        return await compare_link_stores(
+            self.clients[link.transmitter], self.clients[link.receiver], link.link_id
+        )

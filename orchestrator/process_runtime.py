@@ -1,0 +1,371 @@
+"""The process runtime: every node its own OS process on its own loopback address.
+
+Nodes are forked by `qkdnet.node.launcher` (one warm interpreter, one fork per node), run in
+sessions of their own and belong to no orchestrator process, so they keep running when the
+orchestrator exits or crashes. The embedded broker (`broker.py`) is started the same way.
+
+Finding them again needs no orchestrator memory. Every process started here carries the label
+`QKDNET_DEPLOYMENT=<state dir>` in its environment (Docker labels play this part in a container
+runtime), and `runtime.json` records each one's PID with its kernel start time, so a recycled
+PID is never mistaken for a node. `destroy` stops whatever either source names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from qkdnet.node.config import parse_address
+from qkdnet.node.errors import ConfigError
+
+from .network_plan import NodePlan
+from .runtime import (
+    BROKER,
+    ComponentState,
+    DeployError,
+    DeploymentInfo,
+    DestroyReport,
+    Runtime,
+    UnknownComponent,
+)
+
+__all__ = ["LABEL_ENV", "ProcessRuntime", "labelled_processes", "process_start_time"]
+
+LABEL_ENV = "QKDNET_DEPLOYMENT"
+_POLL = 0.05
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of a live (non-zombie) process, None when there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def labelled_processes(state_dir: Path) -> list[int]:
+    """PIDs of live processes whose environment carries this deployment's label."""
+    label = f"{LABEL_ENV}={state_dir}".encode() + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            continue
+        if environ.startswith(label) or b"\0" + label in environ:
+            pid = int(entry.name)
+            if process_start_time(pid) is not None:
+                found.append(pid)
+    return found
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no output"
+    return lines[-1] if lines else "no output"
+
+
+class ProcessRuntime(Runtime):
+    """Nodes as local processes, the broker as a local process."""
+
+    name = "process"
+
+    @property
+    def _record_path(self) -> Path:
+        return self.plan.state_dir / "runtime.json"
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._record_path.read_text())
+        except (OSError, ValueError):
+            return {"nodes": {}, "broker": None}
+        return data if isinstance(data, dict) else {"nodes": {}, "broker": None}
+
+    def _save(self, record: dict[str, Any]) -> None:
+        record |= {"name": self.plan.name, "runtime": self.name, "subnet": self.plan.subnet}
+        tmp = self._record_path.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(self._record_path)
+
+    @staticmethod
+    def _alive(entry: dict[str, Any] | None) -> bool:
+        return bool(entry) and process_start_time(int(entry["pid"])) == entry["start"]  # type: ignore[index]
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ) | {LABEL_ENV: str(self.plan.state_dir)}
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def inspect(self) -> DeploymentInfo:
+        record = self._load()
+        nodes = {}
+        for node_id, node in self.plan.nodes.items():
+            entry = record["nodes"].get(node_id)
+            alive = self._alive(entry)
+            nodes[node_id] = ComponentState(
+                node_id,
+                "running" if alive else "stopped",
+                node.address,
+                int(entry["pid"]) if alive and entry else None,
+            )
+        broker = None
+        if self.plan.external_broker is None:
+            entry = record.get("broker")
+            alive = self._alive(entry)
+            broker = ComponentState(
+                BROKER,
+                "running" if alive else "stopped",
+                self.plan.broker_address,
+                int(entry["pid"]) if alive and entry else None,
+            )
+        return DeploymentInfo(
+            name=self.plan.name,
+            runtime=self.name,
+            state_dir=str(self.plan.state_dir),
+            broker=broker,
+            broker_address=self.plan.broker_address,
+            nodes=nodes,
+        )
+
+    def _node(self, name: str) -> NodePlan:
+        node = self.plan.nodes.get(name)
+        if node is None:
+            known = ", ".join(self.plan.nodes)
+            raise UnknownComponent(f"no node {name!r} in {self.plan.name} (nodes: {known})")
+        return node
+
+    # -- deploy --------------------------------------------------------------------------------
+
+    def deploy(self, timeout: float = 120.0) -> DeploymentInfo:
+        if labelled_processes(self.plan.state_dir) or self.inspect().running:
+            raise ConfigError(
+                f"{self.plan.name} is already deployed (state in {self.plan.state_dir}); "
+                "run qkdnet destroy first"
+            )
+        addresses = [node.address for node in self.plan.nodes.values()]
+        if self.plan.external_broker is None:
+            addresses.append(self.plan.broker_address)
+        for address in addresses:
+            _check_free(address)
+        self.plan.state_dir.mkdir(parents=True, exist_ok=True)
+        pki = self.plan.provision_pki()
+        self.emit("pki_ready", self.plan.name, str(self.plan.pki_dir))
+        self.plan.write_node_configs(pki)
+        self._save({"nodes": {}, "broker": None})
+        try:
+            if self.plan.external_broker is None:
+                self._start_broker(timeout=15.0)
+            self._launch(list(self.plan.nodes.values()))
+            self._wait_ready(list(self.plan.nodes.values()), timeout)
+        except BaseException:
+            self._stop_all(grace=5.0)
+            raise
+        return self.inspect()
+
+    def _start_broker(self, timeout: float) -> None:
+        log_path = self.plan.broker_log
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "qkdnet.orchestrator.broker",
+                    "--listen",
+                    self.plan.broker_address,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self._env(),
+                start_new_session=True,
+            )
+        start = process_start_time(proc.pid)
+        record = self._load()
+        record["broker"] = {"pid": proc.pid, "start": start}
+        self._save(record)
+        host, port = parse_address(self.plan.broker_address)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise DeployError(f"the MQTT broker exited: {_last_line(log_path)}")
+            with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
+                break
+            if time.monotonic() > deadline:
+                raise DeployError(f"the MQTT broker did not listen on {host}:{port}")
+            time.sleep(_POLL)
+        self.emit("broker_started", BROKER, self.plan.broker_address)
+
+    def _launch(self, nodes: list[NodePlan]) -> None:
+        """Fork the nodes from one launcher and record their PIDs as they appear."""
+        by_config = {str(node.config_path): node for node in nodes}
+        args = [sys.executable, "-m", "qkdnet.node.launcher"]
+        for node in nodes:
+            (node.state_dir / "ready.json").unlink(missing_ok=True)
+            args += ["--node", str(node.config_path), str(node.log_path)]
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self._env(),
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        record = self._load()
+        for line in proc.stdout:
+            child = json.loads(line)
+            node = by_config[child["config"]]
+            pid = int(child["pid"])
+            record["nodes"][node.node_id] = {"pid": pid, "start": process_start_time(pid)}
+            self._save(record)
+            self.emit("node_started", node.node_id, f"pid {pid}")
+        error = proc.stderr.read().decode(errors="replace").strip()
+        if proc.wait() != 0:
+            raise DeployError(f"the node launcher failed: {error.splitlines()[-1:]}")
+
+    def _wait_ready(self, nodes: list[NodePlan], timeout: float) -> None:
+        record = self._load()
+        waiting = {node.node_id: node for node in nodes}
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for node_id, node in list(waiting.items()):
+                entry = record["nodes"][node_id]
+                try:
+                    ready = json.loads((node.state_dir / "ready.json").read_text())
+                except (OSError, ValueError):
+                    ready = None
+                if ready is not None and ready.get("pid") == entry["pid"]:
+                    del waiting[node_id]
+                    self.emit("node_ready", node_id, node.address)
+                elif not self._alive(entry):
+                    raise DeployError(
+                        f"node {node_id} exited during start-up: {_last_line(node.log_path)} "
+                        f"(log: {node.log_path})"
+                    )
+            if waiting and time.monotonic() > deadline:
+                raise DeployError(f"not ready after {timeout:.0f} s: {', '.join(sorted(waiting))}")
+            if waiting:
+                time.sleep(_POLL)
+
+    # -- per node ------------------------------------------------------------------------------
+
+    def start(self, name: str, timeout: float = 60.0) -> None:
+        record = self._load()
+        if name == BROKER:
+            if self.plan.external_broker is not None:
+                raise UnknownComponent("this deployment uses an external broker")
+            if not self._alive(record.get("broker")):
+                self._start_broker(timeout=15.0)
+            return
+        node = self._node(name)
+        if self._alive(record["nodes"].get(name)):
+            return
+        _check_free(node.address)
+        self._launch([node])
+        self._wait_ready([node], timeout)
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        self._signal(name, signal.SIGTERM, timeout)
+
+    def kill(self, name: str) -> None:
+        self._signal(name, signal.SIGKILL, 5.0)
+
+    def _signal(self, name: str, sig: signal.Signals, timeout: float) -> None:
+        record = self._load()
+        if name == BROKER:
+            entry = record.get("broker")
+        else:
+            self._node(name)
+            entry = record["nodes"].get(name)
+        if not self._alive(entry):
+            return
+        assert entry is not None
+        _terminate({name: (int(entry["pid"]), int(entry["start"]))}, sig, timeout)
+        self.emit("node_stopped" if name != BROKER else "broker_stopped", name, sig.name)
+
+    # -- destroy -------------------------------------------------------------------------------
+
+    def _stop_all(self, grace: float) -> tuple[list[str], list[str]]:
+        record = self._load()
+        targets: dict[str, tuple[int, int]] = {}
+        for node_id, entry in record["nodes"].items():
+            if self._alive(entry):
+                targets[node_id] = (int(entry["pid"]), int(entry["start"]))
+        if self._alive(record.get("broker")):
+            targets[BROKER] = (int(record["broker"]["pid"]), int(record["broker"]["start"]))
+        known = {pid for pid, _ in targets.values()}
+        for pid in labelled_processes(self.plan.state_dir):
+            start = process_start_time(pid)
+            if pid not in known and pid != os.getpid() and start is not None:
+                targets[f"pid {pid}"] = (pid, start)
+        killed = _terminate(targets, signal.SIGTERM, grace)
+        return sorted(set(targets) - set(killed)), killed
+
+    def destroy(self, keep_state: bool = False) -> DestroyReport:
+        stopped, killed = self._stop_all(grace=10.0)
+        for name in [*stopped, *killed]:
+            self.emit("stopped", name)
+        removed = False
+        if not keep_state and self.plan.state_dir.exists():
+            shutil.rmtree(self.plan.state_dir)
+            removed = True
+        elif self._record_path.exists():
+            self._save({"nodes": {}, "broker": None})
+        return DestroyReport(stopped=stopped, killed=killed, state_removed=removed)
+
+
+def _check_free(address: str) -> None:
+    """ConfigError when something already listens on `address`."""
+    host, port = parse_address(address)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
+
+
+def _terminate(targets: dict[str, tuple[int, int]], sig: signal.Signals, grace: float) -> list[str]:
+    """Send `sig` to every (pid, start time); SIGKILL what is left after `grace` seconds.
+
+    Returns the names that needed SIGKILL. A PID whose start time changed is someone else's.
+    """
+    for pid, start in targets.values():
+        if process_start_time(pid) == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    killed: list[str] = []
+    while True:
+        left = {n: t for n, t in targets.items() if process_start_time(t[0]) == t[1]}
+        if not left or (killed and time.monotonic() > deadline):
+            return killed
+        if not killed and time.monotonic() > deadline:
+            for name, (pid, _) in left.items():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                if name not in killed:
+                    killed.append(name)
+            deadline = time.monotonic() + 5.0
+        time.sleep(_POLL)
