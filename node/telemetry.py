@@ -6,7 +6,9 @@ The topic tree (every payload is a JSON object with `"schema": 1`; `<prefix>` is
 - `<prefix>/node/<id>/status` (retained): `state` ("up", then "stopped" on a clean exit, or
   "lost", the broker's last will, when the node vanished), `pid`, `address`, `links`, `uptime_s`.
 - `<prefix>/link/<a>--<b>/stats` (retained, from the transmitting end `a`): QBER, sifted and
-  secret key rates next to the model's, frame counters, reconciliation efficiency.
+  secret key rates next to the model's, frame counters, reconciliation efficiency. Rates are
+  per emulated second (what the model predicts; a link with `speedup: 10` emulates ten seconds
+  per wall second) except `wall_secret_rate_bps`, key stored per wall second lately.
 - `<prefix>/link/<a>--<b>/store/<id>` (retained, from each end): unconsumed bits and blocks, all
   bits ever stored and the frame of the newest block. At the same `last_frame` both ends must
   report the same `total_bits`; no key material or digest of it is ever published.
@@ -60,6 +62,10 @@ def node_payload(status: control_pb2.NodeStatus, state: str, address: str) -> di
     }
 
 
+def _per_second(bits: int, seconds: float) -> float:
+    return bits / seconds if seconds > 0 else 0.0
+
+
 def link_payloads(node_id: str, link: control_pb2.LinkStatus) -> dict[str, dict[str, Any]]:
     """Topic suffix -> payload for one link end: `store/<id>` always, `stats` at the transmitter."""
     now = time.time()
@@ -88,8 +94,11 @@ def link_payloads(node_id: str, link: control_pb2.LinkStatus) -> dict[str, dict[
             "qber": link.qber,
             "sample_qber": link.sample_qber,
             "model_qber": link.model_qber,
-            "sifted_rate_bps": link.sifted_rate_bps,
-            "secret_rate_bps": link.secret_rate_bps,
+            "sifted_rate_bps": _per_second(link.sifted_bits, link.emulated_seconds),
+            "secret_rate_bps": _per_second(
+                link.secret_bits + link.auth_bits, link.emulated_seconds
+            ),
+            "wall_secret_rate_bps": link.secret_rate_bps,
             "model_sifted_rate_bps": link.model_sifted_rate_bps,
             "model_secret_rate_bps": link.model_secret_rate_bps,
             "secret_fraction_per_pulse": link.secret_fraction_per_pulse,

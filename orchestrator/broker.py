@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -47,8 +48,22 @@ async def run_broker(listen: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m qkdnet.orchestrator.broker")
     parser.add_argument("--listen", required=True, help="host:port to listen on")
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in a forked child of its own session; print its PID and return",
+    )
     args = parser.parse_args()
+    if args.detach:
+        pid = os.fork()
+        if pid:
+            print(pid, flush=True)
+            return 0
+        os.setsid()
+        os.dup2(2, 1)  # release the pipe the PID went through; output goes to the log
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    # A connection that closes without speaking MQTT (a readiness probe) is not worth a line.
+    logging.getLogger("amqtt.broker").setLevel(logging.ERROR)
     asyncio.run(run_broker(args.listen))
     return 0
 

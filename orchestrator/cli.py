@@ -46,6 +46,59 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON schema of topology files")
 
+    def network_verb(name: str, help: str) -> argparse.ArgumentParser:
+        verb = commands.add_parser(name, help=help, description=help)
+        verb.add_argument("-t", "--topology", required=True, type=Path, help="topology file")
+        verb.add_argument(
+            "--state-dir",
+            type=Path,
+            default=None,
+            help="deployment state (default ~/.local/state/qkdnet/<name>)",
+        )
+        return verb
+
+    deploy = network_verb("deploy", "start every node of a topology and its MQTT broker")
+    deploy.add_argument("--broker", default=None, help="external MQTT broker, mqtt://host:port")
+    deploy.add_argument(
+        "--no-wait", action="store_true", help="return once nodes are up, before key is distilled"
+    )
+    deploy.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (120)")
+    deploy.add_argument("--json", action="store_true", help="print the deployment as JSON")
+    destroy = network_verb("destroy", "stop every process of a deployment and remove its state")
+    destroy.add_argument("--keep-state", action="store_true", help="keep PKI, key stores and logs")
+    inspect = network_verb("inspect", "nodes with addresses and state, links with live figures")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    for action, text in (
+        ("start", "start stopped nodes"),
+        ("stop", "stop nodes gracefully"),
+        ("kill", "kill nodes at once (SIGKILL), as a crash would"),
+        ("restart", "stop and start nodes"),
+    ):
+        verb = network_verb(action, text)
+        verb.add_argument("nodes", nargs="*", metavar="NODE", help="node IDs")
+        verb.add_argument("--broker", action="store_true", help="the embedded MQTT broker too")
+    watch = network_verb("watch", "a live table of the links, fed by MQTT telemetry")
+    watch.add_argument("--broker", default=None, help="MQTT broker, mqtt://host:port")
+    watch.add_argument("--duration", type=float, default=None, help="stop after these seconds")
+    graph = network_verb("graph", "draw the topology with link lengths and live key rates")
+    graph.add_argument(
+        "-o", "--output", type=Path, default=None, help="image file: .png, .svg or .pdf"
+    )
+
+    network_demo = commands.add_parser(
+        "demo",
+        help="deploy a bundled example, show every link distilling key, tear down",
+        description="Deploy a bundled example network on local processes, show its links "
+        "distilling key live, compare both ends of every link and tear everything down.",
+    )
+    network_demo.add_argument(
+        "--example", default="secoqc", help="bundled example to deploy (default secoqc)"
+    )
+    network_demo.add_argument(
+        "--duration", type=float, default=45.0, help="seconds to run (default 45)"
+    )
+    network_demo.add_argument("--state-dir", type=Path, default=None, help=argparse.SUPPRESS)
+
     demo = commands.add_parser(
         "link-demo",
         help="two nodes distilling key over one link, shown live",
@@ -142,11 +195,65 @@ def _link_demo(args: argparse.Namespace, console: Console) -> int:
     return 0 if summary["keys_match"] else 1
 
 
+def _network(args: argparse.Namespace, console: Console) -> int:
+    from . import network_commands as verbs
+    from .runtime import BROKER
+
+    opts = verbs.NetworkOptions(args.topology, args.state_dir, getattr(args, "broker", None))
+    if args.command == "deploy":
+        if args.broker is not None and not args.broker.startswith("mqtt://"):
+            raise ConfigError("--broker: expected mqtt://host:port")
+        return verbs.deploy(
+            opts, console, wait_key=not args.no_wait, timeout=args.timeout, as_json=args.json
+        )
+    if args.command == "destroy":
+        return verbs.destroy(opts, console, keep_state=args.keep_state)
+    if args.command == "inspect":
+        return verbs.inspect(opts, console, as_json=args.json)
+    if args.command == "watch":
+        return verbs.watch(opts, console, duration=args.duration)
+    if args.command == "graph":
+        return verbs.graph(opts, console, output=args.output)
+    names = list(args.nodes) + ([BROKER] if args.broker else [])
+    if not names:
+        raise ConfigError("name at least one node (or --broker)")
+    opts = verbs.NetworkOptions(args.topology, args.state_dir)
+    return verbs.lifecycle(opts, console, args.command, names)
+
+
+def _demo(args: argparse.Namespace, console: Console) -> int:
+    from .network_demo import bundled_examples, run_demo
+
+    examples = bundled_examples()
+    if args.example not in examples:
+        raise ConfigError(f"--example: no example {args.example!r} (have: {', '.join(examples)})")
+    if args.duration <= 0:
+        raise ConfigError("--duration: must be positive")
+    return run_demo(args.example, args.duration, args.state_dir, console)
+
+
+_NETWORK_VERBS = {
+    "deploy",
+    "destroy",
+    "inspect",
+    "start",
+    "stop",
+    "kill",
+    "restart",
+    "watch",
+    "graph",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `qkdnet` console script."""
     args = _parser().parse_args(argv)
     console = Console(stderr=bool(getattr(args, "json", False)))
     try:
+        if args.command in _NETWORK_VERBS:
+            return _network(args, console)
+        if args.command == "demo":
+            return _demo(args, console)
         if args.command == "node":
             from qkdnet.node.agent import main as node_main
 
@@ -158,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             print(topology_json_schema(), end="")
             return 0
+    except ConfigError as exc:
+        return _error(args.command, str(exc), 2)
     except QkdnetError as exc:
         return _error(args.command, str(exc), 1)
     except KeyboardInterrupt:

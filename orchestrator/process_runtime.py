@@ -185,28 +185,34 @@ class ProcessRuntime(Runtime):
         log_path = self.plan.broker_log
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
-            proc = subprocess.Popen(
+            # --detach: the broker is not our child, so it outlives this process quietly.
+            result = subprocess.run(
                 [
                     sys.executable,
                     "-m",
                     "qkdnet.orchestrator.broker",
                     "--listen",
                     self.plan.broker_address,
+                    "--detach",
                 ],
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=subprocess.PIPE,
                 stderr=log,
                 env=self._env(),
                 start_new_session=True,
+                check=False,
             )
-        start = process_start_time(proc.pid)
+        if result.returncode != 0:
+            raise DeployError(f"the MQTT broker did not start: {_last_line(log_path)}")
+        pid = int(result.stdout)
+        entry = {"pid": pid, "start": process_start_time(pid)}
         record = self._load()
-        record["broker"] = {"pid": proc.pid, "start": start}
+        record["broker"] = entry
         self._save(record)
         host, port = parse_address(self.plan.broker_address)
         deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
+            if not self._alive(entry):
                 raise DeployError(f"the MQTT broker exited: {_last_line(log_path)}")
             with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
                 break
@@ -222,26 +228,26 @@ class ProcessRuntime(Runtime):
         for node in nodes:
             (node.state_dir / "ready.json").unlink(missing_ok=True)
             args += ["--node", str(node.config_path), str(node.log_path)]
-        proc = subprocess.Popen(
+        with subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self._env(),
             start_new_session=True,
-        )
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        record = self._load()
-        for line in proc.stdout:
-            child = json.loads(line)
-            node = by_config[child["config"]]
-            pid = int(child["pid"])
-            record["nodes"][node.node_id] = {"pid": pid, "start": process_start_time(pid)}
-            self._save(record)
-            self.emit("node_started", node.node_id, f"pid {pid}")
-        error = proc.stderr.read().decode(errors="replace").strip()
-        if proc.wait() != 0:
+        ) as proc:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            record = self._load()
+            for line in proc.stdout:
+                child = json.loads(line)
+                node = by_config[child["config"]]
+                pid = int(child["pid"])
+                record["nodes"][node.node_id] = {"pid": pid, "start": process_start_time(pid)}
+                self._save(record)
+                self.emit("node_started", node.node_id, f"pid {pid}")
+            error = proc.stderr.read().decode(errors="replace").strip()
+        if proc.returncode != 0:
             raise DeployError(f"the node launcher failed: {error.splitlines()[-1:]}")
 
     def _wait_ready(self, nodes: list[NodePlan], timeout: float) -> None:

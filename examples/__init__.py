@@ -1,0 +1,1 @@
+"""Example topologies shipped with qkdnet (`qkdnet demo` deploys one of them)."""

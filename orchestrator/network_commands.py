@@ -1,0 +1,263 @@
+"""The deployment verbs of the CLI: deploy, destroy, inspect, start/stop/kill/restart, watch, graph.
+
+Each function takes parsed options and a console and returns the exit status; errors are raised
+(`ConfigError` for user errors, other `QkdnetError`s for failures) and turned into messages by
+`cli.main`. The runtimes know nothing of the terminal: their events are drawn here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.status import Status
+
+from .network_plan import NetworkPlan
+from .network_status import NetworkSnapshot, NetworkStatus
+from .network_view import (
+    links_table,
+    nodes_json,
+    nodes_table,
+    rows_from_snapshot,
+    rows_from_telemetry,
+)
+from .runtime import BROKER, DeployError, Runtime, RuntimeEvent, runtime_for
+from .telemetry_watch import TelemetryWatch
+from .topology import load_topology
+
+__all__ = [
+    "NetworkOptions",
+    "deploy",
+    "destroy",
+    "graph",
+    "inspect",
+    "lifecycle",
+    "load_plan",
+    "wait_for_key",
+    "watch",
+]
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """Options every deployment verb shares."""
+
+    topology: Path
+    state_dir: Path | None = None
+    broker: str | None = None
+
+
+def load_plan(opts: NetworkOptions) -> NetworkPlan:
+    """Validate the topology file and lay out the deployment (ConfigError when it is wrong)."""
+    return NetworkPlan.build(load_topology(opts.topology), opts.state_dir, opts.broker)
+
+
+class _Progress:
+    """Draws runtime events under a spinner."""
+
+    def __init__(self, console: Console, status: Status, total: int) -> None:
+        self.console = console
+        self.status = status
+        self.total = total
+        self.ready = 0
+
+    def __call__(self, event: RuntimeEvent) -> None:
+        if event.kind == "node_ready":
+            self.ready += 1
+            self.status.update(f"nodes ready: {self.ready}/{self.total}")
+        elif event.kind == "broker_started":
+            self.console.print(f"[green]✓[/] MQTT broker on {event.detail}")
+        elif event.kind == "pki_ready":
+            self.console.print(f"[green]✓[/] PKI in {event.detail}")
+        elif event.kind in ("node_stopped", "broker_stopped", "stopped"):
+            self.console.print(f"[green]✓[/] stopped {event.subject}")
+
+
+async def wait_for_key(
+    plan: NetworkPlan, timeout: float, on_progress: Any = None
+) -> NetworkSnapshot:
+    """Poll the nodes until every link has distilled key at both ends (DeployError on timeout)."""
+    deadline = time.monotonic() + timeout
+    async with NetworkStatus(plan) as status:
+        while True:
+            snapshot = await status.snapshot()
+            if on_progress is not None:
+                on_progress(snapshot)
+            if snapshot.every_link_has_key:
+                return snapshot
+            if time.monotonic() > deadline:
+                missing = [link.link_id for link in snapshot.links if not link.has_key]
+                raise DeployError(
+                    f"no key after {timeout:.0f} s on {len(missing)} link(s): "
+                    + ", ".join(missing[:10])
+                )
+            await asyncio.sleep(0.5)
+
+
+def deploy(
+    opts: NetworkOptions, console: Console, *, wait_key: bool, timeout: float, as_json: bool
+) -> int:
+    plan = load_plan(opts)
+    started = time.monotonic()
+    with console.status(f"deploying {plan.name}") as status:
+        progress = _Progress(console, status, len(plan.nodes))
+        runtime = runtime_for(plan, progress)
+        info = runtime.deploy(timeout)
+        ready_s = time.monotonic() - started
+        console.print(f"[green]✓[/] {len(info.nodes)} nodes ready in {ready_s:.1f} s")
+        key_s = None
+        if wait_key and plan.links:
+
+            def show(snapshot: NetworkSnapshot) -> None:
+                done = sum(link.has_key for link in snapshot.links)
+                status.update(f"links with distilled key: {done}/{len(snapshot.links)}")
+
+            asyncio.run(wait_for_key(plan, timeout, show))
+            key_s = time.monotonic() - started
+            console.print(
+                f"[green]✓[/] every link ({len(plan.links)}) distilled key "
+                f"{key_s:.1f} s after deploy"
+            )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "name": plan.name,
+                    "state_dir": str(plan.state_dir),
+                    "broker": plan.broker_address,
+                    "nodes": nodes_json(plan, info),
+                    "ready_seconds": ready_s,
+                    "key_seconds": key_s,
+                },
+                indent=2,
+            )
+        )
+    else:
+        console.print(nodes_table(plan, info))
+        console.print(
+            f"telemetry: mqtt://{plan.broker_address} topics {plan.topic_prefix}/#  ·  "
+            f"qkdnet inspect -t {opts.topology}  ·  qkdnet destroy -t {opts.topology}",
+            highlight=False,
+        )
+    return 0
+
+
+def destroy(opts: NetworkOptions, console: Console, *, keep_state: bool) -> int:
+    plan = load_plan(opts)
+    with console.status(f"destroying {plan.name}"):
+        report = runtime_for(plan).destroy(keep_state=keep_state)
+    gone = [*report.stopped, *report.killed]
+    console.print(
+        f"[green]✓[/] {plan.name}: stopped {len(gone)} process(es)"
+        + (f" ({len(report.killed)} needed SIGKILL)" if report.killed else "")
+        + (f"; removed {plan.state_dir}" if report.state_removed else "")
+    )
+    return 0
+
+
+def inspect(opts: NetworkOptions, console: Console, *, as_json: bool) -> int:
+    plan = load_plan(opts)
+    info = runtime_for(plan).inspect()
+    snapshot = asyncio.run(_snapshot(plan)) if info.running else None
+    rows = rows_from_snapshot(plan, snapshot) if snapshot else []
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "name": plan.name,
+                    "runtime": info.runtime,
+                    "state_dir": info.state_dir,
+                    "broker": {
+                        "address": info.broker_address,
+                        "state": info.broker.state if info.broker else "external",
+                        "pid": info.broker.pid if info.broker else None,
+                        "topics": f"{plan.topic_prefix}/#",
+                    },
+                    "nodes": nodes_json(plan, info),
+                    "links": [row.as_json() for row in rows],
+                    "ca": str(plan.pki_dir / "ca.pem"),
+                },
+                indent=2,
+            )
+        )
+    else:
+        console.print(nodes_table(plan, info))
+        if rows:
+            console.print(links_table(rows))
+    if not info.running:
+        console.print(f"{plan.name} is not running (state dir {plan.state_dir})", style="yellow")
+        return 1
+    return 0
+
+
+async def _snapshot(plan: NetworkPlan) -> NetworkSnapshot:
+    async with NetworkStatus(plan) as status:
+        return await status.snapshot(timeout=3.0)
+
+
+def lifecycle(opts: NetworkOptions, console: Console, action: str, names: list[str]) -> int:
+    """start, stop, kill or restart nodes (or the broker, named `BROKER`)."""
+    plan = load_plan(opts)
+    runtime: Runtime = runtime_for(plan)
+    for name in names:
+        label = "the broker" if name == BROKER else name
+        with console.status(f"{action} {label}"):
+            getattr(runtime, action)(name)
+        console.print(f"[green]✓[/] {action} {label}")
+    return 0
+
+
+def watch(opts: NetworkOptions, console: Console, *, duration: float | None) -> int:
+    """A live table fed by MQTT until Ctrl-C (or `duration` seconds)."""
+    plan = load_plan(opts)
+    telemetry = TelemetryWatch(plan.broker_address, plan.topic_prefix)
+
+    def render() -> Group:
+        state = telemetry.state
+        up = sum(1 for n in state.nodes.values() if n.get("state") == "up")
+        title = (
+            f"{plan.name}: {up}/{len(plan.nodes)} nodes up · mqtt://{plan.broker_address} · "
+            f"{state.messages} messages"
+        )
+        events = [
+            f"{e.get('node')}: {e.get('event')} "
+            + " ".join(
+                f"{k}={v}" for k, v in e.items() if k not in ("schema", "node", "event", "ts")
+            )
+            for e in list(state.events)[-5:]
+        ]
+        return Group(links_table(rows_from_telemetry(plan, state), title=title), *events)
+
+    async def run() -> None:
+        with Live(render(), console=console, refresh_per_second=4) as live:
+            async for _ in telemetry.updates():
+                live.update(render())
+
+    with contextlib.suppress(TimeoutError):
+        asyncio.run(asyncio.wait_for(run(), duration) if duration else run())
+    return 0
+
+
+def graph(opts: NetworkOptions, console: Console, *, output: Path | None) -> int:
+    """Draw the topology (with live secret key rates when it is deployed)."""
+    from .graph import render_graph
+
+    plan = load_plan(opts)
+    rates: dict[str, float] | None = None
+    if runtime_for(plan).inspect().running:
+        snapshot = asyncio.run(_snapshot(plan))
+        rates = {
+            row.link: row.secret_rate_bps
+            for row in rows_from_snapshot(plan, snapshot)
+            if row.secret_rate_bps is not None
+        }
+    path = render_graph(plan.topology, output or Path(f"{plan.name}.png"), rates)
+    console.print(f"[green]✓[/] wrote {path}" + (" with live key rates" if rates else ""))
+    return 0

@@ -1,0 +1,205 @@
+"""Tables of a deployment for the terminal and for `--json`: nodes, and links with live figures.
+
+Link figures come either from the nodes over NodeControl (`rows_from_snapshot`) or from MQTT
+telemetry (`rows_from_telemetry`); both give the same `LinkRow`, drawn by `links_table`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.table import Table
+
+from .network_plan import NetworkPlan
+from .network_status import NetworkSnapshot
+from .runtime import DeploymentInfo
+from .telemetry_watch import TelemetryState
+
+__all__ = [
+    "LinkRow",
+    "format_rate",
+    "links_table",
+    "nodes_json",
+    "nodes_table",
+    "rows_from_snapshot",
+    "rows_from_telemetry",
+]
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    """One link's live figures (None where nothing was reported yet)."""
+
+    link: str
+    transmitter: str
+    receiver: str
+    length_km: float
+    state: str
+    frames: int | None = None
+    qber: float | None = None
+    model_qber: float | None = None
+    sifted_rate_bps: float | None = None
+    secret_rate_bps: float | None = None
+    model_secret_rate_bps: float | None = None
+    wall_secret_rate_bps: float | None = None
+    store_bits: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_rate(bps: float | None) -> str:
+    """12.3 kbit/s style; '-' when unknown."""
+    if bps is None:
+        return "-"
+    for factor, unit in ((1e6, "Mbit/s"), (1e3, "kbit/s")):
+        if bps >= factor:
+            return f"{bps / factor:.1f} {unit}"
+    return f"{bps:.0f} bit/s"
+
+
+def _compact(bps: float | None) -> str:
+    """695k style for narrow tables; '-' when unknown."""
+    if bps is None:
+        return "-"
+    for factor, unit in ((1e6, "M"), (1e3, "k")):
+        if bps >= factor:
+            return f"{bps / factor:.3g}{unit}"
+    return f"{bps:.0f}"
+
+
+def _bits(bits: int | None) -> str:
+    if bits is None:
+        return "-"
+    return f"{bits / 8e3:.0f} kB" if bits < 8e6 else f"{bits / 8e6:.1f} MB"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _per_second(bits: int, seconds: float) -> float | None:
+    return bits / seconds if seconds > 0 else None
+
+
+def rows_from_snapshot(plan: NetworkPlan, snapshot: NetworkSnapshot) -> list[LinkRow]:
+    """Link rows from the nodes' own NodeControl answers (the transmitting end's figures)."""
+    rows = []
+    for view in snapshot.links:
+        tx = view.tx
+        if tx is None:
+            state = "unreachable"
+            rows.append(
+                LinkRow(view.link_id, view.transmitter, view.receiver, view.length_km, state)
+            )
+            continue
+        rows.append(
+            LinkRow(
+                link=view.link_id,
+                transmitter=view.transmitter,
+                receiver=view.receiver,
+                length_km=view.length_km,
+                state=tx.state,
+                frames=tx.frames_ok,
+                qber=tx.qber if tx.frames_ok else None,
+                model_qber=tx.model_qber,
+                sifted_rate_bps=_per_second(tx.sifted_bits, tx.emulated_seconds),
+                secret_rate_bps=_per_second(tx.secret_bits + tx.auth_bits, tx.emulated_seconds),
+                model_secret_rate_bps=tx.model_secret_rate_bps,
+                wall_secret_rate_bps=tx.secret_rate_bps,
+                store_bits=tx.store_bits,
+            )
+        )
+    return rows
+
+
+def rows_from_telemetry(plan: NetworkPlan, state: TelemetryState) -> list[LinkRow]:
+    """Link rows from the newest MQTT `link/<id>/stats` payloads."""
+    rows = []
+    for view in plan.links:
+        a, b = sorted(view.endpoints)
+        link_id = f"{a}--{b}"
+        data = state.links.get(link_id)
+        if data is None:
+            rows.append(LinkRow(link_id, a, b, view.channel.length_km, "no report"))
+            continue
+        rows.append(
+            LinkRow(
+                link=link_id,
+                transmitter=a,
+                receiver=b,
+                length_km=view.channel.length_km,
+                state=str(data.get("state", "?")),
+                frames=data.get("frames_ok"),
+                qber=data.get("qber") if data.get("frames_ok") else None,
+                model_qber=data.get("model_qber"),
+                sifted_rate_bps=data.get("sifted_rate_bps"),
+                secret_rate_bps=data.get("secret_rate_bps"),
+                model_secret_rate_bps=data.get("model_secret_rate_bps"),
+                wall_secret_rate_bps=data.get("wall_secret_rate_bps"),
+                store_bits=data.get("store_bits"),
+            )
+        )
+    return rows
+
+
+def links_table(rows: list[LinkRow], title: str = "links") -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = ("link", "km", "state", "frames", "QBER", "model", "key b/s", "model", "wall")
+    for column in columns:
+        left = column in ("link", "state")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
+    table.add_column("store", justify="right")
+    table.caption = (
+        "QBER and secret key rate (bit/s) measured beside the model's, per emulated second; "
+        "wall: key stored per wall-clock second lately"
+    )
+    for row in rows:
+        table.add_row(
+            row.link,
+            f"{row.length_km:g}",
+            row.state,
+            "-" if row.frames is None else str(row.frames),
+            _percent(row.qber),
+            _percent(row.model_qber),
+            _compact(row.secret_rate_bps),
+            _compact(row.model_secret_rate_bps),
+            _compact(row.wall_secret_rate_bps),
+            _bits(row.store_bits),
+        )
+    return table
+
+
+def nodes_table(plan: NetworkPlan, info: DeploymentInfo) -> Table:
+    table = Table(title=f"{plan.name} ({info.runtime} runtime)", title_justify="left")
+    for column in ("node", "state", "pid", "address", "SAEs"):
+        table.add_column(column)
+    for node_id, node in info.nodes.items():
+        table.add_row(
+            node_id,
+            node.state,
+            str(node.pid or "-"),
+            node.address,
+            ", ".join(plan.nodes[node_id].saes) or "-",
+        )
+    if info.broker is not None:
+        table.add_row(
+            "(broker)", info.broker.state, str(info.broker.pid or "-"), info.broker.address, ""
+        )
+    return table
+
+
+def nodes_json(plan: NetworkPlan, info: DeploymentInfo) -> list[dict[str, Any]]:
+    return [
+        {
+            "node": node_id,
+            "state": node.state,
+            "pid": node.pid,
+            "address": node.address,
+            "saes": list(plan.nodes[node_id].saes),
+            "config": str(plan.nodes[node_id].config_path),
+            "log": str(plan.nodes[node_id].log_path),
+        }
+        for node_id, node in info.nodes.items()
+    ]
