@@ -23,7 +23,7 @@ install: $(DEPS)
 		|| { cat $(VENV)/install.log; exit 1; }
 
 demo: install
-	$(BIN)/qkdnet link-demo --length-km 25 --duration 30
+	$(BIN)/qkdnet demo
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ BENCHMARKS = [
     ["bench_toeplitz.py"],
     ["bench_polynomial_hash.py"],
     ["bench_postprocessing.py"],
+    ["bench_deploy.py"],
     ["model_table.py"],
 ]
 

@@ -38,6 +38,7 @@ from .link import GRPC_OPTIONS, LinkEnd, ReceiverLink, TransmitterLink, link_id_
 from .structured_log import configure_logging, log_event
 from .telemetry import TelemetryPublisher
 from .tls import NodeCredentials, load_credentials
+from .toeplitz import configure_fftw
 
 __all__ = ["PARENT_PID_ENV", "NodeAgent", "main", "peer_common_name"]
 
@@ -171,6 +172,9 @@ class NodeAgent:
         self.port = 0
 
     async def start(self) -> None:
+        # One idle FFT workspace per length, 16 MiB in all: a node runs a frame at a time per
+        # link, and the library default (256 MiB, for benchmarks) would dominate its memory.
+        configure_fftw(max_idle_per_length=1, max_cache_bytes=16 << 20)
         cfg = self.config
         for link_cfg in cfg.links:
             psk = read_psk(link_cfg.psk_file)

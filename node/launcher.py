@@ -28,6 +28,7 @@ from pathlib import Path
 __all__ = ["launch"]
 
 _PR_SET_NAME = 15
+_M_ARENA_MAX = -8
 
 
 def _threads() -> int:
@@ -58,6 +59,9 @@ def launch(nodes: list[tuple[Path, Path]]) -> list[int]:
 
     if _threads() != 1:
         raise RuntimeError("the launcher must be single-threaded before it forks")
+    # At most two malloc arenas however many threads a node runs (grpc, store, numpy workers):
+    # each extra arena keeps freed memory of its own, which shows up as resident memory.
+    ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) the shared objects
     pids = []

@@ -108,6 +108,7 @@ def run_demo(example: str, duration: float, state_dir: Path | None, console: Con
             format_rate(rows[link_id].secret_rate_bps),
             "[green]identical[/]" if comparison.match else f"[red]{comparison.detail}[/]",
         )
+    console.print()
     console.print(Group(table))
     console.print("[green]✓[/] torn down: no node, broker or state left behind")
     return 0 if ok else 1
