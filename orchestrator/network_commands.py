@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -81,7 +81,9 @@ class _Progress:
 
 
 async def wait_for_key(
-    plan: NetworkPlan, timeout: float, on_progress: Any = None
+    plan: NetworkPlan,
+    timeout: float,
+    on_progress: Callable[[NetworkSnapshot], None] | None = None,
 ) -> NetworkSnapshot:
     """Poll the nodes until every link has distilled key at both ends (DeployError on timeout)."""
     deadline = time.monotonic() + timeout

@@ -11,6 +11,9 @@ from typing import Any
 
 from rich.table import Table
 
+from qkdnet.node.link import link_id_for
+
+from .graph import format_rate as graph_format_rate
 from .network_plan import NetworkPlan
 from .network_status import NetworkSnapshot
 from .runtime import DeploymentInfo
@@ -50,13 +53,8 @@ class LinkRow:
 
 
 def format_rate(bps: float | None) -> str:
-    """12.3 kbit/s style; '-' when unknown."""
-    if bps is None:
-        return "-"
-    for factor, unit in ((1e6, "Mbit/s"), (1e3, "kbit/s")):
-        if bps >= factor:
-            return f"{bps / factor:.1f} {unit}"
-    return f"{bps:.0f} bit/s"
+    """12.3 kbit/s style (graph.format_rate); '-' when unknown."""
+    return "-" if bps is None else graph_format_rate(bps)
 
 
 def _compact(bps: float | None) -> str:
@@ -119,7 +117,7 @@ def rows_from_telemetry(plan: NetworkPlan, state: TelemetryState) -> list[LinkRo
     rows = []
     for view in plan.links:
         a, b = sorted(view.endpoints)
-        link_id = f"{a}--{b}"
+        link_id = link_id_for(a, b)
         data = state.links.get(link_id)
         if data is None:
             rows.append(LinkRow(link_id, a, b, view.channel.length_km, "no report"))

@@ -51,9 +51,18 @@ def process_start_time(pid: int) -> int | None:
     except OSError:
         return None
     fields = stat.rpartition(")")[2].split()
-    if fields[0] in ("Z", "X"):
+    if fields[0] in ("Z", "X") and not _other_threads_alive(pid):
         return None
     return int(fields[19])
+
+
+def _other_threads_alive(pid: int) -> bool:
+    """A killed process's main thread turns zombie before its other threads have exited, and
+    its sockets stay open until the last one has: it is not gone until then."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def labelled_processes(state_dir: Path) -> list[int]:
@@ -325,8 +334,11 @@ class ProcessRuntime(Runtime):
             start = process_start_time(pid)
             if pid not in known and pid != os.getpid() and start is not None:
                 targets[f"pid {pid}"] = (pid, start)
+        # Nodes first, the broker last: a node says "stopped" through it on its way out.
+        broker = {BROKER: targets.pop(BROKER)} if BROKER in targets else {}
         killed = _terminate(targets, signal.SIGTERM, grace)
-        return sorted(set(targets) - set(killed)), killed
+        killed += _terminate(broker, signal.SIGTERM, grace)
+        return sorted(set(targets) - set(killed)) + list(broker.keys() - set(killed)), killed
 
     def destroy(self, keep_state: bool = False) -> DestroyReport:
         stopped, killed = self._stop_all(grace=10.0)

@@ -47,6 +47,13 @@ def _assert_nothing_left(plan: NetworkPlan, pids: list[int]) -> None:
     assert _listening(plan.subnet) == []
 
 
+async def _frames(plan: NetworkPlan) -> int:
+    """Frames stored so far over all links, as the transmitters report them."""
+    async with NetworkStatus(plan) as status:
+        snapshot = await status.snapshot()
+        return sum(v.tx.frames_ok for v in snapshot.links if v.tx is not None)
+
+
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[dict[str, tuple[NetworkPlan, Runtime]]]:
     """deploy(name) through the runtime seam; everything is destroyed at teardown."""
@@ -139,14 +146,9 @@ def test_nodes_outlive_a_killed_orchestrator_and_destroy_still_cleans_up(tmp_pat
         assert all(node.state == "running" for node in info.nodes.values())
         pids = [node.pid for node in info.nodes.values() if node.pid]
 
-        async def frames() -> int:
-            async with NetworkStatus(plan) as status:
-                snapshot = await status.snapshot()
-                return sum(v.tx.frames_ok for v in snapshot.links if v.tx is not None)
-
-        before = asyncio.run(frames())
+        before = asyncio.run(_frames(plan))
         time.sleep(3)
-        assert asyncio.run(frames()) > before, "links keep distilling without the orchestrator"
+        assert asyncio.run(_frames(plan)) > before, "links keep distilling without the orchestrator"
         result = subprocess.run(
             [*cli, "destroy", "-t", str(topology), "--state-dir", str(state)],
             capture_output=True,
@@ -168,16 +170,11 @@ def test_key_keeps_flowing_without_the_broker_and_telemetry_resumes(
     runtime = deployment["two-node"][1]
     asyncio.run(wait_for_key(plan, timeout=60))
 
-    async def frames() -> int:
-        async with NetworkStatus(plan) as status:
-            snapshot = await status.snapshot()
-            return sum(v.tx.frames_ok for v in snapshot.links if v.tx is not None)
-
     runtime.kill(BROKER)
     assert runtime.inspect().broker.state == "stopped"  # type: ignore[union-attr]
-    before = asyncio.run(frames())
+    before = asyncio.run(_frames(plan))
     time.sleep(4)
-    assert asyncio.run(frames()) > before, "key distillation goes on without the broker"
+    assert asyncio.run(_frames(plan)) > before, "key distillation goes on without the broker"
 
     runtime.start(BROKER)
     restarted = time.time()
