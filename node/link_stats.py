@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from qkdnet.v1 import control_pb2
 
-from .channel_model import ChannelParameters, model_figures
+from .channel_model import ChannelParameters, ModelFigures, model_figures
 from .key_store import StoreLevel
 
 __all__ = ["LinkStats"]
@@ -46,6 +46,9 @@ class LinkStats:
     sample_errors: int = 0
     started: float = field(default_factory=time.monotonic)
     _window: deque[tuple[float, int, int]] = field(default_factory=deque)
+    # The model depends on the stats only through Cascade's efficiency; status is asked for
+    # every telemetry interval, so keep the last evaluation (efficiency to 3 digits).
+    _model: tuple[float, ModelFigures] | None = field(default=None, repr=False)
 
     def record_frame(self, pulses: int, detections: int, sifted: int) -> None:
         """A frame went through sifting (whatever happens to it next)."""
@@ -107,9 +110,17 @@ class LinkStats:
         span = max(t1 - t0, 1e-9)
         return (s1 - s0) / span, (k1 - k0) / span
 
+    def _model_figures(self) -> ModelFigures:
+        efficiency = round(self.efficiency if self.frames_ok else 1.16, 3)
+        if self._model is None or self._model[0] != efficiency:
+            figures = model_figures(
+                self.params, f=efficiency, pe_sample_fraction=self.pe_sample_fraction
+            )
+            self._model = (efficiency, figures)
+        return self._model[1]
+
     def to_proto(self) -> control_pb2.LinkStatus:
-        efficiency = self.efficiency if self.frames_ok else 1.16
-        model = model_figures(self.params, f=efficiency, pe_sample_fraction=self.pe_sample_fraction)
+        model = self._model_figures()
         sifted_rate, secret_rate = self.rates()
         return control_pb2.LinkStatus(
             link_id=self.link_id,

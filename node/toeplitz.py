@@ -54,11 +54,12 @@ calling thread and one helper thread.
 
 FFT lengths are 5-smooth numbers (``2^a 3^b 5^c``, multiples of 4 for FFTW). The speed of
 FFTW's estimated plans varies by up to 2x between lengths of similar size, unpredictably, so
-the first time a size region is used the (at most four) smallest candidates within +25 %
-are planned and timed once (a few hundred milliseconds for ~10^6 points) and the fastest is
-used from then on; with ``FFTW_MEASURE`` the smallest candidate is used. Each length gets a
-*workspace*: SIMD-aligned buffers plus the FFTW plans that operate on them. A workspace is
-used by one call at a time; concurrent callers (the link runs privacy amplification from a
+the first time a size region above 2^18 points is used the (at most four) smallest
+candidates within +25 % are planned and timed once (a few hundred milliseconds for ~10^6
+points) and the fastest is used from then on; with ``FFTW_MEASURE`` the smallest candidate
+is used. Each length gets a *workspace*: SIMD-aligned buffers plus the FFTW plans that operate on
+them. A workspace is used by one call at a time; concurrent callers (the link runs privacy
+amplification from a
 thread pool) take distinct workspaces from a small pool bounded in memory, and planning is
 serialised by a lock. The planner effort defaults to ``FFTW_ESTIMATE`` (instantaneous); a
 long-running node may opt in to ``FFTW_MEASURE`` with :func:`configure_fftw` (optionally
@@ -138,6 +139,9 @@ _FFTW_LENGTHS: Final[tuple[int, ...]] = tuple(x for x in _SMOOTH_LENGTHS if x % 
 # once; the fastest is used from then on (the output does not depend on the length).
 _TUNE_CANDIDATES: Final[int] = 4
 _TUNE_SPAN: Final[float] = 1.25
+# Below this length a transform pair takes about a millisecond, so a length 50 % slower than
+# the best costs less than timing the candidates did (each node times its own): no tuning.
+_TUNE_MIN_LENGTH: Final[int] = 1 << 18
 
 # Cyclic convolutions of at most this length use numpy.fft instead of FFTW.
 _NUMPY_MAX_LENGTH: Final[int] = 1 << 12
@@ -170,7 +174,11 @@ def _fast_length(minimum: int) -> int:
         for length in _FFTW_LENGTHS[start : start + _TUNE_CANDIDATES]
         if length <= minimum * _TUNE_SPAN
     ] or [_FFTW_LENGTHS[start]]
-    if len(candidates) == 1 or _settings.planner_effort != "FFTW_ESTIMATE":
+    if (
+        len(candidates) == 1
+        or minimum < _TUNE_MIN_LENGTH
+        or _settings.planner_effort != "FFTW_ESTIMATE"
+    ):
         return candidates[0]
     if all(length in _length_costs for length in candidates):  # already timed: no lock
         return min(candidates, key=lambda length: (_length_costs[length], length))
