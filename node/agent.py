@@ -27,17 +27,30 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from qkdnet.v1 import control_pb2, control_pb2_grpc, link_pb2, link_pb2_grpc
+from qkdnet.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    link_pb2,
+    link_pb2_grpc,
+    relay_pb2,
+    relay_pb2_grpc,
+)
 
 from .authentication import LinkAuthenticator, read_psk
-from .config import NodeConfig, load_node_config
+from .config import KeyApiConfig, NodeConfig, load_node_config
 from .conversation import TamperFault
+from .delivered_keys import DeliveredKeys
 from .errors import ConfigError, LinkError, QkdnetError
+from .etsi014 import KeyDeliveryServer, server_ssl_context
+from .key_manager import KeyLimits, KeyManager
 from .key_store import KeyStore
 from .link import GRPC_OPTIONS, LinkEnd, ReceiverLink, TransmitterLink, link_id_for
+from .link_state import LinkStateFlooder
+from .relay import KeyRelay, PeerChannels, RelayService
+from .routing import Router
 from .structured_log import configure_logging, log_event
 from .telemetry import TelemetryPublisher
-from .tls import NodeCredentials, load_credentials
+from .tls import NodeCredentials, load_credentials, peer_common_name
 from .toeplitz import configure_fftw
 
 __all__ = ["PARENT_PID_ENV", "NodeAgent", "main", "peer_common_name"]
@@ -46,12 +59,6 @@ __all__ = ["PARENT_PID_ENV", "NodeAgent", "main", "peer_common_name"]
 PARENT_PID_ENV = "QKDNET_PARENT_PID"
 
 logger = logging.getLogger("qkdnet.node.agent")
-
-
-def peer_common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The CN of the client certificate of the caller ('' when there is none)."""
-    names = list(context.auth_context().get("x509_common_name", []))
-    return names[0].decode() if names else ""
 
 
 class _LinkServices(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.ClassicalChannelServicer):
@@ -170,6 +177,12 @@ class NodeAgent:
         self._health = health.aio.HealthServicer()
         self.telemetry: TelemetryPublisher | None = None
         self.port = 0
+        self.router = Router(config.node_id)
+        self.peers = PeerChannels(config.nodes, credentials.channel())
+        self.delivered: DeliveredKeys | None = None
+        self.relay: KeyRelay | None = None
+        self.flooder: LinkStateFlooder | None = None
+        self.key_api: KeyDeliveryServer | None = None
 
     async def start(self) -> None:
         # One idle FFT workspace per length, 16 MiB in all: a node runs a frame at a time per
@@ -196,8 +209,19 @@ class NodeAgent:
                 link = ReceiverLink(**common)
             self.links[link_cfg.peer] = link
 
+        self.delivered = await DeliveredKeys.open(cfg.state_dir / "delivered_keys.sqlite")
+        self.relay = KeyRelay(
+            cfg.node_id, self.links, self.delivered, self.peers, frozenset(cfg.saes)
+        )
+        self.flooder = LinkStateFlooder(
+            cfg.node_id, list(cfg.saes), self.links, self.router, self.peers
+        )
+
         server = grpc.aio.server(options=GRPC_OPTIONS)
         services = _LinkServices(self)
+        relay_pb2_grpc.add_KeyRelayServicer_to_server(
+            RelayService(self.relay, self.flooder.received), server
+        )
         link_pb2_grpc.add_QuantumChannelServicer_to_server(services, server)
         link_pb2_grpc.add_ClassicalChannelServicer_to_server(services, server)
         control_pb2_grpc.add_NodeControlServicer_to_server(_ControlService(self), server)
@@ -206,6 +230,7 @@ class NodeAgent:
             link_pb2.DESCRIPTOR.services_by_name["QuantumChannel"].full_name,
             link_pb2.DESCRIPTOR.services_by_name["ClassicalChannel"].full_name,
             control_pb2.DESCRIPTOR.services_by_name["NodeControl"].full_name,
+            relay_pb2.DESCRIPTOR.services_by_name["KeyRelay"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -216,12 +241,15 @@ class NodeAgent:
             raise ConfigError(f"listen: cannot listen on {cfg.listen}") from None
         await server.start()
         self._server = server
-        for name in names[:3]:
+        for name in names[:4]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for link in self.links.values():
             if isinstance(link, TransmitterLink):
                 self._tasks.append(asyncio.create_task(link.run(), name=f"link {link.link_id}"))
+        self.flooder.start()
+        if cfg.key_api is not None:
+            await self._start_key_api(cfg.key_api)
         if cfg.telemetry is not None:
             self.telemetry = TelemetryPublisher(
                 cfg.telemetry, cfg.node_id, self.address, self.status
@@ -237,27 +265,89 @@ class NodeAgent:
             links=[link.link_id for link in self.links.values()],
         )
 
+    async def _start_key_api(self, api: KeyApiConfig) -> None:
+        assert self.relay is not None
+        assert self.delivered is not None
+        limits = KeyLimits(
+            key_size=api.key_size,
+            min_key_size=api.min_key_size,
+            max_key_size=api.max_key_size,
+            max_key_per_request=api.max_key_per_request,
+            max_key_count=api.max_key_count,
+            max_sae_id_count=api.max_sae_id_count,
+        )
+        directory = dict(self.config.sae_directory)
+        directory.update({sae: self.config.node_id for sae in self.config.saes})
+        manager = KeyManager(
+            self.config.node_id,
+            self.config.saes,
+            directory,
+            self.relay,
+            self.router,
+            self.delivered,
+            limits,
+        )
+        self.key_api = KeyDeliveryServer(manager, self.config.node_id, directory)
+        host, _, port = api.listen.rpartition(":")
+        tls = self.config.tls
+        try:
+            await self.key_api.start(host, int(port), server_ssl_context(tls.ca, tls.cert, tls.key))
+        except OSError as exc:
+            raise ConfigError(
+                f"key_api.listen: cannot listen on {api.listen} ({exc.strerror})"
+            ) from None
+
+    @property
+    def key_api_url(self) -> str:
+        """https://host:port of the ETSI GS QKD 014 API ('' when there is none)."""
+        if self.key_api is None or self.config.key_api is None:
+            return ""
+        return f"https://{self.config.key_api.listen.rpartition(':')[0]}:{self.key_api.port}"
+
     @property
     def address(self) -> str:
         """host:port the gRPC server listens on (the real port when the config said 0)."""
         return f"{self.config.listen.rpartition(':')[0]}:{self.port}"
 
     def _write_ready(self) -> None:
-        info = {"node_id": self.config.node_id, "pid": os.getpid(), "address": self.address}
+        info = {
+            "node_id": self.config.node_id,
+            "pid": os.getpid(),
+            "address": self.address,
+            "key_api_url": self.key_api_url,
+        }
         path = self.config.state_dir / "ready.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(path)
 
     def status(self) -> control_pb2.NodeStatus:
+        relay = None
+        if self.relay is not None:
+            c = self.relay.counters
+            relay = control_pb2.RelayStatus(
+                frames_sent=c.frames_sent,
+                frames_received=c.frames_received,
+                frames_refused=dict(c.frames_refused),
+                wasted_bits=c.wasted_bits,
+                transactions_committed=c.transactions_committed,
+                transactions_failed=c.transactions_failed,
+            )
         return control_pb2.NodeStatus(
             node_id=self.config.node_id,
             uptime_seconds=time.monotonic() - self.started,
             links=[link.stats.to_proto() for link in self.links.values()],
+            relay=relay,
+            key_api_url=self.key_api_url,
+            routing_nodes=self.router.nodes(),
         )
 
     async def stop(self, grace: float = 2.0) -> None:
         await self._health.enter_graceful_shutdown()
+        if self.key_api is not None:
+            await self.key_api.stop()
+        if self.flooder is not None:
+            await self.flooder.close()
         if self.telemetry is not None:
             try:
                 await self.telemetry.close()
@@ -270,8 +360,11 @@ class NodeAgent:
                 await task
         if self._server is not None:
             await self._server.stop(grace)
+        await self.peers.close()
         for link in self.links.values():
             await link.store.close()
+        if self.delivered is not None:
+            await self.delivered.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(FileNotFoundError):
             (self.config.state_dir / "ready.json").unlink()

@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 __all__ = [
     "ChannelConfig",
+    "KeyApiConfig",
     "LinkConfig",
     "NodeConfig",
     "ProcessingConfig",
@@ -149,6 +150,30 @@ class TelemetryConfig(_Strict):
         return value
 
 
+class KeyApiConfig(_Strict):
+    """The node's ETSI GS QKD 014 server (HTTPS, mutual TLS with SAE certificates)."""
+
+    listen: str = Field(description="host:port of the HTTPS server")
+    key_size: int = Field(256, ge=8, multiple_of=8, description="default key size (bits)")
+    min_key_size: int = Field(64, ge=8, multiple_of=8)
+    max_key_size: int = Field(8192, ge=8, multiple_of=8)
+    max_key_per_request: int = Field(1024, ge=1)
+    max_key_count: int = Field(100_000, ge=1)
+    max_sae_id_count: int = Field(4, ge=0, description="additional slaves per request")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> KeyApiConfig:
+        if not self.min_key_size <= self.key_size <= self.max_key_size:
+            raise ValueError("key sizes: need min_key_size <= key_size <= max_key_size")
+        return self
+
+
 class NodeConfig(_Strict):
     """The whole node."""
 
@@ -163,6 +188,14 @@ class NodeConfig(_Strict):
         description="certificate CNs allowed to call NodeControl",
     )
     telemetry: TelemetryConfig | None = Field(None, description="publish telemetry over MQTT")
+    saes: list[str] = Field(default_factory=list, description="SAE IDs this node's KME serves")
+    key_api: KeyApiConfig | None = Field(None, description="serve ETSI GS QKD 014")
+    nodes: dict[str, str] = Field(
+        default_factory=dict, description="gRPC host:port of every node (relay and settling)"
+    )
+    sae_directory: dict[str, str] = Field(
+        default_factory=dict, description="SAE ID -> ID of the node that serves it"
+    )
 
     @field_validator("listen")
     @classmethod

@@ -6,8 +6,10 @@
     │   ├── AuthenticationError  a classical message failed Wegman-Carter authentication
     │   ├── ProtocolError        a malformed, unexpected or out-of-order message
     │   └── RoundAborted         the round ended without key (QBER too high, verification, ...)
-    └── KeyStoreError            the key store refused an operation
-        └── KeyExhausted         not enough key for what was asked
+    ├── KeyStoreError            the key store refused an operation
+    │   ├── KeyExhausted         not enough key for what was asked
+    │   └── KeyRejected          link key was refused by a check (a wrong relay tag)
+    └── RelayError               a key relay could not be completed (no route, a hop refused)
 
 Messages never contain key material, pads or private keys.
 """
@@ -18,10 +20,12 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "KeyExhausted",
+    "KeyRejected",
     "KeyStoreError",
     "LinkError",
     "ProtocolError",
     "QkdnetError",
+    "RelayError",
     "RoundAborted",
 ]
 
@@ -72,3 +76,18 @@ class KeyStoreError(QkdnetError):
 
 class KeyExhausted(KeyStoreError):
     """The store holds less key than asked for."""
+
+
+class KeyRejected(KeyStoreError):
+    """Link key was read but refused by the caller's check; nothing was consumed."""
+
+
+class RelayError(QkdnetError):
+    """A relay could not be completed. `reason` is a short code for counters and telemetry."""
+
+    reason = "relay_failed"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason

@@ -15,18 +15,17 @@ executor), so the event loop never blocks on the disk.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from .errors import KeyExhausted, KeyStoreError
+from .errors import KeyExhausted, KeyRejected, KeyStoreError
+from .sqlite_store import StoreThread, open_sqlite
 
 __all__ = [
     "PAD_BYTES",
@@ -48,6 +47,12 @@ CREATE TABLE IF NOT EXISTS blocks (
     state TEXT NOT NULL CHECK (state IN ('pending', 'ready')),
     created REAL NOT NULL,
     bits BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS used_ranges (
+    block_id TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    PRIMARY KEY (block_id, offset)
 );
 CREATE TABLE IF NOT EXISTS pads (
     direction INTEGER NOT NULL,
@@ -107,14 +112,7 @@ class KeyStoreDb:
     """Synchronous store on one SQLite file. Use it from one thread at a time."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise KeyStoreError(f"{path}: cannot open key store ({exc})") from None
+        self._db = open_sqlite(path, _SCHEMA, "key store")
         self.path = path
 
     def close(self) -> None:
@@ -221,17 +219,25 @@ class KeyStoreDb:
         ).fetchone()
         return StoreLevel(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
-    def take_next(self, nbits: int) -> tuple[list[KeyRange], bytes]:
+    def take_next(self, nbits: int, direction: int | None = None) -> tuple[list[KeyRange], bytes]:
         """Consume the oldest `nbits` unconsumed ready bits; returns their ranges and the bits.
 
-        The bits are returned packed big-endian from bit 0 of the first range.
+        With `direction` (0 or 1) only blocks of frames of that parity are used: each end of a
+        link draws from its own half, so that both can take key at the same time without ever
+        choosing the same bits. The bits are returned packed big-endian from bit 0 of the first
+        range.
         """
         if nbits <= 0:
             raise KeyStoreError("asked for a non-positive number of key bits")
+        where = "state='ready' AND consumed < nbits"
+        args: tuple[int, ...] = ()
+        if direction is not None:
+            where += " AND frame % 2 = ?"
+            args = (direction,)
         with self._transaction():
             rows = self._db.execute(
-                "SELECT block_id, nbits, consumed, bits FROM blocks "
-                "WHERE state='ready' AND consumed < nbits ORDER BY frame"
+                f"SELECT block_id, nbits, consumed, bits FROM blocks WHERE {where} ORDER BY frame",
+                args,
             ).fetchall()
             available = sum(int(r[1]) - int(r[2]) for r in rows)
             if available < nbits:
@@ -251,8 +257,29 @@ class KeyStoreDb:
         nbytes = (nbits + 7) // 8
         return ranges, (value << (nbytes * 8 - nbits)).to_bytes(nbytes, "big")
 
-    def take_ranges(self, ranges: list[KeyRange]) -> bytes:
-        """Consume exactly `ranges` (as the other end chose them); refuse any bit already used."""
+    def available(self, direction: int | None = None) -> int:
+        """Unconsumed ready bits (of one direction's half with `direction`)."""
+        where = "state='ready'" + ("" if direction is None else " AND frame % 2 = ?")
+        row = self._db.execute(
+            f"SELECT COALESCE(SUM(nbits - consumed), 0) FROM blocks WHERE {where}",
+            () if direction is None else (direction,),
+        ).fetchone()
+        return int(row[0])
+
+    def take_ranges(
+        self,
+        ranges: list[KeyRange],
+        direction: int | None = None,
+        accept: Callable[[bytes], bool] | None = None,
+    ) -> bytes:
+        """Consume exactly `ranges`, as the other end chose them with `take_next`.
+
+        Ranges may arrive in any order (several relays share a link at once); a bit that was
+        already used, a range outside its block and, with `direction`, a block of the other
+        direction's half are refused, and then nothing is consumed. With `accept`, the bits are
+        consumed only when `accept(bits)` is true (KeyRejected otherwise): a relay frame with a
+        wrong tag cannot burn the key its genuine sender will use.
+        """
         total_bits = sum(r.length for r in ranges)
         if total_bits <= 0:
             raise KeyStoreError("asked for no key bits")
@@ -260,23 +287,40 @@ class KeyStoreDb:
         with self._transaction():
             for r in ranges:
                 row = self._db.execute(
-                    "SELECT nbits, consumed, bits FROM blocks WHERE block_id=? AND state='ready'",
+                    "SELECT nbits, consumed, bits, frame FROM blocks "
+                    "WHERE block_id=? AND state='ready'",
                     (r.block_id,),
                 ).fetchone()
                 if row is None:
                     raise KeyStoreError(f"block {r.block_id} is not in the store")
-                nbits, consumed, data = int(row[0]), int(row[1]), bytes(row[2])
-                if r.offset < consumed:
+                nbits, consumed, data, frame = int(row[0]), int(row[1]), bytes(row[2]), int(row[3])
+                if direction is not None and frame % 2 != direction:
+                    raise KeyStoreError(f"block {r.block_id} belongs to the other direction")
+                if r.length <= 0 or r.offset < 0 or r.offset + r.length > nbits:
+                    raise KeyStoreError(f"block {r.block_id}: range beyond the block")
+                overlap = self._db.execute(
+                    "SELECT 1 FROM used_ranges WHERE block_id=? AND offset < ? "
+                    "AND offset + length > ? LIMIT 1",
+                    (r.block_id, r.offset + r.length, r.offset),
+                ).fetchone()
+                if overlap is not None or consumed >= nbits:
                     raise KeyStoreError(
                         f"block {r.block_id}: bits from {r.offset} were already consumed"
                     )
-                if r.length <= 0 or r.offset + r.length > nbits:
-                    raise KeyStoreError(f"block {r.block_id}: range beyond the block")
                 piece = int.from_bytes(_bit_slice(data, r.offset, r.length), "big")
                 value = (value << r.length) | (piece >> ((8 - r.length % 8) % 8))
-                self._consume(r.block_id, r.offset + r.length, nbits)
-        nbytes = (total_bits + 7) // 8
-        return (value << (nbytes * 8 - total_bits)).to_bytes(nbytes, "big")
+                self._db.execute(
+                    "INSERT INTO used_ranges(block_id, offset, length) VALUES (?, ?, ?)",
+                    (r.block_id, r.offset, r.length),
+                )
+                if consumed + r.length >= nbits:
+                    self._db.execute("DELETE FROM used_ranges WHERE block_id=?", (r.block_id,))
+                self._consume(r.block_id, consumed + r.length, nbits)
+            nbytes = (total_bits + 7) // 8
+            bits = (value << (nbytes * 8 - total_bits)).to_bytes(nbytes, "big")
+            if accept is not None and not accept(bits):
+                raise KeyRejected("link key refused by its check; nothing consumed")
+        return bits
 
     def _consume(self, block_id: str, new_consumed: int, nbits: int) -> None:
         if new_consumed >= nbits:
@@ -369,29 +413,14 @@ class _Transaction:
             self._db.execute("ROLLBACK")
 
 
-class KeyStore:
+class KeyStore(StoreThread[KeyStoreDb]):
     """The async face of a link's key store: every call runs on the store's own thread."""
-
-    def __init__(self, db: KeyStoreDb, executor: ThreadPoolExecutor) -> None:
-        self._db = db
-        self._executor = executor
 
     @classmethod
     async def open(cls, path: Path) -> KeyStore:
         """Open (or create) the store at `path` on a thread of its own."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keystore")
-        db = await asyncio.get_running_loop().run_in_executor(executor, KeyStoreDb, path)
-        return cls(db, executor)
+        return cls(*await cls._open_on_thread(KeyStoreDb, path, "keystore"))
 
     @property
     def path(self) -> Path:
         return self._db.path
-
-    async def run(self, fn: Callable[[KeyStoreDb], T]) -> T:
-        """Run `fn(db)` on the store's thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, self._db)
-
-    async def close(self) -> None:
-        await self.run(lambda db: db.close())
-        self._executor.shutdown(wait=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -19,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from .config import TlsConfig
 from .errors import ConfigError
 
-__all__ = ["NodeCredentials", "common_name", "load_credentials"]
+__all__ = ["NodeCredentials", "common_name", "load_credentials", "peer_common_name"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ class NodeCredentials:
             private_key=self.key_pem,
             certificate_chain=self.cert_pem,
         )
+
+
+def peer_common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The CN of the client certificate of a gRPC caller ('' when there is none)."""
+    names = list(context.auth_context().get("x509_common_name", []))
+    return names[0].decode() if names else ""
 
 
 def common_name(cert: x509.Certificate) -> str:

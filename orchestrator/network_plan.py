@@ -33,6 +33,7 @@ from .topology import ResolvedLink, Topology
 
 __all__ = [
     "GRPC_PORT",
+    "KEY_API_PORT",
     "MQTT_PORT",
     "NetworkPlan",
     "NodePlan",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 GRPC_PORT = 50051
+KEY_API_PORT = 8443
 MQTT_PORT = 1883
 
 
@@ -63,6 +65,20 @@ class NodePlan:
     @property
     def host(self) -> str:
         return self.address.rpartition(":")[0]
+
+    @property
+    def key_api_address(self) -> str | None:
+        """host:port of the node's ETSI GS QKD 014 server (None when it serves no SAE)."""
+        return f"{self.host}:{KEY_API_PORT}" if self.saes else None
+
+    @property
+    def key_api_url(self) -> str | None:
+        address = self.key_api_address
+        return f"https://{address}" if address else None
+
+    def listen_addresses(self) -> list[str]:
+        """Every address the node listens on."""
+        return [self.address] + ([self.key_api_address] if self.key_api_address else [])
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,7 @@ class NetworkPlan:
             {node.node_id: list(node.saes) for node in self.nodes.values()},
             self.link_ids(),
             ca_name=f"qkdnet {self.name} CA",
+            hosts={node.node_id: node.host for node in self.nodes.values()},
         )
 
     def write_node_configs(self, pki: TopologyPki) -> None:
@@ -159,9 +176,11 @@ class NetworkPlan:
                 if end < peer:
                     entry["address"] = self.nodes[peer].address
                 links_of[end].append(entry)
+        address_book = {node.node_id: node.address for node in self.nodes.values()}
+        directory = {sae: node.node_id for node in self.nodes.values() for sae in node.saes}
         for node in self.nodes.values():
             tls = pki.nodes[node.node_id]
-            config = {
+            config: dict[str, Any] = {
                 "node_id": node.node_id,
                 "listen": node.address,
                 "state_dir": str(node.state_dir),
@@ -172,6 +191,11 @@ class NetworkPlan:
                     "topic_prefix": self.topic_prefix,
                     "interval_s": self.topology.telemetry.interval_s,
                 },
+                "nodes": address_book,
+                "sae_directory": directory,
             }
+            if node.saes:
+                config["saes"] = list(node.saes)
+                config["key_api"] = {"listen": node.key_api_address}
             node.config_path.parent.mkdir(parents=True, exist_ok=True)
             node.config_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -8,6 +8,7 @@ nodes call each other. Private keys and secrets are written readable by the owne
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ class CertificateAuthority:
         directory: Path,
         *,
         dns_names: list[str] | None = None,
+        ip_addresses: list[str] | None = None,
         client_only: bool = False,
     ) -> CertificatePaths:
         """Issue a certificate for `common_name` into `directory`.
@@ -123,6 +125,7 @@ class CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in (dns_names or [common_name])]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses or []]
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
@@ -164,25 +167,37 @@ class TopologyPki:
 
 
 def provision_pki(
-    directory: Path, nodes: dict[str, list[str]], links: list[str], *, ca_name: str
+    directory: Path,
+    nodes: dict[str, list[str]],
+    links: list[str],
+    *,
+    ca_name: str,
+    hosts: dict[str, str] | None = None,
 ) -> TopologyPki:
     """The PKI of a topology under `directory`, reusing whatever is already there.
 
     `nodes` maps node IDs to the SAE IDs they serve; `links` are link IDs. Layout: `ca.pem`,
     `ca.key`, `orchestrator/`, `nodes/<id>/`, `saes/<sae>/` (client certificates, CN = SAE ID)
-    and `links/<a>--<b>.psk`. Existing credentials are kept: a redeployed node must present the
-    same identity, and a link's secret must match the pads its stores have already used.
+    and `links/<a>--<b>.psk`. A node certificate names the node ID and, with `hosts`, the node's
+    IP address, so that HTTPS clients of its key API can verify it. Existing credentials are kept: a
+    redeployed node must present the same identity, and a link's secret must match the pads its
+    stores have already used.
     """
     ca = CertificateAuthority(directory, ca_name)
 
-    def issue(cn: str, where: Path, client_only: bool = False) -> CertificatePaths:
+    def issue(
+        cn: str, where: Path, client_only: bool = False, ip: str | None = None
+    ) -> CertificatePaths:
         paths = CertificatePaths(cert=where / "cert.pem", key=where / "key.pem", ca=ca.cert_path)
         if paths.cert.exists() and paths.key.exists():
             return paths
-        return ca.issue(cn, where, client_only=client_only)
+        ips = [ip] if ip else None
+        return ca.issue(cn, where, client_only=client_only, ip_addresses=ips)
 
     orchestrator = issue("orchestrator", directory / "orchestrator")
-    node_paths = {node: issue(node, directory / "nodes" / node) for node in nodes}
+    node_paths = {
+        node: issue(node, directory / "nodes" / node, ip=(hosts or {}).get(node)) for node in nodes
+    }
     sae_paths = {
         sae: issue(sae, directory / "saes" / sae, client_only=True)
         for saes in nodes.values()

@@ -170,7 +170,7 @@ class ProcessRuntime(Runtime):
                 f"{self.plan.name} is already deployed (state in {self.plan.state_dir}); "
                 "run qkdnet destroy first"
             )
-        addresses = [node.address for node in self.plan.nodes.values()]
+        addresses = [a for node in self.plan.nodes.values() for a in node.listen_addresses()]
         if self.plan.external_broker is None:
             addresses.append(self.plan.broker_address)
         for address in addresses:
@@ -296,7 +296,8 @@ class ProcessRuntime(Runtime):
         node = self._node(name)
         if self._alive(record["nodes"].get(name)):
             return
-        _check_free(node.address)
+        for address in node.listen_addresses():
+            _check_free(address)
         self._launch([node])
         self._wait_ready([node], timeout)
 

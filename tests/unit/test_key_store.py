@@ -98,3 +98,42 @@ def test_full_width_hash_key(tmp_path: Path) -> None:
     store = KeyStoreDb(tmp_path / "k.sqlite")
     store.initialise((1 << 64) - 1, {0: b"\x00" * 8})
     assert store.hash_key() == (1 << 64) - 1
+
+
+def test_directions_draw_from_separate_halves(tmp_path: Path) -> None:
+    a = KeyStoreDb(tmp_path / "a.sqlite")
+    b = KeyStoreDb(tmp_path / "b.sqlite")
+    for store in (a, b):
+        store.add_block("l/1", 1, bytes([0xF0]), 8, pending=False, refill={})
+        store.add_block("l/2", 2, bytes([0x0F]), 8, pending=False, refill={})
+    # Both ends take at once, each from its own half: never the same bits.
+    ranges_a, bits_a = a.take_next(8, direction=0)
+    ranges_b, bits_b = b.take_next(8, direction=1)
+    assert [r.block_id for r in ranges_a] == ["l/2"]
+    assert [r.block_id for r in ranges_b] == ["l/1"]
+    assert b.take_ranges(ranges_a, direction=0) == bits_a
+    assert a.take_ranges(ranges_b, direction=1) == bits_b
+    with pytest.raises(KeyStoreError, match="other direction"):
+        a.take_ranges([KeyRange("l/1", 0, 1)], direction=0)
+    assert a.available() == b.available() == 0
+
+
+def test_ranges_out_of_order_and_never_twice(tmp_path: Path) -> None:
+    a = KeyStoreDb(tmp_path / "a.sqlite")
+    b = KeyStoreDb(tmp_path / "b.sqlite")
+    for store in (a, b):
+        store.add_block("l/2", 2, bytes([0b10101100, 0b11110000]), 16, pending=False, refill={})
+    first, bits1 = a.take_next(5, direction=0)
+    second, bits2 = a.take_next(7, direction=0)
+    assert b.take_ranges(second, direction=0) == bits2  # the later relay arrives first
+    assert b.take_ranges(first, direction=0) == bits1
+    with pytest.raises(KeyStoreError, match="already consumed"):
+        b.take_ranges([KeyRange("l/2", 4, 2)], direction=0)  # overlaps both
+    overlapping = [KeyRange("l/2", 12, 2), KeyRange("l/2", 13, 2)]
+    with pytest.raises(KeyStoreError, match="already consumed"):
+        b.take_ranges(overlapping, direction=0)
+    assert b.available(0) == 4  # the refused request consumed nothing
+    assert b.take_ranges([KeyRange("l/2", 12, 4)], direction=0) == bytes([0b00000000])
+    assert b.available() == 0
+    with pytest.raises(KeyStoreError, match="already consumed"):
+        b.take_ranges([KeyRange("l/2", 0, 1)], direction=0)

@@ -92,24 +92,96 @@ class NodeStatus(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     LINKS_FIELD_NUMBER: _builtins.int
+    RELAY_FIELD_NUMBER: _builtins.int
+    KEY_API_URL_FIELD_NUMBER: _builtins.int
+    ROUTING_NODES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     uptime_seconds: _builtins.float
+    key_api_url: _builtins.str
+    """https://host:port of the node's ETSI GS QKD 014 API ("" when it serves no SAE)."""
     @_builtins.property
     def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkStatus]: ...
+    @_builtins.property
+    def relay(self) -> Global___RelayStatus: ...
+    @_builtins.property
+    def routing_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Nodes in this node's link-state database (itself included)."""
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         uptime_seconds: _builtins.float = ...,
         links: _abc.Iterable[Global___LinkStatus] | None = ...,
+        relay: Global___RelayStatus | None = ...,
+        key_api_url: _builtins.str = ...,
+        routing_nodes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["relay", b"relay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links", "node_id", b"node_id", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_api_url", b"key_api_url", "links", b"links", "node_id", b"node_id", "relay", b"relay", "routing_nodes", b"routing_nodes", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class RelayStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FramesRefusedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FRAMES_SENT_FIELD_NUMBER: _builtins.int
+    FRAMES_RECEIVED_FIELD_NUMBER: _builtins.int
+    FRAMES_REFUSED_FIELD_NUMBER: _builtins.int
+    WASTED_BITS_FIELD_NUMBER: _builtins.int
+    TRANSACTIONS_COMMITTED_FIELD_NUMBER: _builtins.int
+    TRANSACTIONS_FAILED_FIELD_NUMBER: _builtins.int
+    frames_sent: _builtins.int
+    frames_received: _builtins.int
+    wasted_bits: _builtins.int
+    """Link key spent on relays that did not complete (never reused)."""
+    transactions_committed: _builtins.int
+    transactions_failed: _builtins.int
+    @_builtins.property
+    def frames_refused(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Relay frames refused, by reason: bad_tag, replay, unknown_route, malformed, no_key."""
+
+    def __init__(
+        self,
+        *,
+        frames_sent: _builtins.int = ...,
+        frames_received: _builtins.int = ...,
+        frames_refused: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        wasted_bits: _builtins.int = ...,
+        transactions_committed: _builtins.int = ...,
+        transactions_failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames_received", b"frames_received", "frames_refused", b"frames_refused", "frames_sent", b"frames_sent", "transactions_committed", b"transactions_committed", "transactions_failed", b"transactions_failed", "wasted_bits", b"wasted_bits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayStatus: _TypeAlias = RelayStatus  # noqa: Y015
 
 @_typing.final
 class LinkStatus(_message.Message):

@@ -1,0 +1,197 @@
+"""Keys delivered to this node for its SAEs (the KME side of ETSI GS QKD 014), in SQLite.
+
+A key arrives for the slave SAEs this node serves, either relayed from the origin node (the
+master SAE's node) or made here when master and slave share the node. Relayed keys are stored
+*pending* until the origin settles the transaction: commit makes them available to `dec_keys`,
+discard drops them. Each key is handed to each of its local slaves once and forgotten when
+every one of them has fetched it. The IDs of relay frames already accepted are kept, so that a
+replayed or duplicated frame is refused.
+
+Like the link stores, all SQLite work runs on one thread (`DeliveredKeys.run`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from .errors import KeyStoreError
+from .sqlite_store import StoreThread, open_sqlite
+
+__all__ = ["DeliveredKeys", "DeliveredKeysDb", "KeyNotFound", "KeyNotYours", "NewKeys"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    transaction_id TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    master TEXT NOT NULL,
+    slaves TEXT NOT NULL,
+    waiting TEXT NOT NULL,
+    key_bits INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'ready')),
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_by_transaction ON keys(transaction_id);
+CREATE TABLE IF NOT EXISTS frames (frame_id TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+
+class KeyNotFound(KeyStoreError):
+    """One or more requested keys are not (or not yet) on this KME."""
+
+
+class KeyNotYours(KeyStoreError):
+    """The caller is not a slave SAE named when the keys were issued."""
+
+
+@dataclass(frozen=True)
+class NewKeys:
+    """Keys of one transaction for some of this node's SAEs."""
+
+    transaction_id: str
+    origin: str
+    master: str
+    slaves: tuple[str, ...]
+    local_slaves: tuple[str, ...]
+    key_bits: int
+    key_ids: tuple[str, ...]
+    keys: tuple[bytes, ...]
+
+
+class DeliveredKeysDb:
+    """Synchronous store on one SQLite file; use it from one thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = open_sqlite(path, _SCHEMA, "the delivered-key store")
+        self.path = path
+
+    def close(self) -> None:
+        self._db.close()
+
+    def frame_seen(self, frame_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM frames WHERE frame_id=?", (frame_id,)).fetchone()
+        return row is not None
+
+    def record_frame(self, frame_id: str) -> bool:
+        """Remember a relay frame; False when it was seen before (a replay)."""
+        try:
+            self._db.execute(
+                "INSERT INTO frames(frame_id, at) VALUES (?, ?)", (frame_id, time.time())
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def add(self, keys: NewKeys, *, pending: bool) -> None:
+        """Store the keys of a transaction in one durable write (duplicate key IDs refused)."""
+        if len(keys.key_ids) != len(keys.keys):
+            raise KeyStoreError("as many key IDs as keys are needed")
+        state = "pending" if pending else "ready"
+        now = time.time()
+        slaves = json.dumps(list(keys.slaves))
+        waiting = json.dumps(sorted(keys.local_slaves))
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO keys(key_id, transaction_id, origin, master, slaves, waiting, "
+                "key_bits, key, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        key_id,
+                        keys.transaction_id,
+                        keys.origin,
+                        keys.master,
+                        slaves,
+                        waiting,
+                        keys.key_bits,
+                        key,
+                        state,
+                        now,
+                    )
+                    for key_id, key in zip(keys.key_ids, keys.keys, strict=True)
+                ],
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            self._db.execute("ROLLBACK")
+            raise KeyStoreError(
+                f"transaction {keys.transaction_id}: a key ID is already stored"
+            ) from None
+
+    def settle(self, transaction_id: str, origin: str, commit: bool) -> int:
+        """Commit or discard the pending keys of a transaction; returns how many."""
+        if commit:
+            cursor = self._db.execute(
+                "UPDATE keys SET state='ready' WHERE transaction_id=? AND origin=? "
+                "AND state='pending'",
+                (transaction_id, origin),
+            )
+        else:
+            cursor = self._db.execute(
+                "DELETE FROM keys WHERE transaction_id=? AND origin=?", (transaction_id, origin)
+            )
+        return int(cursor.rowcount)
+
+    def take(self, caller: str, master: str, key_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+        """Hand `caller` the keys `key_ids` issued by `master`: all of them or none.
+
+        KeyNotFound when a key is not here (or not committed, or `caller` already has it),
+        KeyNotYours when `caller` is not one of the slaves the keys were issued for.
+        """
+        out: list[tuple[str, bytes]] = []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for key_id in key_ids:
+                row = self._db.execute(
+                    "SELECT master, slaves, waiting, key FROM keys "
+                    "WHERE key_id=? AND state='ready'",
+                    (key_id,),
+                ).fetchone()
+                if row is None or row[0] != master:
+                    raise KeyNotFound("one or more keys specified are not found on KME")
+                if caller not in json.loads(row[1]):
+                    raise KeyNotYours("the caller is not a slave SAE of these keys")
+                waiting = json.loads(row[2])
+                if caller not in waiting:
+                    raise KeyNotFound("one or more keys specified are not found on KME")
+                waiting.remove(caller)
+                if waiting:
+                    self._db.execute(
+                        "UPDATE keys SET waiting=? WHERE key_id=?", (json.dumps(waiting), key_id)
+                    )
+                else:
+                    self._db.execute("DELETE FROM keys WHERE key_id=?", (key_id,))
+                out.append((key_id, bytes(row[3])))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return out
+
+    def count(self, master: str | None = None, slave: str | None = None) -> int:
+        """Ready keys waiting for `slave` (any local slave when None) from `master` (any)."""
+        rows = self._db.execute(
+            "SELECT waiting FROM keys WHERE state='ready'"
+            + (" AND master=?" if master is not None else ""),
+            (master,) if master is not None else (),
+        ).fetchall()
+        if slave is None:
+            return len(rows)
+        return sum(1 for (waiting,) in rows if slave in json.loads(waiting))
+
+
+class DeliveredKeys(StoreThread[DeliveredKeysDb]):
+    """The async face of `DeliveredKeysDb`: every call runs on the store's own thread."""
+
+    @classmethod
+    async def open(cls, path: Path) -> DeliveredKeys:
+        return cls(*await cls._open_on_thread(DeliveredKeysDb, path, "delivered"))

@@ -1,0 +1,120 @@
+"""Flooding of link-state advertisements between neighbouring nodes.
+
+Every `interval` seconds, and at once when one of its links goes up or down, a node advertises
+its links (up, key left in each direction) and its SAEs to its neighbours, with a sequence
+number taken from the wall clock. A node that receives an advertisement newer than the one it
+holds stores it in its `Router` and passes it on to its other neighbours; an older or repeated
+one stops there, so each advertisement crosses every link at most twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from functools import partial
+
+import grpc
+
+from qkdnet.v1 import relay_pb2
+
+from .key_store import KeyStoreDb
+from .link import LinkEnd
+from .relay import PeerChannels
+from .routing import Router
+
+__all__ = ["LinkStateFlooder"]
+
+logger = logging.getLogger("qkdnet.node.link_state")
+
+
+def _levels(db: KeyStoreDb, out_dir: int) -> tuple[int, int]:
+    return db.available(out_dir), db.available(1 - out_dir)
+
+
+class LinkStateFlooder:
+    """Advertises this node's links and floods what neighbours advertise."""
+
+    def __init__(
+        self,
+        node_id: str,
+        saes: list[str],
+        links: Mapping[str, LinkEnd],
+        router: Router,
+        peers: PeerChannels,
+        interval: float = 2.0,
+    ) -> None:
+        self.node_id = node_id
+        self._saes = saes
+        self._links = links
+        self._router = router
+        self._peers = peers
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._last_up: dict[str, bool] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="link-state")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._pending) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _own_advert(self) -> relay_pb2.LinkStateAdvert:
+        states = []
+        for peer, link in self._links.items():
+            out_dir = 0 if self.node_id < peer else 1
+            bits_out, bits_in = await link.store.run(partial(_levels, out_dir=out_dir))
+            states.append(
+                relay_pb2.LinkState(
+                    peer=peer,
+                    up=link.stats.state == "running",
+                    bits_out=bits_out,
+                    bits_in=bits_in,
+                )
+            )
+        return relay_pb2.LinkStateAdvert(
+            origin=self.node_id, sequence=time.time_ns(), links=states, saes=self._saes
+        )
+
+    async def _run(self) -> None:
+        next_full = 0.0
+        while True:
+            up = {peer: link.stats.state == "running" for peer, link in self._links.items()}
+            now = time.monotonic()
+            if now >= next_full or up != self._last_up:
+                self._last_up = up
+                next_full = now + self.interval
+                try:
+                    advert = await self._own_advert()
+                except Exception:  # a store being closed at shutdown, say: try next time
+                    logger.debug("could not build the link-state advertisement", exc_info=True)
+                else:
+                    self._router.accept(advert)
+                    self._flood(advert, exclude=None)
+            await asyncio.sleep(0.2)
+
+    async def received(self, advert: relay_pb2.LinkStateAdvert, sender: str) -> None:
+        """An advertisement from neighbour `sender`: keep and pass on what is new."""
+        if advert.origin == self.node_id or sender not in self._links:
+            return
+        if self._router.accept(advert):
+            self._flood(advert, exclude=sender)
+
+    def _flood(self, advert: relay_pb2.LinkStateAdvert, exclude: str | None) -> None:
+        for peer in self._links:
+            if peer != exclude and peer != advert.origin:
+                task = asyncio.create_task(self._send(peer, advert))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    async def _send(self, peer: str, advert: relay_pb2.LinkStateAdvert) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._peers.stub(peer).Advertise(advert, timeout=2.0)

@@ -1,0 +1,320 @@
+"""Trusted-node key relay: one-time pad and Wegman-Carter tag per hop, two-step delivery.
+
+The origin (the master SAE's node) sends a `RelayPayload` along a route of neighbouring nodes.
+On each hop the sender draws link key from its own half of the link's store (see
+`KeyStoreDb.take_next`): 64 bits of polynomial-hash key, 64 bits of tag pad and as many bits
+as the payload has for the one-time pad. The receiver checks the route (it must be the next
+node, the caller the previous one, both neighbours), refuses a frame ID it has seen, and
+consumes the same link key only if the tag is right (`take_ranges(accept=...)`), so a forged
+frame cannot burn the key the genuine sender will use. A node in the middle re-encrypts for the
+next hop and answers once the rest of the route has; the target stores the keys as pending
+(durably) and answers. The origin then settles the transaction with every target directly
+(commit or discard), over the nodes' mutual-TLS gRPC.
+
+Link key spent on a relay that fails is gone for good: it is counted (`wasted_bits`), never
+reused. Refused frames are counted by reason: `bad_tag`, `replay`, `unknown_route`,
+`malformed`, `no_key`.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from qkdnet.v1 import relay_pb2, relay_pb2_grpc
+
+from .delivered_keys import DeliveredKeys, NewKeys
+from .errors import KeyExhausted, KeyRejected, KeyStoreError, RelayError
+from .key_store import KeyRange, KeyStoreDb
+from .link import GRPC_OPTIONS, LinkEnd
+from .polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
+from .tls import peer_common_name
+
+__all__ = ["HOP_TIMEOUT_S", "KeyRelay", "PeerChannels", "RelayCounters", "RelayService"]
+
+HOP_TIMEOUT_S = 10.0
+_HEADER_BITS = 128  # hash key + tag pad
+
+
+@dataclass
+class RelayCounters:
+    """What the relay of one node did, for status and telemetry."""
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    frames_refused: Counter[str] = field(default_factory=Counter)
+    wasted_bits: int = 0
+    transactions_committed: int = 0
+    transactions_failed: int = 0
+
+
+class PeerChannels:
+    """Lazily opened mutual-TLS gRPC channels to other nodes (by node ID)."""
+
+    def __init__(self, addresses: Mapping[str, str], credentials: grpc.ChannelCredentials) -> None:
+        self._addresses = dict(addresses)
+        self._credentials = credentials
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, node: str) -> relay_pb2_grpc.KeyRelayAsyncStub:
+        channel = self._channels.get(node)
+        if channel is None:
+            address = self._addresses.get(node)
+            if address is None:
+                raise RelayError(f"no address known for node {node}", reason="unknown_route")
+            options = [*GRPC_OPTIONS, ("grpc.ssl_target_name_override", node)]
+            channel = grpc.aio.secure_channel(address, self._credentials, options)
+            self._channels[node] = channel
+        return relay_pb2_grpc.KeyRelayStub(channel)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+def _xor(data: bytes, pad: bytes) -> bytes:
+    return (int.from_bytes(data, "big") ^ int.from_bytes(pad, "big")).to_bytes(len(data), "big")
+
+
+def _authenticated(header: bytes, ciphertext: bytes) -> bytes:
+    # Length-prefixed so that no byte can move between header and ciphertext unnoticed.
+    return struct.pack(">I", len(header)) + header + ciphertext
+
+
+class KeyRelay:
+    """The relay logic of one node: sending, forwarding, receiving and settling."""
+
+    def __init__(
+        self,
+        node_id: str,
+        links: Mapping[str, LinkEnd],
+        delivered: DeliveredKeys,
+        peers: PeerChannels,
+        local_saes: frozenset[str],
+    ) -> None:
+        self.node_id = node_id
+        self._links = links
+        self._delivered = delivered
+        self._peers = peers
+        self._local_saes = local_saes
+        self.counters = RelayCounters()
+
+    def _direction(self, sender: str, receiver: str) -> int:
+        return 0 if sender < receiver else 1
+
+    # -- sending -----------------------------------------------------------------------------
+    async def _seal(
+        self, route: list[str], hop: int, transaction_id: str, payload: bytes
+    ) -> relay_pb2.RelayFrame:
+        peer = route[hop + 1]
+        link = self._links.get(peer)
+        if link is None:
+            raise RelayError(f"{peer} is not a neighbour of {self.node_id}", reason="unknown_route")
+        need = _HEADER_BITS + 8 * len(payload)
+        take = partial(
+            KeyStoreDb.take_next, nbits=need, direction=self._direction(self.node_id, peer)
+        )
+        try:
+            ranges, bits = await link.store.run(take)
+        except KeyExhausted:
+            raise RelayError(
+                f"link {self.node_id}--{peer} has less than {need} bits of key to send",
+                reason="no_key",
+            ) from None
+        header = relay_pb2.RelayHeader(
+            frame_id=uuid.uuid4().hex,
+            transaction_id=transaction_id,
+            route=route,
+            hop=hop,
+            link_key=[
+                relay_pb2.KeyBits(block_id=r.block_id, offset=r.offset, length=r.length)
+                for r in ranges
+            ],
+        ).SerializeToString()
+        ciphertext = _xor(payload, bits[16:])
+        hasher = PolynomialHash(int.from_bytes(bits[:8], "big"))
+        tag = wegman_carter_tag(hasher, bits[8:16], _authenticated(header, ciphertext))
+        return relay_pb2.RelayFrame(header=header, ciphertext=ciphertext, tag=tag)
+
+    async def _send(
+        self, route: list[str], hop: int, transaction_id: str, payload: bytes
+    ) -> relay_pb2.RelayAck:
+        frame = await self._seal(route, hop, transaction_id, payload)
+        bits = _HEADER_BITS + 8 * len(payload)
+        self.counters.frames_sent += 1
+        try:
+            return await self._peers.stub(route[hop + 1]).Relay(frame, timeout=HOP_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            self.counters.wasted_bits += bits
+            reason, _, message = (exc.details() or "").partition(": ")
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                reason, message = "unreachable", f"{route[hop + 1]} did not answer"
+            raise RelayError(message or str(exc.code()), reason=reason or "relay_failed") from None
+
+    async def relay(self, route: list[str], payload: relay_pb2.RelayPayload) -> relay_pb2.RelayAck:
+        """Send `payload` from this node (route[0]) to route[-1]; answers once it is stored."""
+        if len(route) < 2 or route[0] != self.node_id:
+            raise RelayError(
+                f"route {route} does not start at {self.node_id}", reason="unknown_route"
+            )
+        start = time.perf_counter()
+        ack = await self._send(route, 0, payload.transaction_id, payload.SerializeToString())
+        micros = int((time.perf_counter() - start) * 1e6)
+        return relay_pb2.RelayAck(
+            transaction_id=ack.transaction_id,
+            route=[self.node_id, *ack.route],
+            hop_micros=[micros, *ack.hop_micros],
+        )
+
+    async def settle(self, target: str, transaction_id: str, commit: bool) -> int:
+        """Commit or discard a transaction at `target` (which must have stored it)."""
+        request = relay_pb2.SettleRequest(transaction_id=transaction_id, commit=commit)
+        try:
+            reply = await self._peers.stub(target).Settle(request, timeout=HOP_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise RelayError(
+                f"{target} did not settle transaction {transaction_id}: {exc.details()}",
+                reason="settle_failed",
+            ) from None
+        return int(reply.keys)
+
+    # -- receiving ---------------------------------------------------------------------------
+    def _refuse(self, reason: str, message: str) -> RelayError:
+        self.counters.frames_refused[reason] += 1
+        return RelayError(message, reason=reason)
+
+    async def receive(self, frame: relay_pb2.RelayFrame, sender: str) -> relay_pb2.RelayAck:
+        """Handle a frame from neighbour `sender`; forward it or store it at the target."""
+        start = time.perf_counter()
+        header = relay_pb2.RelayHeader()
+        try:
+            header.ParseFromString(frame.header)
+        except DecodeError:
+            raise self._refuse("malformed", "relay header is not a valid protobuf") from None
+        route, hop = list(header.route), int(header.hop)
+        if (
+            len(route) < 2
+            or len(set(route)) != len(route)
+            or hop + 1 >= len(route)
+            or route[hop] != sender
+            or route[hop + 1] != self.node_id
+            or sender not in self._links
+        ):
+            raise self._refuse("unknown_route", f"frame from {sender} is not for a route via here")
+        if await self._delivered.run(lambda db: db.frame_seen(header.frame_id)):
+            raise self._refuse("replay", f"relay frame {header.frame_id} was seen before")
+        ranges = [KeyRange(k.block_id, int(k.offset), int(k.length)) for k in header.link_key]
+        if len(frame.tag) != 8 or sum(r.length for r in ranges) != _HEADER_BITS + 8 * len(
+            frame.ciphertext
+        ):
+            raise self._refuse("malformed", "relay frame: link key does not match its size")
+        signed = _authenticated(frame.header, frame.ciphertext)
+
+        def tag_ok(bits: bytes) -> bool:
+            hasher = PolynomialHash(int.from_bytes(bits[:8], "big"))
+            return tags_equal(wegman_carter_tag(hasher, bits[8:16], signed), frame.tag)
+
+        take = partial(
+            KeyStoreDb.take_ranges,
+            ranges=ranges,
+            direction=self._direction(sender, self.node_id),
+            accept=tag_ok,
+        )
+        try:
+            bits = await self._links[sender].store.run(take)
+        except KeyRejected:
+            raise self._refuse("bad_tag", "relay frame: wrong authentication tag") from None
+        except KeyStoreError as exc:
+            reason = "replay" if "already consumed" in str(exc) else "no_key"
+            raise self._refuse(reason, f"relay frame: {exc}") from None
+        if not await self._delivered.run(lambda db: db.record_frame(header.frame_id)):
+            raise self._refuse("replay", f"relay frame {header.frame_id} was seen before")
+        self.counters.frames_received += 1
+        body = _xor(frame.ciphertext, bits[16:])
+        if hop + 2 < len(route):
+            ack = await self._send(route, hop + 1, header.transaction_id, body)
+            micros = int((time.perf_counter() - start) * 1e6)
+            return relay_pb2.RelayAck(
+                transaction_id=ack.transaction_id,
+                route=[self.node_id, *ack.route],
+                hop_micros=[micros, *ack.hop_micros],
+            )
+        await self._store(body, origin=route[0])
+        micros = int((time.perf_counter() - start) * 1e6)
+        return relay_pb2.RelayAck(
+            transaction_id=header.transaction_id, route=[self.node_id], hop_micros=[micros]
+        )
+
+    async def _store(self, body: bytes, origin: str) -> None:
+        payload = relay_pb2.RelayPayload()
+        try:
+            payload.ParseFromString(body)
+        except DecodeError:
+            raise self._refuse("malformed", "relay payload is not a valid protobuf") from None
+        size = payload.key_bits // 8
+        local = tuple(s for s in payload.target_saes if s in self._local_saes)
+        if (
+            payload.origin != origin
+            or not local
+            or size <= 0
+            or len(payload.keys) != size * len(payload.key_ids)
+        ):
+            raise self._refuse("malformed", "relay payload does not match its header")
+        keys = NewKeys(
+            transaction_id=payload.transaction_id,
+            origin=origin,
+            master=payload.master_sae,
+            slaves=tuple(payload.slave_saes),
+            local_slaves=local,
+            key_bits=payload.key_bits,
+            key_ids=tuple(payload.key_ids),
+            keys=tuple(
+                payload.keys[i * size : (i + 1) * size] for i in range(len(payload.key_ids))
+            ),
+        )
+        await self._delivered.run(lambda db: db.add(keys, pending=True))
+
+    async def settle_here(self, transaction_id: str, origin: str, commit: bool) -> int:
+        """A Settle call from `origin` for a transaction stored here."""
+        return await self._delivered.run(lambda db: db.settle(transaction_id, origin, commit))
+
+
+class RelayService(relay_pb2_grpc.KeyRelayServicer):
+    """The KeyRelay gRPC service; the caller is identified by its node certificate."""
+
+    def __init__(self, relay: KeyRelay, on_advert: Any) -> None:
+        self._relay = relay
+        self._on_advert = on_advert
+
+    async def Relay(
+        self, request: relay_pb2.RelayFrame, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> relay_pb2.RelayAck:
+        try:
+            return await self._relay.receive(request, peer_common_name(context))
+        except RelayError as exc:
+            await context.abort(grpc.StatusCode.ABORTED, f"{exc.reason}: {exc}")
+            raise
+
+    async def Settle(
+        self, request: relay_pb2.SettleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> relay_pb2.SettleReply:
+        keys = await self._relay.settle_here(
+            request.transaction_id, peer_common_name(context), request.commit
+        )
+        return relay_pb2.SettleReply(keys=keys)
+
+    async def Advertise(
+        self, request: relay_pb2.LinkStateAdvert, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> relay_pb2.AdvertAck:
+        await self._on_advert(request, peer_common_name(context))
+        return relay_pb2.AdvertAck()

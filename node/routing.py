@@ -1,0 +1,170 @@
+"""Link-state routing among trusted nodes.
+
+Every node advertises its own links (session up or not, and how much key each direction of the
+link has left) with an increasing sequence number; neighbours flood what is new to their other
+neighbours, so every node holds the whole network's link states (the link-state database). An
+advertisement not refreshed within `max_age` seconds is dropped: a dead node disappears from
+the graph even when no neighbour could report it.
+
+A route is a least-cost path (Dijkstra) over links that both ends report up and whose sending
+side has enough key for the relay: each hop costs 1 plus a penalty that grows as the link's key
+runs low, so relays drift away from links that are being exhausted before they fail on them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from qkdnet.v1 import relay_pb2
+
+__all__ = ["LinkView", "Router", "hop_cost"]
+
+# Key below this many bits on a hop adds up to LOW_KEY_PENALTY to its cost.
+COMFORT_BITS = 1 << 20
+LOW_KEY_PENALTY = 4.0
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """One link as its origin sees it."""
+
+    up: bool
+    bits_out: int
+    bits_in: int
+
+
+@dataclass
+class _Entry:
+    sequence: int
+    links: dict[str, LinkView]
+    saes: tuple[str, ...]
+    received: float = field(default_factory=time.monotonic)
+
+
+def hop_cost(bits: int) -> float:
+    """Cost of one hop with `bits` of key available to send on it."""
+    return 1.0 + LOW_KEY_PENALTY * max(0.0, 1.0 - bits / COMFORT_BITS)
+
+
+class Router:
+    """The link-state database of one node and the routes it implies."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        max_age: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node_id = node_id
+        self.max_age = max_age
+        self._clock = clock
+        self._db: dict[str, _Entry] = {}
+
+    # -- the database ------------------------------------------------------------------------
+    def accept(self, advert: relay_pb2.LinkStateAdvert) -> bool:
+        """Store an advertisement if it is newer than what is known; True when it was."""
+        known = self._db.get(advert.origin)
+        if known is not None and advert.sequence <= known.sequence and not self._stale(known):
+            return False
+        self._db[advert.origin] = _Entry(
+            sequence=advert.sequence,
+            links={s.peer: LinkView(s.up, int(s.bits_out), int(s.bits_in)) for s in advert.links},
+            saes=tuple(advert.saes),
+            received=self._clock(),
+        )
+        return True
+
+    def _stale(self, entry: _Entry) -> bool:
+        return self._clock() - entry.received > self.max_age
+
+    def _fresh(self) -> dict[str, _Entry]:
+        for origin in [o for o, e in self._db.items() if self._stale(e) and o != self.node_id]:
+            del self._db[origin]
+        return self._db
+
+    def nodes(self) -> list[str]:
+        """Nodes with a live advertisement (this node included once it advertised)."""
+        return sorted(self._fresh())
+
+    def node_of_sae(self, sae: str) -> str | None:
+        """The node that advertises `sae`, if any live one does."""
+        for origin, entry in self._fresh().items():
+            if sae in entry.saes:
+                return origin
+        return None
+
+    def link(self, a: str, b: str) -> tuple[bool, int]:
+        """(usable, bits a can send to b): both ends live and reporting the link up."""
+        db = self._fresh()
+        ea, eb = db.get(a), db.get(b)
+        if ea is None or eb is None:
+            return False, 0
+        va, vb = ea.links.get(b), eb.links.get(a)
+        if va is None or vb is None or not (va.up and vb.up):
+            return False, 0
+        return True, va.bits_out
+
+    # -- routes ------------------------------------------------------------------------------
+    def route(
+        self,
+        target: str,
+        need_bits: int = 0,
+        *,
+        avoid_nodes: Iterable[str] = (),
+        avoid_links: Iterable[tuple[str, str]] = (),
+    ) -> list[str] | None:
+        """Least-cost route from this node to `target` (both included), or None."""
+        if target == self.node_id:
+            return [target]
+        db = self._fresh()
+        banned = set(avoid_nodes) - {self.node_id, target}
+        banned_links = {frozenset(pair) for pair in avoid_links}
+        dist: dict[str, float] = {self.node_id: 0.0}
+        prev: dict[str, str] = {}
+        queue = [(0.0, self.node_id)]
+        while queue:
+            cost, node = heapq.heappop(queue)
+            if node == target:
+                break
+            if cost > dist.get(node, float("inf")):
+                continue
+            entry = db.get(node)
+            if entry is None:
+                continue
+            for peer in entry.links:
+                if peer in banned or frozenset((node, peer)) in banned_links:
+                    continue
+                usable, bits = self.link(node, peer)
+                if not usable or bits < need_bits:
+                    continue
+                candidate = cost + hop_cost(bits)
+                if candidate < dist.get(peer, float("inf")):
+                    dist[peer] = candidate
+                    prev[peer] = node
+                    heapq.heappush(queue, (candidate, peer))
+        if target not in prev:
+            return None
+        path = [target]
+        while path[-1] != self.node_id:
+            path.append(prev[path[-1]])
+        return path[::-1]
+
+    def disjoint_routes(self, target: str, count: int, need_bits: int = 0) -> list[list[str]]:
+        """Up to `count` routes to `target` that share no intermediate node (greedy)."""
+        routes: list[list[str]] = []
+        used: set[str] = set()
+        direct_used = False
+        while len(routes) < count:
+            avoid_links = [(self.node_id, target)] if direct_used else []
+            route = self.route(target, need_bits, avoid_nodes=used, avoid_links=avoid_links)
+            if route is None:
+                break
+            if len(route) == 2:
+                direct_used = True
+            routes.append(route)
+            used.update(route[1:-1])
+        return routes
