@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .errors import KeyStoreError
-from .sqlite_store import StoreThread, open_sqlite
+from .sqlite_store import StoreThread, Transaction, open_sqlite
 
 __all__ = ["DeliveredKeys", "DeliveredKeysDb", "KeyNotFound", "KeyNotYours", "NewKeys"]
 
@@ -100,29 +100,27 @@ class DeliveredKeysDb:
         slaves = json.dumps(list(keys.slaves))
         waiting = json.dumps(sorted(keys.local_slaves))
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO keys(key_id, transaction_id, origin, master, slaves, waiting, "
-                "key_bits, key, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        key_id,
-                        keys.transaction_id,
-                        keys.origin,
-                        keys.master,
-                        slaves,
-                        waiting,
-                        keys.key_bits,
-                        key,
-                        state,
-                        now,
-                    )
-                    for key_id, key in zip(keys.key_ids, keys.keys, strict=True)
-                ],
-            )
-            self._db.execute("COMMIT")
+            with Transaction(self._db):
+                self._db.executemany(
+                    "INSERT INTO keys(key_id, transaction_id, origin, master, slaves, waiting, "
+                    "key_bits, key, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            key_id,
+                            keys.transaction_id,
+                            keys.origin,
+                            keys.master,
+                            slaves,
+                            waiting,
+                            keys.key_bits,
+                            key,
+                            state,
+                            now,
+                        )
+                        for key_id, key in zip(keys.key_ids, keys.keys, strict=True)
+                    ],
+                )
         except sqlite3.IntegrityError:
-            self._db.execute("ROLLBACK")
             raise KeyStoreError(
                 f"transaction {keys.transaction_id}: a key ID is already stored"
             ) from None
@@ -148,8 +146,7 @@ class DeliveredKeysDb:
         KeyNotYours when `caller` is not one of the slaves the keys were issued for.
         """
         out: list[tuple[str, bytes]] = []
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with Transaction(self._db):
             for key_id in key_ids:
                 row = self._db.execute(
                     "SELECT master, slaves, waiting, key FROM keys "
@@ -171,10 +168,6 @@ class DeliveredKeysDb:
                 else:
                     self._db.execute("DELETE FROM keys WHERE key_id=?", (key_id,))
                 out.append((key_id, bytes(row[3])))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return out
 
     def count(self, master: str | None = None, slave: str | None = None) -> int:

@@ -58,6 +58,13 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
 
+def _key_container(keys: list[tuple[str, bytes]]) -> web.Response:
+    """The Key container of clause 6.3: key IDs with base64 keys."""
+    return web.json_response(
+        {"keys": [{"key_ID": i, "key": base64.b64encode(k).decode()} for i, k in keys]}
+    )
+
+
 def _caller(request: web.Request) -> str:
     cert = request.transport.get_extra_info("peercert") if request.transport else None
     for rdn in (cert or {}).get("subject", ()):
@@ -195,14 +202,7 @@ class KeyDeliveryServer:
         if body.get("extension_mandatory"):
             raise _BadRequest("not all extension_mandatory parameters are supported")
         keys = await self._manager.enc_keys(caller, slaves, number, size)
-        return web.json_response(
-            {
-                "keys": [
-                    {"key_ID": key_id, "key": base64.b64encode(key).decode()}
-                    for key_id, key in keys
-                ]
-            }
-        )
+        return _key_container(keys)
 
     def _additional_slaves(self, body: dict[str, Any], master: str, slave: str) -> list[str]:
         if "additional_slave_SAE_IDs" not in body:
@@ -254,11 +254,4 @@ class KeyDeliveryServer:
             raise _Unauthorized(str(exc)) from None
         except KeyNotFound as exc:
             raise _BadRequest(str(exc)) from None
-        return web.json_response(
-            {
-                "keys": [
-                    {"key_ID": key_id, "key": base64.b64encode(key).decode()}
-                    for key_id, key in keys
-                ]
-            }
-        )
+        return _key_container(keys)

@@ -22,7 +22,7 @@ from qkdnet.v1 import relay_pb2
 
 from .delivered_keys import DeliveredKeys, NewKeys
 from .errors import RelayError
-from .relay import KeyRelay
+from .relay import KeyRelay, link_key_bits
 from .routing import Router
 
 __all__ = ["MAX_ROUTE_ATTEMPTS", "KeyLimits", "KeyManager"]
@@ -137,7 +137,7 @@ class KeyManager:
 
     async def _deliver(self, target: str, payload: relay_pb2.RelayPayload) -> None:
         """Relay to `target`, trying another route when a hop fails; RelayError at the end."""
-        need = 128 + 8 * payload.ByteSize()
+        need = link_key_bits(payload.ByteSize())
         avoid: set[str] = set()
         last: RelayError | None = None
         for _ in range(MAX_ROUTE_ATTEMPTS):

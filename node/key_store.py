@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from .errors import KeyExhausted, KeyRejected, KeyStoreError
-from .sqlite_store import StoreThread, open_sqlite
+from .sqlite_store import StoreThread, Transaction, open_sqlite
 
 __all__ = [
     "PAD_BYTES",
@@ -390,27 +390,8 @@ class KeyStoreDb:
             )
 
     # -- plumbing -------------------------------------------------------------------------------
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self._outer = False
-
-    def __enter__(self) -> None:
-        self._outer = not self._db.in_transaction
-        if self._outer:
-            self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if not self._outer:
-            return
-        if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
-            self._db.execute("ROLLBACK")
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db)
 
 
 class KeyStore(StoreThread[KeyStoreDb]):

@@ -39,10 +39,22 @@ from .link import GRPC_OPTIONS, LinkEnd
 from .polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
 from .tls import peer_common_name
 
-__all__ = ["HOP_TIMEOUT_S", "KeyRelay", "PeerChannels", "RelayCounters", "RelayService"]
+__all__ = [
+    "HOP_TIMEOUT_S",
+    "KeyRelay",
+    "PeerChannels",
+    "RelayCounters",
+    "RelayService",
+    "link_key_bits",
+]
 
 HOP_TIMEOUT_S = 10.0
 _HEADER_BITS = 128  # hash key + tag pad
+
+
+def link_key_bits(payload_bytes: int) -> int:
+    """Link key one hop spends on a payload of `payload_bytes`: hash key, tag pad, pad."""
+    return _HEADER_BITS + 8 * payload_bytes
 
 
 @dataclass
@@ -120,7 +132,7 @@ class KeyRelay:
         link = self._links.get(peer)
         if link is None:
             raise RelayError(f"{peer} is not a neighbour of {self.node_id}", reason="unknown_route")
-        need = _HEADER_BITS + 8 * len(payload)
+        need = link_key_bits(len(payload))
         take = partial(
             KeyStoreDb.take_next, nbits=need, direction=self._direction(self.node_id, peer)
         )
@@ -150,7 +162,7 @@ class KeyRelay:
         self, route: list[str], hop: int, transaction_id: str, payload: bytes
     ) -> relay_pb2.RelayAck:
         frame = await self._seal(route, hop, transaction_id, payload)
-        bits = _HEADER_BITS + 8 * len(payload)
+        bits = link_key_bits(len(payload))
         self.counters.frames_sent += 1
         try:
             return await self._peers.stub(route[hop + 1]).Relay(frame, timeout=HOP_TIMEOUT_S)
@@ -214,8 +226,8 @@ class KeyRelay:
         if await self._delivered.run(lambda db: db.frame_seen(header.frame_id)):
             raise self._refuse("replay", f"relay frame {header.frame_id} was seen before")
         ranges = [KeyRange(k.block_id, int(k.offset), int(k.length)) for k in header.link_key]
-        if len(frame.tag) != 8 or sum(r.length for r in ranges) != _HEADER_BITS + 8 * len(
-            frame.ciphertext
+        if len(frame.tag) != 8 or sum(r.length for r in ranges) != link_key_bits(
+            len(frame.ciphertext)
         ):
             raise self._refuse("malformed", "relay frame: link key does not match its size")
         signed = _authenticated(frame.header, frame.ciphertext)

@@ -17,7 +17,7 @@ from typing import Generic, Protocol, TypeVar
 
 from .errors import KeyStoreError
 
-__all__ = ["StoreThread", "open_sqlite"]
+__all__ = ["StoreThread", "Transaction", "open_sqlite"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,27 @@ def open_sqlite(path: Path, schema: str, what: str) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise KeyStoreError(f"{path}: cannot open {what} ({exc})") from None
     return db
+
+
+class Transaction:
+    """`with Transaction(db):` one BEGIN IMMEDIATE .. COMMIT (ROLLBACK on error); nests."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> None:
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._outer:
+            return
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
 
 
 class StoreThread(Generic[DbT]):
