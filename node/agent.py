@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import json
 import logging
 import os
@@ -57,6 +58,10 @@ __all__ = ["PARENT_PID_ENV", "NodeAgent", "main", "peer_common_name"]
 
 # When set to a PID, the node stops (SIGTERM) as soon as that process is gone.
 PARENT_PID_ENV = "QKDNET_PARENT_PID"
+
+# A stopping node that has not exited after this long writes every thread's stack to its log
+# and exits with status 1: a runtime's SIGKILL (after 10 s) would leave no clue behind.
+STOP_DEADLINE_S = 8.0
 
 logger = logging.getLogger("qkdnet.node.agent")
 
@@ -386,6 +391,8 @@ async def _serve(config: NodeConfig, credentials: NodeCredentials) -> None:
     await agent.start()
     await stop.wait()
     log_event(logger, logging.INFO, "node_stopping")
+    # Armed until the process ends: it also covers asyncio.run joining executor threads.
+    faulthandler.dump_traceback_later(STOP_DEADLINE_S, exit=True)
     await agent.stop()
 
 
