@@ -43,7 +43,7 @@ from .conversation import TamperFault
 from .delivered_keys import DeliveredKeys
 from .errors import ConfigError, LinkError, QkdnetError
 from .etsi014 import KeyDeliveryServer, server_ssl_context
-from .key_manager import KeyLimits, KeyManager
+from .key_manager import DeliveryPolicy, KeyLimits, KeyManager
 from .key_store import KeyStore
 from .link import GRPC_OPTIONS, LinkEnd, ReceiverLink, TransmitterLink, link_id_for
 from .link_state import LinkStateFlooder
@@ -253,6 +253,7 @@ class NodeAgent:
             if isinstance(link, TransmitterLink):
                 self._tasks.append(asyncio.create_task(link.run(), name=f"link {link.link_id}"))
         self.flooder.start()
+        self._tasks.append(asyncio.create_task(self.relay.expire_forever(), name="relay expiry"))
         if cfg.key_api is not None:
             await self._start_key_api(cfg.key_api)
         if cfg.telemetry is not None:
@@ -291,7 +292,12 @@ class NodeAgent:
             self.router,
             self.delivered,
             limits,
+            DeliveryPolicy(
+                pool_keys=api.pool_keys, pool_batch=api.pool_batch, multipath=api.multipath
+            ),
+            on_event=self._relay_event,
         )
+        self._tasks.append(asyncio.create_task(manager.fill_pools_forever(), name="key pools"))
         self.key_api = KeyDeliveryServer(manager, self.config.node_id, directory)
         host, _, port = api.listen.rpartition(":")
         tls = self.config.tls
@@ -301,6 +307,10 @@ class NodeAgent:
             raise ConfigError(
                 f"key_api.listen: cannot listen on {api.listen} ({exc.strerror})"
             ) from None
+
+    def _relay_event(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.telemetry is not None:
+            self.telemetry.relay_event(kind, fields)
 
     @property
     def key_api_url(self) -> str:

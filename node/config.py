@@ -160,6 +160,11 @@ class KeyApiConfig(_Strict):
     max_key_per_request: int = Field(1024, ge=1)
     max_key_count: int = Field(100_000, ge=1)
     max_sae_id_count: int = Field(4, ge=0, description="additional slaves per request")
+    pool_keys: int = Field(
+        1000, ge=0, description="keys relayed ahead of demand per SAE pair (0: none)"
+    )
+    pool_batch: int = Field(128, ge=1, le=1024, description="keys per pool fill")
+    multipath: bool = Field(False, description="XOR shares over node-disjoint routes by default")
 
     @field_validator("listen")
     @classmethod
@@ -171,6 +176,8 @@ class KeyApiConfig(_Strict):
     def _check_sizes(self) -> KeyApiConfig:
         if not self.min_key_size <= self.key_size <= self.max_key_size:
             raise ValueError("key sizes: need min_key_size <= key_size <= max_key_size")
+        if self.pool_keys > self.max_key_count:
+            raise ValueError("pool_keys: at most max_key_count")
         return self
 
 

@@ -7,6 +7,16 @@ discard drops them. Each key is handed to each of its local slaves once and forg
 every one of them has fetched it. The IDs of relay frames already accepted are kept, so that a
 replayed or duplicated frame is refused.
 
+Two more tables serve the origin side and multi-path relay:
+- `pool`: keys relayed ahead of demand for a (master, slave) pair whose slave is served
+  elsewhere. They are committed at the slave's node already; `enc_keys` hands them to the
+  master and removes them (`pool_take`).
+- `shares`: XOR shares of a transaction's keys, relayed over node-disjoint routes. When every
+  share of a set has arrived the keys are recombined and stored pending (`add_share`).
+
+Pending keys whose origin never settled (it crashed), partial share sets and old frame IDs are
+dropped by `expire` (a frame older than that cannot be replayed anyway: its link key is spent).
+
 Like the link stores, all SQLite work runs on one thread (`DeliveredKeys.run`).
 """
 
@@ -42,6 +52,27 @@ CREATE TABLE IF NOT EXISTS keys (
 );
 CREATE INDEX IF NOT EXISTS keys_by_transaction ON keys(transaction_id);
 CREATE TABLE IF NOT EXISTS frames (frame_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS frames_by_age ON frames(at);
+CREATE TABLE IF NOT EXISTS pool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id TEXT NOT NULL UNIQUE,
+    master TEXT NOT NULL,
+    slave TEXT NOT NULL,
+    key_bits INTEGER NOT NULL,
+    multipath INTEGER NOT NULL,
+    key BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pool_by_pair ON pool(master, slave, key_bits, multipath, seq);
+CREATE TABLE IF NOT EXISTS shares (
+    transaction_id TEXT NOT NULL,
+    share_set TEXT NOT NULL,
+    share INTEGER NOT NULL,
+    shares INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    data BLOB NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (transaction_id, share_set, share)
+);
 """
 
 
@@ -125,8 +156,67 @@ class DeliveredKeysDb:
                 f"transaction {keys.transaction_id}: a key ID is already stored"
             ) from None
 
+    def add_share(self, keys: NewKeys, share_set: str, share: int, shares: int) -> bool:
+        """Store share `share` of `shares`; True once the set is complete and the keys pending.
+
+        `keys.keys` holds this share of every key. The keys are the XOR of all shares; the
+        other fields must be the same in every share of the set.
+        """
+        if not 0 <= share < shares:
+            raise KeyStoreError(f"share {share} of {shares} does not exist")
+        meta = json.dumps(
+            [keys.origin, keys.master, keys.slaves, keys.local_slaves, keys.key_bits, keys.key_ids]
+        )
+        with Transaction(self._db):
+            try:
+                self._db.execute(
+                    "INSERT INTO shares(transaction_id, share_set, share, shares, meta, data, "
+                    "created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        keys.transaction_id,
+                        share_set,
+                        share,
+                        shares,
+                        meta,
+                        b"".join(keys.keys),
+                        time.time(),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise KeyStoreError(f"share {share} of this set arrived twice") from None
+            rows = self._db.execute(
+                "SELECT shares, meta, data FROM shares WHERE transaction_id=? AND share_set=?",
+                (keys.transaction_id, share_set),
+            ).fetchall()
+            if len(rows) < shares:
+                return False
+            if any(r[0] != shares or r[1] != meta for r in rows) or len(rows) != shares:
+                raise KeyStoreError("the shares of a set disagree on what they carry")
+            combined = 0
+            for _, _, data in rows:
+                combined ^= int.from_bytes(data, "big")
+            blob = combined.to_bytes(len(rows[0][2]), "big")
+            size = keys.key_bits // 8
+            whole = NewKeys(
+                transaction_id=keys.transaction_id,
+                origin=keys.origin,
+                master=keys.master,
+                slaves=keys.slaves,
+                local_slaves=keys.local_slaves,
+                key_bits=keys.key_bits,
+                key_ids=keys.key_ids,
+                keys=tuple(blob[i * size : (i + 1) * size] for i in range(len(keys.key_ids))),
+            )
+            self._db.execute(
+                "DELETE FROM shares WHERE transaction_id=? AND share_set=?",
+                (keys.transaction_id, share_set),
+            )
+            self.add(whole, pending=True)
+        return True
+
     def settle(self, transaction_id: str, origin: str, commit: bool) -> int:
         """Commit or discard the pending keys of a transaction; returns how many."""
+        self._db.execute("DELETE FROM shares WHERE transaction_id=?", (transaction_id,))
         if commit:
             cursor = self._db.execute(
                 "UPDATE keys SET state='ready' WHERE transaction_id=? AND origin=? "
@@ -180,6 +270,55 @@ class DeliveredKeysDb:
         if slave is None:
             return len(rows)
         return sum(1 for (waiting,) in rows if slave in json.loads(waiting))
+
+    # -- the pool of keys relayed ahead of demand (origin side) -------------------------------
+    def pool_add(
+        self, master: str, slave: str, multipath: bool, keys: Sequence[tuple[str, bytes]]
+    ) -> None:
+        """Add keys, committed at the slave's node already, to the (master, slave) pool."""
+        with Transaction(self._db):
+            self._db.executemany(
+                "INSERT INTO pool(key_id, master, slave, key_bits, multipath, key) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(i, master, slave, 8 * len(k), int(multipath), k) for i, k in keys],
+            )
+
+    def pool_take(
+        self, master: str, slave: str, key_bits: int, number: int, multipath: bool
+    ) -> list[tuple[str, bytes]]:
+        """Remove and return up to `number` pool keys, oldest first.
+
+        With `multipath` only keys that were themselves relayed over disjoint routes qualify.
+        """
+        with Transaction(self._db):
+            rows = self._db.execute(
+                "SELECT seq, key_id, key FROM pool WHERE master=? AND slave=? AND key_bits=? "
+                "AND multipath>=? ORDER BY seq LIMIT ?",
+                (master, slave, key_bits, int(multipath), number),
+            ).fetchall()
+            self._db.executemany("DELETE FROM pool WHERE seq=?", [(r[0],) for r in rows])
+        return [(str(r[1]), bytes(r[2])) for r in rows]
+
+    def pool_counts(self, key_bits: int, multipath: bool) -> dict[tuple[str, str], int]:
+        """(master, slave) -> pool keys of `key_bits` that qualify for `multipath`."""
+        rows = self._db.execute(
+            "SELECT master, slave, COUNT(*) FROM pool WHERE key_bits=? AND multipath>=? "
+            "GROUP BY master, slave",
+            (key_bits, int(multipath)),
+        ).fetchall()
+        return {(str(m), str(s)): int(n) for m, s, n in rows}
+
+    def expire(self, pending_s: float, frames_s: float) -> int:
+        """Drop pending keys and share sets older than `pending_s`, frame IDs older than
+        `frames_s`; returns how many keys were dropped."""
+        now = time.time()
+        with Transaction(self._db):
+            dropped = self._db.execute(
+                "DELETE FROM keys WHERE state='pending' AND created<?", (now - pending_s,)
+            ).rowcount
+            self._db.execute("DELETE FROM shares WHERE created<?", (now - pending_s,))
+            self._db.execute("DELETE FROM frames WHERE at<?", (now - frames_s,))
+        return int(dropped)
 
 
 class DeliveredKeys(StoreThread[DeliveredKeysDb]):

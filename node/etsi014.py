@@ -8,8 +8,13 @@ node serves it (401 otherwise). Errors follow the standard: 400 with an Error bo
 request, 401 when the caller may not have the keys, 503 when the keys cannot be delivered
 (no route, a failed relay). Keys are base64 (RFC 4648); sizes are in bits, multiples of 8.
 
-Vendor extensions use the prefix `qkdnet_`; none is mandatory-capable yet, so any entry of
-`extension_mandatory` is refused as the standard prescribes.
+Vendor extensions use the prefix `qkdnet_`, in `extension_mandatory` or `extension_optional` of
+a POST enc_keys: `{"qkdnet_multipath": true}` splits each key into XOR shares over node-disjoint
+routes (mandatory and impossible: 400; optional and impossible: one route), `{"qkdnet_pool":
+false}` relays every key on demand. Any other mandatory extension is refused as the standard
+prescribes. Every key container of enc_keys carries `key_container_extension.qkdnet_relay`:
+where the keys came from (`local`, `pool`, `relay`, `pool+relay`), the routes and the time each
+node spent on them.
 """
 
 from __future__ import annotations
@@ -58,11 +63,39 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
 
-def _key_container(keys: list[tuple[str, bytes]]) -> web.Response:
-    """The Key container of clause 6.3: key IDs with base64 keys."""
-    return web.json_response(
-        {"keys": [{"key_ID": i, "key": base64.b64encode(k).decode()} for i, k in keys]}
-    )
+def _key_container(
+    keys: list[tuple[str, bytes]], extension: dict[str, Any] | None = None
+) -> web.Response:
+    """The Key container of clause 6.3: key IDs with base64 keys (and an extension)."""
+    body: dict[str, Any] = {
+        "keys": [{"key_ID": i, "key": base64.b64encode(k).decode()} for i, k in keys]
+    }
+    if extension:
+        body["key_container_extension"] = extension
+    return web.json_response(body)
+
+
+# The vendor extensions of enc_keys (objects in extension_mandatory / extension_optional):
+# qkdnet_multipath splits each key into XOR shares over node-disjoint routes; qkdnet_pool false
+# relays every key on demand instead of handing out keys relayed ahead of demand.
+EXTENSIONS = {"qkdnet_multipath": bool, "qkdnet_pool": bool}
+
+
+def _extensions(body: dict[str, Any], name: str) -> dict[str, Any]:
+    """The parameters of `extension_mandatory` or `extension_optional`, merged."""
+    entries = body.get(name)
+    if entries is None:
+        return {}
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise _BadRequest(f"{name} shall be an array of objects")
+    merged: dict[str, Any] = {}
+    for entry in entries:
+        for key, value in entry.items():
+            kind = EXTENSIONS.get(key)
+            if kind is not None and not isinstance(value, kind):
+                raise _BadRequest(f"{name}: {key} shall be a {kind.__name__}")
+            merged[key] = value
+    return merged
 
 
 def _caller(request: web.Request) -> str:
@@ -199,10 +232,38 @@ class KeyDeliveryServer:
         if number > limits.max_key_per_request:
             raise _BadRequest(f"number shall be at most {limits.max_key_per_request}")
         slaves = [slave, *self._additional_slaves(body, caller, slave)]
-        if body.get("extension_mandatory"):
+        mandatory = _extensions(body, "extension_mandatory")
+        optional = _extensions(body, "extension_optional")
+        if set(mandatory) - set(EXTENSIONS):
             raise _BadRequest("not all extension_mandatory parameters are supported")
-        keys = await self._manager.enc_keys(caller, slaves, number, size)
-        return _key_container(keys)
+        options = {k: v for k, v in optional.items() if k in EXTENSIONS} | mandatory
+        multipath = options.get("qkdnet_multipath")
+        try:
+            keys, report = await self._manager.enc_keys(
+                caller,
+                slaves,
+                number,
+                size,
+                multipath=multipath,
+                use_pool=options.get("qkdnet_pool", True),
+            )
+        except RelayError as exc:
+            if exc.reason != "no_disjoint_routes":
+                raise
+            if "qkdnet_multipath" in mandatory:
+                raise _BadRequest(
+                    f"not all extension_mandatory request options could be met: {exc}"
+                ) from None
+            # Optional: the KME may ignore it, so the keys go over a single route.
+            keys, report = await self._manager.enc_keys(
+                caller,
+                slaves,
+                number,
+                size,
+                multipath=False,
+                use_pool=options.get("qkdnet_pool", True),
+            )
+        return _key_container(keys, {"qkdnet_relay": report.to_json()})
 
     def _additional_slaves(self, body: dict[str, Any], master: str, slave: str) -> list[str]:
         if "additional_slave_SAE_IDs" not in body:

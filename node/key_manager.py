@@ -1,33 +1,63 @@
 """The Key Management Entity of a node: keys for SAE pairs, made here and relayed to slaves.
 
-`enc_keys` (the master's call) draws fresh random keys, groups the slave SAEs by the node that
-serves them, relays the keys to every such node over a least-cost route (retrying around a
-hop that failed), and settles: only when every target has stored the keys are they committed
-everywhere and handed to the master. If any target cannot be reached the transaction is
-discarded at the targets that stored it and the caller gets `RelayError` (HTTP 503): no key is
-ever available at one end only. `dec_keys` (a slave's call) hands out committed keys once per
-slave. The HTTP layer (`etsi014.py`) maps these calls and their errors onto ETSI GS QKD 014.
+`enc_keys` (the master's call) hands out keys from the pool of its (master, slave) pair when it
+can, and makes the rest: it draws fresh random keys, groups the slave SAEs by the node that
+serves them, relays the keys to every such node over a least-cost route (retrying around the
+trusted nodes of a route that failed), and settles: only when every target has stored the keys
+are they committed everywhere and handed to the master. If any target cannot be reached the
+transaction is discarded at the targets that stored it and the caller gets `RelayError`
+(HTTP 503): no key is ever available at one end only. `dec_keys` (a slave's call) hands out
+committed keys once per slave. The HTTP layer (`etsi014.py`) maps these calls and their errors
+onto ETSI GS QKD 014.
+
+Pools: for every pair of a local master SAE and a slave SAE served by another node, a bounded
+pool of keys of the default size is relayed ahead of demand (`fill_pools_forever`), from link
+key the routes can spare: a fill never takes a link's last half. Pool keys are committed at the
+slave's node before they enter the pool, so handing one out needs no relay at all.
+
+Multi-path: each key can be split into two XOR shares sent over node-disjoint routes, so that no
+single trusted node sees a key (a neighbour reached over its direct link needs no split).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
+import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from qkdnet.v1 import relay_pb2
 
-from .delivered_keys import DeliveredKeys, NewKeys
+from .delivered_keys import DeliveredKeys, DeliveredKeysDb, NewKeys
 from .errors import RelayError
 from .relay import KeyRelay, link_key_bits
 from .routing import Router
+from .structured_log import log_event
 
-__all__ = ["MAX_ROUTE_ATTEMPTS", "KeyLimits", "KeyManager"]
+__all__ = [
+    "MAX_ROUTE_ATTEMPTS",
+    "DeliveryPolicy",
+    "DeliveryReport",
+    "KeyLimits",
+    "KeyManager",
+    "RouteReport",
+]
 
 MAX_ROUTE_ATTEMPTS = 3
+# A pair whose fill failed is left alone this long before the next try.
+_FILL_BACKOFF_S = 5.0
+# A pool fill only runs when every link of its route holds this many times what it takes.
+_FILL_RESERVE = 2
+
+logger = logging.getLogger("qkdnet.node.key_manager")
+
+EventSink = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -42,8 +72,60 @@ class KeyLimits:
     max_sae_id_count: int = 4
 
 
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How keys reach other nodes: pool bounds and the multi-path default."""
+
+    pool_keys: int = 1000  # per (local master, remote slave) pair; 0: no pools
+    pool_batch: int = 128  # keys per fill transaction
+    multipath: bool = False  # default for requests and pool fills
+
+
+@dataclass(frozen=True)
+class RouteReport:
+    """One relay of one transaction: the route and the wall time each node spent on it.
+
+    `hop_ms[i]` is the time node `route[i]` spent, including everything after it.
+    """
+
+    target: str
+    route: tuple[str, ...]
+    hop_ms: tuple[float, ...]
+    share: int = 0
+    shares: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "route": list(self.route),
+            "hop_ms": [round(ms, 3) for ms in self.hop_ms],
+            "share": self.share,
+            "shares": self.shares,
+        }
+
+
+@dataclass
+class DeliveryReport:
+    """What one enc_keys did: where its keys came from and how they travelled."""
+
+    source: str  # "local", "pool", "relay" or "pool+relay"
+    pooled: int = 0
+    relayed: int = 0
+    routes: list[RouteReport] = field(default_factory=list)
+    ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "pooled": self.pooled,
+            "relayed": self.relayed,
+            "ms": round(self.ms, 3),
+            "routes": [r.to_json() for r in self.routes],
+        }
+
+
 class KeyManager:
-    """enc_keys / dec_keys / status for the SAEs of one node."""
+    """enc_keys / dec_keys / status for the SAEs of one node, and its pools."""
 
     def __init__(
         self,
@@ -54,6 +136,8 @@ class KeyManager:
         router: Router,
         delivered: DeliveredKeys,
         limits: KeyLimits = KeyLimits(),
+        policy: DeliveryPolicy = DeliveryPolicy(),
+        on_event: EventSink | None = None,
     ) -> None:
         self.node_id = node_id
         self.local_saes = frozenset(local_saes)
@@ -62,28 +146,136 @@ class KeyManager:
         self._router = router
         self._delivered = delivered
         self.limits = limits
+        self.policy = policy
+        self._on_event = on_event
+        self._pool_wake = asyncio.Event()
+        self._backoff: dict[tuple[str, str], float] = {}
 
     def node_of(self, sae: str) -> str | None:
         """The node serving `sae`: from the topology, else from routing advertisements."""
         return self._directory.get(sae) or self._router.node_of_sae(sae)
 
-    async def stored_key_count(self, master: str, slave: str) -> int:
-        """Keys ready at this node for `slave` from `master` (relayed ahead of demand)."""
-        return await self._delivered.run(lambda db: db.count(master, slave))
+    def _pooled(self, master: str, slave: str) -> bool:
+        """Whether (master, slave) has a pool here: master local, slave elsewhere."""
+        node = self.node_of(slave)
+        return (
+            self.policy.pool_keys > 0
+            and master in self.local_saes
+            and node is not None
+            and node != self.node_id
+        )
 
+    async def stored_key_count(self, master: str, slave: str) -> int:
+        """Keys this KME can hand `master` for `slave` at once, without relaying.
+
+        For a slave on another node: the pool. For a slave on this node keys are drawn from the
+        node's random generator on request, so there is no shortage: `max_key_count`.
+        """
+        node = self.node_of(slave)
+        if node == self.node_id:
+            return self.limits.max_key_count
+        if not self._pooled(master, slave):
+            return 0
+        counts = await self._delivered.run(
+            lambda db: db.pool_counts(self.limits.key_size, self.policy.multipath)
+        )
+        return counts.get((master, slave), 0)
+
+    # -- enc_keys ----------------------------------------------------------------------------
     async def enc_keys(
-        self, master: str, slaves: Sequence[str], number: int, size: int
-    ) -> list[tuple[str, bytes]]:
-        """New keys shared by `master` and every SAE of `slaves`, stored at all their nodes."""
-        keys = [secrets.token_bytes(size // 8) for _ in range(number)]
-        key_ids = [str(uuid.uuid4()) for _ in range(number)]
-        transaction_id = uuid.uuid4().hex
+        self,
+        master: str,
+        slaves: Sequence[str],
+        number: int,
+        size: int,
+        *,
+        multipath: bool | None = None,
+        use_pool: bool = True,
+    ) -> tuple[list[tuple[str, bytes]], DeliveryReport]:
+        """New keys shared by `master` and every SAE of `slaves`, stored at all their nodes.
+
+        `multipath` (default: the policy's) asks for XOR shares over node-disjoint routes;
+        `use_pool` False relays every key on demand.
+        """
+        start = time.perf_counter()
+        multipath = self.policy.multipath if multipath is None else multipath
+        by_node = self._by_node(slaves)
+        pooled: list[tuple[str, bytes]] = []
+        if (
+            use_pool
+            and len(slaves) == 1
+            and size == self.limits.key_size
+            and self._pooled(master, slaves[0])
+        ):
+            slave = slaves[0]
+            pooled = await self._delivered.run(
+                lambda db: db.pool_take(master, slave, size, number, multipath)
+            )
+            self._pool_wake.set()
+        report = DeliveryReport(source="pool", pooled=len(pooled))
+        fresh: list[tuple[str, bytes]] = []
+        if len(pooled) < number:
+            try:
+                fresh, report.routes = await self._transact(
+                    master, slaves, by_node, number - len(pooled), size, multipath
+                )
+            except RelayError as exc:
+                if pooled:  # back where they were: committed at the slave, unused
+                    await self._delivered.run(
+                        lambda db: db.pool_add(master, slaves[0], multipath, pooled)
+                    )
+                self._event(
+                    "relay_failed",
+                    master=master,
+                    slaves=list(slaves),
+                    keys=number,
+                    key_bits=size,
+                    reason=exc.reason,
+                    message=str(exc),
+                )
+                raise
+            remote = set(by_node) - {self.node_id}
+            report.source = "relay" if remote else "local"
+            if pooled:
+                report.source = "pool+relay"
+            report.relayed = len(fresh) if remote else 0
+        report.ms = (time.perf_counter() - start) * 1e3
+        if report.source != "local":
+            self._event(
+                "key_delivered",
+                master=master,
+                slaves=list(slaves),
+                keys=number,
+                key_bits=size,
+                **report.to_json(),
+            )
+        return pooled + fresh, report
+
+    def _by_node(self, slaves: Sequence[str]) -> dict[str, list[str]]:
         by_node: dict[str, list[str]] = {}
         for slave in slaves:
             node = self.node_of(slave)
             if node is None:
                 raise RelayError(f"no node serves SAE {slave}", reason="no_route")
             by_node.setdefault(node, []).append(slave)
+        return by_node
+
+    async def _transact(
+        self,
+        master: str,
+        slaves: Sequence[str],
+        by_node: dict[str, list[str]],
+        number: int,
+        size: int,
+        multipath: bool,
+    ) -> tuple[list[tuple[str, bytes]], list[RouteReport]]:
+        """Make `number` keys, relay them to every remote target node and settle.
+
+        RelayError when any target did not get them (they are then discarded everywhere).
+        """
+        keys = [secrets.token_bytes(size // 8) for _ in range(number)]
+        key_ids = [str(uuid.uuid4()) for _ in range(number)]
+        transaction_id = uuid.uuid4().hex
 
         def payload(target_saes: list[str]) -> relay_pb2.RelayPayload:
             return relay_pb2.RelayPayload(
@@ -95,16 +287,15 @@ class KeyManager:
                 key_bits=size,
                 key_ids=key_ids,
                 keys=b"".join(keys),
-                share=0,
                 shares=1,
             )
 
         remote = {node: saes for node, saes in by_node.items() if node != self.node_id}
         results = await asyncio.gather(
-            *(self._deliver(node, payload(saes)) for node, saes in remote.items()),
+            *(self._deliver(node, payload(saes), multipath) for node, saes in remote.items()),
             return_exceptions=True,
         )
-        stored = [node for node, r in zip(remote, results, strict=True) if r is None]
+        stored = [node for node, r in zip(remote, results, strict=True) if isinstance(r, list)]
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is None:
             try:
@@ -133,24 +324,42 @@ class KeyManager:
             )
             await self._delivered.run(lambda db: db.add(new, pending=False))
         self._relay.counters.transactions_committed += 1
-        return list(zip(key_ids, keys, strict=True))
+        routes = [report for r in results if isinstance(r, list) for report in r]
+        return list(zip(key_ids, keys, strict=True)), routes
 
-    async def _deliver(self, target: str, payload: relay_pb2.RelayPayload) -> None:
-        """Relay to `target`, trying another route when a hop fails; RelayError at the end."""
-        need = link_key_bits(payload.ByteSize())
+    def _routes(self, target: str, need: int, avoid: set[str], multipath: bool) -> list[list[str]]:
+        """The routes of one attempt: one route, or two node-disjoint ones for multi-path."""
+        if not multipath:
+            route = self._router.route(target, need, avoid_nodes=avoid)
+            return [route] if route else []
+        routes = self._router.disjoint_routes(target, 2, need, avoid_nodes=avoid)
+        if routes and len(routes[0]) == 2:
+            return routes[:1]  # the direct link: no trusted node in between
+        if len(routes) < 2:
+            raise RelayError(
+                f"no two node-disjoint routes from {self.node_id} to {target} with enough key",
+                reason="no_disjoint_routes",
+            )
+        return routes
+
+    async def _deliver(
+        self, target: str, payload: relay_pb2.RelayPayload, multipath: bool
+    ) -> list[RouteReport]:
+        """Relay to `target`, trying other routes when a hop fails; RelayError at the end."""
+        need = link_key_bits(payload.ByteSize() + 40)  # + the share fields of a split
         avoid: set[str] = set()
         last: RelayError | None = None
         for _ in range(MAX_ROUTE_ATTEMPTS):
-            route = self._router.route(target, need, avoid_nodes=avoid)
-            if route is None:
+            routes = self._routes(target, need, avoid, multipath)
+            if not routes:
                 break
             try:
-                await self._relay.relay(route, payload)
-                return
+                return await self._send_shares(target, routes, payload)
             except RelayError as exc:
                 last = exc
-                avoid.update(route[1:-1])  # try around every trusted node of the failed route
-                if len(route) == 2:
+                for route in routes:  # try around every trusted node of the failed routes
+                    avoid.update(route[1:-1])
+                if all(len(route) == 2 for route in routes):
                     break
         if last is not None:
             raise RelayError(f"no route to {target} delivered the keys: {last}", reason=last.reason)
@@ -158,14 +367,130 @@ class KeyManager:
             f"no route from {self.node_id} to {target} with enough key", reason="no_route"
         )
 
+    async def _send_shares(
+        self, target: str, routes: list[list[str]], payload: relay_pb2.RelayPayload
+    ) -> list[RouteReport]:
+        """Send the keys over `routes`: as they are over one, as XOR shares over several."""
+        parts: list[relay_pb2.RelayPayload] = []
+        if len(routes) == 1:
+            parts.append(payload)
+        else:
+            pads = [secrets.token_bytes(len(payload.keys)) for _ in routes[1:]]
+            last = int.from_bytes(payload.keys, "big")
+            for pad in pads:
+                last ^= int.from_bytes(pad, "big")
+            blobs = [*pads, last.to_bytes(len(payload.keys), "big")]
+            share_set = uuid.uuid4().hex
+            for index, blob in enumerate(blobs):
+                part = relay_pb2.RelayPayload()
+                part.CopyFrom(payload)
+                part.keys = blob
+                part.share, part.shares, part.share_set = index, len(blobs), share_set
+                parts.append(part)
+        acks = await asyncio.gather(
+            *(self._relay.relay(route, part) for route, part in zip(routes, parts, strict=True)),
+            return_exceptions=True,
+        )
+        for ack in acks:
+            if isinstance(ack, BaseException):
+                raise ack
+        return [
+            RouteReport(
+                target=target,
+                route=tuple(ack.route),
+                hop_ms=tuple(us / 1e3 for us in ack.hop_micros),
+                share=index,
+                shares=len(parts),
+            )
+            for index, ack in enumerate(acks)
+            if not isinstance(ack, BaseException)
+        ]
+
     async def _discard(self, nodes: list[str], transaction_id: str) -> None:
         async def one(node: str) -> None:
-            # On failure the target keeps the keys pending: never committed, never handed out.
+            # When this fails the target keeps the keys pending (never handed out) until they
+            # expire.
             with contextlib.suppress(RelayError):
                 await self._relay.settle(node, transaction_id, False)
 
         await asyncio.gather(*(one(node) for node in nodes))
 
+    # -- pools -------------------------------------------------------------------------------
+    def pool_pairs(self) -> list[tuple[str, str]]:
+        """Every (master, slave) pair this node keeps a pool for."""
+        return sorted(
+            (master, slave)
+            for master in self.local_saes
+            for slave in self._directory
+            if self._pooled(master, slave)
+        )
+
+    async def fill_pools_forever(self, idle_s: float = 1.0) -> None:
+        """Keep every pool topped up, one batch at a time, the emptiest pool first."""
+        if not self.pool_pairs():
+            return
+        while True:
+            try:
+                filled = await self.fill_once()
+            except Exception:  # a bug here must not end pool filling for good
+                logger.exception("pool fill failed")
+                filled = False
+            if not filled:
+                self._pool_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._pool_wake.wait(), idle_s)
+
+    async def fill_once(self) -> bool:
+        """Relay one batch into the emptiest pool that needs and can get one; True if done."""
+        size, multipath = self.limits.key_size, self.policy.multipath
+        counts = await self._delivered.run(lambda db: db.pool_counts(size, multipath))
+        now = time.monotonic()
+        candidates = sorted(
+            (counts.get(pair, 0), pair)
+            for pair in self.pool_pairs()
+            if counts.get(pair, 0) < self.policy.pool_keys and self._backoff.get(pair, 0) <= now
+        )
+        for count, (master, slave) in candidates:
+            number = min(self.policy.pool_batch, self.policy.pool_keys - count)
+            target = self.node_of(slave)
+            assert target is not None
+            need = _FILL_RESERVE * link_key_bits(number * (size // 8 + 40))
+            spare = self._routes_or_none(target, need, multipath)
+            if not spare:
+                continue
+            try:
+                keys, routes = await self._transact(
+                    master, [slave], {target: [slave]}, number, size, multipath
+                )
+            except RelayError as exc:
+                self._backoff[(master, slave)] = now + _FILL_BACKOFF_S
+                log_event(logger, logging.INFO, "pool_fill_failed", slave=slave, reason=exc.reason)
+                continue
+            add = partial(DeliveredKeysDb.pool_add, master=master, slave=slave, keys=keys)
+            await self._delivered.run(partial(add, multipath=multipath))
+            self._event(
+                "pool_filled",
+                master=master,
+                slaves=[slave],
+                keys=number,
+                key_bits=size,
+                pool=count + number,
+                routes=[r.to_json() for r in routes],
+            )
+            return True
+        return False
+
+    def _routes_or_none(self, target: str, need: int, multipath: bool) -> list[list[str]]:
+        try:
+            return self._routes(target, need, set(), multipath)
+        except RelayError:
+            return []
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, {"node": self.node_id, **fields})
+
+    # -- dec_keys ----------------------------------------------------------------------------
     async def dec_keys(
         self, caller: str, master: str, key_ids: Sequence[str]
     ) -> list[tuple[str, bytes]]:

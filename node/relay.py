@@ -18,6 +18,8 @@ reused. Refused frames are counted by reason: `bad_tag`, `replay`, `unknown_rout
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
 import time
 import uuid
@@ -37,10 +39,13 @@ from .errors import KeyExhausted, KeyRejected, KeyStoreError, RelayError
 from .key_store import KeyRange, KeyStoreDb
 from .link import GRPC_OPTIONS, LinkEnd
 from .polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
+from .structured_log import log_event
 from .tls import peer_common_name
 
 __all__ = [
+    "FRAME_MEMORY_S",
     "HOP_TIMEOUT_S",
+    "PENDING_EXPIRY_S",
     "KeyRelay",
     "PeerChannels",
     "RelayCounters",
@@ -49,7 +54,13 @@ __all__ = [
 ]
 
 HOP_TIMEOUT_S = 10.0
+# Pending keys the origin has not settled after this long are dropped (the origin crashed).
+PENDING_EXPIRY_S = 120.0
+# Accepted frame IDs are remembered this long; a replay after that finds its link key spent.
+FRAME_MEMORY_S = 3600.0
 _HEADER_BITS = 128  # hash key + tag pad
+
+logger = logging.getLogger("qkdnet.node.relay")
 
 
 def link_key_bits(payload_bytes: int) -> int:
@@ -275,11 +286,14 @@ class KeyRelay:
             raise self._refuse("malformed", "relay payload is not a valid protobuf") from None
         size = payload.key_bits // 8
         local = tuple(s for s in payload.target_saes if s in self._local_saes)
+        shares = max(1, payload.shares)
         if (
             payload.origin != origin
             or not local
             or size <= 0
             or len(payload.keys) != size * len(payload.key_ids)
+            or payload.share >= shares
+            or (shares > 1 and not payload.share_set)
         ):
             raise self._refuse("malformed", "relay payload does not match its header")
         keys = NewKeys(
@@ -294,7 +308,21 @@ class KeyRelay:
                 payload.keys[i * size : (i + 1) * size] for i in range(len(payload.key_ids))
             ),
         )
-        await self._delivered.run(lambda db: db.add(keys, pending=True))
+        if shares == 1:
+            await self._delivered.run(lambda db: db.add(keys, pending=True))
+        else:
+            share, share_set = int(payload.share), payload.share_set
+            await self._delivered.run(lambda db: db.add_share(keys, share_set, share, shares))
+
+    async def expire_forever(self, interval_s: float = 30.0) -> None:
+        """Every `interval_s`: drop what an origin never settled and frame IDs past replay."""
+        while True:
+            await asyncio.sleep(interval_s)
+            dropped = await self._delivered.run(
+                lambda db: db.expire(pending_s=PENDING_EXPIRY_S, frames_s=FRAME_MEMORY_S)
+            )
+            if dropped:
+                log_event(logger, logging.WARNING, "pending_keys_expired", keys=dropped)
 
     async def settle_here(self, transaction_id: str, origin: str, commit: bool) -> int:
         """A Settle call from `origin` for a transaction stored here."""

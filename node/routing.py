@@ -153,10 +153,13 @@ class Router:
             path.append(prev[path[-1]])
         return path[::-1]
 
-    def disjoint_routes(self, target: str, count: int, need_bits: int = 0) -> list[list[str]]:
-        """Up to `count` routes to `target` that share no intermediate node (greedy)."""
+    def disjoint_routes(
+        self, target: str, count: int, need_bits: int = 0, *, avoid_nodes: Iterable[str] = ()
+    ) -> list[list[str]]:
+        """Up to `count` routes to `target` that share no intermediate node (greedy: each the
+        least-cost route around the nodes of those before it)."""
         routes: list[list[str]] = []
-        used: set[str] = set()
+        used: set[str] = set(avoid_nodes)
         direct_used = False
         while len(routes) < count:
             avoid_links = [(self.node_id, target)] if direct_used else []

@@ -15,6 +15,12 @@ The topic tree (every payload is a JSON object with `"schema": 1`; `<prefix>` is
 - `<prefix>/node/<id>/events` (not retained): `event` is one of "node_started",
   "node_stopping", "link_state" (`from`, `to`), "frames_aborted" (`reasons`),
   "messages_rejected" (`reasons`).
+- `<prefix>/relay/events` (not retained), from the master SAE's node: "key_delivered"
+  (`master`, `slaves`, `keys`, `key_bits`, `source`: local/pool/relay/pool+relay, `pooled`,
+  `relayed`, `ms`, `routes`: [{`target`, `route`, `hop_ms`, `share`, `shares`}]),
+  "pool_filled" (the same plus `pool`, the pool's size after the fill) and "relay_failed"
+  (`reason`, `message`). `hop_ms[i]` is the time node `route[i]` spent, including every later
+  hop. Key IDs and keys are never published.
 
 Telemetry is never on the key path: publishing happens on its own task, a broker that is down
 or goes away only makes the node retry (every `_RETRY_SECONDS`), and links keep running.
@@ -127,7 +133,8 @@ class TelemetryPublisher:
         self._address = address
         self._status = status
         self._prefix = config.topic_prefix
-        self._events: deque[dict[str, Any]] = deque(maxlen=_MAX_EVENTS)
+        # (topic suffix, payload); the oldest are dropped while the broker is away too long
+        self._events: deque[tuple[str, dict[str, Any]]] = deque(maxlen=_MAX_EVENTS)
         self._wake = asyncio.Event()
         self._previous: dict[str, control_pb2.LinkStatus] = {}
         self._client: aiomqtt.Client | None = None
@@ -147,10 +154,24 @@ class TelemetryPublisher:
     def event(self, kind: str, **fields: Any) -> None:
         """Queue an event (the oldest are dropped while the broker is away too long)."""
         self._events.append(
-            {"schema": SCHEMA_VERSION, "node": self._node_id, "event": kind, "ts": time.time()}
-            | fields
+            (
+                f"node/{self._node_id}/events",
+                {"schema": SCHEMA_VERSION, "node": self._node_id, "event": kind, "ts": time.time()}
+                | fields,
+            )
         )
         self._wake.set()
+
+    def relay_event(self, kind: str, fields: dict[str, Any]) -> None:
+        """Queue a key-delivery event for `<prefix>/relay/events`; it goes out with the next
+        report (these can come by the thousand per second, so they do not wake the loop)."""
+        self._events.append(
+            (
+                "relay/events",
+                {"schema": SCHEMA_VERSION, "node": self._node_id, "event": kind, "ts": time.time()}
+                | fields,
+            )
+        )
 
     async def close(self, timeout: float = 2.0) -> None:
         """Publish queued events and the "stopped" state (when connected), then stop."""
@@ -233,9 +254,9 @@ class TelemetryPublisher:
                     await self._wake.wait()
 
     async def _flush_events(self, client: aiomqtt.Client) -> None:
-        topic = f"{self._prefix}/node/{self._node_id}/events"
         while self._events:
-            await self._publish(client, topic, self._events[0], False)
+            suffix, payload = self._events[0]
+            await self._publish(client, f"{self._prefix}/{suffix}", payload, False)
             self._events.popleft()
 
     def _note_changes(self, link: control_pb2.LinkStatus) -> None:

@@ -196,6 +196,12 @@ class NetworkPlan:
             }
             if node.saes:
                 config["saes"] = list(node.saes)
-                config["key_api"] = {"listen": node.key_api_address}
+                delivery = self.topology.key_delivery
+                config["key_api"] = {
+                    "listen": node.key_api_address,
+                    "key_size": delivery.key_size,
+                    "pool_keys": delivery.pool_keys,
+                    "multipath": delivery.multipath,
+                }
             node.config_path.parent.mkdir(parents=True, exist_ok=True)
             node.config_path.write_text(yaml.safe_dump(config, sort_keys=False))

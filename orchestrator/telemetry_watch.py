@@ -29,6 +29,7 @@ class TelemetryState:
     links: dict[str, dict[str, Any]] = field(default_factory=dict)
     stores: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=200))
+    relay_events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=200))
     messages: int = 0
 
     def apply(self, prefix: str, topic: str, payload: bytes) -> None:
@@ -46,6 +47,8 @@ class TelemetryState:
                 self.nodes[node] = data
             case ["node", _node, "events"]:
                 self.events.append(data)
+            case ["relay", "events"]:
+                self.relay_events.append(data)
             case ["link", link, "stats"]:
                 self.links[link] = data
             case ["link", link, "store", node]:

@@ -16,6 +16,10 @@ links:
   - endpoints: [r1, bob]
     length_km: 40
     eavesdrop_fraction: 0.1  # any channel or processing parameter overrides the defaults
+key_delivery:                # optional: how the KMEs deliver keys (these are the defaults)
+  key_size: 256
+  pool_keys: 1000            # keys relayed ahead of demand per SAE pair
+  multipath: false           # XOR shares over node-disjoint routes
 ```
 
 `load_topology(path)` validates the file into typed models. Every problem is reported as
@@ -46,6 +50,7 @@ from qkdnet.node.config import ChannelConfig, ProcessingConfig
 from qkdnet.node.errors import ConfigError
 
 __all__ = [
+    "KeyDeliverySpec",
     "LinkSpec",
     "NodeSpec",
     "ResolvedLink",
@@ -119,6 +124,23 @@ class TelemetrySpec(BaseModel):
     interval_s: float = Field(1.0, ge=0.1, le=3600.0, description="seconds between reports")
 
 
+class KeyDeliverySpec(BaseModel):
+    """How every KME of the network delivers keys (ETSI GS QKD 014)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_size: int = Field(256, ge=64, le=8192, multiple_of=8, description="default key size, bits")
+    pool_keys: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        description="keys relayed ahead of demand per SAE pair on different nodes (0: none)",
+    )
+    multipath: bool = Field(
+        False, description="split keys into XOR shares over node-disjoint routes by default"
+    )
+
+
 class Topology(BaseModel):
     """A whole network."""
 
@@ -130,6 +152,7 @@ class Topology(BaseModel):
     nodes: dict[Identifier, NodeSpec] = Field(min_length=1)
     links: list[LinkSpec] = Field(default_factory=list)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    key_delivery: KeyDeliverySpec = Field(default_factory=KeyDeliverySpec)
 
     @model_validator(mode="after")
     def _check_graph(self) -> Topology:

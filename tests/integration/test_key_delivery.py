@@ -28,8 +28,11 @@ from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.topology import load_topology
 from qkdnet.v1 import relay_pb2
 
+from .sae import Sae, sae_context
+
 pytestmark = pytest.mark.integration
 
+POOL = 100
 # chain5 with more SAEs: two at each end, so that multicast and "keys issued to others" can be
 # exercised. Short, fast links so that the chain holds plenty of key after a few seconds.
 TOPOLOGY = {
@@ -48,6 +51,7 @@ TOPOLOGY = {
         {"endpoints": ["r2", "r3"], "length_km": 6},
         {"endpoints": ["r3", "b"], "length_km": 4},
     ],
+    "key_delivery": {"pool_keys": POOL},
 }
 
 
@@ -66,42 +70,6 @@ def plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
         runtime.destroy()
 
 
-def _context(plan: NetworkPlan, sae: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(plan.pki_dir / "ca.pem"))
-    where = plan.pki_dir / "saes" / sae
-    context.load_cert_chain(str(where / "cert.pem"), str(where / "key.pem"))
-    return context
-
-
-class Sae:
-    """One application: its own client certificate, talking to its node's KME."""
-
-    def __init__(self, plan: NetworkPlan, sae: str, session: aiohttp.ClientSession) -> None:
-        node = next(n for n in plan.nodes.values() if sae in n.saes)
-        self.url = f"{node.key_api_url}/api/v1/keys"
-        self.ssl = _context(plan, sae)
-        self.session = session
-
-    async def call(
-        self, method: str, path: str, *, json: Any = None, params: Any = None
-    ) -> tuple[int, Any]:
-        async with self.session.request(
-            method, f"{self.url}/{path}", json=json, params=params, ssl=self.ssl
-        ) as response:
-            return response.status, await response.json(content_type=None)
-
-    async def enc(self, slave: str, **body: Any) -> list[dict[str, str]]:
-        """enc_keys, waiting out 503s while the links build up key (bounded)."""
-        for _ in range(60):
-            status, answer = await self.call("POST", f"{slave}/enc_keys", json=body)
-            if status != 503:
-                break
-            await asyncio.sleep(1.0)
-        assert status == 200, answer
-        keys: list[dict[str, str]] = answer["keys"]
-        return keys
-
-
 @pytest.fixture
 async def saes(plan: NetworkPlan) -> AsyncIterator[dict[str, Sae]]:
     async with aiohttp.ClientSession() as session:
@@ -118,6 +86,9 @@ async def test_status_tells_the_caller_and_limits(saes: dict[str, Sae]) -> None:
     assert body["min_key_size"] <= body["key_size"] <= body["max_key_size"]
     assert body["stored_key_count"] <= body["max_key_count"]
     assert body["max_SAE_ID_count"] >= 1
+    # Two SAEs of one node: keys come from the node's generator, never short.
+    status, body = await saes["sae-b"].call("GET", "sae-c/status")
+    assert body["stored_key_count"] == body["max_key_count"]
 
 
 async def test_a_thousand_keys_each_way_match_and_are_delivered_once(
@@ -263,7 +234,7 @@ async def test_an_sae_of_another_node_is_unauthorised(plan: NetworkPlan) -> None
     async with aiohttp.ClientSession() as session:
         # sae-b holds a valid certificate but is not served by node a.
         url = f"{plan.nodes['a'].key_api_url}/api/v1/keys/sae-a2/status"
-        async with session.get(url, ssl=_context(plan, "sae-b")) as response:
+        async with session.get(url, ssl=sae_context(plan, "sae-b")) as response:
             assert response.status == 401
             assert "not served" in (await response.json())["message"]
 
@@ -273,7 +244,7 @@ async def test_tls_versions_and_foreign_ca(
     plan: NetworkPlan, tmp_path: Path, version: ssl.TLSVersion
 ) -> None:
     url = f"{plan.nodes['a'].key_api_url}/api/v1/keys/sae-b/status"
-    context = _context(plan, "sae-a")
+    context = sae_context(plan, "sae-a")
     context.minimum_version = context.maximum_version = version
     async with aiohttp.ClientSession() as session:
         async with session.get(url, ssl=context) as response:
@@ -361,12 +332,28 @@ async def test_forged_replayed_and_misrouted_frames_are_refused(plan: NetworkPla
         await scratch.close()
 
 
-async def test_both_ends_of_every_link_consumed_the_same_key(plan: NetworkPlan) -> None:
+async def _pools_full(saes: dict[str, Sae]) -> None:
+    """Wait (bounded) until every pool between the chain's ends holds POOL keys: then no
+    pool fill is in flight and both ends of every link have settled what they used."""
+    pairs = [(m, s) for m in ("sae-a", "sae-a2") for s in ("sae-b", "sae-c", "sae-d")]
+    pairs += [(s, m) for m, s in pairs]
+    for _ in range(120):
+        counts = [
+            (await saes[m].call("GET", f"{s}/status"))[1]["stored_key_count"] for m, s in pairs
+        ]
+        assert max(counts) <= POOL
+        if min(counts) == POOL:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"pools not full after 60 s: {counts}")
+
+
+async def test_both_ends_of_every_link_consumed_the_same_key(
+    plan: NetworkPlan, saes: dict[str, Sae]
+) -> None:
     """After relays, each block was consumed by as many bits at both ends of its link."""
-    async with aiohttp.ClientSession() as session:
-        sae = Sae(plan, "sae-a", session)
-        await sae.enc("sae-b", number=50)
-    await asyncio.sleep(1.0)
+    await saes["sae-a"].enc("sae-b", number=50, extension_optional=[{"qkdnet_pool": False}])
+    await _pools_full(saes)
     nonce = uuid.uuid4().bytes
     for link in plan.links:
         x, y = sorted(link.endpoints)

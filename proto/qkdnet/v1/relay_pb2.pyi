@@ -136,6 +136,7 @@ class RelayPayload(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     SHARE_FIELD_NUMBER: _builtins.int
     SHARES_FIELD_NUMBER: _builtins.int
+    SHARE_SET_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     origin: _builtins.str
     master_sae: _builtins.str
@@ -143,7 +144,12 @@ class RelayPayload(_message.Message):
     keys: _builtins.bytes
     """The keys, each key_bits / 8 bytes, in key_ids order (an XOR share of them when shares > 1)."""
     share: _builtins.int
+    """Multi-path relay: this payload carries share `share` of `shares` XOR shares of the keys,
+    each share sent over its own route (no trusted node on two of them). The target recombines
+    the shares of one `share_set` (a fresh ID per attempt). shares = 1: the keys themselves.
+    """
     shares: _builtins.int
+    share_set: _builtins.str
     @_builtins.property
     def slave_saes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every slave SAE of the request, and those of them served by this frame's target."""
@@ -165,10 +171,11 @@ class RelayPayload(_message.Message):
         keys: _builtins.bytes = ...,
         share: _builtins.int = ...,
         shares: _builtins.int = ...,
+        share_set: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_bits", b"key_bits", "key_ids", b"key_ids", "keys", b"keys", "master_sae", b"master_sae", "origin", b"origin", "share", b"share", "shares", b"shares", "slave_saes", b"slave_saes", "target_saes", b"target_saes", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_bits", b"key_bits", "key_ids", b"key_ids", "keys", b"keys", "master_sae", b"master_sae", "origin", b"origin", "share", b"share", "share_set", b"share_set", "shares", b"shares", "slave_saes", b"slave_saes", "target_saes", b"target_saes", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

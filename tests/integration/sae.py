@@ -1,0 +1,62 @@
+"""An SAE as the tests see it: its own client certificate, talking to its node's KME."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import aiohttp
+
+from qkdnet.orchestrator.network_plan import NetworkPlan
+
+__all__ = ["Sae", "sae_context"]
+
+
+def sae_context(plan: NetworkPlan, sae: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(plan.pki_dir / "ca.pem"))
+    where = plan.pki_dir / "saes" / sae
+    context.load_cert_chain(str(where / "cert.pem"), str(where / "key.pem"))
+    return context
+
+
+class Sae:
+    """One application: its own client certificate, talking to its node's KME."""
+
+    def __init__(self, plan: NetworkPlan, sae: str, session: aiohttp.ClientSession) -> None:
+        node = next(n for n in plan.nodes.values() if sae in n.saes)
+        self.url = f"{node.key_api_url}/api/v1/keys"
+        self.ssl = sae_context(plan, sae)
+        self.session = session
+
+    async def call(
+        self, method: str, path: str, *, json: Any = None, params: Any = None
+    ) -> tuple[int, Any]:
+        async with self.session.request(
+            method, f"{self.url}/{path}", json=json, params=params, ssl=self.ssl
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def enc(self, slave: str, **body: Any) -> list[dict[str, str]]:
+        """enc_keys, waiting out 503s while the links build up key (bounded)."""
+        keys: list[dict[str, str]] = (await self.enc_container(slave, **body))["keys"]
+        return keys
+
+    async def enc_container(self, slave: str, **body: Any) -> dict[str, Any]:
+        """The whole key container of enc_keys, waiting out 503s (bounded)."""
+        for _ in range(60):
+            status, answer = await self.call("POST", f"{slave}/enc_keys", json=body)
+            if status != 503:
+                break
+            await asyncio.sleep(1.0)
+        assert status == 200, answer
+        container: dict[str, Any] = answer
+        return container
+
+    async def dec(self, master: str, key_ids: list[str]) -> dict[str, str]:
+        """dec_keys for `key_ids`: key ID -> base64 key."""
+        status, body = await self.call(
+            "POST", f"{master}/dec_keys", json={"key_IDs": [{"key_ID": i} for i in key_ids]}
+        )
+        assert status == 200, body
+        return {k["key_ID"]: k["key"] for k in body["keys"]}

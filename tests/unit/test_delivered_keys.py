@@ -1,0 +1,105 @@
+"""The delivered-key store: two-step delivery, once per slave, pools, shares and expiry."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from qkdnet.node.delivered_keys import DeliveredKeysDb, KeyNotFound, KeyNotYours, NewKeys
+from qkdnet.node.errors import KeyStoreError
+
+
+def _keys(n: int = 3, size: int = 32, blob: bytes | None = None, **fields: object) -> NewKeys:
+    data = blob if blob is not None else secrets.token_bytes(n * size)
+    base: dict[str, object] = {
+        "transaction_id": "t1",
+        "origin": "a",
+        "master": "sae-a",
+        "slaves": ("sae-b", "sae-c"),
+        "local_slaves": ("sae-b", "sae-c"),
+        "key_bits": 8 * size,
+        "key_ids": tuple(str(uuid.UUID(int=i + 1)) for i in range(n)),
+        "keys": tuple(data[i * size : (i + 1) * size] for i in range(n)),
+    }
+    return NewKeys(**(base | fields))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> DeliveredKeysDb:
+    return DeliveredKeysDb(tmp_path / "delivered.sqlite")
+
+
+def test_pending_keys_are_invisible_until_committed_and_reach_each_slave_once(
+    db: DeliveredKeysDb,
+) -> None:
+    keys = _keys()
+    db.add(keys, pending=True)
+    with pytest.raises(KeyNotFound):
+        db.take("sae-b", "sae-a", keys.key_ids[:1])
+    assert db.settle("t1", "someone-else", True) == 0  # only the origin settles
+    assert db.settle("t1", "a", True) == 3
+    assert db.take("sae-b", "sae-a", keys.key_ids) == list(
+        zip(keys.key_ids, keys.keys, strict=True)
+    )
+    with pytest.raises(KeyNotFound):
+        db.take("sae-b", "sae-a", keys.key_ids[:1])
+    with pytest.raises(KeyNotYours):
+        db.take("sae-x", "sae-a", keys.key_ids[:1])
+    assert db.take("sae-c", "sae-a", keys.key_ids[2:]) == [(keys.key_ids[2], keys.keys[2])]
+    assert db.count("sae-a", "sae-c") == 2
+
+
+def test_shares_recombine_only_when_the_set_is_complete(db: DeliveredKeysDb) -> None:
+    whole = secrets.token_bytes(96)
+    pad = secrets.token_bytes(96)
+    other = bytes(x ^ y for x, y in zip(whole, pad, strict=True))
+    assert db.add_share(_keys(blob=pad), "set1", 0, 2) is False
+    with pytest.raises(KeyStoreError, match="arrived twice"):
+        db.add_share(_keys(blob=pad), "set1", 0, 2)
+    assert db.settle("t1", "a", True) == 0  # nothing to commit from half a set
+    # The set of an earlier attempt may have left a share behind: it does not mix in.
+    assert db.add_share(_keys(blob=pad), "set2", 0, 2) is False
+    assert db.add_share(_keys(blob=other), "set2", 1, 2) is True
+    assert db.settle("t1", "a", True) == 3
+    got = db.take("sae-b", "sae-a", _keys().key_ids)
+    assert b"".join(k for _, k in got) == whole
+
+
+def test_shares_that_disagree_are_refused(db: DeliveredKeysDb) -> None:
+    db.add_share(_keys(), "s", 0, 2)
+    with pytest.raises(KeyStoreError, match="disagree"):
+        db.add_share(_keys(master="sae-z"), "s", 1, 2)
+    with pytest.raises(KeyStoreError, match="does not exist"):
+        db.add_share(_keys(), "s", 2, 2)
+
+
+def test_pool_take_is_oldest_first_bounded_and_respects_multipath(db: DeliveredKeysDb) -> None:
+    single = [(str(uuid.uuid4()), secrets.token_bytes(32)) for _ in range(5)]
+    split = [(str(uuid.uuid4()), secrets.token_bytes(32)) for _ in range(2)]
+    db.pool_add("sae-a", "sae-b", False, single)
+    db.pool_add("sae-a", "sae-b", True, split)
+    assert db.pool_counts(256, False) == {("sae-a", "sae-b"): 7}
+    assert db.pool_counts(256, True) == {("sae-a", "sae-b"): 2}
+    assert db.pool_counts(512, False) == {}
+    assert db.pool_take("sae-a", "sae-b", 256, 3, True) == split
+    assert db.pool_take("sae-a", "sae-b", 256, 3, False) == single[:3]
+    assert db.pool_take("sae-b", "sae-a", 256, 3, False) == []
+    assert db.pool_counts(256, False) == {("sae-a", "sae-b"): 2}
+
+
+def test_expire_drops_unsettled_keys_and_old_frames_only(db: DeliveredKeysDb) -> None:
+    db.add(_keys(transaction_id="old"), pending=True)
+    assert db.record_frame("f1")
+    assert not db.record_frame("f1")
+    time.sleep(0.05)
+    db.add(_keys(transaction_id="new", key_ids=("k4", "k5", "k6")), pending=True)
+    db.settle("new", "a", True)
+    assert db.expire(pending_s=0.03, frames_s=3600) == 3
+    assert db.frame_seen("f1")
+    assert db.count() == 3  # committed keys never expire
+    assert db.expire(pending_s=0.03, frames_s=0.0) == 0
+    assert not db.frame_seen("f1")
