@@ -161,7 +161,7 @@ class KeyApiConfig(_Strict):
     max_key_count: int = Field(100_000, ge=1)
     max_sae_id_count: int = Field(4, ge=0, description="additional slaves per request")
     pool_keys: int = Field(
-        1000, ge=0, description="keys relayed ahead of demand per SAE pair (0: none)"
+        256, ge=0, description="keys relayed ahead of demand per SAE pair (0: none)"
     )
     pool_batch: int = Field(128, ge=1, le=1024, description="keys per pool fill")
     multipath: bool = Field(False, description="XOR shares over node-disjoint routes by default")

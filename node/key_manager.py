@@ -76,7 +76,7 @@ class KeyLimits:
 class DeliveryPolicy:
     """How keys reach other nodes: pool bounds and the multi-path default."""
 
-    pool_keys: int = 1000  # per (local master, remote slave) pair; 0: no pools
+    pool_keys: int = 256  # per (local master, remote slave) pair; 0: no pools
     pool_batch: int = 128  # keys per fill transaction
     multipath: bool = False  # default for requests and pool fills
 
@@ -274,7 +274,8 @@ class KeyManager:
         RelayError when any target did not get them (they are then discarded everywhere).
         """
         keys = [secrets.token_bytes(size // 8) for _ in range(number)]
-        key_ids = [str(uuid.uuid4()) for _ in range(number)]
+        uuids = [uuid.uuid4() for _ in range(number)]
+        key_ids = [str(u) for u in uuids]
         transaction_id = uuid.uuid4().hex
 
         def payload(target_saes: list[str]) -> relay_pb2.RelayPayload:
@@ -285,7 +286,7 @@ class KeyManager:
                 slave_saes=list(slaves),
                 target_saes=target_saes,
                 key_bits=size,
-                key_ids=key_ids,
+                key_uuids=b"".join(u.bytes for u in uuids),
                 keys=b"".join(keys),
                 shares=1,
             )

@@ -285,17 +285,21 @@ class KeyRelay:
         except DecodeError:
             raise self._refuse("malformed", "relay payload is not a valid protobuf") from None
         size = payload.key_bits // 8
+        count = len(payload.key_uuids) // 16
         local = tuple(s for s in payload.target_saes if s in self._local_saes)
         shares = max(1, payload.shares)
         if (
             payload.origin != origin
             or not local
             or size <= 0
-            or len(payload.keys) != size * len(payload.key_ids)
+            or count == 0
+            or len(payload.key_uuids) != 16 * count
+            or len(payload.keys) != size * count
             or payload.share >= shares
             or (shares > 1 and not payload.share_set)
         ):
             raise self._refuse("malformed", "relay payload does not match its header")
+        ids = payload.key_uuids
         keys = NewKeys(
             transaction_id=payload.transaction_id,
             origin=origin,
@@ -303,10 +307,8 @@ class KeyRelay:
             slaves=tuple(payload.slave_saes),
             local_slaves=local,
             key_bits=payload.key_bits,
-            key_ids=tuple(payload.key_ids),
-            keys=tuple(
-                payload.keys[i * size : (i + 1) * size] for i in range(len(payload.key_ids))
-            ),
+            key_ids=tuple(str(uuid.UUID(bytes=ids[i * 16 : (i + 1) * 16])) for i in range(count)),
+            keys=tuple(payload.keys[i * size : (i + 1) * size] for i in range(count)),
         )
         if shares == 1:
             await self._delivered.run(lambda db: db.add(keys, pending=True))

@@ -46,8 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON schema of topology files")
 
-    def network_verb(name: str, help: str) -> argparse.ArgumentParser:
-        verb = commands.add_parser(name, help=help, description=help)
+    def add_deployment_options(verb: argparse.ArgumentParser) -> None:
         verb.add_argument("-t", "--topology", required=True, type=Path, help="topology file")
         verb.add_argument(
             "--state-dir",
@@ -55,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="deployment state (default ~/.local/state/qkdnet/<name>)",
         )
+
+    def network_verb(name: str, help: str) -> argparse.ArgumentParser:
+        verb = commands.add_parser(name, help=help, description=help)
+        add_deployment_options(verb)
         return verb
 
     deploy = network_verb("deploy", "start every node of a topology and its MQTT broker")
@@ -83,6 +86,75 @@ def _parser() -> argparse.ArgumentParser:
     graph = network_verb("graph", "draw the topology with link lengths and live key rates")
     graph.add_argument(
         "-o", "--output", type=Path, default=None, help="image file: .png, .svg or .pdf"
+    )
+
+    key = commands.add_parser(
+        "key",
+        help="keys from a deployed network through its ETSI GS QKD 014 API",
+        description="Act as applications (SAEs) of a deployed network: get keys through the "
+        "ETSI GS QKD 014 key delivery API of their nodes.",
+    )
+    key_commands = key.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
+    key_get = key_commands.add_parser(
+        "get",
+        help="enc_keys as one SAE, dec_keys as the others, and check that the keys match",
+        description="enc_keys at the master's node as --from (with its client certificate), "
+        "then dec_keys at each slave's node as each --to, and check that both halves match. "
+        "Exit status 0 when every key matches at every slave, 1 on a mismatch or an API "
+        "failure, 2 on a user error.",
+    )
+    add_deployment_options(key_get)
+    key_get.add_argument("--from", dest="master", required=True, metavar="SAE", help="master SAE")
+    key_get.add_argument(
+        "--to",
+        dest="slaves",
+        action="append",
+        required=True,
+        metavar="SAE",
+        help="slave SAE; repeat for more (they go into additional_slave_SAE_IDs)",
+    )
+    key_get.add_argument("--number", type=int, default=1, help="keys to get (default 1)")
+    key_get.add_argument("--size", type=int, default=256, help="key size in bits (default 256)")
+    key_get.add_argument(
+        "--multipath",
+        action="store_true",
+        help='ask for multi-path relay (extension_mandatory [{"qkdnet_multipath": true}])',
+    )
+    key_get.add_argument(
+        "--json", action="store_true", help="print the keys (base64) and matches as JSON"
+    )
+
+    relay_demo = commands.add_parser(
+        "relay-demo",
+        help="deploy a chain, relay keys hop by hop on demand, show per-hop timings, tear down",
+        description="Deploy a topology (default: the bundled chain5), wait for key on every "
+        "link, then relay keys one at a time from one SAE to another through the trusted "
+        "nodes, checking each at the slave; show the route with per-hop timings live, "
+        "summarise and tear everything down.",
+    )
+    relay_demo.add_argument(
+        "-t", "--topology", type=Path, default=None, help="topology file (default chain5)"
+    )
+    relay_demo.add_argument("--keys", type=int, default=20, help="keys to relay (default 20)")
+    relay_demo.add_argument(
+        "--from",
+        dest="master",
+        default=None,
+        metavar="SAE",
+        help="master SAE (default: the first SAE of the first node with SAEs)",
+    )
+    relay_demo.add_argument(
+        "--to",
+        dest="slave",
+        default=None,
+        metavar="SAE",
+        help="slave SAE (default: the first SAE of the last node with SAEs)",
+    )
+    relay_demo.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="deployment state (default ~/.local/state/qkdnet/<name>)",
     )
 
     network_demo = commands.add_parser(
@@ -232,6 +304,35 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     return run_demo(args.example, args.duration, args.state_dir, console)
 
 
+def _key(args: argparse.Namespace, console: Console) -> int:
+    from . import network_commands as verbs
+
+    opts = verbs.NetworkOptions(args.topology, args.state_dir)
+    return verbs.key_get(
+        opts,
+        console,
+        master=args.master,
+        slaves=list(args.slaves),
+        number=args.number,
+        size=args.size,
+        multipath=args.multipath,
+        as_json=args.json,
+    )
+
+
+def _relay_demo(args: argparse.Namespace, console: Console) -> int:
+    from .relay_demo import RelayDemoOptions, run_relay_demo
+
+    opts = RelayDemoOptions(
+        topology=args.topology,
+        state_dir=args.state_dir,
+        keys=args.keys,
+        master=args.master,
+        slave=args.slave,
+    )
+    return run_relay_demo(opts, console)
+
+
 _NETWORK_VERBS = {
     "deploy",
     "destroy",
@@ -249,9 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `qkdnet` console script."""
     args = _parser().parse_args(argv)
     console = Console(stderr=bool(getattr(args, "json", False)))
+    command = args.command
+    if command == "key":
+        command = f"key {args.key_command}"
     try:
         if args.command in _NETWORK_VERBS:
             return _network(args, console)
+        if args.command == "key":
+            return _key(args, console)
+        if args.command == "relay-demo":
+            return _relay_demo(args, console)
         if args.command == "demo":
             return _demo(args, console)
         if args.command == "node":
@@ -266,9 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             print(topology_json_schema(), end="")
             return 0
     except ConfigError as exc:
-        return _error(args.command, str(exc), 2)
+        return _error(command, str(exc), 2)
     except QkdnetError as exc:
-        return _error(args.command, str(exc), 1)
+        return _error(command, str(exc), 1)
     except KeyboardInterrupt:
         return 130
     return 2

@@ -1,4 +1,5 @@
-"""The deployment verbs of the CLI: deploy, destroy, inspect, start/stop/kill/restart, watch, graph.
+"""The deployment verbs of the CLI: deploy, destroy, inspect, start/stop/kill/restart, watch, graph,
+and `key get` (keys through a deployed network's ETSI GS QKD 014 API, as applications get them).
 
 Each function takes parsed options and a console and returns the exit status; errors are raised
 (`ConfigError` for user errors, other `QkdnetError`s for failures) and turned into messages by
@@ -8,17 +9,23 @@ Each function takes parsed options and a console and returns the exit status; er
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.status import Status
+from rich.table import Table
 
+from qkdnet.node.errors import ConfigError, QkdnetError
+
+from .key_client import KeyApiClient, KeyContainer, fingerprint, node_of_sae
 from .network_plan import NetworkPlan
 from .network_status import NetworkSnapshot, NetworkStatus
 from .network_view import (
@@ -38,8 +45,10 @@ __all__ = [
     "destroy",
     "graph",
     "inspect",
+    "key_get",
     "lifecycle",
     "load_plan",
+    "require_deployed",
     "wait_for_key",
     "watch",
 ]
@@ -263,3 +272,175 @@ def graph(opts: NetworkOptions, console: Console, *, output: Path | None) -> int
     path = render_graph(plan.topology, output or Path(f"{plan.name}.png"), rates)
     console.print(f"[green]✓[/] wrote {path}" + (" with live key rates" if rates else ""))
     return 0
+
+
+def require_deployed(plan: NetworkPlan, saes: list[str], deploy_hint: str = "") -> None:
+    """ConfigError when the deployment is not running (`deploy_hint`: the command that would
+    deploy it); QkdnetError when a node serving one of `saes` is stopped."""
+    info = runtime_for(plan).inspect()
+    if not info.running:
+        raise ConfigError(
+            f"{plan.name} is not deployed (state dir {plan.state_dir})"
+            + (f"; deploy it with: {deploy_hint}" if deploy_hint else "")
+        )
+    for sae in saes:
+        node = node_of_sae(plan, sae).node_id
+        if info.nodes[node].state != "running":
+            raise QkdnetError(f"node {node}, which serves {sae}, is not running")
+
+
+@dataclass(frozen=True)
+class _KeyRound:
+    issued: KeyContainer
+    fetched: dict[str, dict[str, bytes]]  # slave -> key ID -> key
+    enc_keys_ms: float
+
+
+async def _key_round(
+    plan: NetworkPlan,
+    master: str,
+    slaves: list[str],
+    number: int,
+    size: int,
+    multipath: bool,
+) -> _KeyRound:
+    async with KeyApiClient.for_sae(plan, master) as client:
+        await client.status(slaves[0])  # checks the pair and opens the TLS connection
+        started = time.perf_counter()
+        issued = await client.enc_keys(
+            slaves[0],
+            number,
+            size,
+            additional_slaves=slaves[1:],
+            extension_mandatory=[{"qkdnet_multipath": True}] if multipath else None,
+        )
+        enc_keys_ms = (time.perf_counter() - started) * 1e3
+    fetched: dict[str, dict[str, bytes]] = {}
+    ids = [key.key_id for key in issued.keys]
+    for slave in slaves:
+        async with KeyApiClient.for_sae(plan, slave) as client:
+            answer = await client.dec_keys(master, ids)
+        fetched[slave] = {key.key_id: key.key for key in answer.keys}
+    return _KeyRound(issued, fetched, enc_keys_ms)
+
+
+_SOURCES = {
+    "local": "master and slaves on one node, no relay",
+    "pool": "from the pool the KME relayed ahead of demand",
+    "relay": "relayed on demand",
+    "pool+relay": "partly from the pool, partly relayed on demand",
+}
+
+
+def _route_text(relay: Any) -> str | None:
+    """'relayed on demand over a → r1 → b, 4.2 ms at the KME' from a qkdnet_relay extension."""
+    if not isinstance(relay, dict):
+        return None
+    source = relay.get("source")
+    parts = [_SOURCES.get(source, str(source))] if source else []
+    routes = [r for r in relay.get("routes") or [] if isinstance(r, dict) and r.get("route")]
+    if routes:
+        shown = []
+        for route in routes:
+            text = " → ".join(map(str, route["route"]))
+            if isinstance(route.get("shares"), int) and route["shares"] > 1:
+                text += f" (share {int(route.get('share', 0)) + 1}/{route['shares']})"
+            shown.append(text)
+        parts.append("over " + "; ".join(shown))
+    ms = relay.get("ms")
+    if isinstance(ms, int | float):
+        parts.append(f"{ms:.1f} ms at the KME")
+    return ", ".join(parts) or None
+
+
+def key_get(
+    opts: NetworkOptions,
+    console: Console,
+    *,
+    master: str,
+    slaves: list[str],
+    number: int,
+    size: int,
+    multipath: bool,
+    as_json: bool,
+) -> int:
+    """enc_keys as `master`, dec_keys as every slave; 0 when every key matches everywhere."""
+    if number < 1:
+        raise ConfigError(f"--number: must be at least 1, not {number}")
+    if size < 8 or size % 8:
+        raise ConfigError(f"--size: must be a positive multiple of 8 bits, not {size}")
+    if master in slaves:
+        raise ConfigError(f"--to: {master} is the master (--from) itself")
+    if len(set(slaves)) != len(slaves):
+        raise ConfigError("--to: an SAE is named twice")
+    plan = load_plan(opts)
+    for option, sae in [("--from", master), *(("--to", slave) for slave in slaves)]:
+        try:
+            node_of_sae(plan, sae)
+        except ConfigError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
+    hint = f"qkdnet deploy -t {opts.topology}" + (
+        f" --state-dir {opts.state_dir}" if opts.state_dir else ""
+    )
+    require_deployed(plan, [master, *slaves], hint)
+    with console.status(f"enc_keys as {master}, dec_keys as {', '.join(slaves)}"):
+        result = asyncio.run(_key_round(plan, master, slaves, number, size, multipath))
+    extension = result.issued.extension or {}
+    relay = extension.get("qkdnet_relay")
+    matches = {
+        key.key_id: {slave: result.fetched[slave].get(key.key_id) == key.key for slave in slaves}
+        for key in result.issued.keys
+    }
+    ok = len(result.issued.keys) == number and all(
+        all(per_slave.values()) for per_slave in matches.values()
+    )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "master": master,
+                    "slaves": slaves,
+                    "keys": [
+                        {
+                            "key_ID": key.key_id,
+                            "key": base64.b64encode(key.key).decode(),
+                            "match": matches[key.key_id],
+                        }
+                        for key in result.issued.keys
+                    ],
+                    "enc_keys_ms": result.enc_keys_ms,
+                    "relay": relay if isinstance(relay, dict) else None,
+                },
+                indent=2,
+            )
+        )
+    else:
+        master_node = node_of_sae(plan, master).node_id
+        table = Table(
+            title=f"{len(result.issued.keys)} key(s) of {size} bits: {master} (KME "
+            f"{master_node}) → {', '.join(slaves)}",
+            title_justify="left",
+        )
+        table.add_column("key ID", no_wrap=True)
+        table.add_column("SHA-256", no_wrap=True)
+        for slave in slaves:
+            table.add_column(slave, no_wrap=True)
+        for key in result.issued.keys:
+            table.add_row(
+                key.key_id,
+                fingerprint(key.key),
+                *(
+                    "[green]match[/]" if matches[key.key_id][slave] else "[red]MISMATCH[/]"
+                    for slave in slaves
+                ),
+            )
+        console.print(table)
+        console.print(f"enc_keys took {result.enc_keys_ms:.1f} ms", highlight=False)
+        route = _route_text(relay)
+        if route:
+            console.print(f"relay: {route}", highlight=False)
+    if len(result.issued.keys) != number:
+        console.print(f"[red]✗[/] asked for {number} key(s), got {len(result.issued.keys)}")
+    elif not ok:
+        console.print("[red]✗[/] the slaves' keys differ from the master's")
+    return 0 if ok else 1

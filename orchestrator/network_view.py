@@ -14,6 +14,7 @@ from rich.table import Table
 from qkdnet.node.link import link_id_for
 
 from .graph import format_rate as graph_format_rate
+from .key_client import API_PREFIX, sae_credentials
 from .network_plan import NetworkPlan
 from .network_status import NetworkSnapshot
 from .runtime import DeploymentInfo
@@ -188,16 +189,40 @@ def nodes_table(plan: NetworkPlan, info: DeploymentInfo) -> Table:
     return table
 
 
-def nodes_json(plan: NetworkPlan, info: DeploymentInfo) -> list[dict[str, Any]]:
-    return [
-        {
-            "node": node_id,
-            "state": node.state,
-            "pid": node.pid,
-            "address": node.address,
-            "saes": list(plan.nodes[node_id].saes),
-            "config": str(plan.nodes[node_id].config_path),
-            "log": str(plan.nodes[node_id].log_path),
+def _saes_json(plan: NetworkPlan, node_id: str) -> dict[str, dict[str, str]]:
+    """SAE ID -> the absolute paths of its client certificate, private key and the CA."""
+    saes = {}
+    for sae in plan.nodes[node_id].saes:
+        paths = sae_credentials(plan, sae)
+        saes[sae] = {
+            "certificate": str(paths.cert.absolute()),
+            "private_key": str(paths.key.absolute()),
+            "ca_certificate": str(paths.ca.absolute()),
         }
-        for node_id, node in info.nodes.items()
-    ]
+    return saes
+
+
+def nodes_json(plan: NetworkPlan, info: DeploymentInfo) -> list[dict[str, Any]]:
+    """Every node for `--json`: state, addresses, its KME (ETSI GS QKD 014) and SAE credentials.
+
+    `kme_id` is what the node's KME reports as source_KME_ID; `key_api_url` the ETSI 014 base
+    URL (None when the node serves no SAE); `saes` maps each SAE it serves to the files an
+    application needs to call that API as the SAE.
+    """
+    nodes = []
+    for node_id, node in info.nodes.items():
+        url = plan.nodes[node_id].key_api_url
+        nodes.append(
+            {
+                "node": node_id,
+                "state": node.state,
+                "pid": node.pid,
+                "address": node.address,
+                "kme_id": node_id,
+                "key_api_url": f"{url}{API_PREFIX}" if url else None,
+                "saes": _saes_json(plan, node_id),
+                "config": str(plan.nodes[node_id].config_path),
+                "log": str(plan.nodes[node_id].log_path),
+            }
+        )
+    return nodes

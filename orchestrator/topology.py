@@ -18,7 +18,7 @@ links:
     eavesdrop_fraction: 0.1  # any channel or processing parameter overrides the defaults
 key_delivery:                # optional: how the KMEs deliver keys (these are the defaults)
   key_size: 256
-  pool_keys: 1000            # keys relayed ahead of demand per SAE pair
+  pool_keys: 256             # keys relayed ahead of demand per SAE pair
   multipath: false           # XOR shares over node-disjoint routes
 ```
 
@@ -131,7 +131,7 @@ class KeyDeliverySpec(BaseModel):
 
     key_size: int = Field(256, ge=64, le=8192, multiple_of=8, description="default key size, bits")
     pool_keys: int = Field(
-        1000,
+        256,
         ge=0,
         le=100_000,
         description="keys relayed ahead of demand per SAE pair on different nodes (0: none)",

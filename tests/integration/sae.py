@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import uuid
 from typing import Any
 
 import aiohttp
 
+from qkdnet.orchestrator.controller import NodeClient
 from qkdnet.orchestrator.network_plan import NetworkPlan
 
-__all__ = ["Sae", "sae_context"]
+__all__ = ["Sae", "assert_link_keys_used_alike", "sae_context"]
 
 
 def sae_context(plan: NetworkPlan, sae: str) -> ssl.SSLContext:
@@ -60,3 +62,33 @@ class Sae:
         )
         assert status == 200, body
         return {k["key_ID"]: k["key"] for k in body["keys"]}
+
+
+async def assert_link_keys_used_alike(plan: NetworkPlan) -> dict[str, int]:
+    """Each block of every link was consumed by as many bits at both ends (keyed digests
+    through the nodes' gRPC); returns the bits of link key used per link.
+
+    The stores hand out a range once only, so equal consumption at both ends means that no
+    link-key bit served two relays: either end using a bit the other did not would show."""
+    nonce = uuid.uuid4().bytes
+    used_by_link: dict[str, int] = {}
+    for link in plan.links:
+        x, y = sorted(link.endpoints)
+        link_id = f"{x}--{y}"
+        digests = {}
+        for node in (x, y):
+            client = NodeClient(node, plan.nodes[node].address, plan.controller_credentials)
+            try:
+                reply = await client.key_digest(link_id, nonce)
+            finally:
+                await client.close()
+            digests[node] = {d.block_id: d for d in reply.blocks if not d.pending}
+        common = set(digests[x]) & set(digests[y])
+        assert common
+        used = 0
+        for block in common:
+            dx, dy = digests[x][block], digests[y][block]
+            assert dx.consumed == dy.consumed, f"{link_id} {block}"
+            used += dx.consumed
+        used_by_link[link_id] = used
+    return used_by_link

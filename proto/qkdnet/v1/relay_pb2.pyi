@@ -132,7 +132,7 @@ class RelayPayload(_message.Message):
     SLAVE_SAES_FIELD_NUMBER: _builtins.int
     TARGET_SAES_FIELD_NUMBER: _builtins.int
     KEY_BITS_FIELD_NUMBER: _builtins.int
-    KEY_IDS_FIELD_NUMBER: _builtins.int
+    KEY_UUIDS_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     SHARE_FIELD_NUMBER: _builtins.int
     SHARES_FIELD_NUMBER: _builtins.int
@@ -141,8 +141,12 @@ class RelayPayload(_message.Message):
     origin: _builtins.str
     master_sae: _builtins.str
     key_bits: _builtins.int
+    key_uuids: _builtins.bytes
+    """The key IDs (UUIDs), 16 bytes each, in order: link key spent on a relay grows with every
+    byte of the payload, so IDs travel in binary.
+    """
     keys: _builtins.bytes
-    """The keys, each key_bits / 8 bytes, in key_ids order (an XOR share of them when shares > 1)."""
+    """The keys, each key_bits / 8 bytes, in key_uuids order (an XOR share of them when shares > 1)."""
     share: _builtins.int
     """Multi-path relay: this payload carries share `share` of `shares` XOR shares of the keys,
     each share sent over its own route (no trusted node on two of them). The target recombines
@@ -156,8 +160,6 @@ class RelayPayload(_message.Message):
 
     @_builtins.property
     def target_saes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -167,7 +169,7 @@ class RelayPayload(_message.Message):
         slave_saes: _abc.Iterable[_builtins.str] | None = ...,
         target_saes: _abc.Iterable[_builtins.str] | None = ...,
         key_bits: _builtins.int = ...,
-        key_ids: _abc.Iterable[_builtins.str] | None = ...,
+        key_uuids: _builtins.bytes = ...,
         keys: _builtins.bytes = ...,
         share: _builtins.int = ...,
         shares: _builtins.int = ...,
@@ -175,7 +177,7 @@ class RelayPayload(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_bits", b"key_bits", "key_ids", b"key_ids", "keys", b"keys", "master_sae", b"master_sae", "origin", b"origin", "share", b"share", "share_set", b"share_set", "shares", b"shares", "slave_saes", b"slave_saes", "target_saes", b"target_saes", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_bits", b"key_bits", "key_uuids", b"key_uuids", "keys", b"keys", "master_sae", b"master_sae", "origin", b"origin", "share", b"share", "share_set", b"share_set", "shares", b"shares", "slave_saes", b"slave_saes", "target_saes", b"target_saes", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

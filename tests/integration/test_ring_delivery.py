@@ -8,14 +8,17 @@ a        b -- c
 
 sae-a (node a) and sae-b (node b) are not neighbours: their keys cross r1 or r2, and a multi-path
 relay sends one XOR share each way. sae-c (node c) is reached only through b, so a and c have no
-two node-disjoint routes.
+two node-disjoint routes. The last test kills the trusted node a's keys go through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -23,8 +26,10 @@ import aiohttp
 import pytest
 import yaml
 
+from qkdnet.orchestrator.controller import NodeClient
 from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
+from qkdnet.orchestrator.network_status import NetworkStatus
 from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.topology import load_topology
 
@@ -191,3 +196,87 @@ async def test_bad_extensions(saes: dict[str, Sae], body: dict[str, Any], messag
     status, answer = await saes["sae-a"].call("POST", "sae-b/enc_keys", json=body)
     assert status == 400
     assert message in answer["message"]
+
+
+def _delivered_rows(plan: NetworkPlan, node: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    path = plan.nodes[node].state_dir / "delivered_keys.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return db.execute(sql, args).fetchall()
+
+
+async def _stored_totals(plan: NetworkPlan, node: str) -> dict[str, int]:
+    client = NodeClient(node, plan.nodes[node].address, plan.controller_credentials)
+    try:
+        status = await client.status()
+    finally:
+        await client.close()
+    return {link.link_id: link.stored_bits_total for link in status.links}
+
+
+async def test_a_killed_trusted_node_is_routed_around_and_restarts_with_its_stores(
+    plan: NetworkPlan, saes: dict[str, Sae]
+) -> None:
+    runtime = runtime_for(plan)
+    a, b = saes["sae-a"], saes["sae-b"]
+    probe = await a.enc_container("sae-b", number=1, extension_optional=[NO_POOL])
+    await _check_at_slave(b, "sae-a", probe)
+    victim = probe["key_container_extension"]["qkdnet_relay"]["routes"][0]["route"][1]
+    totals = await _stored_totals(plan, victim)
+
+    issued: dict[str, str] = {}
+    refusals: list[str] = []
+
+    async def keep_asking() -> None:
+        for _ in range(40):
+            status, body = await a.call(
+                "POST", "sae-b/enc_keys", json={"number": 10, "extension_optional": [NO_POOL]}
+            )
+            if status == 200:
+                issued.update({k["key_ID"]: k["key"] for k in body["keys"]})
+            else:
+                assert status == 503, body
+                refusals.append(body["message"])
+            await asyncio.sleep(0.05)
+
+    asking = asyncio.create_task(keep_asking())
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(runtime.kill, victim)
+    killed = time.monotonic()
+    # New requests go round the other side of the ring.
+    rerouted: float | None = None
+    for _ in range(100):
+        status, body = await a.call(
+            "POST", "sae-b/enc_keys", json={"number": 1, "extension_optional": [NO_POOL]}
+        )
+        if status == 200:
+            issued.update({k["key_ID"]: k["key"] for k in body["keys"]})
+            route = body["key_container_extension"]["qkdnet_relay"]["routes"][0]["route"]
+            assert victim not in route
+            rerouted = time.monotonic() - killed
+            break
+        await asyncio.sleep(0.1)
+    assert rerouted is not None, "no request got through after the kill"
+    print(f"first key over the other route {rerouted:.2f} s after killing {victim}")
+    await asyncio.wait_for(asking, 120)
+    assert len(issued) >= 100, f"{len(issued)} keys, refusals: {refusals}"
+
+    # No key at one end only: every key the master got is at the slave, once; once every pool
+    # is settled, what is left at b for sae-a is exactly a's pool for sae-b, and nothing pends.
+    assert await b.dec("sae-a", list(issued)) == issued
+    await _full_pool(a, "sae-b")
+    await _full_pool(a, "sae-c")
+    at_b = _delivered_rows(plan, "b", "SELECT key_id, state FROM keys WHERE master='sae-a'")
+    assert {state for _, state in at_b} <= {"ready"}, "a failed relay left keys pending"
+    pool_at_a = _delivered_rows(plan, "a", "SELECT key_id FROM pool WHERE slave='sae-b'")
+    assert {k for k, _ in at_b} == {k for (k,) in pool_at_a}
+
+    # The trusted node comes back with every key it had stored.
+    await asyncio.to_thread(runtime.start, victim)
+    await asyncio.wait_for(wait_for_key(plan, timeout=60), 90)
+    after = await _stored_totals(plan, victim)
+    assert all(after[link] >= bits for link, bits in totals.items()), (totals, after)
+    async with NetworkStatus(plan) as network:
+        snapshot = await network.snapshot()
+        for view in snapshot.links:
+            result = await network.compare_stores(view)
+            assert result.match, f"{view.link_id}: {result.detail}"
