@@ -4,8 +4,7 @@ A key arrives for the slave SAEs this node serves, either relayed from the origi
 master SAE's node) or made here when master and slave share the node. Relayed keys are stored
 *pending* until the origin settles the transaction: commit makes them available to `dec_keys`,
 discard drops them. Each key is handed to each of its local slaves once and forgotten when
-every one of them has fetched it. The IDs of relay frames already accepted are kept, so that a
-replayed or duplicated frame is refused.
+every one of them has fetched it.
 
 Two more tables serve the origin side and multi-path relay:
 - `pool`: keys relayed ahead of demand for a (master, slave) pair whose slave is served
@@ -14,8 +13,8 @@ Two more tables serve the origin side and multi-path relay:
 - `shares`: XOR shares of a transaction's keys, relayed over node-disjoint routes. When every
   share of a set has arrived the keys are recombined and stored pending (`add_share`).
 
-Pending keys whose origin never settled (it crashed), partial share sets and old frame IDs are
-dropped by `expire` (a frame older than that cannot be replayed anyway: its link key is spent).
+Pending keys whose origin never settled (it crashed) and partial share sets are dropped by
+`expire`.
 
 Like the link stores, all SQLite work runs on one thread (`DeliveredKeys.run`).
 """
@@ -51,8 +50,6 @@ CREATE TABLE IF NOT EXISTS keys (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_by_transaction ON keys(transaction_id);
-CREATE TABLE IF NOT EXISTS frames (frame_id TEXT PRIMARY KEY, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS frames_by_age ON frames(at);
 CREATE TABLE IF NOT EXISTS pool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key_id TEXT NOT NULL UNIQUE,
@@ -108,20 +105,6 @@ class DeliveredKeysDb:
     def close(self) -> None:
         self._db.close()
 
-    def frame_seen(self, frame_id: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM frames WHERE frame_id=?", (frame_id,)).fetchone()
-        return row is not None
-
-    def record_frame(self, frame_id: str) -> bool:
-        """Remember a relay frame; False when it was seen before (a replay)."""
-        try:
-            self._db.execute(
-                "INSERT INTO frames(frame_id, at) VALUES (?, ?)", (frame_id, time.time())
-            )
-        except sqlite3.IntegrityError:
-            return False
-        return True
-
     def add(self, keys: NewKeys, *, pending: bool) -> None:
         """Store the keys of a transaction in one durable write (duplicate key IDs refused)."""
         if len(keys.key_ids) != len(keys.keys):
@@ -132,6 +115,13 @@ class DeliveredKeysDb:
         waiting = json.dumps(sorted(keys.local_slaves))
         try:
             with Transaction(self._db):
+                if pending:
+                    # A retry over another route after an answer was lost: the earlier copy of
+                    # the same transaction goes, the same keys come again.
+                    self._db.execute(
+                        "DELETE FROM keys WHERE transaction_id=? AND origin=? AND state='pending'",
+                        (keys.transaction_id, keys.origin),
+                    )
                 self._db.executemany(
                     "INSERT INTO keys(key_id, transaction_id, origin, master, slaves, waiting, "
                     "key_bits, key, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -308,16 +298,14 @@ class DeliveredKeysDb:
         ).fetchall()
         return {(str(m), str(s)): int(n) for m, s, n in rows}
 
-    def expire(self, pending_s: float, frames_s: float) -> int:
-        """Drop pending keys and share sets older than `pending_s`, frame IDs older than
-        `frames_s`; returns how many keys were dropped."""
+    def expire(self, pending_s: float) -> int:
+        """Drop pending keys and share sets older than `pending_s`; returns how many keys."""
         now = time.time()
         with Transaction(self._db):
             dropped = self._db.execute(
                 "DELETE FROM keys WHERE state='pending' AND created<?", (now - pending_s,)
             ).rowcount
             self._db.execute("DELETE FROM shares WHERE created<?", (now - pending_s,))
-            self._db.execute("DELETE FROM frames WHERE at<?", (now - frames_s,))
         return int(dropped)
 
 

@@ -8,7 +8,8 @@
     │   └── RoundAborted         the round ended without key (QBER too high, verification, ...)
     ├── KeyStoreError            the key store refused an operation
     │   ├── KeyExhausted         not enough key for what was asked
-    │   └── KeyRejected          link key was refused by a check (a wrong relay tag)
+    │   ├── KeyRejected          link key was refused by a check (a wrong relay tag)
+    │   └── FrameReplayed        a relay frame ID that was accepted before
     └── RelayError               a key relay could not be completed (no route, a hop refused)
 
 Messages never contain key material, pads or private keys.
@@ -19,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "FrameReplayed",
     "KeyExhausted",
     "KeyRejected",
     "KeyStoreError",
@@ -80,6 +82,10 @@ class KeyExhausted(KeyStoreError):
 
 class KeyRejected(KeyStoreError):
     """Link key was read but refused by the caller's check; nothing was consumed."""
+
+
+class FrameReplayed(KeyStoreError):
+    """A relay frame ID that was accepted before; nothing was consumed."""
 
 
 class RelayError(QkdnetError):

@@ -306,7 +306,9 @@ class KeyManager:
             except RelayError as exc:
                 failure = exc
         if failure is not None:
-            await self._discard(stored, transaction_id)
+            # Every target, not only those that answered: a target whose answer was lost (its
+            # relay failed on the way back) may hold the keys all the same.
+            await self._discard(list(remote), transaction_id)
             self._relay.counters.transactions_failed += 1
             if isinstance(failure, RelayError):
                 raise failure

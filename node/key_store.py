@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from .errors import KeyExhausted, KeyRejected, KeyStoreError
+from .errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError
 from .sqlite_store import StoreThread, Transaction, open_sqlite
 
 __all__ = [
@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS pads (
     data BLOB NOT NULL,
     PRIMARY KEY (direction, start)
 );
+CREATE TABLE IF NOT EXISTS relay_frames (frame_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS relay_frames_by_age ON relay_frames(at);
 """
 
 T = TypeVar("T")
@@ -271,6 +273,7 @@ class KeyStoreDb:
         ranges: list[KeyRange],
         direction: int | None = None,
         accept: Callable[[bytes], bool] | None = None,
+        frame_id: str | None = None,
     ) -> bytes:
         """Consume exactly `ranges`, as the other end chose them with `take_next`.
 
@@ -278,13 +281,20 @@ class KeyStoreDb:
         already used, a range outside its block and, with `direction`, a block of the other
         direction's half are refused, and then nothing is consumed. With `accept`, the bits are
         consumed only when `accept(bits)` is true (KeyRejected otherwise): a relay frame with a
-        wrong tag cannot burn the key its genuine sender will use.
+        wrong tag cannot burn the key its genuine sender will use. With `frame_id`, the ID is
+        recorded in the same transaction, and an ID recorded before is refused (FrameReplayed).
         """
         total_bits = sum(r.length for r in ranges)
         if total_bits <= 0:
             raise KeyStoreError("asked for no key bits")
         value = 0
         with self._transaction():
+            if frame_id is not None:
+                seen = self._db.execute(
+                    "SELECT 1 FROM relay_frames WHERE frame_id=?", (frame_id,)
+                ).fetchone()
+                if seen is not None:
+                    raise FrameReplayed(f"relay frame {frame_id} was accepted before")
             for r in ranges:
                 row = self._db.execute(
                     "SELECT nbits, consumed, bits, frame FROM blocks "
@@ -320,7 +330,18 @@ class KeyStoreDb:
             bits = (value << (nbytes * 8 - total_bits)).to_bytes(nbytes, "big")
             if accept is not None and not accept(bits):
                 raise KeyRejected("link key refused by its check; nothing consumed")
+            if frame_id is not None:
+                self._db.execute(
+                    "INSERT INTO relay_frames(frame_id, at) VALUES (?, ?)", (frame_id, time.time())
+                )
         return bits
+
+    def forget_frames(self, older_than_s: float) -> int:
+        """Drop relay frame IDs older than `older_than_s` (their link key is spent anyway)."""
+        cursor = self._db.execute(
+            "DELETE FROM relay_frames WHERE at<?", (time.time() - older_than_s,)
+        )
+        return int(cursor.rowcount)
 
     def _consume(self, block_id: str, new_consumed: int, nbits: int) -> None:
         if new_consumed >= nbits:

@@ -12,7 +12,8 @@ next hop and answers once the rest of the route has; the target stores the keys 
 (commit or discard), over the nodes' mutual-TLS gRPC.
 
 Link key spent on a relay that fails is gone for good: it is counted (`wasted_bits`), never
-reused. Refused frames are counted by reason: `bad_tag`, `replay`, `unknown_route`,
+reused. Frame IDs are recorded in the receiving link store, in the transaction that consumes
+the frame's link key. Refused frames are counted by reason: `bad_tag`, `replay`, `unknown_route`,
 `malformed`, `no_key`.
 """
 
@@ -35,7 +36,7 @@ from google.protobuf.message import DecodeError
 from qkdnet.v1 import relay_pb2, relay_pb2_grpc
 
 from .delivered_keys import DeliveredKeys, NewKeys
-from .errors import KeyExhausted, KeyRejected, KeyStoreError, RelayError
+from .errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError, RelayError
 from .key_store import KeyRange, KeyStoreDb
 from .link import GRPC_OPTIONS, LinkEnd
 from .polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
@@ -234,8 +235,6 @@ class KeyRelay:
             or sender not in self._links
         ):
             raise self._refuse("unknown_route", f"frame from {sender} is not for a route via here")
-        if await self._delivered.run(lambda db: db.frame_seen(header.frame_id)):
-            raise self._refuse("replay", f"relay frame {header.frame_id} was seen before")
         ranges = [KeyRange(k.block_id, int(k.offset), int(k.length)) for k in header.link_key]
         if len(frame.tag) != 8 or sum(r.length for r in ranges) != link_key_bits(
             len(frame.ciphertext)
@@ -252,16 +251,17 @@ class KeyRelay:
             ranges=ranges,
             direction=self._direction(sender, self.node_id),
             accept=tag_ok,
+            frame_id=header.frame_id,
         )
         try:
             bits = await self._links[sender].store.run(take)
+        except FrameReplayed:
+            raise self._refuse("replay", f"relay frame {header.frame_id} was seen before") from None
         except KeyRejected:
             raise self._refuse("bad_tag", "relay frame: wrong authentication tag") from None
         except KeyStoreError as exc:
             reason = "replay" if "already consumed" in str(exc) else "no_key"
             raise self._refuse(reason, f"relay frame: {exc}") from None
-        if not await self._delivered.run(lambda db: db.record_frame(header.frame_id)):
-            raise self._refuse("replay", f"relay frame {header.frame_id} was seen before")
         self.counters.frames_received += 1
         body = _xor(frame.ciphertext, bits[16:])
         if hop + 2 < len(route):
@@ -320,9 +320,9 @@ class KeyRelay:
         """Every `interval_s`: drop what an origin never settled and frame IDs past replay."""
         while True:
             await asyncio.sleep(interval_s)
-            dropped = await self._delivered.run(
-                lambda db: db.expire(pending_s=PENDING_EXPIRY_S, frames_s=FRAME_MEMORY_S)
-            )
+            dropped = await self._delivered.run(lambda db: db.expire(pending_s=PENDING_EXPIRY_S))
+            for link in self._links.values():
+                await link.store.run(partial(KeyStoreDb.forget_frames, older_than_s=FRAME_MEMORY_S))
             if dropped:
                 log_event(logger, logging.WARNING, "pending_keys_expired", keys=dropped)
 

@@ -91,15 +91,24 @@ def test_pool_take_is_oldest_first_bounded_and_respects_multipath(db: DeliveredK
     assert db.pool_counts(256, False) == {("sae-a", "sae-b"): 2}
 
 
-def test_expire_drops_unsettled_keys_and_old_frames_only(db: DeliveredKeysDb) -> None:
+def test_expire_drops_unsettled_keys_only(db: DeliveredKeysDb) -> None:
     db.add(_keys(transaction_id="old"), pending=True)
-    assert db.record_frame("f1")
-    assert not db.record_frame("f1")
+    db.add_share(_keys(transaction_id="half"), "s", 0, 2)
     time.sleep(0.05)
     db.add(_keys(transaction_id="new", key_ids=("k4", "k5", "k6")), pending=True)
     db.settle("new", "a", True)
-    assert db.expire(pending_s=0.03, frames_s=3600) == 3
-    assert db.frame_seen("f1")
+    assert db.expire(pending_s=0.03) == 3
     assert db.count() == 3  # committed keys never expire
-    assert db.expire(pending_s=0.03, frames_s=0.0) == 0
-    assert not db.frame_seen("f1")
+    # The half set is gone too: its other share, arriving late, cannot complete it.
+    assert db.add_share(_keys(transaction_id="half"), "s", 1, 2) is False
+
+
+def test_a_retried_transaction_replaces_its_pending_copy_only(db: DeliveredKeysDb) -> None:
+    keys = _keys()
+    db.add(keys, pending=True)
+    db.add(keys, pending=True)  # the same transaction again, over another route
+    assert db.settle("t1", "a", True) == 3
+    with pytest.raises(KeyStoreError, match="already stored"):
+        db.add(keys, pending=True)  # once committed, the key IDs are taken
+    with pytest.raises(KeyStoreError, match="already stored"):
+        db.add(_keys(transaction_id="t2"), pending=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.node.errors import KeyExhausted, KeyStoreError
+from qkdnet.node.errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError
 from qkdnet.node.key_store import KeyRange, KeyStoreDb
 
 
@@ -137,3 +137,21 @@ def test_ranges_out_of_order_and_never_twice(tmp_path: Path) -> None:
     assert b.available() == 0
     with pytest.raises(KeyStoreError, match="already consumed"):
         b.take_ranges([KeyRange("l/2", 0, 1)], direction=0)
+
+
+def test_a_frame_id_is_accepted_once_and_only_with_its_key(tmp_path: Path) -> None:
+    a = KeyStoreDb(tmp_path / "a.sqlite")
+    b = KeyStoreDb(tmp_path / "b.sqlite")
+    for store in (a, b):
+        store.add_block("l/2", 2, bytes([0xA5, 0x5A]), 16, pending=False, refill={})
+    first, bits1 = a.take_next(4, direction=0)
+    second, _ = a.take_next(4, direction=0)
+    with pytest.raises(KeyRejected):
+        b.take_ranges(first, direction=0, accept=lambda _: False, frame_id="f1")
+    # A refused frame records nothing: the genuine one with the same ID still gets through.
+    assert b.take_ranges(first, direction=0, frame_id="f1") == bits1
+    with pytest.raises(FrameReplayed):
+        b.take_ranges(second, direction=0, frame_id="f1")
+    assert b.available(0) == 12  # the replayed ID consumed nothing
+    assert b.forget_frames(older_than_s=3600) == 0
+    assert b.forget_frames(older_than_s=0) == 1
