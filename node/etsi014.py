@@ -248,9 +248,11 @@ class KeyDeliveryServer:
                 use_pool=options.get("qkdnet_pool", True),
             )
         except RelayError as exc:
-            if exc.reason != "no_disjoint_routes":
+            if not multipath or exc.reason not in ("no_disjoint_routes", "no_route"):
                 raise
             if "qkdnet_multipath" in mandatory:
+                if exc.reason == "no_route":
+                    raise  # the routes exist but lack key for now: 503
                 raise _BadRequest(
                     f"not all extension_mandatory request options could be met: {exc}"
                 ) from None
