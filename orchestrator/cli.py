@@ -124,6 +124,42 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the keys (base64) and matches as JSON"
     )
 
+    image = commands.add_parser(
+        "image",
+        help="container images of the node and the broker, built without a registry",
+        description="Build and list the container images of qkdnet (qkdnet-node:VERSION, "
+        "qkdnet-broker:VERSION). Nothing is pulled: the base image is made here with "
+        "debootstrap (deploy/make-base-image.sh) and the node's dependencies come from a "
+        "wheelhouse built on this machine. Needs a checkout of qkdnet and a Docker engine.",
+    )
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
+    image_build = image_commands.add_parser(
+        "build",
+        help="build what is missing or stale of the base, node and broker images",
+        description="Make the base image when it is missing (the default, qkdnet-base:bookworm, "
+        "with debootstrap as root), the wheelhouse of the pinned runtime dependencies, and the "
+        "node and broker images. What is already built from the same inputs is reused and "
+        "reported up to date. Exit status 0 built or up to date, 2 no Docker engine or a bad "
+        "option, 1 a build step failed.",
+    )
+    image_build.add_argument(
+        "--base",
+        default=None,
+        metavar="IMAGE",
+        help="base image (default qkdnet-base:bookworm, made here; python:3.11-slim works with "
+        "a registry)",
+    )
+    image_build.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild the wheelhouse and the images without cache (not the base image)",
+    )
+    image_build.add_argument(
+        "-v", "--verbose", action="store_true", help="print every line of the build logs"
+    )
+    image_list = image_commands.add_parser("list", help="the qkdnet images on the Docker engine")
+    image_list.add_argument("--json", action="store_true", help="print JSON")
+
     relay_demo = commands.add_parser(
         "relay-demo",
         help="deploy a chain, relay keys hop by hop on demand, show per-hop timings, tear down",
@@ -333,6 +369,14 @@ def _relay_demo(args: argparse.Namespace, console: Console) -> int:
     return run_relay_demo(opts, console)
 
 
+def _image(args: argparse.Namespace, console: Console) -> int:
+    from .images import run_image_build, run_image_list
+
+    if args.image_command == "build":
+        return run_image_build(console, base=args.base, force=args.force, verbose=args.verbose)
+    return run_image_list(console, as_json=args.json)
+
+
 _NETWORK_VERBS = {
     "deploy",
     "destroy",
@@ -353,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command
     if command == "key":
         command = f"key {args.key_command}"
+    if command == "image":
+        command = f"image {args.image_command}"
     try:
         if args.command in _NETWORK_VERBS:
             return _network(args, console)
@@ -360,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             return _key(args, console)
         if args.command == "relay-demo":
             return _relay_demo(args, console)
+        if args.command == "image":
+            return _image(args, console)
         if args.command == "demo":
             return _demo(args, console)
         if args.command == "node":

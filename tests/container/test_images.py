@@ -1,0 +1,223 @@
+"""The container images: built without a registry, runnable without a network, reused warm."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import yaml
+from docker.errors import ContainerError
+
+from qkdnet.orchestrator.images import (
+    BROKER_PORT,
+    LABEL_COMPONENT,
+    LABEL_INPUT_HASH,
+    NODE_CONFIG_DIR,
+    NODE_STATE_DIR,
+    NODE_UID,
+    ImageResult,
+    SourceTree,
+)
+from qkdnet.orchestrator.pki import CertificateAuthority
+
+from .conftest import TEST_LABEL
+
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
+
+DEV_ONLY = {"mypy", "ruff", "pytest", "pytest-asyncio", "pytest-timeout", "grpcio-tools"}
+
+
+def run(client: Any, image: str, command: list[str], **options: Any) -> str:
+    """Run a throw-away container with the network disabled; its output."""
+    output = client.containers.run(
+        image,
+        command,
+        network_mode="none",
+        remove=True,
+        labels={TEST_LABEL: "1"},
+        **options,
+    )
+    return bytes(output).decode()
+
+
+def test_images_are_built_and_labelled(
+    docker_engine: Any, built_images: dict[str, ImageResult]
+) -> None:
+    assert set(built_images) >= {"base", "node", "broker"}
+    for component in ("node", "broker"):
+        image = docker_engine.images.get(built_images[component].reference)
+        assert image.labels[LABEL_COMPONENT] == component
+        assert len(image.labels[LABEL_INPUT_HASH]) == 64
+        assert image.labels["org.qkdnet.base-image-id"] == built_images["base"].image_id
+
+
+def test_wheelhouse_holds_the_runtime_closure_only(
+    built_images: dict[str, ImageResult], source_tree: SourceTree
+) -> None:
+    manifest = json.loads((source_tree.wheelhouse_dir() / "wheelhouse.json").read_text())
+    names = {pin.partition("==")[0].lower() for pin in manifest["requirements"]}
+    assert {"grpcio", "numpy", "pydantic", "aiomqtt", "docker", "urllib3"} <= names
+    assert not names & DEV_ONLY
+    assert not {name for name in names if name.startswith(("types-", "mypy"))}
+
+
+def test_node_image_runs_offline_as_an_unprivileged_user(
+    docker_engine: Any, built_images: dict[str, ImageResult]
+) -> None:
+    image = built_images["node"].reference
+    assert "usage: qkdnet" in run(docker_engine, image, ["--help"])
+    probe = "import os, qkdnet.node.agent; print(os.getuid())"
+    output = run(docker_engine, image, ["-c", probe], entrypoint="python")
+    assert output.strip() == str(NODE_UID)
+
+
+def test_node_image_reports_a_bad_configuration(
+    docker_engine: Any, built_images: dict[str, ImageResult]
+) -> None:
+    with pytest.raises(ContainerError) as failure:
+        run(docker_engine, built_images["node"].reference, [], stderr=True)
+    assert failure.value.exit_status == 2
+    assert f"{NODE_CONFIG_DIR}/node.yaml: no such file" in bytes(failure.value.stderr).decode()
+
+
+def _node_config(directory: Path) -> Path:
+    """A one-node configuration with its PKI, laid out as the node image expects it."""
+    ca = CertificateAuthority(directory / "ca")
+    config_dir = directory / "config"
+    paths = ca.issue("n1", config_dir / "pki")
+    (config_dir / "pki" / "ca.pem").write_bytes(paths.ca.read_bytes())
+    config = {
+        "node_id": "n1",
+        "listen": "0.0.0.0:50051",
+        "state_dir": NODE_STATE_DIR,
+        "tls": {"ca": "pki/ca.pem", "cert": "pki/cert.pem", "key": "pki/key.pem"},
+    }
+    (config_dir / "node.yaml").write_text(yaml.safe_dump(config))
+    # The node runs as NODE_UID: its private key must be readable by that user.
+    for path in [config_dir, *config_dir.rglob("*")]:
+        if os.geteuid() == 0:
+            os.chown(path, NODE_UID, -1)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return config_dir
+
+
+def test_node_starts_from_a_mounted_config_and_stops_cleanly(
+    docker_engine: Any, built_images: dict[str, ImageResult], tmp_path: Path
+) -> None:
+    config_dir = _node_config(tmp_path)
+    volume = docker_engine.volumes.create(labels={TEST_LABEL: "1"})
+    container = docker_engine.containers.run(
+        built_images["node"].reference,  # the image's default command: qkdnet node --config
+        detach=True,
+        network_mode="none",
+        labels={TEST_LABEL: "1"},
+        volumes={
+            str(config_dir): {"bind": NODE_CONFIG_DIR, "mode": "ro"},
+            volume.name: {"bind": NODE_STATE_DIR, "mode": "rw"},
+        },
+    )
+    try:
+        deadline = time.monotonic() + 60
+        ready = None
+        while time.monotonic() < deadline:
+            container.reload()
+            assert container.status in ("created", "running"), container.logs().decode()
+            result = container.exec_run(["cat", f"{NODE_STATE_DIR}/ready.json"])
+            if result.exit_code == 0:
+                ready = json.loads(result.output)
+                break
+            time.sleep(0.2)
+        assert ready is not None, container.logs().decode()
+        assert ready["node_id"] == "n1"
+        container.stop(timeout=20)
+        assert container.wait()["StatusCode"] == 0
+        assert b"node_stopped" in container.logs()
+    finally:
+        container.remove(force=True)
+        volume.remove(force=True)
+
+
+def _wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+async def test_broker_image_serves_mqtt(
+    docker_engine: Any, built_images: dict[str, ImageResult]
+) -> None:
+    container = docker_engine.containers.run(
+        built_images["broker"].reference,
+        detach=True,
+        labels={TEST_LABEL: "1"},
+        ports={f"{BROKER_PORT}/tcp": ("127.0.0.1", None)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while b"running" not in container.logs():  # "mosquitto version 2.0.11 running"
+            container.reload()
+            assert container.status in ("created", "running"), container.logs().decode()
+            assert time.monotonic() < deadline, "mosquitto did not start in 30 s"
+            await asyncio.sleep(0.1)
+        container.reload()
+        port = int(container.ports[f"{BROKER_PORT}/tcp"][0]["HostPort"])
+        await asyncio.to_thread(_wait_for_port, "127.0.0.1", port, 30)
+        topic = "qkdnet/test/node/n1/status"
+        async with aiomqtt.Client("127.0.0.1", port, identifier="publisher") as publisher:
+            await publisher.publish(topic, b'{"state": "up"}', qos=1, retain=True)
+        async with aiomqtt.Client("127.0.0.1", port, identifier="subscriber") as subscriber:
+            await subscriber.subscribe("qkdnet/test/#", qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(subscriber.messages))
+        assert str(message.topic) == topic
+        assert message.payload == b'{"state": "up"}'
+        assert message.retain
+        container.reload()
+        assert container.attrs["Config"]["User"] == "mosquitto"
+    finally:
+        container.remove(force=True)
+
+
+def test_second_build_is_up_to_date(built_images: dict[str, ImageResult]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "qkdnet.orchestrator", "image", "build"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "node image: up to date" in result.stdout
+    assert "broker image: up to date" in result.stdout
+    assert "built" not in result.stdout
+
+
+def test_image_list_shows_current_images(built_images: dict[str, ImageResult]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "qkdnet.orchestrator", "image", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    for component in ("node", "broker"):
+        tag = built_images[component].reference
+        [row] = [row for row in rows if tag in row["tags"]]
+        assert row["component"] == component
+        assert row["current"] is True
