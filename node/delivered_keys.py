@@ -14,7 +14,8 @@ Two more tables serve the origin side and multi-path relay:
   share of a set has arrived the keys are recombined and stored pending (`add_share`).
 
 Pending keys whose origin never settled (it crashed) and partial share sets are dropped by
-`expire`.
+`expire`. A discarded transaction is remembered for a while, so that a frame of it that lands
+late (a slow hop, not a lost one) is refused rather than left pending.
 
 Like the link stores, all SQLite work runs on one thread (`DeliveredKeys.run`).
 """
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS keys (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_by_transaction ON keys(transaction_id);
+CREATE TABLE IF NOT EXISTS discarded (transaction_id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key_id TEXT NOT NULL UNIQUE,
@@ -116,6 +118,12 @@ class DeliveredKeysDb:
         try:
             with Transaction(self._db):
                 if pending:
+                    gone = self._db.execute(
+                        "SELECT 1 FROM discarded WHERE transaction_id=?", (keys.transaction_id,)
+                    ).fetchone()
+                    if gone is not None:
+                        # A frame that arrives after its origin gave up (it was slow, not lost).
+                        raise KeyStoreError(f"transaction {keys.transaction_id} was discarded")
                     # A retry over another route after an answer was lost: the earlier copy of
                     # the same transaction goes, the same keys come again.
                     self._db.execute(
@@ -214,9 +222,15 @@ class DeliveredKeysDb:
                 (transaction_id, origin),
             )
         else:
-            cursor = self._db.execute(
-                "DELETE FROM keys WHERE transaction_id=? AND origin=?", (transaction_id, origin)
-            )
+            with Transaction(self._db):
+                cursor = self._db.execute(
+                    "DELETE FROM keys WHERE transaction_id=? AND origin=?", (transaction_id, origin)
+                )
+                # Remembered, so that a frame of it still on its way is refused when it lands.
+                self._db.execute(
+                    "INSERT OR REPLACE INTO discarded(transaction_id, at) VALUES (?, ?)",
+                    (transaction_id, time.time()),
+                )
         return int(cursor.rowcount)
 
     def take(self, caller: str, master: str, key_ids: Sequence[str]) -> list[tuple[str, bytes]]:
@@ -306,6 +320,7 @@ class DeliveredKeysDb:
                 "DELETE FROM keys WHERE state='pending' AND created<?", (now - pending_s,)
             ).rowcount
             self._db.execute("DELETE FROM shares WHERE created<?", (now - pending_s,))
+            self._db.execute("DELETE FROM discarded WHERE at<?", (now - 2 * pending_s,))
         return int(dropped)
 
 

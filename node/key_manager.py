@@ -351,7 +351,7 @@ class KeyManager:
         self, target: str, payload: relay_pb2.RelayPayload, multipath: bool
     ) -> list[RouteReport]:
         """Relay to `target`, trying other routes when a hop fails; RelayError at the end."""
-        need = link_key_bits(payload.ByteSize() + 40)  # + the share fields of a split
+        need = link_key_bits(len(payload.keys))
         avoid: set[str] = set()
         last: RelayError | None = None
         for _ in range(MAX_ROUTE_ATTEMPTS):
@@ -459,7 +459,7 @@ class KeyManager:
             number = min(self.policy.pool_batch, self.policy.pool_keys - count)
             target = self.node_of(slave)
             assert target is not None
-            need = _FILL_RESERVE * link_key_bits(number * (size // 8 + 40))
+            need = _FILL_RESERVE * link_key_bits(number * (size // 8))
             spare = self._routes_or_none(target, need, multipath)
             if not spare:
                 continue

@@ -3,7 +3,10 @@
 The origin (the master SAE's node) sends a `RelayPayload` along a route of neighbouring nodes.
 On each hop the sender draws link key from its own half of the link's store (see
 `KeyStoreDb.take_next`): 64 bits of polynomial-hash key, 64 bits of tag pad and as many bits
-as the payload has for the one-time pad. The receiver checks the route (it must be the next
+as the keys have for the one-time pad. Only the keys are padded: the rest of the payload (key
+IDs, SAE IDs, transaction) is no secret in ETSI GS QKD 014 either, so it travels in clear and,
+like the header, under the tag; that makes a relayed 256-bit key cost 384 bits of link key per
+hop instead of about a thousand. The receiver checks the route (it must be the next
 node, the caller the previous one, both neighbours), refuses a frame ID it has seen, and
 consumes the same link key only if the tag is right (`take_ranges(accept=...)`), so a forged
 frame cannot burn the key the genuine sender will use. A node in the middle re-encrypts for the
@@ -64,9 +67,9 @@ _HEADER_BITS = 128  # hash key + tag pad
 logger = logging.getLogger("qkdnet.node.relay")
 
 
-def link_key_bits(payload_bytes: int) -> int:
-    """Link key one hop spends on a payload of `payload_bytes`: hash key, tag pad, pad."""
-    return _HEADER_BITS + 8 * payload_bytes
+def link_key_bits(key_bytes: int) -> int:
+    """Link key one hop spends on `key_bytes` of keys: hash key, tag pad, one-time pad."""
+    return _HEADER_BITS + 8 * key_bytes
 
 
 @dataclass
@@ -110,9 +113,17 @@ def _xor(data: bytes, pad: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(pad, "big")).to_bytes(len(data), "big")
 
 
-def _authenticated(header: bytes, ciphertext: bytes) -> bytes:
-    # Length-prefixed so that no byte can move between header and ciphertext unnoticed.
-    return struct.pack(">I", len(header)) + header + ciphertext
+def _authenticated(header: bytes, payload: bytes, ciphertext: bytes) -> bytes:
+    # Length-prefixed so that no byte can move between the parts unnoticed.
+    return struct.pack(">II", len(header), len(payload)) + header + payload + ciphertext
+
+
+def _split(payload: relay_pb2.RelayPayload) -> tuple[bytes, bytes]:
+    """(the payload without its keys, the keys): only the keys need the one-time pad."""
+    bare = relay_pb2.RelayPayload()
+    bare.CopyFrom(payload)
+    bare.ClearField("keys")
+    return bare.SerializeToString(), payload.keys
 
 
 class KeyRelay:
@@ -138,13 +149,13 @@ class KeyRelay:
 
     # -- sending -----------------------------------------------------------------------------
     async def _seal(
-        self, route: list[str], hop: int, transaction_id: str, payload: bytes
+        self, route: list[str], hop: int, transaction_id: str, payload: bytes, keys: bytes
     ) -> relay_pb2.RelayFrame:
         peer = route[hop + 1]
         link = self._links.get(peer)
         if link is None:
             raise RelayError(f"{peer} is not a neighbour of {self.node_id}", reason="unknown_route")
-        need = link_key_bits(len(payload))
+        need = link_key_bits(len(keys))
         take = partial(
             KeyStoreDb.take_next, nbits=need, direction=self._direction(self.node_id, peer)
         )
@@ -165,16 +176,16 @@ class KeyRelay:
                 for r in ranges
             ],
         ).SerializeToString()
-        ciphertext = _xor(payload, bits[16:])
+        ciphertext = _xor(keys, bits[16:])
         hasher = PolynomialHash(int.from_bytes(bits[:8], "big"))
-        tag = wegman_carter_tag(hasher, bits[8:16], _authenticated(header, ciphertext))
-        return relay_pb2.RelayFrame(header=header, ciphertext=ciphertext, tag=tag)
+        tag = wegman_carter_tag(hasher, bits[8:16], _authenticated(header, payload, ciphertext))
+        return relay_pb2.RelayFrame(header=header, payload=payload, ciphertext=ciphertext, tag=tag)
 
     async def _send(
-        self, route: list[str], hop: int, transaction_id: str, payload: bytes
+        self, route: list[str], hop: int, transaction_id: str, payload: bytes, keys: bytes
     ) -> relay_pb2.RelayAck:
-        frame = await self._seal(route, hop, transaction_id, payload)
-        bits = link_key_bits(len(payload))
+        frame = await self._seal(route, hop, transaction_id, payload, keys)
+        bits = link_key_bits(len(keys))
         self.counters.frames_sent += 1
         try:
             return await self._peers.stub(route[hop + 1]).Relay(frame, timeout=HOP_TIMEOUT_S)
@@ -192,7 +203,7 @@ class KeyRelay:
                 f"route {route} does not start at {self.node_id}", reason="unknown_route"
             )
         start = time.perf_counter()
-        ack = await self._send(route, 0, payload.transaction_id, payload.SerializeToString())
+        ack = await self._send(route, 0, payload.transaction_id, *_split(payload))
         micros = int((time.perf_counter() - start) * 1e6)
         return relay_pb2.RelayAck(
             transaction_id=ack.transaction_id,
@@ -240,7 +251,7 @@ class KeyRelay:
             len(frame.ciphertext)
         ):
             raise self._refuse("malformed", "relay frame: link key does not match its size")
-        signed = _authenticated(frame.header, frame.ciphertext)
+        signed = _authenticated(frame.header, frame.payload, frame.ciphertext)
 
         def tag_ok(bits: bytes) -> bool:
             hasher = PolynomialHash(int.from_bytes(bits[:8], "big"))
@@ -263,27 +274,28 @@ class KeyRelay:
             reason = "replay" if "already consumed" in str(exc) else "no_key"
             raise self._refuse(reason, f"relay frame: {exc}") from None
         self.counters.frames_received += 1
-        body = _xor(frame.ciphertext, bits[16:])
+        keys = _xor(frame.ciphertext, bits[16:])
         if hop + 2 < len(route):
-            ack = await self._send(route, hop + 1, header.transaction_id, body)
+            ack = await self._send(route, hop + 1, header.transaction_id, frame.payload, keys)
             micros = int((time.perf_counter() - start) * 1e6)
             return relay_pb2.RelayAck(
                 transaction_id=ack.transaction_id,
                 route=[self.node_id, *ack.route],
                 hop_micros=[micros, *ack.hop_micros],
             )
-        await self._store(body, origin=route[0])
+        await self._store(frame.payload, keys, origin=route[0])
         micros = int((time.perf_counter() - start) * 1e6)
         return relay_pb2.RelayAck(
             transaction_id=header.transaction_id, route=[self.node_id], hop_micros=[micros]
         )
 
-    async def _store(self, body: bytes, origin: str) -> None:
+    async def _store(self, body: bytes, keys: bytes, origin: str) -> None:
         payload = relay_pb2.RelayPayload()
         try:
             payload.ParseFromString(body)
         except DecodeError:
             raise self._refuse("malformed", "relay payload is not a valid protobuf") from None
+        payload.keys = keys
         size = payload.key_bits // 8
         count = len(payload.key_uuids) // 16
         local = tuple(s for s in payload.target_saes if s in self._local_saes)
@@ -300,7 +312,7 @@ class KeyRelay:
         ):
             raise self._refuse("malformed", "relay payload does not match its header")
         ids = payload.key_uuids
-        keys = NewKeys(
+        new = NewKeys(
             transaction_id=payload.transaction_id,
             origin=origin,
             master=payload.master_sae,
@@ -311,10 +323,10 @@ class KeyRelay:
             keys=tuple(payload.keys[i * size : (i + 1) * size] for i in range(count)),
         )
         if shares == 1:
-            await self._delivered.run(lambda db: db.add(keys, pending=True))
+            await self._delivered.run(lambda db: db.add(new, pending=True))
         else:
             share, share_set = int(payload.share), payload.share_set
-            await self._delivered.run(lambda db: db.add_share(keys, share_set, share, shares))
+            await self._delivered.run(lambda db: db.add_share(new, share_set, share, shares))
 
     async def expire_forever(self, interval_s: float = 30.0) -> None:
         """Every `interval_s`: drop what an origin never settled and frame IDs past replay."""

@@ -292,19 +292,28 @@ async def test_forged_replayed_and_misrouted_frames_are_refused(plan: NetworkPla
         target_saes=["sae-b"],
         key_bits=256,
         key_uuids=uuid.uuid4().bytes,
-        keys=bytes(32),
         shares=1,
     ).SerializeToString()
     b = NodeClient("b", plan.nodes["b"].address, plan.controller_credentials)
     try:
         stub = peers.stub("b")
         # A frame whose tag is wrong: refused, and its link key is not burnt...
-        genuine = await relay._seal(["r3", "b"], 0, "forged-test", payload)
+        genuine = await relay._seal(["r3", "b"], 0, "forged-test", payload, bytes(32))
         forged = relay_pb2.RelayFrame()
         forged.CopyFrom(genuine)
         forged.tag = bytes(b ^ 0xFF for b in genuine.tag)
         with pytest.raises(grpc.aio.AioRpcError, match="bad_tag"):
             await stub.Relay(forged, timeout=10)
+        # The payload travels in clear but under the tag: changing who the keys are for is
+        # caught the same way.
+        retargeted = relay_pb2.RelayFrame()
+        retargeted.CopyFrom(genuine)
+        meta = relay_pb2.RelayPayload()
+        meta.ParseFromString(genuine.payload)
+        meta.slave_saes[:] = ["sae-c"]
+        retargeted.payload = meta.SerializeToString()
+        with pytest.raises(grpc.aio.AioRpcError, match="bad_tag"):
+            await stub.Relay(retargeted, timeout=10)
         # ...so the genuine frame with the same key still goes through,
         await stub.Relay(genuine, timeout=10)
         assert _pending_at(plan, "b", "forged-test") == 1

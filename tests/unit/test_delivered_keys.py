@@ -112,3 +112,13 @@ def test_a_retried_transaction_replaces_its_pending_copy_only(db: DeliveredKeysD
         db.add(keys, pending=True)  # once committed, the key IDs are taken
     with pytest.raises(KeyStoreError, match="already stored"):
         db.add(_keys(transaction_id="t2"), pending=True)
+
+
+def test_a_frame_landing_after_its_transaction_was_discarded_is_refused(
+    db: DeliveredKeysDb,
+) -> None:
+    assert db.settle("t1", "a", False) == 0  # the origin gave up before the frame landed
+    with pytest.raises(KeyStoreError, match="was discarded"):
+        db.add(_keys(), pending=True)
+    assert db.count() == 0
+    db.add(_keys(transaction_id="t2"), pending=True)  # other transactions are not affected

@@ -4,9 +4,10 @@ isort:skip_file
 The wire contract of key relay between trusted nodes, and of link-state routing.
 
 A key travels from the node of the master SAE (the origin) to the node of each slave SAE (a
-target) along a route of neighbouring nodes. On every hop the payload is one-time-padded with
-key of the link between the two nodes and carries a Wegman-Carter tag keyed from the same link;
-the node in the middle decrypts, checks and re-encrypts for its next hop (it is trusted).
+target) along a route of neighbouring nodes. On every hop the keys are one-time-padded with
+key of the link between the two nodes and the frame carries a Wegman-Carter tag keyed from the
+same link; the node in the middle decrypts, checks and re-encrypts for its next hop (it is
+trusted).
 Delivery is in two steps: Relay stores the keys at the target as pending and answers only then;
 the origin then settles the transaction at each target (commit: the keys become available;
 discard: they are dropped). A key is never available at one end only.
@@ -59,24 +60,32 @@ class RelayFrame(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
     CIPHERTEXT_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
     header: _builtins.bytes
     """A serialised RelayHeader, authenticated exactly as sent."""
+    payload: _builtins.bytes
+    """The serialised RelayPayload without its `keys`, in clear (nothing in it is secret) and
+    authenticated exactly as sent.
+    """
     ciphertext: _builtins.bytes
-    """The serialised RelayPayload XOR the one-time pad."""
+    """The payload's `keys` XOR the one-time pad."""
     tag: _builtins.bytes
-    """8 bytes: polynomial hash (key from the link) of header || ciphertext, XOR a link-key pad."""
+    """8 bytes: polynomial hash (key from the link) of len(header) || len(payload) (32 bits each,
+    big-endian) || header || payload || ciphertext, XOR a link-key pad.
+    """
     def __init__(
         self,
         *,
         header: _builtins.bytes = ...,
+        payload: _builtins.bytes = ...,
         ciphertext: _builtins.bytes = ...,
         tag: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "header", b"header", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "header", b"header", "payload", b"payload", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

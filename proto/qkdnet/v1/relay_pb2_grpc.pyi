@@ -4,9 +4,10 @@ isort:skip_file
 The wire contract of key relay between trusted nodes, and of link-state routing.
 
 A key travels from the node of the master SAE (the origin) to the node of each slave SAE (a
-target) along a route of neighbouring nodes. On every hop the payload is one-time-padded with
-key of the link between the two nodes and carries a Wegman-Carter tag keyed from the same link;
-the node in the middle decrypts, checks and re-encrypts for its next hop (it is trusted).
+target) along a route of neighbouring nodes. On every hop the keys are one-time-padded with
+key of the link between the two nodes and the frame carries a Wegman-Carter tag keyed from the
+same link; the node in the middle decrypts, checks and re-encrypts for its next hop (it is
+trusted).
 Delivery is in two steps: Relay stores the keys at the target as pending and answers only then;
 the origin then settles the transaction at each target (commit: the keys become available;
 discard: they are dropped). A key is never available at one end only.
