@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,7 @@ class NodeAgent:
                 link = TransmitterLink(credentials=self.credentials.channel(), **common)
             else:
                 link = ReceiverLink(**common)
+            await link.refresh_store_level()  # a restarted node reports its stores at once
             self.links[link_cfg.peer] = link
 
         self.delivered = await DeliveredKeys.open(cfg.state_dir / "delivered_keys.sqlite")
@@ -358,32 +359,52 @@ class NodeAgent:
         )
 
     async def stop(self, grace: float = 2.0) -> None:
-        await self._health.enter_graceful_shutdown()
+        """Stop everything, each step bounded: a step that overruns is logged and left behind
+        (the process is about to end), so a stop never hangs on one part."""
+        await self._bounded("health", self._health.enter_graceful_shutdown())
         if self.key_api is not None:
-            await self.key_api.stop()
+            await self._bounded("key_api", self.key_api.stop())
         if self.flooder is not None:
-            await self.flooder.close()
+            await self._bounded("flooder", self.flooder.close())
         if self.telemetry is not None:
-            try:
-                await self.telemetry.close()
-            except Exception:  # a telemetry bug must not keep the node from stopping
-                logger.exception("telemetry did not close cleanly")
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await self._bounded("telemetry", self.telemetry.close(), seconds=3.0)
+        await self._cancel_tasks()
         if self._server is not None:
-            await self._server.stop(grace)
-        await self.peers.close()
+            await self._bounded("grpc_server", self._server.stop(grace), seconds=grace + 1.0)
+        await self._bounded("peer_channels", self.peers.close())
         for link in self.links.values():
-            await link.store.close()
+            await self._bounded(f"store {link.link_id}", link.store.close())
         if self.delivered is not None:
-            await self.delivered.close()
+            await self._bounded("delivered_keys", self.delivered.close())
         self._executor.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(FileNotFoundError):
             (self.config.state_dir / "ready.json").unlink()
         log_event(logger, logging.INFO, "node_stopped")
+
+    async def _bounded(self, step: str, work: Awaitable[Any], seconds: float = 2.0) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await work
+        except TimeoutError:
+            log_event(logger, logging.WARNING, "stop_step_slow", step=step, seconds=seconds)
+        except Exception:  # a bug in one part must not keep the node from stopping
+            logger.exception("stop step %s failed", step)
+
+    async def _cancel_tasks(self, seconds: float = 3.0) -> None:
+        """Cancel the node's tasks, again every 0.2 s: a task can swallow one cancellation (a
+        gRPC call turns it into an RPC error that a retry loop catches)."""
+        pending = {task for task in self._tasks if not task.done()}
+        deadline = time.monotonic() + seconds
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.2)
+        if pending:
+            names = sorted(task.get_name() for task in pending)
+            log_event(logger, logging.WARNING, "stop_step_slow", step="tasks", tasks=names)
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                logger.error("task %s ended with %r", task.get_name(), task.exception())
 
 
 async def _serve(config: NodeConfig, credentials: NodeCredentials) -> None:

@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     def network_verb(name: str, help: str) -> argparse.ArgumentParser:
         verb = commands.add_parser(name, help=help, description=help)
         add_deployment_options(verb)
+        verb.add_argument(
+            "--runtime",
+            choices=["process", "docker"],
+            default=None,
+            help="where nodes run: process (local processes) or docker (a container per node; "
+            "images from qkdnet image build); default: what the deployment was started with, "
+            "else the topology's runtime",
+        )
         return verb
 
     deploy = network_verb("deploy", "start every node of a topology and its MQTT broker")
@@ -307,7 +315,12 @@ def _network(args: argparse.Namespace, console: Console) -> int:
     from . import network_commands as verbs
     from .runtime import BROKER
 
-    opts = verbs.NetworkOptions(args.topology, args.state_dir, getattr(args, "broker", None))
+    opts = verbs.NetworkOptions(
+        args.topology,
+        args.state_dir,
+        getattr(args, "broker", None),
+        getattr(args, "runtime", None),
+    )
     if args.command == "deploy":
         if args.broker is not None and not args.broker.startswith("mqtt://"):
             raise ConfigError("--broker: expected mqtt://host:port")
@@ -325,7 +338,7 @@ def _network(args: argparse.Namespace, console: Console) -> int:
     names = list(args.nodes) + ([BROKER] if args.broker else [])
     if not names:
         raise ConfigError("name at least one node (or --broker)")
-    opts = verbs.NetworkOptions(args.topology, args.state_dir)
+    opts = verbs.NetworkOptions(args.topology, args.state_dir, runtime=args.runtime)
     return verbs.lifecycle(opts, console, args.command, names)
 
 

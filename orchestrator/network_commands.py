@@ -61,11 +61,17 @@ class NetworkOptions:
     topology: Path
     state_dir: Path | None = None
     broker: str | None = None
+    runtime: str | None = None  # overrides the topology's (and the recorded) runtime
 
 
 def load_plan(opts: NetworkOptions) -> NetworkPlan:
-    """Validate the topology file and lay out the deployment (ConfigError when it is wrong)."""
-    return NetworkPlan.build(load_topology(opts.topology), opts.state_dir, opts.broker)
+    """Validate the topology file and lay out the deployment (ConfigError when it is wrong).
+
+    The runtime is `opts.runtime`, else the one the deployment was started with (recorded in
+    its state directory), else the topology's."""
+    return NetworkPlan.build(
+        load_topology(opts.topology), opts.state_dir, opts.broker, opts.runtime
+    )
 
 
 class _Progress:
@@ -166,7 +172,8 @@ def destroy(opts: NetworkOptions, console: Console, *, keep_state: bool) -> int:
         report = runtime_for(plan).destroy(keep_state=keep_state)
     gone = [*report.stopped, *report.killed]
     console.print(
-        f"[green]✓[/] {plan.name}: stopped {len(gone)} process(es)"
+        f"[green]✓[/] {plan.name}: stopped {len(gone)} "
+        + ("container(s)" if plan.runtime == "docker" else "process(es)")
         + (f" ({len(report.killed)} needed SIGKILL)" if report.killed else "")
         + (f"; removed {plan.state_dir}" if report.state_removed else "")
     )

@@ -7,18 +7,27 @@ pki/            CA, orchestrator, node and SAE certificates, link secrets (priva
 nodes/<id>.yaml the node's configuration
 nodes/<id>/     the node's state: key stores, ready.json
 logs/<id>.log   the node's output (JSON lines); logs/broker.log
-runtime.json    what the runtime started (see process_runtime.py)
+runtime.json    what the runtime started, and which runtime (see process_runtime.py)
 ```
 
 On the process runtime every deployment gets its own loopback /16, `127.X.0.0` with `X` taken
 from the topology name: the broker listens on `127.X.0.1:1883` and node number `k` (in file
 order) on `127.X.(1 + k // 250).(1 + k % 250):50051`, so addresses say which deployment a
 socket belongs to and stay the same across restarts.
+
+On the docker runtime the same scheme runs in the private range: the deployment's bridge network
+is `10.X.0.0/16` (gateway `10.X.255.254`), the broker container is `10.X.0.1` and node `k` is
+`10.X.(1 + k // 250).(1 + k % 250)`, each container with that static IP. A node's
+configuration then holds container paths: `nodes/<id>/` (node.yaml beside copies of the node's
+certificate, key, CA and link secrets, referred to by relative paths) is mounted read-only on
+/etc/qkdnet, and its state_dir is /var/lib/qkdnet (a named volume), see docker_runtime.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +44,20 @@ __all__ = [
     "GRPC_PORT",
     "KEY_API_PORT",
     "MQTT_PORT",
+    "RUNTIMES",
     "NetworkPlan",
     "NodePlan",
     "default_state_dir",
+    "recorded_runtime",
 ]
+
+RUNTIMES = ("process", "docker")
+# Where a node's files are inside its container (the node image's layout, see images.py).
+CONTAINER_CONFIG_DIR = "/etc/qkdnet"
+CONTAINER_STATE_DIR = "/var/lib/qkdnet"
+CONTAINER_UID = 10001
+
+_PREFIX = {"process": "127", "docker": "10"}
 
 GRPC_PORT = 50051
 KEY_API_PORT = 8443
@@ -49,6 +68,16 @@ def default_state_dir(name: str) -> Path:
     """`$XDG_STATE_HOME/qkdnet/<name>` (`~/.local/state/qkdnet/<name>` by default)."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "qkdnet" / name
+
+
+def recorded_runtime(state_dir: Path) -> str | None:
+    """The runtime a deployment in `state_dir` was started with (runtime.json), if any."""
+    try:
+        data = json.loads((state_dir / "runtime.json").read_text())
+    except (OSError, ValueError):
+        return None
+    runtime = data.get("runtime") if isinstance(data, dict) else None
+    return runtime if runtime in RUNTIMES else None
 
 
 @dataclass(frozen=True)
@@ -91,22 +120,40 @@ class NetworkPlan:
     nodes: dict[str, NodePlan]
     links: list[ResolvedLink]
     external_broker: str | None
+    runtime: str = "process"
 
     @classmethod
     def build(
-        cls, topology: Topology, state_dir: Path | None = None, broker_url: str | None = None
+        cls,
+        topology: Topology,
+        state_dir: Path | None = None,
+        broker_url: str | None = None,
+        runtime: str | None = None,
     ) -> NetworkPlan:
-        """Lay out `topology`; `broker_url` (mqtt://host:port) overrides the topology's."""
+        """Lay out `topology`; `broker_url` (mqtt://host:port) overrides the topology's.
+
+        The runtime is `runtime` when given, else the one the deployment in the state directory
+        was started with (runtime.json), else the topology's; addresses depend on it.
+        """
         root = (state_dir or default_state_dir(topology.name)).absolute()
+        runtime = runtime or recorded_runtime(root) or topology.runtime
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
         subnet = 1 + zlib.crc32(topology.name.encode()) % 254
+        prefix = _PREFIX[runtime]
         nodes = {}
         for k, node_id in enumerate(topology.nodes):
-            host = f"127.{subnet}.{1 + k // 250}.{1 + k % 250}"
+            host = f"{prefix}.{subnet}.{1 + k // 250}.{1 + k % 250}"
+            in_container = runtime == "docker"
             nodes[node_id] = NodePlan(
                 node_id=node_id,
                 address=f"{host}:{GRPC_PORT}",
                 saes=tuple(topology.nodes[node_id].saes),
-                config_path=root / "nodes" / f"{node_id}.yaml",
+                config_path=(
+                    root / "nodes" / node_id / "node.yaml"
+                    if in_container
+                    else root / "nodes" / f"{node_id}.yaml"
+                ),
                 state_dir=root / "nodes" / node_id,
                 log_path=root / "logs" / f"{node_id}.log",
             )
@@ -118,6 +165,7 @@ class NetworkPlan:
             nodes=nodes,
             links=topology.resolved_links(),
             external_broker=url.removeprefix("mqtt://") if url else None,
+            runtime=runtime,
         )
 
     @property
@@ -127,7 +175,22 @@ class NetworkPlan:
     @property
     def broker_address(self) -> str:
         """host:port of the MQTT broker the nodes publish to."""
-        return self.external_broker or f"127.{self.subnet}.0.1:{MQTT_PORT}"
+        return self.external_broker or f"{self.broker_host}:{MQTT_PORT}"
+
+    @property
+    def broker_host(self) -> str:
+        """The embedded broker's IP address."""
+        return f"{_PREFIX[self.runtime]}.{self.subnet}.0.1"
+
+    @property
+    def network_cidr(self) -> str:
+        """The /16 every address of the deployment is in."""
+        return f"{_PREFIX[self.runtime]}.{self.subnet}.0.0/16"
+
+    @property
+    def in_containers(self) -> bool:
+        """Whether nodes see their files at container paths (the docker runtime)."""
+        return self.runtime == "docker"
 
     @property
     def topic_prefix(self) -> str:
@@ -161,15 +224,19 @@ class NetworkPlan:
         )
 
     def write_node_configs(self, pki: TopologyPki) -> None:
-        """Write every node's configuration file (the links it holds, TLS, telemetry)."""
+        """Write every node's configuration file (the links it holds, TLS, telemetry).
+
+        In containers, the node's directory also receives copies of its credentials and link
+        secrets, and the configuration names them by paths relative to itself."""
         links_of: dict[str, list[dict[str, Any]]] = {node: [] for node in self.nodes}
         for link in self.links:
             a, b = link.endpoints
             link_id = link_id_for(a, b)
             for end, peer in ((a, b), (b, a)):
+                psk = pki.link_secrets[link_id]
                 entry: dict[str, Any] = {
                     "peer": peer,
-                    "psk_file": str(pki.link_secrets[link_id]),
+                    "psk_file": f"links/{psk.name}" if self.in_containers else str(psk),
                     "channel": link.channel.model_dump(exclude_none=True),
                     "processing": link.processing.model_dump(exclude_none=True),
                 }
@@ -180,11 +247,18 @@ class NetworkPlan:
         directory = {sae: node.node_id for node in self.nodes.values() for sae in node.saes}
         for node in self.nodes.values():
             tls = pki.nodes[node.node_id]
+            if self.in_containers:
+                files = {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
+                state_dir = CONTAINER_STATE_DIR
+                self._copy_credentials(node, pki, links_of[node.node_id])
+            else:
+                files = {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)}
+                state_dir = str(node.state_dir)
             config: dict[str, Any] = {
                 "node_id": node.node_id,
                 "listen": node.address,
-                "state_dir": str(node.state_dir),
-                "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+                "state_dir": state_dir,
+                "tls": files,
                 "links": links_of[node.node_id],
                 "telemetry": {
                     "broker": self.broker_address,
@@ -205,3 +279,40 @@ class NetworkPlan:
                 }
             node.config_path.parent.mkdir(parents=True, exist_ok=True)
             node.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            if self.in_containers:
+                _hand_over(node.config_path.parent)
+
+    def _copy_credentials(
+        self, node: NodePlan, pki: TopologyPki, links: list[dict[str, Any]]
+    ) -> None:
+        """Copy what `node` needs into its (container-mounted) directory, afresh."""
+        where = node.config_path.parent
+        if where.exists():
+            for path in [where, *where.rglob("*")]:
+                if path.is_dir():
+                    os.chmod(path, 0o700)
+            shutil.rmtree(where)
+        (where / "links").mkdir(parents=True)
+        # nodes/ is the owner's only: the copies below are read through the container's mount.
+        os.chmod(where.parent, 0o700)
+        tls = pki.nodes[node.node_id]
+        for source, name in ((tls.ca, "ca.pem"), (tls.cert, "cert.pem"), (tls.key, "key.pem")):
+            shutil.copyfile(source, where / name)
+        secrets = {path.name: path for path in pki.link_secrets.values()}
+        for link in links:
+            name = Path(link["psk_file"]).name
+            shutil.copyfile(secrets[name], where / "links" / name)
+
+
+def _hand_over(directory: Path) -> None:
+    """Make a node's directory readable by the node's user in its container (uid 10001).
+
+    As root the files are given to that uid (readable by it only); otherwise they are made
+    readable by all inside it, the directory above being the owner's only."""
+    paths = [directory, *sorted(directory.rglob("*"))]
+    for path in paths:
+        os.chmod(path, 0o500 if path.is_dir() else 0o400)
+        if os.geteuid() == 0:
+            os.chown(path, CONTAINER_UID, CONTAINER_UID)
+        else:
+            os.chmod(path, 0o555 if path.is_dir() else 0o444)

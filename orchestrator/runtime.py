@@ -1,8 +1,9 @@
 """The runtime seam: one typed interface for starting and finding a deployment's nodes.
 
 A runtime knows how to run nodes (and the embedded MQTT broker) somewhere: as local processes
-(`process_runtime.ProcessRuntime`) or, later, as containers. It never prints: progress goes out
-as `RuntimeEvent`s to a callback the caller chooses (the CLI draws them, tests collect them).
+(`process_runtime.ProcessRuntime`) or as containers (`docker_runtime.DockerRuntime`). It never
+prints: progress goes out as `RuntimeEvent`s to a callback the caller chooses (the CLI draws
+them, tests collect them).
 Every method works from the state the runtime can observe, so a new orchestrator process can
 inspect or destroy what a crashed one started.
 """
@@ -139,8 +140,12 @@ class Runtime(ABC):
 
 
 def runtime_for(plan: NetworkPlan, on_event: EventSink | None = None) -> Runtime:
-    """The runtime the topology asks for."""
+    """The runtime the plan was laid out for (`--runtime`, runtime.json or the topology's)."""
     from .process_runtime import ProcessRuntime
 
+    if plan.runtime == "docker":
+        from .docker_runtime import DockerRuntime  # imports the Docker SDK
+
+        return DockerRuntime(plan, on_event)
     runtimes: dict[str, type[Runtime]] = {ProcessRuntime.name: ProcessRuntime}
-    return runtimes[plan.topology.runtime](plan, on_event)
+    return runtimes[plan.runtime](plan, on_event)

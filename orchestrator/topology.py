@@ -2,7 +2,7 @@
 
 ```yaml
 name: chain5                 # names the deployment (state directory, telemetry topics)
-runtime: process             # where nodes run: process (default)
+runtime: process             # where nodes run: process (default) or docker (containers)
 defaults:                    # link parameters every link starts from
   pulse_rate_hz: 1.0e9
   speedup: 10
@@ -147,7 +147,11 @@ class Topology(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Identifier
-    runtime: Literal["process"] = "process"
+    runtime: Literal["process", "docker"] = Field(
+        "process",
+        description="where nodes run: process (local processes, the default) or docker "
+        "(a container per node; images from `qkdnet image build`)",
+    )
     defaults: LinkParameters = Field(default_factory=LinkParameters)
     nodes: dict[Identifier, NodeSpec] = Field(min_length=1)
     links: list[LinkSpec] = Field(default_factory=list)
