@@ -12,7 +12,8 @@ onto ETSI GS QKD 014.
 
 Pools: for every pair of a local master SAE and a slave SAE served by another node, a bounded
 pool of keys of the default size is relayed ahead of demand (`fill_pools_forever`), from link
-key the routes can spare: a fill never takes a link's last half. Pool keys are committed at the
+key the routes can spare: a fill never takes a link's last half. A pool is refilled to full once
+it is down to its low-water mark, a batch a transaction. Pool keys are committed at the
 slave's node before they enter the pool, so handing one out needs no relay at all.
 
 Multi-path: each key can be split into two XOR shares sent over node-disjoint routes, so that no
@@ -150,6 +151,7 @@ class KeyManager:
         self._on_event = on_event
         self._pool_wake = asyncio.Event()
         self._backoff: dict[tuple[str, str], float] = {}
+        self._refilling: set[tuple[str, str]] = set()
 
     def node_of(self, sae: str) -> str | None:
         """The node serving `sae`: from the topology, else from routing advertisements."""
@@ -450,10 +452,21 @@ class KeyManager:
         size, multipath = self.limits.key_size, self.policy.multipath
         counts = await self._delivered.run(lambda db: db.pool_counts(size, multipath))
         now = time.monotonic()
+        # A pool refills once it is down to its low-water mark, and then up to full: topping up
+        # after every few keys taken would cost a relay transaction (a durable write on every
+        # hop) for each.
+        full = self.policy.pool_keys
+        low_water = max(full - self.policy.pool_batch, full // 2)
+        for pair in self.pool_pairs():
+            count = counts.get(pair, 0)
+            if count <= low_water:
+                self._refilling.add(pair)
+            elif count >= full:
+                self._refilling.discard(pair)
         candidates = sorted(
             (counts.get(pair, 0), pair)
-            for pair in self.pool_pairs()
-            if counts.get(pair, 0) < self.policy.pool_keys and self._backoff.get(pair, 0) <= now
+            for pair in self._refilling
+            if self._backoff.get(pair, 0) <= now
         )
         for count, (master, slave) in candidates:
             number = min(self.policy.pool_batch, self.policy.pool_keys - count)

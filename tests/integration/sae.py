@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from qkdnet.orchestrator.controller import NodeClient
+from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
+from qkdnet.orchestrator.runtime import runtime_for
+from qkdnet.orchestrator.topology import load_topology
 
-__all__ = ["Sae", "assert_link_keys_used_alike", "sae_context"]
+__all__ = ["Sae", "assert_link_keys_used_alike", "deployed", "sae_clients", "sae_context"]
 
 
 def sae_context(plan: NetworkPlan, sae: str) -> ssl.SSLContext:
@@ -92,3 +99,28 @@ async def assert_link_keys_used_alike(plan: NetworkPlan) -> dict[str, int]:
             used += dx.consumed
         used_by_link[link_id] = used
     return used_by_link
+
+
+@contextlib.contextmanager
+def deployed(topology: Path | dict[str, Any], root: Path) -> Iterator[NetworkPlan]:
+    """A topology (a file, or the data of one) deployed under `root` on the process runtime,
+    with key on every link; destroyed on the way out."""
+    if isinstance(topology, dict):
+        path = root / f"{topology['name']}.yaml"
+        path.write_text(yaml.safe_dump(topology))
+        topology = path
+    plan = NetworkPlan.build(load_topology(topology), root / "state")
+    runtime = runtime_for(plan)
+    runtime.deploy(timeout=60)
+    try:
+        asyncio.run(wait_for_key(plan, timeout=120))
+        yield plan
+    finally:
+        runtime.destroy()
+
+
+@contextlib.asynccontextmanager
+async def sae_clients(plan: NetworkPlan) -> AsyncIterator[dict[str, Sae]]:
+    """Every SAE of the deployment, sharing one HTTP session."""
+    async with aiohttp.ClientSession() as session:
+        yield {sae: Sae(plan, sae, session) for n in plan.nodes.values() for sae in n.saes}

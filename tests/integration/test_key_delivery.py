@@ -15,20 +15,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from qkdnet.node.delivered_keys import DeliveredKeys
 from qkdnet.node.key_store import KeyStore
 from qkdnet.node.relay import KeyRelay, PeerChannels
 from qkdnet.orchestrator.controller import NodeClient
-from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.pki import CertificateAuthority
-from qkdnet.orchestrator.runtime import runtime_for
-from qkdnet.orchestrator.topology import load_topology
 from qkdnet.v1 import relay_pb2
 
-from .sae import Sae, assert_link_keys_used_alike, sae_context
+from .sae import Sae, assert_link_keys_used_alike, deployed, sae_clients, sae_context
 
 pytestmark = pytest.mark.integration
 
@@ -57,23 +53,14 @@ TOPOLOGY = {
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
-    root = tmp_path_factory.mktemp("kme")
-    path = root / "kme-chain.yaml"
-    path.write_text(yaml.safe_dump(TOPOLOGY))
-    plan = NetworkPlan.build(load_topology(path), root / "state")
-    runtime = runtime_for(plan)
-    runtime.deploy(timeout=60)
-    try:
-        asyncio.run(wait_for_key(plan, timeout=120))
+    with deployed(TOPOLOGY, tmp_path_factory.mktemp("kme")) as plan:
         yield plan
-    finally:
-        runtime.destroy()
 
 
 @pytest.fixture
 async def saes(plan: NetworkPlan) -> AsyncIterator[dict[str, Sae]]:
-    async with aiohttp.ClientSession() as session:
-        yield {sae: Sae(plan, sae, session) for n in plan.nodes.values() for sae in n.saes}
+    async with sae_clients(plan) as clients:
+        yield clients
 
 
 async def test_status_tells_the_caller_and_limits(saes: dict[str, Sae]) -> None:

@@ -22,18 +22,15 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import pytest
-import yaml
 
 from qkdnet.orchestrator.controller import NodeClient
 from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.network_status import NetworkStatus
 from qkdnet.orchestrator.runtime import runtime_for
-from qkdnet.orchestrator.topology import load_topology
 
-from .sae import Sae
+from .sae import Sae, deployed, sae_clients
 
 pytestmark = pytest.mark.integration
 
@@ -62,23 +59,14 @@ NO_POOL = {"qkdnet_pool": False}
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
-    root = tmp_path_factory.mktemp("ring")
-    path = root / "kme-ring.yaml"
-    path.write_text(yaml.safe_dump(TOPOLOGY))
-    plan = NetworkPlan.build(load_topology(path), root / "state")
-    runtime = runtime_for(plan)
-    runtime.deploy(timeout=60)
-    try:
-        asyncio.run(wait_for_key(plan, timeout=120))
+    with deployed(TOPOLOGY, tmp_path_factory.mktemp("ring")) as plan:
         yield plan
-    finally:
-        runtime.destroy()
 
 
 @pytest.fixture
 async def saes(plan: NetworkPlan) -> AsyncIterator[dict[str, Sae]]:
-    async with aiohttp.ClientSession() as session:
-        yield {sae: Sae(plan, sae, session) for n in plan.nodes.values() for sae in n.saes}
+    async with sae_clients(plan) as clients:
+        yield clients
 
 
 async def _stored(sae: Sae, slave: str) -> int:

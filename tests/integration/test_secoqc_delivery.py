@@ -6,21 +6,16 @@ every key for or from stp is relayed by brt (and maybe erd or gud), with pools o
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.runtime import runtime_for
-from qkdnet.orchestrator.topology import load_topology
 
-from .sae import Sae, assert_link_keys_used_alike
+from .sae import Sae, assert_link_keys_used_alike, deployed, sae_clients
 
 pytestmark = pytest.mark.integration
 
@@ -32,20 +27,14 @@ BATCH = 100
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
-    plan = NetworkPlan.build(load_topology(EXAMPLE), tmp_path_factory.mktemp("secoqc") / "state")
-    runtime = runtime_for(plan)
-    runtime.deploy(timeout=60)
-    try:
-        asyncio.run(wait_for_key(plan, timeout=120))
+    with deployed(EXAMPLE, tmp_path_factory.mktemp("secoqc")) as plan:
         yield plan
-    finally:
-        runtime.destroy()
 
 
 @pytest.fixture
 async def saes(plan: NetworkPlan) -> AsyncIterator[dict[str, Sae]]:
-    async with aiohttp.ClientSession() as session:
-        yield {sae: Sae(plan, sae, session) for sae in SAES}
+    async with sae_clients(plan) as clients:
+        yield clients
 
 
 async def _issue(master: Sae, slave: str, **body: object) -> dict[str, str]:
