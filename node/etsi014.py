@@ -238,14 +238,10 @@ class KeyDeliveryServer:
             raise _BadRequest("not all extension_mandatory parameters are supported")
         options = {k: v for k, v in optional.items() if k in EXTENSIONS} | mandatory
         multipath = options.get("qkdnet_multipath")
+        use_pool = options.get("qkdnet_pool", True)
         try:
             keys, report = await self._manager.enc_keys(
-                caller,
-                slaves,
-                number,
-                size,
-                multipath=multipath,
-                use_pool=options.get("qkdnet_pool", True),
+                caller, slaves, number, size, multipath=multipath, use_pool=use_pool
             )
         except RelayError as exc:
             if not multipath or exc.reason not in ("no_disjoint_routes", "no_route"):
@@ -258,12 +254,7 @@ class KeyDeliveryServer:
                 ) from None
             # Optional: the KME may ignore it, so the keys go over a single route.
             keys, report = await self._manager.enc_keys(
-                caller,
-                slaves,
-                number,
-                size,
-                multipath=False,
-                use_pool=options.get("qkdnet_pool", True),
+                caller, slaves, number, size, multipath=False, use_pool=use_pool
             )
         return _key_container(keys, {"qkdnet_relay": report.to_json()})
 

@@ -484,8 +484,15 @@ class KeyManager:
                 self._backoff[(master, slave)] = now + _FILL_BACKOFF_S
                 log_event(logger, logging.INFO, "pool_fill_failed", slave=slave, reason=exc.reason)
                 continue
-            add = partial(DeliveredKeysDb.pool_add, master=master, slave=slave, keys=keys)
-            await self._delivered.run(partial(add, multipath=multipath))
+            await self._delivered.run(
+                partial(
+                    DeliveredKeysDb.pool_add,
+                    master=master,
+                    slave=slave,
+                    multipath=multipath,
+                    keys=keys,
+                )
+            )
             self._event(
                 "pool_filled",
                 master=master,

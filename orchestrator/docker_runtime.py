@@ -167,6 +167,14 @@ class DockerRuntime(Runtime):
     def _container(self, name: str) -> Any | None:
         return self._containers().get(name)
 
+    def _running(self, name: str) -> Any | None:
+        """The running container of a known node (or the broker); None when it is not running."""
+        self._check_broker(name)
+        if name != BROKER:
+            self._node(name)
+        container = self._container(name)
+        return container if container is not None and container.status == "running" else None
+
     def _node(self, name: str) -> NodePlan:
         node = self.plan.nodes.get(name)
         if node is None:
@@ -211,14 +219,7 @@ class DockerRuntime(Runtime):
         broker = None
         if self.plan.external_broker is None:
             broker = state(BROKER, self.plan.broker_address)
-        return DeploymentInfo(
-            name=self.plan.name,
-            runtime=self.name,
-            state_dir=str(self.plan.state_dir),
-            broker=broker,
-            broker_address=self.plan.broker_address,
-            nodes=nodes,
-        )
+        return self._deployment_info(nodes, broker)
 
     def logs(self, name: str, tail: int = _LOG_TAIL) -> str:
         """The last lines of a node's (or the broker's) container log."""
@@ -442,21 +443,15 @@ class DockerRuntime(Runtime):
         self._wait_ready([node], timeout)
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
-        self._check_broker(name)
-        if name != BROKER:
-            self._node(name)
-        container = self._container(name)
-        if container is None or container.status != "running":
+        container = self._running(name)
+        if container is None:
             return
         container.stop(timeout=max(1, round(timeout)))
         self.emit("node_stopped" if name != BROKER else "broker_stopped", name, "SIGTERM")
 
     def kill(self, name: str) -> None:
-        self._check_broker(name)
-        if name != BROKER:
-            self._node(name)
-        container = self._container(name)
-        if container is None or container.status != "running":
+        container = self._running(name)
+        if container is None:
             return
         with contextlib.suppress(APIError):  # it may have exited meanwhile
             container.kill()

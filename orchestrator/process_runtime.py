@@ -146,14 +146,7 @@ class ProcessRuntime(Runtime):
                 self.plan.broker_address,
                 int(entry["pid"]) if alive and entry else None,
             )
-        return DeploymentInfo(
-            name=self.plan.name,
-            runtime=self.name,
-            state_dir=str(self.plan.state_dir),
-            broker=broker,
-            broker_address=self.plan.broker_address,
-            nodes=nodes,
-        )
+        return self._deployment_info(nodes, broker)
 
     def _node(self, name: str) -> NodePlan:
         node = self.plan.nodes.get(name)

@@ -106,6 +106,18 @@ class Runtime(ABC):
         if self._on_event is not None:
             self._on_event(RuntimeEvent(kind, subject, detail))
 
+    def _deployment_info(
+        self, nodes: dict[str, ComponentState], broker: ComponentState | None
+    ) -> DeploymentInfo:
+        return DeploymentInfo(
+            name=self.plan.name,
+            runtime=self.name,
+            state_dir=str(self.plan.state_dir),
+            broker=broker,
+            broker_address=self.plan.broker_address,
+            nodes=nodes,
+        )
+
     @abstractmethod
     def deploy(self, timeout: float = 120.0) -> DeploymentInfo:
         """Create the PKI and configurations, start the broker and every node, wait for them.
