@@ -79,21 +79,117 @@ def _parser() -> argparse.ArgumentParser:
     destroy.add_argument("--keep-state", action="store_true", help="keep PKI, key stores and logs")
     inspect = network_verb("inspect", "nodes with addresses and state, links with live figures")
     inspect.add_argument("--json", action="store_true", help="print JSON")
-    for action, text in (
-        ("start", "start stopped nodes"),
-        ("stop", "stop nodes gracefully"),
-        ("kill", "kill nodes at once (SIGKILL), as a crash would"),
-        ("restart", "stop and start nodes"),
-    ):
-        verb = network_verb(action, text)
-        verb.add_argument("nodes", nargs="*", metavar="NODE", help="node IDs")
-        verb.add_argument("--broker", action="store_true", help="the embedded MQTT broker too")
+    lifecycle_verbs = {
+        "start": "start stopped nodes",
+        "stop": "stop nodes gracefully",
+        "kill": "kill nodes at once (SIGKILL), as a crash would",
+        "restart": "stop and start nodes",
+    }
+    for action, text in lifecycle_verbs.items():
+        _add_targets(network_verb(action, text))
     watch = network_verb("watch", "a live table of the links, fed by MQTT telemetry")
     watch.add_argument("--broker", default=None, help="MQTT broker, mqtt://host:port")
     watch.add_argument("--duration", type=float, default=None, help="stop after these seconds")
     graph = network_verb("graph", "draw the topology with link lengths and live key rates")
     graph.add_argument(
         "-o", "--output", type=Path, default=None, help="image file: .png, .svg or .pdf"
+    )
+
+    fault = commands.add_parser(
+        "fault",
+        help="inject faults into a deployed network: pause, kill, cut links, netem",
+        description="Inject faults into a deployed network, through its runtime. Pausing, "
+        "stopping, killing and restarting work on both runtimes; cutting links and netem need "
+        "the docker runtime (each node in its own network namespace). Cuts and impairments are "
+        "re-applied to a node that restarts.",
+    )
+    fault_commands = fault.add_subparsers(dest="fault_command", required=True, metavar="COMMAND")
+    node_faults = {
+        "pause": "freeze nodes: they keep state and connections but do nothing",
+        "unpause": "let paused nodes go on",
+        **{a: t for a, t in lifecycle_verbs.items() if a != "start"},
+    }
+    for action, text in node_faults.items():
+        verb = fault_commands.add_parser(action, help=text, description=text)
+        add_deployment_options(verb)
+        _add_targets(verb)
+    fault_cut = fault_commands.add_parser(
+        "cut",
+        help="cut the link between two nodes (every packet between them is dropped)",
+        description="Cut the link between two neighbouring nodes: every packet between them "
+        "is dropped, both ways, until qkdnet fault restore. The rest of the network relays "
+        "around it.",
+    )
+    add_deployment_options(fault_cut)
+    fault_cut.add_argument("ends", nargs=2, metavar="NODE", help="the link's two nodes")
+    fault_restore = fault_commands.add_parser("restore", help="restore a cut link")
+    add_deployment_options(fault_restore)
+    fault_restore.add_argument("ends", nargs="*", metavar="NODE", help="the link's two nodes")
+    fault_restore.add_argument("--all", action="store_true", help="every cut link")
+    fault_show = fault_commands.add_parser(
+        "show", help="the faults in force: paused nodes, cut links, netem"
+    )
+    add_deployment_options(fault_show)
+    fault_show.add_argument("--json", action="store_true", help="print JSON")
+    netem = fault_commands.add_parser(
+        "netem",
+        help="delay, jitter and loss on a node's network interface (docker runtime)",
+        description="netem on a node's network interface: everything the node sends is "
+        "delayed, jittered and lost as asked. set replaces all of a node's impairments.",
+    )
+    netem_commands = netem.add_subparsers(dest="netem_command", required=True, metavar="COMMAND")
+    netem_set = netem_commands.add_parser(
+        "set", help="replace a node's impairments (what is not given is none)"
+    )
+    add_deployment_options(netem_set)
+    netem_set.add_argument("node", metavar="NODE", help="node ID")
+    netem_set.add_argument("--delay", default=None, help="delay, e.g. 50ms or 0.2s")
+    netem_set.add_argument("--jitter", default=None, help="jitter around the delay, e.g. 10ms")
+    netem_set.add_argument("--loss", default=None, help="random loss, e.g. 1%%")
+    netem_show = netem_commands.add_parser("show", help="the impairments of nodes")
+    add_deployment_options(netem_show)
+    netem_show.add_argument("nodes", nargs="*", metavar="NODE", help="node IDs (default all)")
+    netem_show.add_argument("--json", action="store_true", help="print JSON")
+    netem_reset = netem_commands.add_parser("reset", help="remove every impairment of nodes")
+    add_deployment_options(netem_reset)
+    netem_reset.add_argument("nodes", nargs="*", metavar="NODE", help="node IDs")
+    netem_reset.add_argument("--all", action="store_true", help="every impaired node")
+
+    export = commands.add_parser(
+        "export",
+        help="write a topology out for other tools: a Compose file (compose, Swarm)",
+        description="Write a topology out so that it runs without qkdnet.",
+    )
+    export_commands = export.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+    export_compose = export_commands.add_parser(
+        "compose",
+        help="a Compose file that docker compose up and docker stack deploy run as it is",
+        description="Write DIR/compose.yaml with one service per node and one for the broker, "
+        "the PKI and node configurations as secrets (files under DIR, kept on re-export), "
+        "a named volume per node for its key stores, and DIR/endpoints.json with each SAE's "
+        "key API URL and credentials. Run it with `docker compose up -d` in DIR, or on a "
+        "swarm with `docker stack deploy -c DIR/compose.yaml NAME`; the images must be on "
+        "every host (qkdnet image build, or docker save | docker load).",
+    )
+    export_compose.add_argument("-t", "--topology", required=True, type=Path, help="topology file")
+    export_compose.add_argument(
+        "-o", "--output", type=Path, default=None, help="directory to write (default ./<name>)"
+    )
+    export_compose.add_argument(
+        "--key-api-port",
+        type=int,
+        default=18440,
+        help="host port of the first KME's ETSI 014 API; the next KMEs get the next ports (18440)",
+    )
+    export_compose.add_argument(
+        "--mqtt-port", type=int, default=18830, help="host port of the MQTT broker (18830)"
+    )
+    export_compose.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another host name or IP address applications use to reach the KMEs; repeatable",
     )
 
     key = commands.add_parser(
@@ -247,6 +343,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_targets(verb: argparse.ArgumentParser) -> None:
+    """NODE... and --broker: what a lifecycle or pause verb acts on."""
+    verb.add_argument("nodes", nargs="*", metavar="NODE", help="node IDs")
+    verb.add_argument("--broker", action="store_true", help="the embedded MQTT broker too")
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    """The names `_add_targets` parsed (ConfigError when there are none)."""
+    from .runtime import BROKER
+
+    names = list(args.nodes) + ([BROKER] if args.broker else [])
+    if not names:
+        raise ConfigError("name at least one node (or --broker)")
+    return names
+
+
 def _field_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
@@ -313,7 +425,6 @@ def _link_demo(args: argparse.Namespace, console: Console) -> int:
 
 def _network(args: argparse.Namespace, console: Console) -> int:
     from . import network_commands as verbs
-    from .runtime import BROKER
 
     opts = verbs.NetworkOptions(
         args.topology,
@@ -335,11 +446,8 @@ def _network(args: argparse.Namespace, console: Console) -> int:
         return verbs.watch(opts, console, duration=args.duration)
     if args.command == "graph":
         return verbs.graph(opts, console, output=args.output)
-    names = list(args.nodes) + ([BROKER] if args.broker else [])
-    if not names:
-        raise ConfigError("name at least one node (or --broker)")
     opts = verbs.NetworkOptions(args.topology, args.state_dir, runtime=args.runtime)
-    return verbs.lifecycle(opts, console, args.command, names)
+    return verbs.lifecycle(opts, console, args.command, _targets(args))
 
 
 def _demo(args: argparse.Namespace, console: Console) -> int:
@@ -367,6 +475,64 @@ def _key(args: argparse.Namespace, console: Console) -> int:
         multipath=args.multipath,
         as_json=args.json,
     )
+
+
+def _fault(args: argparse.Namespace, console: Console) -> int:
+    from . import fault_commands as verbs
+    from .network_commands import NetworkOptions, lifecycle
+
+    opts = NetworkOptions(args.topology, args.state_dir)
+    action = args.fault_command
+    if action in ("pause", "unpause"):
+        return verbs.freeze(opts, console, action, _targets(args))
+    if action in ("stop", "kill", "restart"):
+        return lifecycle(opts, console, action, _targets(args))
+    if action == "cut":
+        return verbs.cut(opts, console, *args.ends)
+    if action == "restore":
+        if len(args.ends) not in (0, 2):
+            raise ConfigError("name the link's two nodes")
+        return verbs.restore(opts, console, list(args.ends), args.all)
+    if action == "show":
+        return verbs.show(opts, console, args.json)
+    if args.netem_command == "set":
+        return verbs.netem_set(
+            opts, console, args.node, delay=args.delay, jitter=args.jitter, loss=args.loss
+        )
+    if args.netem_command == "show":
+        return verbs.netem_show(opts, console, list(args.nodes), args.json)
+    return verbs.netem_reset(opts, console, list(args.nodes), args.all)
+
+
+def _export(args: argparse.Namespace, console: Console) -> int:
+    from .compose_export import export_compose
+    from .images import image_tags, installed_version
+    from .network_plan import NetworkPlan
+
+    topology = load_topology(args.topology)
+    plan = NetworkPlan.build(topology, runtime="docker")
+    tags = image_tags(installed_version())
+    result = export_compose(
+        plan,
+        args.output or Path(topology.name),
+        node_image=tags["node"],
+        broker_image=tags["broker"],
+        key_api_port=args.key_api_port,
+        mqtt_port=args.mqtt_port,
+        hosts=tuple(args.san),
+    )
+    console.print(f"[green]✓[/] wrote {result.compose_file}", highlight=False)
+    for sae, endpoint in result.endpoints.items():
+        console.print(f"  {sae}: {endpoint.url} (KME {endpoint.node})", highlight=False)
+    console.print(
+        f"  telemetry: mqtt://localhost:{result.mqtt_port}\n"
+        f"run it: cd {result.directory} && docker compose up -d  (docker-compose 1.x: "
+        f"docker-compose up -d)\non a swarm: docker stack deploy -c {result.compose_file} "
+        f"{topology.name}\nimages needed on every host: {tags['node']}, {tags['broker']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
 
 
 def _relay_demo(args: argparse.Namespace, console: Console) -> int:
@@ -412,11 +578,21 @@ def main(argv: list[str] | None = None) -> int:
         command = f"key {args.key_command}"
     if command == "image":
         command = f"image {args.image_command}"
+    if command == "export":
+        command = f"export {args.export_command}"
+    if command == "fault":
+        command = f"fault {args.fault_command}"
+        if args.fault_command == "netem":
+            command = f"fault netem {args.netem_command}"
     try:
         if args.command in _NETWORK_VERBS:
             return _network(args, console)
         if args.command == "key":
             return _key(args, console)
+        if args.command == "export":
+            return _export(args, console)
+        if args.command == "fault":
+            return _fault(args, console)
         if args.command == "relay-demo":
             return _relay_demo(args, console)
         if args.command == "image":

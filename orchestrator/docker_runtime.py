@@ -28,7 +28,6 @@ certificate) answering SERVING.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -43,15 +42,24 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from docker.types import IPAMConfig, IPAMPool, LogConfig
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qkdnet.node.errors import ConfigError
+from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.link import GRPC_OPTIONS
 
+from .faults import (
+    FAULTS_FILE,
+    FaultRecord,
+    FaultReport,
+    FaultUnsupported,
+    Impairment,
+    link_pair,
+    netem_from_tc,
+)
 from .images import (
-    BROKER_REPOSITORY,
     NODE_CONFIG_DIR,
-    NODE_REPOSITORY,
     NODE_STATE_DIR,
     docker_client,
+    image_tags,
+    installed_version,
 )
 from .network_plan import NetworkPlan, NodePlan
 from .runtime import (
@@ -80,14 +88,8 @@ LABEL_NODE = "org.qkdnet.node"
 LABEL_ROLE = "org.qkdnet.role"  # node, broker, network, store
 
 _POLL = 0.2
+_IFACE = "eth0"  # a node container's one interface, on the deployment's network
 _LOG_TAIL = 15
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("qkdnet")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.1.0"
 
 
 def remove_state_dir(path: Path) -> None:
@@ -111,9 +113,9 @@ class DockerRuntime(Runtime):
     ) -> None:
         super().__init__(plan, on_event)
         self._client = client
-        version = _version()
-        self.node_image = f"{NODE_REPOSITORY}:{version}"
-        self.broker_image = f"{BROKER_REPOSITORY}:{version}"
+        tags = image_tags(installed_version())
+        self.node_image = tags["node"]
+        self.broker_image = tags["broker"]
 
     # -- names and labels ----------------------------------------------------------------------
 
@@ -164,16 +166,23 @@ class DockerRuntime(Runtime):
                 found[labels[LABEL_NODE]] = container
         return found
 
+    def containers(self) -> dict[str, Any]:
+        """This deployment's containers (Docker SDK objects) by node ID, the broker's under
+        `BROKER`."""
+        return self._containers()
+
     def _container(self, name: str) -> Any | None:
         return self._containers().get(name)
 
     def _running(self, name: str) -> Any | None:
-        """The running container of a known node (or the broker); None when it is not running."""
+        """The running (or paused) container of a known node (or the broker); None when it is
+        not running."""
         self._check_broker(name)
         if name != BROKER:
             self._node(name)
         container = self._container(name)
-        return container if container is not None and container.status == "running" else None
+        live = container is not None and container.status in ("running", "paused")
+        return container if live else None
 
     def _node(self, name: str) -> NodePlan:
         node = self.plan.nodes.get(name)
@@ -211,9 +220,11 @@ class DockerRuntime(Runtime):
 
         def state(name: str, address: str) -> ComponentState:
             container = containers.get(name)
-            running = container is not None and container.status == "running"
-            pid = int(container.attrs["State"].get("Pid") or 0) if container and running else 0
-            return ComponentState(name, "running" if running else "stopped", address, pid or None)
+            if container is None or container.status not in ("running", "paused"):
+                return ComponentState(name, "stopped", address)
+            pid = int(container.attrs["State"].get("Pid") or 0)
+            paused = container.status == "paused"
+            return ComponentState(name, "paused" if paused else "running", address, pid or None)
 
         nodes = {node_id: state(node_id, node.address) for node_id, node in self.plan.nodes.items()}
         broker = None
@@ -251,6 +262,7 @@ class DockerRuntime(Runtime):
         for container in containers.values():  # left over, stopped: made afresh below
             container.remove(force=True)
         Path(self.plan.state_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.plan.state_dir) / FAULTS_FILE).unlink(missing_ok=True)
         pki = self.plan.provision_pki()
         self.emit("pki_ready", self.plan.name, str(self.plan.pki_dir))
         self.plan.write_node_configs(pki)
@@ -341,6 +353,9 @@ class DockerRuntime(Runtime):
                 volume: {"bind": NODE_STATE_DIR, "mode": "rw"},
             },
             stop_signal="SIGTERM",
+            # For `qkdnet fault` (ip route, tc), run by `docker exec` as root; the node itself
+            # runs as uid 10001 and holds no capability.
+            cap_add=["NET_ADMIN"],
         )
 
     def _launch(self, node: NodePlan) -> None:
@@ -440,12 +455,15 @@ class DockerRuntime(Runtime):
             container = self._create_node(node)
         container.start()
         self.emit("node_started", name, node.address)
+        self._reapply_faults(name)
         self._wait_ready([node], timeout)
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         container = self._running(name)
         if container is None:
             return
+        if container.status == "paused":  # it could not handle SIGTERM before
+            container.unpause()
         container.stop(timeout=max(1, round(timeout)))
         self.emit("node_stopped" if name != BROKER else "broker_stopped", name, "SIGTERM")
 
@@ -457,6 +475,159 @@ class DockerRuntime(Runtime):
             container.kill()
         container.wait(timeout=30)
         self.emit("node_stopped" if name != BROKER else "broker_stopped", name, "SIGKILL")
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def pause(self, name: str) -> None:
+        container = self._live(name)
+        if container.status != "paused":
+            container.pause()
+        self.emit("paused", name)
+
+    def unpause(self, name: str) -> None:
+        container = self._live(name)
+        if container.status == "paused":
+            container.unpause()
+        self.emit("unpaused", name)
+        if name != BROKER:
+            self._reapply_faults(name)
+
+    def _live(self, name: str) -> Any:
+        container = self._running(name)
+        if container is None:
+            raise QkdnetError(f"{'the broker' if name == BROKER else name} is not running")
+        return container
+
+    def cut_link(self, a: str, b: str) -> None:
+        pair = self.check_link(a, b)
+        record = FaultRecord.load(self.plan.state_dir)
+        record.cuts.add(pair)
+        record.save(self.plan.state_dir)
+        # One end suffices to cut both ways (its answers are dropped too); both are cut so that
+        # neither node even tries, and a paused or stopped end gets it when it comes back.
+        applied = [end for end, peer in ((a, b), (b, a)) if self._exec_route(end, "replace", peer)]
+        if not applied:
+            raise QkdnetError(f"neither {a} nor {b} is running: the cut applies once one starts")
+        self.emit("link_cut", f"{a}--{b}", ", ".join(applied))
+
+    def restore_link(self, a: str, b: str) -> None:
+        pair = self.check_link(a, b)
+        record = FaultRecord.load(self.plan.state_dir)
+        record.cuts.discard(pair)
+        record.save(self.plan.state_dir)
+        for end, peer in ((a, b), (b, a)):
+            self._exec_route(end, "delete", peer)
+        self.emit("link_restored", f"{a}--{b}")
+
+    def set_impairment(self, node: str, impairment: Impairment) -> None:
+        container = self._live(node)
+        if container.status == "paused":
+            raise QkdnetError(f"{node} is paused: unpause it first")
+        self._exec_netem(container, impairment)
+        record = FaultRecord.load(self.plan.state_dir)
+        if impairment.is_none:
+            record.impairments.pop(node, None)
+        else:
+            record.impairments[node] = impairment
+        record.save(self.plan.state_dir)
+        self.emit("impairment_set", node, impairment.describe())
+
+    def faults(self) -> FaultReport:
+        """Cuts and impairments as the running nodes' kernels have them; a node that is not
+        running is reported with what it gets when it starts."""
+        record = FaultRecord.load(self.plan.state_dir)
+        containers = self._containers()
+        paused: list[str] = []
+        cuts: set[tuple[str, str]] = set()
+        impairments: dict[str, Impairment] = {}
+        peers = {node.host: node_id for node_id, node in self.plan.nodes.items()}
+        for node_id in self.plan.nodes:
+            container = containers.get(node_id)
+            status = container.status if container is not None else "missing"
+            if status == "paused":
+                paused.append(node_id)
+            if status != "running":
+                cuts.update(link_pair(node_id, peer) for peer in record.cuts_of(node_id))
+                if node_id in record.impairments:
+                    impairments[node_id] = record.impairments[node_id]
+                continue
+            routes = self._exec_json(container, ["ip", "-j", "route", "show", "type", "blackhole"])
+            for route in routes if isinstance(routes, list) else []:
+                peer = peers.get(str(route.get("dst", "")).removesuffix("/32"))
+                if peer is not None:
+                    cuts.add(link_pair(node_id, peer))
+            qdiscs = self._exec_json(container, ["tc", "-j", "qdisc", "show", "dev", _IFACE])
+            impairment = netem_from_tc(qdiscs)
+            if impairment is not None and not impairment.is_none:
+                impairments[node_id] = impairment
+        return FaultReport(paused=paused, cuts=sorted(cuts), impairments=impairments)
+
+    def _exec(self, container: Any, argv: list[str]) -> tuple[int, str]:
+        try:
+            result = container.exec_run(argv, user="root")
+        except APIError as exc:
+            raise QkdnetError(
+                f"cannot run {argv[0]} in {container.name}: {exc.explanation or exc}"
+            ) from None
+        return int(result.exit_code), bytes(result.output).decode(errors="replace").strip()
+
+    def _exec_json(self, container: Any, argv: list[str]) -> Any:
+        code, output = self._exec(container, argv)
+        if code != 0:
+            raise QkdnetError(f"{' '.join(argv)} failed in {container.name}: {output}")
+        try:
+            return json.loads(output or "[]")
+        except ValueError:
+            raise QkdnetError(f"{' '.join(argv)} in {container.name}: not JSON") from None
+
+    def _exec_route(self, node: str, action: str, peer: str) -> bool:
+        """Add ("replace") or remove ("delete") the blackhole route to `peer` in `node`'s
+        container; False when `node` is not running (nothing to change now)."""
+        container = self._container(node)
+        if container is None or container.status != "running":
+            return False
+        argv = ["ip", "route", action, "blackhole", f"{self.plan.nodes[peer].host}/32"]
+        code, output = self._exec(container, argv)
+        if code != 0 and not (action == "delete" and "No such process" in output):
+            raise QkdnetError(
+                f"{' '.join(argv)} failed in {container.name}: {output}"
+                + (
+                    " (made before qkdnet fault existed? redeploy it)"
+                    if "Operation not permitted" in output
+                    else ""
+                )
+            )
+        return True
+
+    def _exec_netem(self, container: Any, impairment: Impairment) -> None:
+        if impairment.is_none:
+            argv = ["tc", "qdisc", "del", "dev", _IFACE, "root"]
+            code, output = self._exec(container, argv)
+            if code != 0 and "handle of zero" not in output and "No such file" not in output:
+                raise QkdnetError(f"{' '.join(argv)} failed in {container.name}: {output}")
+            return
+        argv = ["tc", "qdisc", "replace", "dev", _IFACE, "root", "netem"]
+        argv += impairment.tc_netem_args()
+        code, output = self._exec(container, argv)
+        if code == 0:
+            return
+        if "qdisc kind is unknown" in output:
+            raise FaultUnsupported(
+                "the kernel of this Docker host has no netem qdisc (sch_netem, "
+                "CONFIG_NET_SCH_NETEM), so delay, jitter and loss cannot be emulated on it "
+                "(tc said: " + output + ")"
+            )
+        raise QkdnetError(f"{' '.join(argv)} failed in {container.name}: {output}")
+
+    def _reapply_faults(self, node: str) -> None:
+        """Give a node that (re)started, or was unpaused, the cuts and impairment recorded."""
+        record = FaultRecord.load(self.plan.state_dir)
+        for peer in record.cuts_of(node):
+            self._exec_route(node, "replace", peer)
+        impairment = record.impairments.get(node)
+        container = self._container(node)
+        if impairment is not None and container is not None and container.status == "running":
+            self._exec_netem(container, impairment)
 
     # -- destroy -------------------------------------------------------------------------------
 
@@ -472,6 +643,8 @@ class DockerRuntime(Runtime):
             name, container = item
             if container.status in ("running", "restarting", "paused"):
                 with contextlib.suppress(APIError):
+                    if container.status == "paused":
+                        container.unpause()
                     container.stop(timeout=grace)
                 container.reload()
                 code = container.attrs["State"].get("ExitCode")

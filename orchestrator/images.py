@@ -31,6 +31,7 @@ import contextlib
 import email.parser
 import gc
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -86,6 +87,7 @@ __all__ = [
     "SourceTree",
     "docker_client",
     "image_tags",
+    "installed_version",
     "list_images",
     "run_image_build",
     "run_image_list",
@@ -277,6 +279,14 @@ def _hash_files(digest: Any, root: Path, files: Iterable[Path]) -> None:
     for relative in files:
         digest.update(str(relative).encode() + b"\0")
         digest.update(hashlib.sha256((root / relative).read_bytes()).digest())
+
+
+def installed_version() -> str:
+    """The version of the installed qkdnet package: the tag of the images it runs."""
+    try:
+        return importlib.metadata.version("qkdnet")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0"
 
 
 def image_tags(version: str) -> dict[Component, str]:

@@ -292,8 +292,9 @@ def require_deployed(plan: NetworkPlan, saes: list[str], deploy_hint: str = "") 
         )
     for sae in saes:
         node = node_of_sae(plan, sae).node_id
-        if info.nodes[node].state != "running":
-            raise QkdnetError(f"node {node}, which serves {sae}, is not running")
+        state = info.nodes[node].state
+        if state != "running":
+            raise QkdnetError(f"node {node}, which serves {sae}, is {state}")
 
 
 @dataclass(frozen=True)

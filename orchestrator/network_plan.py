@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,13 @@ from .pki import CertificatePaths, TopologyPki, provision_pki
 from .topology import ResolvedLink, Topology
 
 __all__ = [
+    "CONTAINER_STATE_DIR",
+    "CONTAINER_UID",
     "GRPC_PORT",
     "KEY_API_PORT",
     "MQTT_PORT",
     "RUNTIMES",
+    "ConfigLayout",
     "NetworkPlan",
     "NodePlan",
     "default_state_dir",
@@ -78,6 +82,19 @@ def recorded_runtime(state_dir: Path) -> str | None:
         return None
     runtime = data.get("runtime") if isinstance(data, dict) else None
     return runtime if runtime in RUNTIMES else None
+
+
+@dataclass(frozen=True)
+class ConfigLayout:
+    """Where nodes find each other and their files, as their configurations say it."""
+
+    addresses: dict[str, str]  # node ID -> host:port its peers dial
+    listen: dict[str, str]  # node ID -> host:port of its gRPC server
+    key_api_listen: dict[str, str]  # node ID -> host:port of its ETSI 014 server
+    broker: str  # host:port of the MQTT broker
+    tls: Callable[[str], dict[str, str]]  # node ID -> {"ca", "cert", "key"} paths
+    psk_file: Callable[[str], str]  # link ID -> path of its secret
+    state_dir: Callable[[str], str]  # node ID -> where its key stores go
 
 
 @dataclass(frozen=True)
@@ -223,60 +240,91 @@ class NetworkPlan:
             hosts={node.node_id: node.host for node in self.nodes.values()},
         )
 
-    def write_node_configs(self, pki: TopologyPki) -> None:
-        """Write every node's configuration file (the links it holds, TLS, telemetry).
-
-        In containers, the node's directory also receives copies of its credentials and link
-        secrets, and the configuration names them by paths relative to itself."""
+    def node_configs(self, layout: ConfigLayout) -> dict[str, dict[str, Any]]:
+        """Every node's configuration (the links it holds, TLS, telemetry, key delivery), with
+        addresses and file paths as `layout` says the node sees them."""
         links_of: dict[str, list[dict[str, Any]]] = {node: [] for node in self.nodes}
         for link in self.links:
             a, b = link.endpoints
             link_id = link_id_for(a, b)
             for end, peer in ((a, b), (b, a)):
-                psk = pki.link_secrets[link_id]
                 entry: dict[str, Any] = {
                     "peer": peer,
-                    "psk_file": f"links/{psk.name}" if self.in_containers else str(psk),
+                    "psk_file": layout.psk_file(link_id),
                     "channel": link.channel.model_dump(exclude_none=True),
                     "processing": link.processing.model_dump(exclude_none=True),
                 }
                 if end < peer:
-                    entry["address"] = self.nodes[peer].address
+                    entry["address"] = layout.addresses[peer]
                 links_of[end].append(entry)
-        address_book = {node.node_id: node.address for node in self.nodes.values()}
         directory = {sae: node.node_id for node in self.nodes.values() for sae in node.saes}
+        configs: dict[str, dict[str, Any]] = {}
         for node in self.nodes.values():
-            tls = pki.nodes[node.node_id]
-            if self.in_containers:
-                files = {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
-                state_dir = CONTAINER_STATE_DIR
-                self._copy_credentials(node, pki, links_of[node.node_id])
-            else:
-                files = {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)}
-                state_dir = str(node.state_dir)
             config: dict[str, Any] = {
                 "node_id": node.node_id,
-                "listen": node.address,
-                "state_dir": state_dir,
-                "tls": files,
+                "listen": layout.listen[node.node_id],
+                "state_dir": layout.state_dir(node.node_id),
+                "tls": layout.tls(node.node_id),
                 "links": links_of[node.node_id],
                 "telemetry": {
-                    "broker": self.broker_address,
+                    "broker": layout.broker,
                     "topic_prefix": self.topic_prefix,
                     "interval_s": self.topology.telemetry.interval_s,
                 },
-                "nodes": address_book,
+                "nodes": dict(layout.addresses),
                 "sae_directory": directory,
             }
             if node.saes:
                 config["saes"] = list(node.saes)
                 delivery = self.topology.key_delivery
                 config["key_api"] = {
-                    "listen": node.key_api_address,
+                    "listen": layout.key_api_listen[node.node_id],
                     "key_size": delivery.key_size,
                     "pool_keys": delivery.pool_keys,
                     "multipath": delivery.multipath,
                 }
+            configs[node.node_id] = config
+        return configs
+
+    def layout(self, pki: TopologyPki) -> ConfigLayout:
+        """How this plan's runtime shows nodes their files and each other."""
+        addresses = {node.node_id: node.address for node in self.nodes.values()}
+        key_api = {n.node_id: n.key_api_address or "" for n in self.nodes.values()}
+        if self.in_containers:
+            return ConfigLayout(
+                addresses=addresses,
+                listen=addresses,
+                key_api_listen=key_api,
+                broker=self.broker_address,
+                tls=lambda _: {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"},
+                psk_file=lambda link_id: f"links/{pki.link_secrets[link_id].name}",
+                state_dir=lambda _: CONTAINER_STATE_DIR,
+            )
+
+        def tls(node_id: str) -> dict[str, str]:
+            paths = pki.nodes[node_id]
+            return {"ca": str(paths.ca), "cert": str(paths.cert), "key": str(paths.key)}
+
+        return ConfigLayout(
+            addresses=addresses,
+            listen=addresses,
+            key_api_listen=key_api,
+            broker=self.broker_address,
+            tls=tls,
+            psk_file=lambda link_id: str(pki.link_secrets[link_id]),
+            state_dir=lambda node_id: str(self.nodes[node_id].state_dir),
+        )
+
+    def write_node_configs(self, pki: TopologyPki) -> None:
+        """Write every node's configuration file.
+
+        In containers, the node's directory also receives copies of its credentials and link
+        secrets, and the configuration names them by paths relative to itself."""
+        configs = self.node_configs(self.layout(pki))
+        for node in self.nodes.values():
+            config = configs[node.node_id]
+            if self.in_containers:
+                self._copy_credentials(node, pki, config["links"])
             node.config_path.parent.mkdir(parents=True, exist_ok=True)
             node.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             if self.in_containers:

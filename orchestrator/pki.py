@@ -173,13 +173,15 @@ def provision_pki(
     *,
     ca_name: str,
     hosts: dict[str, str] | None = None,
+    extra_names: list[str] | None = None,
 ) -> TopologyPki:
     """The PKI of a topology under `directory`, reusing whatever is already there.
 
     `nodes` maps node IDs to the SAE IDs they serve; `links` are link IDs. Layout: `ca.pem`,
     `ca.key`, `orchestrator/`, `nodes/<id>/`, `saes/<sae>/` (client certificates, CN = SAE ID)
     and `links/<a>--<b>.psk`. A node certificate names the node ID and, with `hosts`, the node's
-    IP address, so that HTTPS clients of its key API can verify it. Existing credentials are kept: a
+    IP address, so that HTTPS clients of its key API can verify it; `extra_names` (DNS names or
+    IP addresses) go into every node certificate too. Existing credentials are kept: a
     redeployed node must present the same identity, and a link's secret must match the pads its
     stores have already used.
     """
@@ -191,8 +193,13 @@ def provision_pki(
         paths = CertificatePaths(cert=where / "cert.pem", key=where / "key.pem", ca=ca.cert_path)
         if paths.cert.exists() and paths.key.exists():
             return paths
-        ips = [ip] if ip else None
-        return ca.issue(cn, where, client_only=client_only, ip_addresses=ips)
+        if client_only:
+            return ca.issue(cn, where, client_only=True)
+        ips = [ip] if ip else []
+        dns = [cn]
+        for name in extra_names or []:
+            (ips if _is_ip(name) else dns).append(name)
+        return ca.issue(cn, where, dns_names=dns, ip_addresses=ips)
 
     orchestrator = issue("orchestrator", directory / "orchestrator")
     node_paths = {
@@ -210,6 +217,14 @@ def provision_pki(
             write_psk(path)
         secrets[link_id] = path
     return TopologyPki(ca.cert_path, orchestrator, node_paths, sae_paths, secrets)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdnet.node.config import parse_address
-from qkdnet.node.errors import ConfigError
+from qkdnet.node.errors import ConfigError, QkdnetError
 
 from .network_plan import NodePlan
 from .runtime import (
@@ -54,6 +54,15 @@ def process_start_time(pid: int) -> int | None:
     if fields[0] in ("Z", "X") and not _other_threads_alive(pid):
         return None
     return int(fields[19])
+
+
+def _stopped(pid: int) -> bool:
+    """Whether a process is stopped by a signal (paused with SIGSTOP)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] == "T"
 
 
 def _other_threads_alive(pid: int) -> bool:
@@ -129,24 +138,18 @@ class ProcessRuntime(Runtime):
         nodes = {}
         for node_id, node in self.plan.nodes.items():
             entry = record["nodes"].get(node_id)
-            alive = self._alive(entry)
-            nodes[node_id] = ComponentState(
-                node_id,
-                "running" if alive else "stopped",
-                node.address,
-                int(entry["pid"]) if alive and entry else None,
-            )
+            nodes[node_id] = self._state(node_id, node.address, entry)
         broker = None
         if self.plan.external_broker is None:
-            entry = record.get("broker")
-            alive = self._alive(entry)
-            broker = ComponentState(
-                BROKER,
-                "running" if alive else "stopped",
-                self.plan.broker_address,
-                int(entry["pid"]) if alive and entry else None,
-            )
+            broker = self._state(BROKER, self.plan.broker_address, record.get("broker"))
         return self._deployment_info(nodes, broker)
+
+    def _state(self, name: str, address: str, entry: dict[str, Any] | None) -> ComponentState:
+        if not self._alive(entry):
+            return ComponentState(name, "stopped", address)
+        assert entry is not None
+        pid = int(entry["pid"])
+        return ComponentState(name, "paused" if _stopped(pid) else "running", address, pid)
 
     def _node(self, name: str) -> NodePlan:
         node = self.plan.nodes.get(name)
@@ -301,17 +304,45 @@ class ProcessRuntime(Runtime):
         self._signal(name, signal.SIGKILL, 5.0)
 
     def _signal(self, name: str, sig: signal.Signals, timeout: float) -> None:
+        entry = self._entry(name)
+        if entry is None:
+            return
+        _terminate({name: (int(entry["pid"]), int(entry["start"]))}, sig, timeout)
+        self.emit("node_stopped" if name != BROKER else "broker_stopped", name, sig.name)
+
+    def _entry(self, name: str) -> dict[str, Any] | None:
+        """The record of a live node (or the broker); None when it is not running."""
         record = self._load()
         if name == BROKER:
+            if self.plan.external_broker is not None:
+                raise UnknownComponent("this deployment uses an external broker")
             entry = record.get("broker")
         else:
             self._node(name)
             entry = record["nodes"].get(name)
-        if not self._alive(entry):
-            return
-        assert entry is not None
-        _terminate({name: (int(entry["pid"]), int(entry["start"]))}, sig, timeout)
-        self.emit("node_stopped" if name != BROKER else "broker_stopped", name, sig.name)
+        return entry if self._alive(entry) else None
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def pause(self, name: str) -> None:
+        self._freeze(name, signal.SIGSTOP, "paused")
+
+    def unpause(self, name: str) -> None:
+        self._freeze(name, signal.SIGCONT, "unpaused")
+
+    def _freeze(self, name: str, sig: signal.Signals, event: str) -> None:
+        entry = self._entry(name)
+        if entry is None:
+            raise QkdnetError(f"{name} is not running")
+        pid = int(entry["pid"])
+        if process_start_time(pid) == entry["start"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        # Every thread has to take the signal before the process shows as stopped (or not).
+        deadline = time.monotonic() + 5.0
+        while _stopped(pid) != (sig == signal.SIGSTOP) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+        self.emit(event, name, sig.name)
 
     # -- destroy -------------------------------------------------------------------------------
 
@@ -367,6 +398,7 @@ def _terminate(targets: dict[str, tuple[int, int]], sig: signal.Signals, grace: 
         if process_start_time(pid) == start:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+                os.kill(pid, signal.SIGCONT)  # a paused process handles SIGTERM only once resumed
     deadline = time.monotonic() + grace
     killed: list[str] = []
     while True:

@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 
 from qkdnet.node.errors import QkdnetError
 
+from .faults import FaultReport, FaultUnsupported, Impairment, link_pair
 from .network_plan import NetworkPlan
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 
 BROKER = "@broker"  # the embedded broker, for start/stop/kill/restart ('@' is not in node IDs)
 
-State = Literal["running", "stopped"]
+State = Literal["running", "paused", "stopped"]
 
 
 class DeployError(QkdnetError):
@@ -81,7 +82,7 @@ class DeploymentInfo:
     def running(self) -> bool:
         """Whether anything of the deployment is still running."""
         parts = [*self.nodes.values(), *([self.broker] if self.broker else [])]
-        return any(part.state == "running" for part in parts)
+        return any(part.state != "stopped" for part in parts)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,58 @@ class Runtime(ABC):
         """Stop, then start a node (or `BROKER`)."""
         self.stop(name)
         self.start(name, timeout)
+
+    # -- faults (see faults.py); a runtime that cannot inject one says why ------------------
+
+    @abstractmethod
+    def pause(self, name: str) -> None:
+        """Freeze a node (or `BROKER`): it keeps its state and connections but does nothing."""
+
+    @abstractmethod
+    def unpause(self, name: str) -> None:
+        """Let a paused node (or `BROKER`) go on."""
+
+    def cut_link(self, a: str, b: str) -> None:
+        """Drop every packet between nodes `a` and `b` (a link of the topology) until restored."""
+        raise FaultUnsupported(self._no_network_faults())
+
+    def restore_link(self, a: str, b: str) -> None:
+        """Undo `cut_link(a, b)`."""
+        raise FaultUnsupported(self._no_network_faults())
+
+    def set_impairment(self, node: str, impairment: Impairment) -> None:
+        """Replace every impairment of `node`'s interface by `impairment` (none = reset)."""
+        raise FaultUnsupported(self._no_network_faults())
+
+    def faults(self) -> FaultReport:
+        """The faults in force now."""
+        paused = [n for n, c in self.inspect().nodes.items() if c.state == "paused"]
+        return FaultReport(paused=paused, cuts=[], impairments={})
+
+    def _no_network_faults(self) -> str:
+        return (
+            f"the {self.name} runtime runs every node in this host's network namespace, so it "
+            "cannot cut links or impair interfaces; deploy with --runtime docker"
+        )
+
+    def check_link(self, a: str, b: str) -> tuple[str, str]:
+        """The canonical pair of a link of the topology (UnknownComponent when there is none)."""
+        for node in (a, b):
+            if node not in self.plan.nodes:
+                known = ", ".join(self.plan.nodes)
+                raise UnknownComponent(f"no node {node!r} in {self.plan.name} (nodes: {known})")
+        pair = link_pair(a, b)
+        if pair not in {link_pair(*link.endpoints) for link in self.plan.links}:
+            peers = sorted(
+                next(iter(set(link.endpoints) - {a}))
+                for link in self.plan.links
+                if a in link.endpoints
+            )
+            raise UnknownComponent(
+                f"no link between {a} and {b} in {self.plan.name} "
+                f"({a} has links to {', '.join(peers) or 'nothing'})"
+            )
+        return pair
 
 
 def runtime_for(plan: NetworkPlan, on_event: EventSink | None = None) -> Runtime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -71,12 +72,25 @@ class Sae:
         return {k["key_ID"]: k["key"] for k in body["keys"]}
 
 
-async def assert_link_keys_used_alike(plan: NetworkPlan) -> dict[str, int]:
+async def assert_link_keys_used_alike(plan: NetworkPlan, settle_s: float = 30.0) -> dict[str, int]:
     """Each block of every link was consumed by as many bits at both ends (keyed digests
     through the nodes' gRPC); returns the bits of link key used per link.
 
     The stores hand out a range once only, so equal consumption at both ends means that no
-    link-key bit served two relays: either end using a bit the other did not would show."""
+    link-key bit served two relays: either end using a bit the other did not would show.
+    Pools refill in the background, so the two ends of a link can be asked while a relay is
+    between them: a difference must persist for `settle_s` seconds to count."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        used_by_link, mismatch = await _link_key_use(plan)
+        if mismatch is None:
+            return used_by_link
+        assert time.monotonic() < deadline, mismatch
+        await asyncio.sleep(0.5)
+
+
+async def _link_key_use(plan: NetworkPlan) -> tuple[dict[str, int], str | None]:
+    """Bits of link key used per link, and the first block used differently at its two ends."""
     nonce = uuid.uuid4().bytes
     used_by_link: dict[str, int] = {}
     for link in plan.links:
@@ -95,28 +109,31 @@ async def assert_link_keys_used_alike(plan: NetworkPlan) -> dict[str, int]:
         used = 0
         for block in common:
             dx, dy = digests[x][block], digests[y][block]
-            assert dx.consumed == dy.consumed, f"{link_id} {block}"
+            if dx.consumed != dy.consumed:
+                return used_by_link, f"{link_id} {block}: {dx.consumed} != {dy.consumed} bits used"
             used += dx.consumed
         used_by_link[link_id] = used
-    return used_by_link
+    return used_by_link, None
 
 
 @contextlib.contextmanager
-def deployed(topology: Path | dict[str, Any], root: Path) -> Iterator[NetworkPlan]:
-    """A topology (a file, or the data of one) deployed under `root` on the process runtime,
-    with key on every link; destroyed on the way out."""
+def deployed(
+    topology: Path | dict[str, Any], root: Path, runtime: str | None = None
+) -> Iterator[NetworkPlan]:
+    """A topology (a file, or the data of one) deployed under `root` on its runtime (or
+    `runtime`), with key on every link; destroyed on the way out."""
     if isinstance(topology, dict):
         path = root / f"{topology['name']}.yaml"
         path.write_text(yaml.safe_dump(topology))
         topology = path
-    plan = NetworkPlan.build(load_topology(topology), root / "state")
-    runtime = runtime_for(plan)
-    runtime.deploy(timeout=60)
+    plan = NetworkPlan.build(load_topology(topology), root / "state", runtime=runtime)
+    nodes = runtime_for(plan)
+    nodes.deploy(timeout=90)
     try:
         asyncio.run(wait_for_key(plan, timeout=120))
         yield plan
     finally:
-        runtime.destroy()
+        nodes.destroy()
 
 
 @contextlib.asynccontextmanager

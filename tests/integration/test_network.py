@@ -278,3 +278,19 @@ def test_stop_start_kill_restart_a_node_keeps_its_store(
         runtime.inspect().nodes[node].pid
     )
     assert os.path.exists(plan.pki_dir / "ca.pem")
+
+
+def test_pause_and_unpause_a_node_process(
+    tmp_path: Path, deployment: dict[str, tuple[NetworkPlan, Runtime]]
+) -> None:
+    plan = _deploy(deployment, "two-node", tmp_path)
+    runtime = deployment["two-node"][1]
+    node = next(iter(plan.nodes))
+    runtime.pause(node)
+    try:
+        assert runtime.inspect().nodes[node].state == "paused"
+        assert runtime.faults().paused == [node]
+    finally:
+        runtime.unpause(node)
+    assert runtime.inspect().nodes[node].state == "running"
+    assert runtime.faults().paused == []
