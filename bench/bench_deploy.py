@@ -1,4 +1,5 @@
-"""Deploy time and memory per node on the process runtime, for 10, 50 and 100-node networks.
+"""Deploy time and memory per node on the process runtime (10, 50 and 100-node networks) or on
+the docker runtime (10 and 30 containers, `--runtime docker`; images from qkdnet image build).
 
 For each size it writes a ring topology with a chord every fifth node (about 1.2 links per
 node, 20-60 km, frames of 100,000 bits), deploys it, and
@@ -12,7 +13,11 @@ examples' speed-up 10. Every link at speed-up 10 asks for about 0.18 of a core (
 links keep two cores busy), so on a small machine the larger networks are CPU-bound and the
 figures say how the load is shared out, not how fast one link is.
 
-    python bench/bench_deploy.py [--sizes 10 50 100] [--speedups 1 10] [--settle 5]
+In containers, memory is also given as the container's cgroup sees it (what `docker stats`
+shows: usage less inactive page cache), which counts the node's shared libraries in full, as
+RSS does.
+
+    python bench/bench_deploy.py [--runtime process|docker] [--sizes ...] [--speedups 1 10]
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from qkdnet.orchestrator.docker_runtime import DockerRuntime
 from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.runtime import runtime_for
+from qkdnet.orchestrator.runtime import Runtime, runtime_for
 from qkdnet.orchestrator.topology import load_topology
 
 
@@ -66,11 +74,29 @@ def memory_kb(pid: int) -> dict[str, int]:
     }
 
 
-def bench(n: int, speedup: float, root: Path, settle: float) -> dict[str, float]:
+def container_memory_mb(runtime: Runtime) -> list[float]:
+    """Each node container's memory as `docker stats` counts it (cgroup v1 and v2)."""
+    assert isinstance(runtime, DockerRuntime)
+    containers = [c for name, c in runtime.containers().items() if name in runtime.plan.nodes]
+
+    def one(container: Any) -> float:
+        stats = container.stats(stream=False)["memory_stats"]
+        inner = stats.get("stats", {})
+        cache = inner.get("total_inactive_file", inner.get("inactive_file", 0))
+        return float(stats["usage"] - cache) / 2**20
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, containers))
+
+
+def bench(n: int, speedup: float, root: Path, settle: float, runtime_name: str) -> dict[str, float]:
     path = root / f"ring{n}-x{speedup:g}.yaml"
     path.write_text(yaml.safe_dump(ring_topology(n, speedup), sort_keys=False))
-    plan = NetworkPlan.build(load_topology(path), root / f"state{n}-x{speedup:g}")
+    plan = NetworkPlan.build(
+        load_topology(path), root / f"state{n}-x{speedup:g}", runtime=runtime_name
+    )
     runtime = runtime_for(plan)
+    cgroup_mb: list[float] = []
     try:
         start = time.monotonic()
         info = runtime.deploy(timeout=300)
@@ -80,9 +106,17 @@ def bench(n: int, speedup: float, root: Path, settle: float) -> dict[str, float]
         time.sleep(settle)
         pids = [node.pid for node in info.nodes.values() if node.pid]
         mem = [memory_kb(pid) for pid in pids]
+        if runtime_name == "docker":
+            cgroup_mb = container_memory_mb(runtime)
     finally:
         runtime.destroy()
-    return {
+    extra = {}
+    if cgroup_mb:
+        extra = {
+            "container_mb_median": statistics.median(cgroup_mb),
+            "container_mb_max": max(cgroup_mb),
+        }
+    return extra | {
         "nodes": n,
         "speedup": speedup,
         "links": len(plan.links),
@@ -98,26 +132,36 @@ def bench(n: int, speedup: float, root: Path, settle: float) -> dict[str, float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--runtime", choices=["process", "docker"], default="process")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
     parser.add_argument("--speedups", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    sizes = args.sizes or ([10, 30] if args.runtime == "docker" else [10, 50, 100])
+    unit = "containers" if args.runtime == "docker" else "nodes"
     results = []
     with tempfile.TemporaryDirectory(prefix="qkdnet-bench-deploy-") as tmp:
         for speedup in args.speedups:
-            for n in args.sizes:
-                result = bench(n, speedup, Path(tmp), args.settle)
+            for n in sizes:
+                result = bench(n, speedup, Path(tmp), args.settle, args.runtime)
                 results.append(result)
                 if not args.json:
+                    in_containers = (
+                        f"; per container {result['container_mb_median']:.0f} MiB (max "
+                        f"{result['container_mb_max']:.0f}) as docker stats counts it"
+                        if "container_mb_median" in result
+                        else ""
+                    )
                     print(
-                        f"speed-up {speedup:3g} {n:4d} nodes {result['links']:4.0f} links:"
+                        f"{args.runtime}: speed-up {speedup:3g} {n:4d} {unit}"
+                        f" {result['links']:4.0f} links:"
                         f" ready {result['ready_s']:5.1f} s,"
                         f" every link has key {result['every_link_key_s']:5.1f} s;"
                         f" per node RSS {result['rss_mb_median']:.0f} MB (max"
                         f" {result['rss_mb_max']:.0f}), PSS {result['pss_mb_median']:.0f} MB,"
                         f" USS {result['uss_mb_median']:.0f} MB; all nodes"
-                        f" {result['total_pss_mb']:.0f} MB",
+                        f" {result['total_pss_mb']:.0f} MB{in_containers}",
                         flush=True,
                     )
     if args.json:

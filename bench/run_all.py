@@ -13,6 +13,7 @@ BENCHMARKS = [
     ["bench_polynomial_hash.py"],
     ["bench_postprocessing.py"],
     ["bench_deploy.py"],
+    ["bench_deploy.py", "--runtime", "docker", "--speedups", "10"],
     ["bench_images.py"],
     ["bench_relay.py"],
     ["model_table.py"],
