@@ -259,7 +259,7 @@ class NodeAgent:
             await self._start_key_api(cfg.key_api)
         if cfg.telemetry is not None:
             self.telemetry = TelemetryPublisher(
-                cfg.telemetry, cfg.node_id, self.address, self.status
+                cfg.telemetry, cfg.node_id, cfg.advertise or self.address, self.status
             )
             self.telemetry.start()
         self._write_ready()

@@ -186,6 +186,10 @@ class NodeConfig(_Strict):
 
     node_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     listen: str = Field(description="host:port for the gRPC server")
+    advertise: str | None = Field(
+        None,
+        description="host:port peers reach this node by, as telemetry shows it (default: listen)",
+    )
     state_dir: Path
     tls: TlsConfig
     links: list[LinkConfig] = Field(default_factory=list)
@@ -204,10 +208,11 @@ class NodeConfig(_Strict):
         default_factory=dict, description="SAE ID -> ID of the node that serves it"
     )
 
-    @field_validator("listen")
+    @field_validator("listen", "advertise")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_address(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
         return value
 
     @model_validator(mode="after")

@@ -274,6 +274,8 @@ class NetworkPlan:
                 "nodes": dict(layout.addresses),
                 "sae_directory": directory,
             }
+            if layout.listen[node.node_id] != layout.addresses[node.node_id]:
+                config["advertise"] = layout.addresses[node.node_id]
             if node.saes:
                 config["saes"] = list(node.saes)
                 delivery = self.topology.key_delivery

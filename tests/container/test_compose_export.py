@@ -20,6 +20,7 @@ from qkdnet.orchestrator.cli import main
 from qkdnet.orchestrator.images import ImageResult
 from qkdnet.orchestrator.key_client import KeyApiClient, KeyApiError
 from qkdnet.orchestrator.pki import CertificatePaths
+from qkdnet.orchestrator.telemetry_watch import TelemetryWatch
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
 
@@ -87,6 +88,12 @@ def test_compose_up_runs_the_exported_chain(
     try:
         _run([*compose, *project, "up", "-d"], cwd=out)
         assert asyncio.run(_keys_flow(out)) == 4
+        # Telemetry names each node by the address its peers dial, not its wildcard listen.
+        watch = TelemetryWatch("127.0.0.1:28830", "qkdnet/chain5")
+        nodes = asyncio.run(watch.collect(3.0)).nodes
+        assert {n: nodes[n]["address"] for n in nodes} == {
+            n: f"{n}:50051" for n in ("a", "r1", "r2", "r3", "b")
+        }
     finally:
         _run([*compose, *project, "down", "-v", "--timeout", "15"], cwd=out)
     label = "com.docker.compose.project=qkdnet-test-compose"

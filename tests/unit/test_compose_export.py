@@ -62,6 +62,7 @@ def test_one_service_per_node_and_every_secret_file_exists(tmp_path: Path) -> No
 
     config = NodeConfig.model_validate(yaml.safe_load((out / "nodes" / "r2.yaml").read_text()))
     assert config.listen == "0.0.0.0:50051"
+    assert config.advertise == "r2:50051"  # what telemetry shows, not the wildcard
     assert config.nodes["r3"] == "r3:50051"
     assert config.telemetry is not None
     assert config.telemetry.broker == "broker:1883"

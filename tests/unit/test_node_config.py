@@ -76,6 +76,7 @@ def _link(pki: Path, **channel: Any) -> list[dict[str, Any]]:
     [
         ({"colour": "blue"}, "colour: unknown field"),
         ({"listen": "nowhere"}, "listen: "),
+        ({"advertise": "a-node"}, "advertise: "),
         ({"node_id": ""}, "node_id: "),
         ("negative_length", "links[0].channel.length_km: Input should be greater than or equal"),
         ("mu_out_of_range", "links[0].channel.mu: Input should be less than or equal to 10"),
