@@ -97,6 +97,7 @@ def bench(n: int, speedup: float, root: Path, settle: float, runtime_name: str) 
     )
     runtime = runtime_for(plan)
     cgroup_mb: list[float] = []
+    fault_show_s = 0.0
     try:
         start = time.monotonic()
         info = runtime.deploy(timeout=300)
@@ -108,6 +109,9 @@ def bench(n: int, speedup: float, root: Path, settle: float, runtime_name: str) 
         mem = [memory_kb(pid) for pid in pids]
         if runtime_name == "docker":
             cgroup_mb = container_memory_mb(runtime)
+            started = time.monotonic()
+            runtime.faults()  # what `qkdnet fault show` reads: two docker exec a node
+            fault_show_s = time.monotonic() - started
     finally:
         runtime.destroy()
     extra = {}
@@ -115,6 +119,7 @@ def bench(n: int, speedup: float, root: Path, settle: float, runtime_name: str) 
         extra = {
             "container_mb_median": statistics.median(cgroup_mb),
             "container_mb_max": max(cgroup_mb),
+            "fault_show_s": fault_show_s,
         }
     return extra | {
         "nodes": n,
@@ -149,7 +154,8 @@ def main() -> int:
                 if not args.json:
                     in_containers = (
                         f"; per container {result['container_mb_median']:.0f} MiB (max "
-                        f"{result['container_mb_max']:.0f}) as docker stats counts it"
+                        f"{result['container_mb_max']:.0f}) as docker stats counts it;"
+                        f" fault show {result['fault_show_s']:.2f} s"
                         if "container_mb_median" in result
                         else ""
                     )
