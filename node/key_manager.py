@@ -341,7 +341,10 @@ class KeyManager:
         if routes and len(routes[0]) == 2:
             return routes[:1]  # the direct link: no trusted node in between
         if len(routes) < 2:
-            if len(self._router.disjoint_routes(target, 2, avoid_nodes=avoid)) < 2:
+            # Refused for good only when the network has no two such routes at all; when it
+            # has them but a link is down or short of key, or a node restarting, try later.
+            known = self._router.disjoint_routes(target, 2, usable_only=False)
+            if len(known) < 2:
                 raise RelayError(
                     f"no two node-disjoint routes from {self.node_id} to {target}",
                     reason="no_disjoint_routes",

@@ -116,11 +116,18 @@ class Router:
         *,
         avoid_nodes: Iterable[str] = (),
         avoid_links: Iterable[tuple[str, str]] = (),
+        usable_only: bool = True,
     ) -> list[str] | None:
-        """Least-cost route from this node to `target` (both included), or None."""
+        """Least-cost route from this node to `target` (both included), or None.
+
+        With `usable_only` False the route may cross links that are down or short of key and
+        nodes that are gone, as long as a live neighbour still advertises the link: whether
+        the network has such a route at all, not whether a relay could take it now.
+        """
         if target == self.node_id:
             return [target]
         db = self._fresh()
+        neighbours = self._neighbours(db, usable_only)
         banned = set(avoid_nodes) - {self.node_id, target}
         banned_links = {frozenset(pair) for pair in avoid_links}
         dist: dict[str, float] = {self.node_id: 0.0}
@@ -132,16 +139,17 @@ class Router:
                 break
             if cost > dist.get(node, float("inf")):
                 continue
-            entry = db.get(node)
-            if entry is None:
-                continue
-            for peer in entry.links:
+            for peer in neighbours.get(node, ()):
                 if peer in banned or frozenset((node, peer)) in banned_links:
                     continue
-                usable, bits = self.link(node, peer)
-                if not usable or bits < need_bits:
-                    continue
-                candidate = cost + hop_cost(bits)
+                if usable_only:
+                    usable, bits = self.link(node, peer)
+                    if not usable or bits < need_bits:
+                        continue
+                    step = hop_cost(bits)
+                else:
+                    step = 1.0
+                candidate = cost + step
                 if candidate < dist.get(peer, float("inf")):
                     dist[peer] = candidate
                     prev[peer] = node
@@ -153,17 +161,42 @@ class Router:
             path.append(prev[path[-1]])
         return path[::-1]
 
+    @staticmethod
+    def _neighbours(db: dict[str, _Entry], usable_only: bool) -> dict[str, set[str]]:
+        """Node -> the peers it may have a hop to: as it advertises them or, with
+        `usable_only` False, as either end does (a node that is gone still has the links its
+        neighbours list)."""
+        neighbours: dict[str, set[str]] = {}
+        for origin, entry in db.items():
+            neighbours.setdefault(origin, set()).update(entry.links)
+            if not usable_only:
+                for peer in entry.links:
+                    neighbours.setdefault(peer, set()).add(origin)
+        return neighbours
+
     def disjoint_routes(
-        self, target: str, count: int, need_bits: int = 0, *, avoid_nodes: Iterable[str] = ()
+        self,
+        target: str,
+        count: int,
+        need_bits: int = 0,
+        *,
+        avoid_nodes: Iterable[str] = (),
+        usable_only: bool = True,
     ) -> list[list[str]]:
         """Up to `count` routes to `target` that share no intermediate node (greedy: each the
-        least-cost route around the nodes of those before it)."""
+        least-cost route around the nodes of those before it); `usable_only` as for `route`."""
         routes: list[list[str]] = []
         used: set[str] = set(avoid_nodes)
         direct_used = False
         while len(routes) < count:
             avoid_links = [(self.node_id, target)] if direct_used else []
-            route = self.route(target, need_bits, avoid_nodes=used, avoid_links=avoid_links)
+            route = self.route(
+                target,
+                need_bits,
+                avoid_nodes=used,
+                avoid_links=avoid_links,
+                usable_only=usable_only,
+            )
             if route is None:
                 break
             if len(route) == 2:

@@ -245,6 +245,14 @@ async def test_a_killed_trusted_node_is_routed_around_and_restarts_with_its_stor
         await asyncio.sleep(0.1)
     assert rerouted is not None, "no request got through after the kill"
     print(f"first key over the other route {rerouted:.2f} s after killing {victim}")
+    # Mandatory multi-path while one side of the ring is down: the network has two node-disjoint
+    # routes, one is unusable for now, so the answer is "try later" (503), not "cannot be met".
+    status, body = await a.call(
+        "POST",
+        "sae-b/enc_keys",
+        json={"number": 1, "extension_mandatory": [{"qkdnet_multipath": True}, NO_POOL]},
+    )
+    assert status == 503, body
     await asyncio.wait_for(asking, 120)
     assert len(issued) >= 100, f"{len(issued)} keys, refusals: {refusals}"
 
