@@ -28,6 +28,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -152,6 +153,9 @@ class KeyManager:
         self._pool_wake = asyncio.Event()
         self._backoff: dict[tuple[str, str], float] = {}
         self._refilling: set[tuple[str, str]] = set()
+        # Pool keys an enc_keys holds while it relays the rest: they return if that fails, so
+        # refills count them as still in the pool, which thus never grows past pool_keys.
+        self._taken: Counter[tuple[str, str]] = Counter()
 
     def node_of(self, sae: str) -> str | None:
         """The node serving `sae`: from the topology, else from routing advertisements."""
@@ -217,6 +221,8 @@ class KeyManager:
         report = DeliveryReport(source="pool", pooled=len(pooled))
         fresh: list[tuple[str, bytes]] = []
         if len(pooled) < number:
+            pair = (master, slaves[0])
+            self._taken[pair] += len(pooled)
             try:
                 fresh, report.routes = await self._transact(
                     master, slaves, by_node, number - len(pooled), size, multipath
@@ -236,6 +242,8 @@ class KeyManager:
                     message=str(exc),
                 )
                 raise
+            finally:
+                self._taken[pair] -= len(pooled)
             remote = set(by_node) - {self.node_id}
             report.source = "relay" if remote else "local"
             if pooled:
@@ -453,7 +461,8 @@ class KeyManager:
     async def fill_once(self) -> bool:
         """Relay one batch into the emptiest pool that needs and can get one; True if done."""
         size, multipath = self.limits.key_size, self.policy.multipath
-        counts = await self._delivered.run(lambda db: db.pool_counts(size, multipath))
+        counts = Counter(await self._delivered.run(lambda db: db.pool_counts(size, multipath)))
+        counts.update(self._taken)
         now = time.monotonic()
         # A pool refills once it is down to its low-water mark, and then up to full: topping up
         # after every few keys taken would cost a relay transaction (a durable write on every
