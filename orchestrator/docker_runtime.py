@@ -72,6 +72,7 @@ from .runtime import (
     Runtime,
     UnknownComponent,
 )
+from .venv_volume import VENV_DIR, venv_volume_for
 
 __all__ = [
     "LABEL_DEPLOYMENT",
@@ -342,16 +343,21 @@ class DockerRuntime(Runtime):
 
     def _create_node(self, node: NodePlan) -> Any:
         volume = self._volume(node.node_id)
+        volumes = {
+            str(node.config_path.parent): {"bind": NODE_CONFIG_DIR, "mode": "ro"},
+            volume: {"bind": NODE_STATE_DIR, "mode": "rw"},
+        }
+        image = self.client.images.get(self.node_image)
+        venv = venv_volume_for(self.client, image)
+        if venv is not None:  # the image's environment off fuse-overlayfs: see venv_volume
+            volumes[venv] = {"bind": VENV_DIR, "mode": "ro"}
         return self._create(
             node.node_id,
             self.node_image,
             node.host,
             hostname=node.node_id,
             labels=self.labels("node", node.node_id),
-            volumes={
-                str(node.config_path.parent): {"bind": NODE_CONFIG_DIR, "mode": "ro"},
-                volume: {"bind": NODE_STATE_DIR, "mode": "rw"},
-            },
+            volumes=volumes,
             stop_signal="SIGTERM",
             # For `qkdnet fault` (ip route, tc), run by `docker exec` as root; the node itself
             # runs as uid 10001 and holds no capability.

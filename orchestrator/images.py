@@ -67,6 +67,8 @@ from rich.table import Table
 
 from qkdnet.node.errors import ConfigError, QkdnetError
 
+from .venv_volume import VENV_DIR, ensure_venv_volume, venv_volume_for
+
 __all__ = [
     "BASE_IMAGE",
     "BROKER_PORT",
@@ -125,7 +127,7 @@ _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _LAYER = re.compile(r"^ ---> ([0-9a-f]{12})$")
 _BUILD_TIMEOUT = 3600  # seconds the engine may stay silent during a build step
 
-Component = Literal["base", "wheelhouse", "node", "broker"]
+Component = Literal["base", "wheelhouse", "node", "broker", "venv"]
 Status = Literal["built", "up to date"]
 EventKind = Literal["start", "progress", "log", "done"]
 
@@ -407,7 +409,9 @@ class ImageBuilder:
         if node_current is None:
             wheelhouse, result = self.ensure_wheelhouse()
             results.append(result)
-        results.append(self._build_node(base_id, node_hash, node_current, wheelhouse))
+        node_result = self._build_node(base_id, node_hash, node_current, wheelhouse)
+        results.append(node_result)
+        results.append(self._ensure_venv(node_result))
         broker_hash = self.broker_input_hash(base_id)
         broker_current = self._current("broker", broker_hash)
         results.append(self._build_broker(base_id, broker_hash, broker_current))
@@ -591,6 +595,18 @@ class ImageBuilder:
             args = self._build_args(input_hash, base_id) | {"QKDNET_WHEELHOUSE": wheelhouse.name}
             image_id = self._docker_build("node", context, tag, args, network_mode="none")
         return self._done(self._replaced("node", tag, started, image_id))
+
+    def _ensure_venv(self, node: ImageResult) -> ImageResult:
+        """The volume the docker runtime mounts the node image's environment from."""
+        started = time.monotonic()
+        image = self.client.images.get(node.image_id)
+        self._emit("venv", "start", f"from {node.reference}")
+        made = ensure_venv_volume(self.client, image)
+        name = venv_volume_for(self.client, image) or ""
+        status: Status = "built" if made else "up to date"
+        seconds = time.monotonic() - started
+        detail = f"{VENV_DIR} of {node.reference}, mounted read-only by the docker runtime"
+        return self._done(ImageResult("venv", name, status, seconds, detail=detail))
 
     def _build_broker(self, base_id: str, input_hash: str, current: Any) -> ImageResult:
         tag = self.tags["broker"]
@@ -963,6 +979,7 @@ _LABELS: dict[Component, str] = {
     "wheelhouse": "wheelhouse",
     "node": "node image",
     "broker": "broker image",
+    "venv": "node environment volume",
 }
 
 
@@ -977,6 +994,8 @@ def _short(image_id: str | None) -> str:
 def _describe(result: ImageResult) -> str:
     if result.component == "wheelhouse":
         what = f"{result.reference}, {result.detail}, {_megabytes(result.size_bytes)}"
+    elif result.component == "venv":
+        what = f"{result.reference}, {result.detail}"
     else:
         what = f"{result.reference} {_short(result.image_id)}, {_megabytes(result.size_bytes)}"
     if result.status == "built":

@@ -26,6 +26,7 @@ from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.network_status import NetworkStatus
 from qkdnet.orchestrator.runtime import BROKER, runtime_for
 from qkdnet.orchestrator.topology import load_topology
+from qkdnet.orchestrator.venv_volume import VENV_DIR
 from tests.integration.sae import Sae
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
@@ -176,6 +177,11 @@ def test_chain5_in_containers_survives_a_killed_middle_node(
             assert container.labels[LABEL_ROLE] in ("node", "broker")
             if container.labels[LABEL_ROLE] == "node":
                 assert container.labels[LABEL_NODE] in plan.nodes
+                # The image's environment comes from its volume, read-only (venv_volume).
+                mounts = container.attrs["Mounts"]
+                (venv,) = [m for m in mounts if m["Destination"] == VENV_DIR]
+                assert venv["Name"] == built_images["venv"].reference
+                assert not venv["RW"]
         again = NetworkPlan.build(topology, state_dir)
         assert again.runtime == "docker"
         assert again.nodes == plan.nodes

@@ -29,6 +29,12 @@ from qkdnet.orchestrator.images import (
     SourceTree,
 )
 from qkdnet.orchestrator.pki import CertificateAuthority
+from qkdnet.orchestrator.venv_volume import (
+    LABEL_IMAGE_ID,
+    VENV_DIR,
+    ensure_venv_volume,
+    venv_volume_for,
+)
 
 from .conftest import TEST_LABEL
 
@@ -207,7 +213,32 @@ def test_second_build_is_up_to_date(built_images: dict[str, ImageResult]) -> Non
     assert result.returncode == 0, result.stderr
     assert "node image: up to date" in result.stdout
     assert "broker image: up to date" in result.stdout
+    assert "node environment volume: up to date" in result.stdout
     assert "built" not in result.stdout
+
+
+def test_node_environment_volume_matches_the_node_image(
+    docker_engine: Any, built_images: dict[str, ImageResult]
+) -> None:
+    node = docker_engine.images.get(built_images["node"].reference)
+    name = built_images["venv"].reference
+    assert venv_volume_for(docker_engine, node) == name
+    volume = docker_engine.volumes.get(name)
+    assert volume.attrs["Labels"][LABEL_IMAGE_ID] == node.id
+    # It holds the image's environment, as the node runs it: the same files, read-only.
+    listing = docker_engine.containers.run(
+        node.id,
+        entrypoint=["/bin/sh", "-c", f"ls {VENV_DIR}/bin; touch {VENV_DIR}/x || echo read-only"],
+        volumes={name: {"bind": VENV_DIR, "mode": "ro"}},
+        user="root",  # only the read-only mount keeps it from writing
+        remove=True,
+    ).decode()
+    assert "qkdnet" in listing.split()
+    assert "read-only" in listing
+    # Not made again while it matches, and never taken for another image's.
+    assert not ensure_venv_volume(docker_engine, node)
+    base = docker_engine.images.get(built_images["base"].reference)
+    assert venv_volume_for(docker_engine, base) is None
 
 
 def test_image_list_shows_current_images(built_images: dict[str, ImageResult]) -> None:
