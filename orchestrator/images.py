@@ -67,7 +67,7 @@ from rich.table import Table
 
 from qkdnet.node.errors import ConfigError, QkdnetError
 
-from .venv_volume import VENV_DIR, ensure_venv_volume, venv_volume_for
+from .venv_volume import VENV_DIR, ensure_venv_volume, venv_volume_for, venv_volumes
 
 __all__ = [
     "BASE_IMAGE",
@@ -1097,7 +1097,8 @@ def run_image_build(
 
 def run_image_list(console: Console, *, as_json: bool = False) -> int:
     """`qkdnet image list`: the qkdnet images on the engine."""
-    rows = list_images(docker_client())
+    client = docker_client()
+    rows = list_images(client)
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -1119,6 +1120,12 @@ def run_image_list(console: Console, *, as_json: bool = False) -> int:
         for column in table.columns:
             column.no_wrap = True
         console.print(table)
+    for name, image_id in sorted(venv_volumes(client).items()):
+        console.print(
+            f"node environment volume: {name} (of node image {_short(image_id)})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if cache:
         size = sum(row["size_bytes"] or 0 for row in cache)
         console.print(

@@ -23,7 +23,7 @@ from docker.errors import APIError, NotFound
 
 from qkdnet.node.errors import QkdnetError
 
-__all__ = ["LABEL_IMAGE_ID", "VENV_DIR", "ensure_venv_volume", "venv_volume_for"]
+__all__ = ["LABEL_IMAGE_ID", "VENV_DIR", "ensure_venv_volume", "venv_volume_for", "venv_volumes"]
 
 VENV_DIR = "/opt/qkdnet"  # the node image's virtual environment (node.Dockerfile)
 LABEL_IMAGE_ID = "org.qkdnet.image-id"
@@ -33,6 +33,14 @@ _COMPONENT = "node-venv"
 
 def _name(image: Any) -> str:
     return "qkdnet-venv-" + str(image.id).removeprefix("sha256:")[:12]
+
+
+def venv_volumes(client: Any) -> dict[str, str]:
+    """Every node environment volume on the engine: name -> ID of the image it was made from."""
+    return {
+        str(volume.name): str((volume.attrs.get("Labels") or {}).get(LABEL_IMAGE_ID, ""))
+        for volume in client.volumes.list(filters={"label": f"{_LABEL_COMPONENT}={_COMPONENT}"})
+    }
 
 
 def venv_volume_for(client: Any, image: Any) -> str | None:

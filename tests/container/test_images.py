@@ -255,3 +255,13 @@ def test_image_list_shows_current_images(built_images: dict[str, ImageResult]) -
         [row] = [row for row in rows if tag in row["tags"]]
         assert row["component"] == component
         assert row["current"] is True
+    table = subprocess.run(
+        [sys.executable, "-m", "qkdnet.orchestrator", "image", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert table.returncode == 0, table.stderr
+    venv, node_id = built_images["venv"].reference, built_images["node"].image_id or ""
+    short = node_id.removeprefix("sha256:")[:12]
+    assert f"node environment volume: {venv} (of node image {short})" in table.stdout
