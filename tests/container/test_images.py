@@ -203,14 +203,20 @@ async def test_broker_image_serves_mqtt(
         container.remove(force=True)
 
 
-def test_second_build_is_up_to_date(built_images: dict[str, ImageResult]) -> None:
+def _qkdnet_image(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`qkdnet image ARGS` in a child process; it must succeed."""
     result = subprocess.run(
-        [sys.executable, "-m", "qkdnet.orchestrator", "image", "build"],
+        [sys.executable, "-m", "qkdnet.orchestrator", "image", *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_second_build_is_up_to_date(built_images: dict[str, ImageResult]) -> None:
+    result = _qkdnet_image("build", timeout=600)
     assert "node image: up to date" in result.stdout
     assert "broker image: up to date" in result.stdout
     assert "node environment volume: up to date" in result.stdout
@@ -242,26 +248,14 @@ def test_node_environment_volume_matches_the_node_image(
 
 
 def test_image_list_shows_current_images(built_images: dict[str, ImageResult]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "qkdnet.orchestrator", "image", "list", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    result = _qkdnet_image("list", "--json")
     rows = json.loads(result.stdout)
     for component in ("node", "broker"):
         tag = built_images[component].reference
         [row] = [row for row in rows if tag in row["tags"]]
         assert row["component"] == component
         assert row["current"] is True
-    table = subprocess.run(
-        [sys.executable, "-m", "qkdnet.orchestrator", "image", "list"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert table.returncode == 0, table.stderr
+    table = _qkdnet_image("list")
     venv, node_id = built_images["venv"].reference, built_images["node"].image_id or ""
     short = node_id.removeprefix("sha256:")[:12]
     assert f"node environment volume: {venv} (of node image {short})" in table.stdout
