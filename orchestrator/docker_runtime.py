@@ -90,6 +90,7 @@ LABEL_ROLE = "org.qkdnet.role"  # node, broker, network, store
 
 _POLL = 0.2
 _IFACE = "eth0"  # a node container's one interface, on the deployment's network
+_SEPARATOR = "--qkdnet--"  # between the outputs of two commands of one exec
 _LOG_TAIL = 15
 
 
@@ -572,10 +573,22 @@ class DockerRuntime(Runtime):
         return FaultReport(paused=paused, cuts=sorted(cuts), impairments=impairments)
 
     def _kernel_faults(self, container: Any) -> tuple[list[str], Impairment | None]:
-        """The destinations of a running container's blackhole routes, and its netem."""
-        routes = self._exec_json(container, ["ip", "-j", "route", "show", "type", "blackhole"])
+        """The destinations of a running container's blackhole routes, and its netem.
+
+        One `docker exec` for both: on a busy machine each exec waits for a core."""
+        script = (
+            f"ip -j route show type blackhole && echo {_SEPARATOR} && tc -j qdisc show dev {_IFACE}"
+        )
+        code, output = self._exec(container, ["sh", "-c", script])
+        routes_text, separator, qdiscs_text = output.partition(_SEPARATOR)
+        if code != 0 or not separator:
+            raise QkdnetError(f"reading routes and qdiscs failed in {container.name}: {output}")
+        try:
+            routes = json.loads(routes_text.strip() or "[]")
+            qdiscs = json.loads(qdiscs_text.strip() or "[]")
+        except ValueError:
+            raise QkdnetError(f"ip or tc in {container.name}: not JSON") from None
         blackholes = [str(r.get("dst", "")) for r in routes] if isinstance(routes, list) else []
-        qdiscs = self._exec_json(container, ["tc", "-j", "qdisc", "show", "dev", _IFACE])
         return blackholes, netem_from_tc(qdiscs)
 
     def _exec(self, container: Any, argv: list[str]) -> tuple[int, str]:
@@ -586,15 +599,6 @@ class DockerRuntime(Runtime):
                 f"cannot run {argv[0]} in {container.name}: {exc.explanation or exc}"
             ) from None
         return int(result.exit_code), bytes(result.output).decode(errors="replace").strip()
-
-    def _exec_json(self, container: Any, argv: list[str]) -> Any:
-        code, output = self._exec(container, argv)
-        if code != 0:
-            raise QkdnetError(f"{' '.join(argv)} failed in {container.name}: {output}")
-        try:
-            return json.loads(output or "[]")
-        except ValueError:
-            raise QkdnetError(f"{' '.join(argv)} in {container.name}: not JSON") from None
 
     def _exec_route(self, node: str, action: str, peer: str) -> bool:
         """Add ("replace") or remove ("delete") the blackhole route to `peer` in `node`'s
