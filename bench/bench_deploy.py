@@ -110,7 +110,7 @@ def bench(n: int, speedup: float, root: Path, settle: float, runtime_name: str) 
         if runtime_name == "docker":
             cgroup_mb = container_memory_mb(runtime)
             started = time.monotonic()
-            runtime.faults()  # what `qkdnet fault show` reads: two docker exec a node
+            runtime.faults()  # what `qkdnet fault show` reads: a docker exec a node
             fault_show_s = time.monotonic() - started
     finally:
         runtime.destroy()

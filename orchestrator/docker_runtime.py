@@ -28,6 +28,7 @@ certificate) answering SERVING.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -348,10 +349,8 @@ class DockerRuntime(Runtime):
             str(node.config_path.parent): {"bind": NODE_CONFIG_DIR, "mode": "ro"},
             volume: {"bind": NODE_STATE_DIR, "mode": "rw"},
         }
-        image = self.client.images.get(self.node_image)
-        venv = venv_volume_for(self.client, image)
-        if venv is not None:  # the image's environment off fuse-overlayfs: see venv_volume
-            volumes[venv] = {"bind": VENV_DIR, "mode": "ro"}
+        if self._venv_volume is not None:  # the environment off fuse-overlayfs: venv_volume
+            volumes[self._venv_volume] = {"bind": VENV_DIR, "mode": "ro"}
         return self._create(
             node.node_id,
             self.node_image,
@@ -364,6 +363,11 @@ class DockerRuntime(Runtime):
             # runs as uid 10001 and holds no capability.
             cap_add=["NET_ADMIN"],
         )
+
+    @functools.cached_property
+    def _venv_volume(self) -> str | None:
+        """The node image's environment volume, looked up once (not once a node)."""
+        return venv_volume_for(self.client, self.client.images.get(self.node_image))
 
     def _launch(self, node: NodePlan) -> None:
         self._create_node(node).start()
@@ -560,7 +564,7 @@ class DockerRuntime(Runtime):
             cuts.update(link_pair(node_id, peer) for peer in record.cuts_of(node_id))
             if node_id in record.impairments:
                 impairments[node_id] = record.impairments[node_id]
-        # Two `docker exec` a node, each a round trip to the engine: run the nodes side by side.
+        # A `docker exec` a node, each a round trip to the engine: run the nodes side by side.
         with ThreadPoolExecutor(max_workers=min(16, len(running) or 1)) as pool:
             read = dict(zip(running, pool.map(self._kernel_faults, running.values()), strict=True))
         for node_id, (blackholes, impairment) in read.items():

@@ -67,7 +67,7 @@ from rich.table import Table
 
 from qkdnet.node.errors import ConfigError, QkdnetError
 
-from .venv_volume import VENV_DIR, ensure_venv_volume, venv_volume_for, venv_volumes
+from .venv_volume import VENV_DIR, ensure_venv_volume, venv_volumes
 
 __all__ = [
     "BASE_IMAGE",
@@ -601,8 +601,7 @@ class ImageBuilder:
         started = time.monotonic()
         image = self.client.images.get(node.image_id)
         self._emit("venv", "start", f"from {node.reference}")
-        made = ensure_venv_volume(self.client, image)
-        name = venv_volume_for(self.client, image) or ""
+        name, made = ensure_venv_volume(self.client, image)
         status: Status = "built" if made else "up to date"
         seconds = time.monotonic() - started
         detail = f"{VENV_DIR} of {node.reference}, mounted read-only by the docker runtime"

@@ -53,14 +53,15 @@ def venv_volume_for(client: Any, image: Any) -> str | None:
     return str(volume.name) if labels.get(LABEL_IMAGE_ID) == image.id else None
 
 
-def ensure_venv_volume(client: Any, image: Any) -> bool:
-    """Make the volume of `image`'s environment unless it exists; True if it was made now.
+def ensure_venv_volume(client: Any, image: Any) -> tuple[str, bool]:
+    """Make the volume of `image`'s environment unless it exists: its name, and whether it was
+    made now.
 
     The volumes of earlier node images go, except those containers still use.
     """
-    if venv_volume_for(client, image) is not None:
-        return False
     name = _name(image)
+    if venv_volume_for(client, image) == name:
+        return name, False
     for old in client.volumes.list(filters={"label": f"{_LABEL_COMPONENT}={_COMPONENT}"}):
         with contextlib.suppress(APIError):
             old.remove()
@@ -84,4 +85,4 @@ def ensure_venv_volume(client: Any, image: Any) -> bool:
         raise QkdnetError(
             f"cannot fill volume {name} from {image.id[:19]}: {exc.explanation or exc}"
         ) from None
-    return True
+    return name, True

@@ -242,7 +242,7 @@ def test_node_environment_volume_matches_the_node_image(
     assert "qkdnet" in listing.split()
     assert "read-only" in listing
     # Not made again while it matches, and never taken for another image's.
-    assert not ensure_venv_volume(docker_engine, node)
+    assert ensure_venv_volume(docker_engine, node) == (name, False)
     base = docker_engine.images.get(built_images["base"].reference)
     assert venv_volume_for(docker_engine, base) is None
 
