@@ -1,12 +1,13 @@
-# The MQTT broker of a qkdnet deployment in containers: Mosquitto with deploy/mosquitto.conf
-# (MQTT on 1883 on every interface of the container, anonymous clients, no persistence).
+# The MQTT broker of a qkdnet deployment in containers: Mosquitto. The configuration baked in
+# (deploy/mosquitto.conf) admits nobody; a deployment runs the image with its own (TLS, client
+# certificates of its CA, an access list: orchestrator/mosquitto.py), mounted read-only.
 #
 # Build it with `qkdnet image build` (the context holds this file and mosquitto.conf). The default
 # BASE_IMAGE, qkdnet-base:bookworm (deploy/make-base-image.sh), already holds mosquitto, so the
 # build needs no network. A base without mosquitto, such as python:3.11-slim
 # (`qkdnet image build --base python:3.11-slim`), gets it from apt, which needs the network.
 #
-#   docker run -p 127.0.0.1:1883:1883 qkdnet-broker:VERSION
+#   docker run -v DIR:/etc/qkdnet:ro --user 10001 qkdnet-broker:VERSION -c /etc/qkdnet/mosquitto.conf
 
 ARG BASE_IMAGE=qkdnet-base:bookworm
 FROM ${BASE_IMAGE}

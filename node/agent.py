@@ -40,21 +40,25 @@ from qkdnet.v1 import (
 from .authentication import LinkAuthenticator, read_psk
 from .config import KeyApiConfig, NodeConfig, load_node_config
 from .conversation import TamperFault
-from .delivered_keys import DeliveredKeys
-from .errors import ConfigError, LinkError, QkdnetError
-from .etsi014 import KeyDeliveryServer, server_ssl_context
+from .delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
+from .errors import ConfigError, KeyStoreError, LinkError, QkdnetError
+from .etsi014 import KeyDeliveryServer
+from .file_modes import PRIVATE_UMASK, private_dir, tighten
+from .grpc_authorization import RoleAuthorization, peer_name
+from .grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
+from .https_server import HttpLimits, raise_file_limit, server_ssl_context
 from .key_manager import DeliveryPolicy, KeyLimits, KeyManager
 from .key_store import KeyStore
-from .link import GRPC_OPTIONS, LinkEnd, ReceiverLink, TransmitterLink, link_id_for
+from .link import LinkEnd, ReceiverLink, TransmitterLink, link_id_for
 from .link_state import LinkStateFlooder
 from .relay import KeyRelay, PeerChannels, RelayService
 from .routing import Router
 from .structured_log import configure_logging, log_event
 from .telemetry import TelemetryPublisher
-from .tls import NodeCredentials, load_credentials, peer_common_name
+from .tls import NodeCredentials, client_tls_context, load_credentials
 from .toeplitz import configure_fftw
 
-__all__ = ["PARENT_PID_ENV", "NodeAgent", "main", "peer_common_name"]
+__all__ = ["PARENT_PID_ENV", "NodeAgent", "main"]
 
 # When set to a PID, the node stops (SIGTERM) as soon as that process is gone.
 PARENT_PID_ENV = "QKDNET_PARENT_PID"
@@ -73,7 +77,7 @@ class _LinkServices(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.Classica
         self._agent = agent
 
     async def _receiver(self, context: grpc.aio.ServicerContext[Any, Any]) -> ReceiverLink:
-        peer = peer_common_name(context)
+        peer = peer_name(context)
         link = self._agent.links.get(peer)
         if not isinstance(link, ReceiverLink):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no link from {peer!r}")
@@ -106,13 +110,14 @@ class _LinkServices(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.Classica
 
 
 class _ControlService(control_pb2_grpc.NodeControlServicer):
-    """NodeControl: status, key digests and fault injection, for the orchestrator only."""
+    """NodeControl: status, key digests and fault injection, for the orchestrator only (the
+    controller role, checked by `RoleAuthorization`, and a name in `controllers`)."""
 
     def __init__(self, agent: NodeAgent) -> None:
         self._agent = agent
 
     async def _authorise(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        if peer_common_name(context) not in self._agent.config.controllers:
+        if peer_name(context) not in self._agent.config.controllers:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a controller")
 
     async def _link(self, link_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> LinkEnd:
@@ -126,6 +131,7 @@ class _ControlService(control_pb2_grpc.NodeControlServicer):
         self, request: control_pb2.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> control_pb2.NodeStatus:
         await self._authorise(context)
+        await self._agent.refresh_delivery_levels()
         return self._agent.status()
 
     async def GetKeyDigest(
@@ -188,6 +194,9 @@ class NodeAgent:
         self.relay: KeyRelay | None = None
         self.flooder: LinkStateFlooder | None = None
         self.key_api: KeyDeliveryServer | None = None
+        self.key_manager: KeyManager | None = None
+        self.authorization = RoleAuthorization(credentials.identity.trust_domain)
+        self._delivery_levels = DeliveryLevels(0, 0, 0)
 
     async def start(self) -> None:
         # One idle FFT workspace per length, 16 MiB in all: a node runs a frame at a time per
@@ -215,15 +224,22 @@ class NodeAgent:
             await link.refresh_store_level()  # a restarted node reports its stores at once
             self.links[link_cfg.peer] = link
 
-        self.delivered = await DeliveredKeys.open(cfg.state_dir / "delivered_keys.sqlite")
+        ttl = cfg.key_api.key_ttl_s if cfg.key_api is not None else DEFAULT_KEY_TTL_S
+        self.delivered = await DeliveredKeys.open(
+            cfg.state_dir / "delivered_keys.sqlite", default_ttl_s=ttl
+        )
         self.relay = KeyRelay(
-            cfg.node_id, self.links, self.delivered, self.peers, frozenset(cfg.saes)
+            cfg.node_id, self.links, self.delivered, self.peers, frozenset(cfg.saes), ttl
         )
         self.flooder = LinkStateFlooder(
             cfg.node_id, list(cfg.saes), self.links, self.router, self.peers
         )
 
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            interceptors=[self.authorization],
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        )
         services = _LinkServices(self)
         relay_pb2_grpc.add_KeyRelayServicer_to_server(
             RelayService(self.relay, self.flooder.received), server
@@ -254,12 +270,21 @@ class NodeAgent:
             if isinstance(link, TransmitterLink):
                 self._tasks.append(asyncio.create_task(link.run(), name=f"link {link.link_id}"))
         self.flooder.start()
-        self._tasks.append(asyncio.create_task(self.relay.expire_forever(), name="relay expiry"))
+        self._tasks.append(
+            asyncio.create_task(
+                self.relay.expire_forever(_expiry_interval(ttl)), name="relay expiry"
+            )
+        )
         if cfg.key_api is not None:
             await self._start_key_api(cfg.key_api)
         if cfg.telemetry is not None:
+            tls = (
+                client_tls_context(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
+                if cfg.telemetry.tls
+                else None
+            )
             self.telemetry = TelemetryPublisher(
-                cfg.telemetry, cfg.node_id, cfg.advertise or self.address, self.status
+                cfg.telemetry, cfg.node_id, cfg.advertise or self.address, self.status, tls
             )
             self.telemetry.start()
         self._write_ready()
@@ -294,12 +319,31 @@ class NodeAgent:
             self.delivered,
             limits,
             DeliveryPolicy(
-                pool_keys=api.pool_keys, pool_batch=api.pool_batch, multipath=api.multipath
+                pool_keys=api.pool_keys,
+                pool_batch=api.pool_batch,
+                multipath=api.multipath,
+                key_ttl_s=api.key_ttl_s,
             ),
             on_event=self._relay_event,
         )
+        self.key_manager = manager
         self._tasks.append(asyncio.create_task(manager.fill_pools_forever(), name="key pools"))
-        self.key_api = KeyDeliveryServer(manager, self.config.node_id, directory)
+        self._tasks.append(
+            asyncio.create_task(
+                manager.expire_pools_forever(_expiry_interval(api.key_ttl_s)), name="pool expiry"
+            )
+        )
+        self.key_api = KeyDeliveryServer(
+            manager,
+            self.config.node_id,
+            directory,
+            self.credentials.identity.trust_domain,
+            HttpLimits(
+                header_timeout_s=api.header_timeout_s,
+                body_timeout_s=api.body_timeout_s,
+                max_connections=api.max_connections,
+            ),
+        )
         host, _, port = api.listen.rpartition(":")
         tls = self.config.tls
         try:
@@ -337,8 +381,15 @@ class NodeAgent:
         tmp.write_text(json.dumps(info))
         tmp.replace(path)
 
+    async def refresh_delivery_levels(self) -> None:
+        """Count the keys the KME holds now (for the next `status`)."""
+        if self.delivered is not None:
+            with contextlib.suppress(KeyStoreError):
+                self._delivery_levels = await self.delivered.run(lambda db: db.levels())
+
     def status(self) -> control_pb2.NodeStatus:
         relay = None
+        delivery = None
         if self.relay is not None:
             c = self.relay.counters
             relay = control_pb2.RelayStatus(
@@ -349,6 +400,22 @@ class NodeAgent:
                 transactions_committed=c.transactions_committed,
                 transactions_failed=c.transactions_failed,
             )
+            levels = self._delivery_levels
+            delivery = control_pb2.DeliveryStatus(
+                keys_waiting=levels.waiting,
+                keys_pending=levels.pending,
+                pool_keys=levels.pool,
+                keys_expired=c.keys_expired,
+                pending_expired=c.pending_expired,
+                keys_voided=c.keys_voided,
+            )
+            if self.key_manager is not None:
+                delivery.pool_keys_expired = self.key_manager.counters.pool_keys_expired
+                delivery.keys_abandoned = self.key_manager.counters.keys_abandoned
+            if self.key_api is not None:
+                delivery.key_api_answers.update(self.key_api.answers)
+                delivery.key_api_connections_evicted = self.key_api.server.evicted
+                delivery.key_api_connections_refused = self.key_api.server.refused
         return control_pb2.NodeStatus(
             node_id=self.config.node_id,
             uptime_seconds=time.monotonic() - self.started,
@@ -356,6 +423,8 @@ class NodeAgent:
             relay=relay,
             key_api_url=self.key_api_url,
             routing_nodes=self.router.nodes(),
+            delivery=delivery,
+            calls_refused=dict(self.authorization.refused),
         )
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -427,6 +496,26 @@ async def _serve(config: NodeConfig, credentials: NodeCredentials) -> None:
     await agent.stop()
 
 
+def _expiry_interval(ttl_s: float) -> float:
+    """How often keys past their time to live are looked for: a tenth of it, 1 to 30 s."""
+    return min(30.0, max(1.0, ttl_s / 10))
+
+
+def _private_state(state_dir: Path) -> None:
+    """Make the state directory the node's only, and say so when it was not."""
+    private_dir(state_dir)
+    loose = tighten(state_dir)
+    if loose:
+        log_event(
+            logger,
+            logging.WARNING,
+            "modes_tightened",
+            directory=str(state_dir),
+            paths=len(loose),
+            first=[str(path.relative_to(state_dir)) for path in loose[:5]],
+        )
+
+
 def _tie_to_parent() -> None:
     """Honour PARENT_PID_ENV: ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
     expected = os.environ.get(PARENT_PID_ENV)
@@ -441,12 +530,14 @@ def _tie_to_parent() -> None:
 def main(config_path: Path) -> int:
     """Run a node until SIGTERM/SIGINT. Exit status: 0 stopped, 2 bad configuration, 1 failure."""
     _tie_to_parent()
+    # Whatever the node or a library creates (stores, their journals, logs) is its own only.
+    os.umask(PRIVATE_UMASK)
     try:
         config = load_node_config(config_path)
         credentials = load_credentials(config.tls, config.node_id)
         for link in config.links:
             read_psk(link.psk_file)
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(config.state_dir)
     except ConfigError as exc:
         print(f"qkdnet node: error: {exc}", file=sys.stderr)
         return 2
@@ -454,6 +545,8 @@ def main(config_path: Path) -> int:
         print(f"qkdnet node: error: {config_path}: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.node_id, config.log_level)
+    _private_state(config.state_dir)
+    raise_file_limit()
     try:
         asyncio.run(_serve(config, credentials))
     except ConfigError as exc:

@@ -138,6 +138,11 @@ class TelemetryConfig(_Strict):
     """Where the node publishes its state and link figures (MQTT); see node/telemetry.py."""
 
     broker: str = Field(description="MQTT broker as host:port")
+    tls: bool = Field(
+        False,
+        description="MQTT over TLS, the node authenticating with its own certificate (the "
+        "files of `tls`) and checking the broker's against the CA",
+    )
     topic_prefix: str = Field(
         min_length=1, pattern=r"^[^#+]+[^/#+]$", description="e.g. qkdnet/<topology>"
     )
@@ -165,6 +170,22 @@ class KeyApiConfig(_Strict):
     )
     pool_batch: int = Field(128, ge=1, le=1024, description="keys per pool fill")
     multipath: bool = Field(False, description="XOR shares over node-disjoint routes by default")
+    key_ttl_s: float = Field(
+        600.0,
+        ge=1.0,
+        le=30 * 86400.0,
+        description="seconds a slave SAE has to fetch a key once its master got it; then the "
+        "key is discarded at both ends",
+    )
+    header_timeout_s: float = Field(
+        15.0, gt=0.0, le=3600.0, description="a request's head must arrive within this time"
+    )
+    body_timeout_s: float = Field(
+        15.0, gt=0.0, le=3600.0, description="a request's body must arrive within this time"
+    )
+    max_connections: int = Field(
+        512, ge=1, le=100_000, description="HTTPS connections held at once at most"
+    )
 
     @field_validator("listen")
     @classmethod

@@ -14,8 +14,15 @@ Two more tables serve the origin side and multi-path relay:
   share of a set has arrived the keys are recombined and stored pending (`add_share`).
 
 Pending keys whose origin never settled (it crashed) and partial share sets are dropped by
-`expire`. A discarded transaction is remembered for a while, so that a frame of it that lands
-late (a slow hop, not a lost one) is refused rather than left pending.
+`expire`, and so are ready keys no slave fetched within their time to live (`expires`, set by
+the origin when it relayed them: a key never waits for ever). Pool keys are handed out only while
+younger than the pool's age limit (`pool_expire` drops the others; their slaves' copies live
+longer than that by the time to live, so a slave always has that long after its master got a
+key). A discarded transaction is remembered for a while, so that a frame of it that lands late
+(a slow hop, not a lost one) is refused rather than left pending. Only a transaction's origin may
+settle it, and only a key's origin may withdraw it (`void`).
+
+Deleted keys are overwritten on disk (SQLite's secure_delete), and `checkpoint` truncates the WAL.
 
 Like the link stores, all SQLite work runs on one thread (`DeliveredKeys.run`).
 """
@@ -27,13 +34,27 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from .errors import KeyStoreError
-from .sqlite_store import StoreThread, Transaction, open_sqlite
+from .sqlite_store import StoreThread, Transaction, add_missing_columns, checkpoint, open_sqlite
 
-__all__ = ["DeliveredKeys", "DeliveredKeysDb", "KeyNotFound", "KeyNotYours", "NewKeys"]
+__all__ = [
+    "DEFAULT_KEY_TTL_S",
+    "DeliveredKeys",
+    "DeliveredKeysDb",
+    "DeliveryLevels",
+    "ExpiredKeys",
+    "KeyNotFound",
+    "KeyNotYours",
+    "NewKeys",
+    "NotTheOrigin",
+    "PoolKey",
+]
+
+DEFAULT_KEY_TTL_S = 600.0
 
 T = TypeVar("T")
 
@@ -48,10 +69,17 @@ CREATE TABLE IF NOT EXISTS keys (
     key_bits INTEGER NOT NULL,
     key BLOB NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'ready')),
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    expires REAL
 );
 CREATE INDEX IF NOT EXISTS keys_by_transaction ON keys(transaction_id);
-CREATE TABLE IF NOT EXISTS discarded (transaction_id TEXT PRIMARY KEY, at REAL NOT NULL);
+DROP TABLE IF EXISTS discarded;
+CREATE TABLE IF NOT EXISTS discarded_transactions (
+    transaction_id TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (transaction_id, origin)
+);
 CREATE TABLE IF NOT EXISTS pool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key_id TEXT NOT NULL UNIQUE,
@@ -59,7 +87,8 @@ CREATE TABLE IF NOT EXISTS pool (
     slave TEXT NOT NULL,
     key_bits INTEGER NOT NULL,
     multipath INTEGER NOT NULL,
-    key BLOB NOT NULL
+    key BLOB NOT NULL,
+    created REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS pool_by_pair ON pool(master, slave, key_bits, multipath, seq);
 CREATE TABLE IF NOT EXISTS shares (
@@ -83,6 +112,35 @@ class KeyNotYours(KeyStoreError):
     """The caller is not a slave SAE named when the keys were issued."""
 
 
+class NotTheOrigin(KeyStoreError):
+    """A node asked to settle a transaction that another node relayed here."""
+
+
+@dataclass(frozen=True)
+class ExpiredKeys:
+    """What one expiry pass dropped."""
+
+    pending: int  # never settled by their origin
+    ready: int  # not fetched by every slave within their time to live
+
+
+class PoolKey(NamedTuple):
+    """A key taken from a pool, with the time it entered the pool."""
+
+    key_id: str
+    key: bytes
+    created: float
+
+
+@dataclass(frozen=True)
+class DeliveryLevels:
+    """Keys held now: ready for local slaves, pending settlement, in pools (origin side)."""
+
+    waiting: int
+    pending: int
+    pool: int
+
+
 @dataclass(frozen=True)
 class NewKeys:
     """Keys of one transaction for some of this node's SAEs."""
@@ -95,14 +153,23 @@ class NewKeys:
     key_bits: int
     key_ids: tuple[str, ...]
     keys: tuple[bytes, ...]
+    ttl_s: float = 0.0  # how long ready keys wait for their slaves (0: the store's default)
 
 
 class DeliveredKeysDb:
     """Synchronous store on one SQLite file; use it from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, default_ttl_s: float = DEFAULT_KEY_TTL_S) -> None:
         self._db = open_sqlite(path, _SCHEMA, "the delivered-key store")
         self.path = path
+        self.default_ttl_s = default_ttl_s
+        # Stores of earlier versions: keys without an expiry get the default from now on.
+        add_missing_columns(self._db, "keys", {"expires": "REAL"})
+        add_missing_columns(self._db, "pool", {"created": "REAL NOT NULL DEFAULT 0"})
+        self._db.execute(
+            "UPDATE keys SET expires=? WHERE expires IS NULL", (time.time() + default_ttl_s,)
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys(expires)")
 
     def close(self) -> None:
         self._db.close()
@@ -113,13 +180,15 @@ class DeliveredKeysDb:
             raise KeyStoreError("as many key IDs as keys are needed")
         state = "pending" if pending else "ready"
         now = time.time()
+        expires = now + (keys.ttl_s or self.default_ttl_s)
         slaves = json.dumps(list(keys.slaves))
         waiting = json.dumps(sorted(keys.local_slaves))
         try:
             with Transaction(self._db):
                 if pending:
                     gone = self._db.execute(
-                        "SELECT 1 FROM discarded WHERE transaction_id=?", (keys.transaction_id,)
+                        "SELECT 1 FROM discarded_transactions WHERE transaction_id=? AND origin=?",
+                        (keys.transaction_id, keys.origin),
                     ).fetchone()
                     if gone is not None:
                         # A frame that arrives after its origin gave up (it was slow, not lost).
@@ -132,7 +201,8 @@ class DeliveredKeysDb:
                     )
                 self._db.executemany(
                     "INSERT INTO keys(key_id, transaction_id, origin, master, slaves, waiting, "
-                    "key_bits, key, state, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "key_bits, key, state, created, expires) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             key_id,
@@ -145,6 +215,7 @@ class DeliveredKeysDb:
                             key,
                             state,
                             now,
+                            expires,
                         )
                         for key_id, key in zip(keys.key_ids, keys.keys, strict=True)
                     ],
@@ -163,7 +234,15 @@ class DeliveredKeysDb:
         if not 0 <= share < shares:
             raise KeyStoreError(f"share {share} of {shares} does not exist")
         meta = json.dumps(
-            [keys.origin, keys.master, keys.slaves, keys.local_slaves, keys.key_bits, keys.key_ids]
+            [
+                keys.origin,
+                keys.master,
+                keys.slaves,
+                keys.local_slaves,
+                keys.key_bits,
+                keys.key_ids,
+                keys.ttl_s,
+            ]
         )
         with Transaction(self._db):
             try:
@@ -204,6 +283,7 @@ class DeliveredKeysDb:
                 key_bits=keys.key_bits,
                 key_ids=keys.key_ids,
                 keys=tuple(blob[i * size : (i + 1) * size] for i in range(len(keys.key_ids))),
+                ttl_s=keys.ttl_s,
             )
             self._db.execute(
                 "DELETE FROM shares WHERE transaction_id=? AND share_set=?",
@@ -213,25 +293,57 @@ class DeliveredKeysDb:
         return True
 
     def settle(self, transaction_id: str, origin: str, commit: bool) -> int:
-        """Commit or discard the pending keys of a transaction; returns how many."""
-        self._db.execute("DELETE FROM shares WHERE transaction_id=?", (transaction_id,))
-        if commit:
-            cursor = self._db.execute(
-                "UPDATE keys SET state='ready' WHERE transaction_id=? AND origin=? "
-                "AND state='pending'",
-                (transaction_id, origin),
+        """Commit or discard the pending keys of a transaction; returns how many.
+
+        NotTheOrigin when the transaction (or a share of it) came from another node than
+        `origin`: only the node that relayed it may settle it.
+        """
+        with Transaction(self._db):
+            owners = {
+                str(row[0])
+                for row in self._db.execute(
+                    "SELECT DISTINCT origin FROM keys WHERE transaction_id=?", (transaction_id,)
+                )
+            }
+            owners.update(
+                str(json.loads(row[0])[0])
+                for row in self._db.execute(
+                    "SELECT meta FROM shares WHERE transaction_id=?", (transaction_id,)
+                )
             )
-        else:
-            with Transaction(self._db):
+            if owners - {origin}:
+                raise NotTheOrigin(f"transaction {transaction_id} was not relayed by {origin}")
+            self._db.execute("DELETE FROM shares WHERE transaction_id=?", (transaction_id,))
+            if commit:
+                cursor = self._db.execute(
+                    "UPDATE keys SET state='ready' WHERE transaction_id=? AND origin=? "
+                    "AND state='pending'",
+                    (transaction_id, origin),
+                )
+            else:
                 cursor = self._db.execute(
                     "DELETE FROM keys WHERE transaction_id=? AND origin=?", (transaction_id, origin)
                 )
                 # Remembered, so that a frame of it still on its way is refused when it lands.
                 self._db.execute(
-                    "INSERT OR REPLACE INTO discarded(transaction_id, at) VALUES (?, ?)",
-                    (transaction_id, time.time()),
+                    "INSERT OR REPLACE INTO discarded_transactions(transaction_id, origin, at) "
+                    "VALUES (?, ?, ?)",
+                    (transaction_id, origin, time.time()),
                 )
         return int(cursor.rowcount)
+
+    def void(self, origin: str, key_ids: Sequence[str]) -> int:
+        """Withdraw keys that `origin` relayed here (ready or pending); returns how many.
+
+        The origin calls this for keys its master never received, or that left its pool: no
+        slave can have asked for them, since only the master learns their IDs."""
+        removed = 0
+        with Transaction(self._db):
+            for key_id in key_ids:
+                removed += self._db.execute(
+                    "DELETE FROM keys WHERE key_id=? AND origin=?", (key_id, origin)
+                ).rowcount
+        return removed
 
     def take(self, caller: str, master: str, key_ids: Sequence[str]) -> list[tuple[str, bytes]]:
         """Hand `caller` the keys `key_ids` issued by `master`: all of them or none.
@@ -280,53 +392,108 @@ class DeliveredKeysDb:
         self, master: str, slave: str, multipath: bool, keys: Sequence[tuple[str, bytes]]
     ) -> None:
         """Add keys, committed at the slave's node already, to the (master, slave) pool."""
+        now = time.time()
         with Transaction(self._db):
             self._db.executemany(
-                "INSERT INTO pool(key_id, master, slave, key_bits, multipath, key) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(i, master, slave, 8 * len(k), int(multipath), k) for i, k in keys],
+                "INSERT INTO pool(key_id, master, slave, key_bits, multipath, key, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(i, master, slave, 8 * len(k), int(multipath), k, now) for i, k in keys],
             )
 
     def pool_take(
-        self, master: str, slave: str, key_bits: int, number: int, multipath: bool
-    ) -> list[tuple[str, bytes]]:
-        """Remove and return up to `number` pool keys, oldest first.
+        self,
+        master: str,
+        slave: str,
+        key_bits: int,
+        number: int,
+        multipath: bool,
+        max_age_s: float = DEFAULT_KEY_TTL_S,
+    ) -> list[PoolKey]:
+        """Remove and return up to `number` pool keys younger than `max_age_s`, oldest first.
 
         With `multipath` only keys that were themselves relayed over disjoint routes qualify.
         """
         with Transaction(self._db):
             rows = self._db.execute(
-                "SELECT seq, key_id, key FROM pool WHERE master=? AND slave=? AND key_bits=? "
-                "AND multipath>=? ORDER BY seq LIMIT ?",
-                (master, slave, key_bits, int(multipath), number),
+                "SELECT seq, key_id, key, created FROM pool WHERE master=? AND slave=? "
+                "AND key_bits=? AND multipath>=? AND created>=? ORDER BY seq LIMIT ?",
+                (master, slave, key_bits, int(multipath), time.time() - max_age_s, number),
             ).fetchall()
             self._db.executemany("DELETE FROM pool WHERE seq=?", [(r[0],) for r in rows])
-        return [(str(r[1]), bytes(r[2])) for r in rows]
+        return [PoolKey(str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
 
-    def pool_counts(self, key_bits: int, multipath: bool) -> dict[tuple[str, str], int]:
-        """(master, slave) -> pool keys of `key_bits` that qualify for `multipath`."""
+    def pool_return(
+        self, master: str, slave: str, multipath: bool, keys: Sequence[PoolKey]
+    ) -> None:
+        """Put keys `pool_take` gave back into their pool, as old as they were."""
+        with Transaction(self._db):
+            self._db.executemany(
+                "INSERT INTO pool(key_id, master, slave, key_bits, multipath, key, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (k.key_id, master, slave, 8 * len(k.key), int(multipath), k.key, k.created)
+                    for k in keys
+                ],
+            )
+
+    def pool_counts(
+        self, key_bits: int, multipath: bool, max_age_s: float = DEFAULT_KEY_TTL_S
+    ) -> dict[tuple[str, str], int]:
+        """(master, slave) -> pool keys of `key_bits` that qualify for `multipath` and are
+        younger than `max_age_s`."""
         rows = self._db.execute(
             "SELECT master, slave, COUNT(*) FROM pool WHERE key_bits=? AND multipath>=? "
-            "GROUP BY master, slave",
-            (key_bits, int(multipath)),
+            "AND created>=? GROUP BY master, slave",
+            (key_bits, int(multipath), time.time() - max_age_s),
         ).fetchall()
         return {(str(m), str(s)): int(n) for m, s, n in rows}
 
-    def expire(self, pending_s: float) -> int:
-        """Drop pending keys and share sets older than `pending_s`; returns how many keys."""
+    def pool_expire(self, max_age_s: float) -> list[tuple[str, str]]:
+        """Drop pool keys older than `max_age_s`; returns their (slave, key ID)."""
+        cutoff = time.time() - max_age_s
+        with Transaction(self._db):
+            rows = self._db.execute(
+                "SELECT slave, key_id FROM pool WHERE created<?", (cutoff,)
+            ).fetchall()
+            self._db.execute("DELETE FROM pool WHERE created<?", (cutoff,))
+        return [(str(slave), str(key_id)) for slave, key_id in rows]
+
+    def expire(self, pending_s: float) -> ExpiredKeys:
+        """Drop pending keys and share sets older than `pending_s`, and ready keys past their
+        time to live."""
         now = time.time()
         with Transaction(self._db):
-            dropped = self._db.execute(
+            pending = self._db.execute(
                 "DELETE FROM keys WHERE state='pending' AND created<?", (now - pending_s,)
             ).rowcount
+            ready = self._db.execute(
+                "DELETE FROM keys WHERE state='ready' AND expires<?", (now,)
+            ).rowcount
             self._db.execute("DELETE FROM shares WHERE created<?", (now - pending_s,))
-            self._db.execute("DELETE FROM discarded WHERE at<?", (now - 2 * pending_s,))
-        return int(dropped)
+            self._db.execute(
+                "DELETE FROM discarded_transactions WHERE at<?", (now - 2 * pending_s,)
+            )
+        return ExpiredKeys(pending=int(pending), ready=int(ready))
+
+    def levels(self) -> DeliveryLevels:
+        """How many keys are held now, by kind."""
+        counts = dict(
+            self._db.execute("SELECT state, COUNT(*) FROM keys GROUP BY state").fetchall()
+        )
+        pool = self._db.execute("SELECT COUNT(*) FROM pool").fetchone()[0]
+        return DeliveryLevels(
+            waiting=int(counts.get("ready", 0)), pending=int(counts.get("pending", 0)), pool=pool
+        )
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it (no stale copies of deleted keys)."""
+        checkpoint(self._db)
 
 
 class DeliveredKeys(StoreThread[DeliveredKeysDb]):
     """The async face of `DeliveredKeysDb`: every call runs on the store's own thread."""
 
     @classmethod
-    async def open(cls, path: Path) -> DeliveredKeys:
-        return cls(*await cls._open_on_thread(DeliveredKeysDb, path, "delivered"))
+    async def open(cls, path: Path, default_ttl_s: float = DEFAULT_KEY_TTL_S) -> DeliveredKeys:
+        factory = partial(DeliveredKeysDb, default_ttl_s=default_ttl_s)
+        return cls(*await cls._open_on_thread(factory, path, "delivered"))

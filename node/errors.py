@@ -9,7 +9,8 @@
     ├── KeyStoreError            the key store refused an operation
     │   ├── KeyExhausted         not enough key for what was asked
     │   ├── KeyRejected          link key was refused by a check (a wrong relay tag)
-    │   └── FrameReplayed        a relay frame ID that was accepted before
+    │   ├── FrameReplayed        a relay frame ID that was accepted before
+    │   └── StoreUnavailable     the storage failed (disk full, locked, I/O): nothing changed
     └── RelayError               a key relay could not be completed (no route, a hop refused)
 
 Messages never contain key material, pads or private keys.
@@ -29,6 +30,7 @@ __all__ = [
     "QkdnetError",
     "RelayError",
     "RoundAborted",
+    "StoreUnavailable",
 ]
 
 
@@ -86,6 +88,11 @@ class KeyRejected(KeyStoreError):
 
 class FrameReplayed(KeyStoreError):
     """A relay frame ID that was accepted before; nothing was consumed."""
+
+
+class StoreUnavailable(KeyStoreError):
+    """The storage itself failed (disk full, database locked, I/O error); the transaction was
+    rolled back, so nothing stored changed. Worth trying again later."""
 
 
 class RelayError(QkdnetError):

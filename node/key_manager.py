@@ -18,6 +18,12 @@ slave's node before they enter the pool, so handing one out needs no relay at al
 
 Multi-path: each key can be split into two XOR shares sent over node-disjoint routes, so that no
 single trusted node sees a key (a neighbour reached over its direct link needs no split).
+
+Time to live (`DeliveryPolicy.key_ttl_s`): a slave's KME keeps a key waiting for its slave that
+long after the master got it, then discards it. Pool keys are handed out only while younger than
+`key_ttl_s`, and relayed with twice that as their time to live, so that their slave always has
+`key_ttl_s` too; older pool keys are dropped here and withdrawn at the slave's node. Keys whose
+master hung up before its answer was written are withdrawn at every slave's node (`abandon`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -36,14 +43,21 @@ from typing import Any
 
 from qkdnet.v1 import relay_pb2
 
-from .delivered_keys import DeliveredKeys, DeliveredKeysDb, NewKeys
-from .errors import RelayError
+from .delivered_keys import (
+    DEFAULT_KEY_TTL_S,
+    DeliveredKeys,
+    DeliveredKeysDb,
+    NewKeys,
+    PoolKey,
+)
+from .errors import KeyStoreError, RelayError
 from .relay import KeyRelay, link_key_bits
 from .routing import Router
 from .structured_log import log_event
 
 __all__ = [
     "MAX_ROUTE_ATTEMPTS",
+    "DeliveryCounters",
     "DeliveryPolicy",
     "DeliveryReport",
     "KeyLimits",
@@ -81,6 +95,15 @@ class DeliveryPolicy:
     pool_keys: int = 256  # per (local master, remote slave) pair; 0: no pools
     pool_batch: int = 128  # keys per fill transaction
     multipath: bool = False  # default for requests and pool fills
+    key_ttl_s: float = DEFAULT_KEY_TTL_S  # how long a slave has to fetch a key
+
+
+@dataclass
+class DeliveryCounters:
+    """Keys this node's KME discarded as their origin, since it started."""
+
+    keys_abandoned: int = 0  # the master was gone before its answer was written
+    pool_keys_expired: int = 0  # older than the pool's age limit
 
 
 @dataclass(frozen=True)
@@ -156,6 +179,7 @@ class KeyManager:
         # Pool keys an enc_keys holds while it relays the rest: they return if that fails, so
         # refills count them as still in the pool, which thus never grows past pool_keys.
         self._taken: Counter[tuple[str, str]] = Counter()
+        self.counters = DeliveryCounters()
 
     def node_of(self, sae: str) -> str | None:
         """The node serving `sae`: from the topology, else from routing advertisements."""
@@ -183,7 +207,9 @@ class KeyManager:
         if not self._pooled(master, slave):
             return 0
         counts = await self._delivered.run(
-            lambda db: db.pool_counts(self.limits.key_size, self.policy.multipath)
+            lambda db: db.pool_counts(
+                self.limits.key_size, self.policy.multipath, self.policy.key_ttl_s
+            )
         )
         return counts.get((master, slave), 0)
 
@@ -206,7 +232,7 @@ class KeyManager:
         start = time.perf_counter()
         multipath = self.policy.multipath if multipath is None else multipath
         by_node = self._by_node(slaves)
-        pooled: list[tuple[str, bytes]] = []
+        pooled: list[PoolKey] = []
         if (
             use_pool
             and len(slaves) == 1
@@ -215,7 +241,9 @@ class KeyManager:
         ):
             slave = slaves[0]
             pooled = await self._delivered.run(
-                lambda db: db.pool_take(master, slave, size, number, multipath)
+                lambda db: db.pool_take(
+                    master, slave, size, number, multipath, self.policy.key_ttl_s
+                )
             )
             self._pool_wake.set()
         report = DeliveryReport(source="pool", pooled=len(pooled))
@@ -225,12 +253,18 @@ class KeyManager:
             self._taken[pair] += len(pooled)
             try:
                 fresh, report.routes = await self._transact(
-                    master, slaves, by_node, number - len(pooled), size, multipath
+                    master,
+                    slaves,
+                    by_node,
+                    number - len(pooled),
+                    size,
+                    multipath,
+                    self.policy.key_ttl_s,
                 )
             except RelayError as exc:
                 if pooled:  # back where they were: committed at the slave, unused
                     await self._delivered.run(
-                        lambda db: db.pool_add(master, slaves[0], multipath, pooled)
+                        lambda db: db.pool_return(master, slaves[0], multipath, pooled)
                     )
                 self._event(
                     "relay_failed",
@@ -259,7 +293,7 @@ class KeyManager:
                 key_bits=size,
                 **report.to_json(),
             )
-        return pooled + fresh, report
+        return [(k.key_id, k.key) for k in pooled] + fresh, report
 
     def _by_node(self, slaves: Sequence[str]) -> dict[str, list[str]]:
         by_node: dict[str, list[str]] = {}
@@ -278,9 +312,11 @@ class KeyManager:
         number: int,
         size: int,
         multipath: bool,
+        ttl_s: float,
     ) -> tuple[list[tuple[str, bytes]], list[RouteReport]]:
         """Make `number` keys, relay them to every remote target node and settle.
 
+        Keys for slaves on this node are stored pending first, and committed with the others.
         RelayError when any target did not get them (they are then discarded everywhere).
         """
         keys = [secrets.token_bytes(size // 8) for _ in range(number)]
@@ -299,8 +335,23 @@ class KeyManager:
                 key_uuids=b"".join(u.bytes for u in uuids),
                 keys=b"".join(keys),
                 shares=1,
+                ttl_seconds=max(1, math.ceil(ttl_s)),
             )
 
+        local = by_node.get(self.node_id)
+        if local:
+            new = NewKeys(
+                transaction_id=transaction_id,
+                origin=self.node_id,
+                master=master,
+                slaves=tuple(slaves),
+                local_slaves=tuple(local),
+                key_bits=size,
+                key_ids=tuple(key_ids),
+                keys=tuple(keys),
+                ttl_s=ttl_s,
+            )
+            await self._delivered.run(lambda db: db.add(new, pending=True))
         remote = {node: saes for node, saes in by_node.items() if node != self.node_id}
         results = await asyncio.gather(
             *(self._deliver(node, payload(saes), multipath) for node, saes in remote.items()),
@@ -313,29 +364,25 @@ class KeyManager:
                 await asyncio.gather(
                     *(self._relay.settle(node, transaction_id, True) for node in stored)
                 )
-            except RelayError as exc:
+                if local:
+                    await self._delivered.run(
+                        lambda db: db.settle(transaction_id, self.node_id, True)
+                    )
+            except (RelayError, KeyStoreError) as exc:
                 failure = exc
         if failure is not None:
             # Every target, not only those that answered: a target whose answer was lost (its
             # relay failed on the way back) may hold the keys all the same.
             await self._discard(list(remote), transaction_id)
+            if local:
+                with contextlib.suppress(KeyStoreError):
+                    await self._delivered.run(
+                        lambda db: db.settle(transaction_id, self.node_id, False)
+                    )
             self._relay.counters.transactions_failed += 1
-            if isinstance(failure, RelayError):
+            if isinstance(failure, RelayError | KeyStoreError):
                 raise failure
             raise RelayError(f"relay failed: {failure}") from failure
-        local = by_node.get(self.node_id)
-        if local:
-            new = NewKeys(
-                transaction_id=transaction_id,
-                origin=self.node_id,
-                master=master,
-                slaves=tuple(slaves),
-                local_slaves=tuple(local),
-                key_bits=size,
-                key_ids=tuple(key_ids),
-                keys=tuple(keys),
-            )
-            await self._delivered.run(lambda db: db.add(new, pending=False))
         self._relay.counters.transactions_committed += 1
         routes = [report for r in results if isinstance(r, list) for report in r]
         return list(zip(key_ids, keys, strict=True)), routes
@@ -433,6 +480,65 @@ class KeyManager:
 
         await asyncio.gather(*(one(node) for node in nodes))
 
+    # -- keys that never reached their master, and pool keys too old ----------------------------
+    async def abandon(self, master: str, slaves: Sequence[str], key_ids: Sequence[str]) -> None:
+        """`master` never got `key_ids` (it hung up before they were written): withdraw them at
+        every node serving one of `slaves`. Where that fails, their time to live ends them."""
+        if not key_ids:
+            return
+        self.counters.keys_abandoned += len(key_ids)
+        nodes = {node for node in (self.node_of(slave) for slave in slaves) if node is not None}
+        withdrawn = 0
+        for node in sorted(nodes):
+            try:
+                withdrawn += await self._withdraw(node, list(key_ids), "abandoned")
+            except (RelayError, KeyStoreError) as exc:
+                log_event(logger, logging.WARNING, "void_failed", node=node, error=str(exc))
+        log_event(
+            logger,
+            logging.WARNING,
+            "keys_abandoned",
+            master=master,
+            keys=len(key_ids),
+            withdrawn=withdrawn,
+        )
+        self._event("keys_abandoned", master=master, slaves=list(slaves), keys=len(key_ids))
+
+    async def _withdraw(self, node: str, key_ids: list[str], reason: str) -> int:
+        if node == self.node_id:
+            return await self._delivered.run(lambda db: db.void(self.node_id, key_ids))
+        return await self._relay.void(node, key_ids, reason)
+
+    async def expire_pools_once(self) -> int:
+        """Drop pool keys older than the time to live and withdraw them at their slaves'
+        nodes; returns how many were dropped."""
+        dropped = await self._delivered.run(lambda db: db.pool_expire(self.policy.key_ttl_s))
+        if not dropped:
+            return 0
+        self.counters.pool_keys_expired += len(dropped)
+        by_node: dict[str, list[str]] = {}
+        for slave, key_id in dropped:
+            node = self.node_of(slave)
+            if node is not None:
+                by_node.setdefault(node, []).append(key_id)
+        for node, ids in sorted(by_node.items()):
+            try:
+                await self._withdraw(node, ids, "pool_expired")
+            except (RelayError, KeyStoreError) as exc:  # they expire there on their own
+                log_event(logger, logging.INFO, "void_failed", node=node, error=str(exc))
+        log_event(logger, logging.INFO, "pool_keys_expired", keys=len(dropped))
+        self._pool_wake.set()
+        return len(dropped)
+
+    async def expire_pools_forever(self, interval_s: float) -> None:
+        """`expire_pools_once` every `interval_s`."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.expire_pools_once()
+            except KeyStoreError as exc:  # the store failed this time: next time
+                log_event(logger, logging.WARNING, "pool_expiry_failed", error=str(exc))
+
     # -- pools -------------------------------------------------------------------------------
     def pool_pairs(self) -> list[tuple[str, str]]:
         """Every (master, slave) pair this node keeps a pool for."""
@@ -461,7 +567,10 @@ class KeyManager:
     async def fill_once(self) -> bool:
         """Relay one batch into the emptiest pool that needs and can get one; True if done."""
         size, multipath = self.limits.key_size, self.policy.multipath
-        counts = Counter(await self._delivered.run(lambda db: db.pool_counts(size, multipath)))
+        max_age = self.policy.key_ttl_s
+        counts = Counter(
+            await self._delivered.run(lambda db: db.pool_counts(size, multipath, max_age))
+        )
         counts.update(self._taken)
         now = time.monotonic()
         # A pool refills once it is down to its low-water mark, and then up to full: topping up
@@ -489,22 +598,32 @@ class KeyManager:
             if not spare:
                 continue
             try:
+                # Twice the time to live: a key may wait in the pool for one, and its slave then
+                # still has a whole one to fetch it.
                 keys, routes = await self._transact(
-                    master, [slave], {target: [slave]}, number, size, multipath
+                    master, [slave], {target: [slave]}, number, size, multipath, 2 * max_age
                 )
-            except RelayError as exc:
+            except (RelayError, KeyStoreError) as exc:
                 self._backoff[(master, slave)] = now + _FILL_BACKOFF_S
-                log_event(logger, logging.INFO, "pool_fill_failed", slave=slave, reason=exc.reason)
+                reason = exc.reason if isinstance(exc, RelayError) else "store_unavailable"
+                log_event(logger, logging.INFO, "pool_fill_failed", slave=slave, reason=reason)
                 continue
-            await self._delivered.run(
-                partial(
-                    DeliveredKeysDb.pool_add,
-                    master=master,
-                    slave=slave,
-                    multipath=multipath,
-                    keys=keys,
+            try:
+                await self._delivered.run(
+                    partial(
+                        DeliveredKeysDb.pool_add,
+                        master=master,
+                        slave=slave,
+                        multipath=multipath,
+                        keys=keys,
+                    )
                 )
-            )
+            except KeyStoreError as exc:  # committed at the slave, lost here: withdraw them
+                log_event(logger, logging.WARNING, "pool_store_failed", error=str(exc))
+                with contextlib.suppress(RelayError, KeyStoreError):
+                    await self._withdraw(target, [key_id for key_id, _ in keys], "abandoned")
+                self._backoff[(master, slave)] = now + _FILL_BACKOFF_S
+                continue
             self._event(
                 "pool_filled",
                 master=master,

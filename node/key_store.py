@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from .errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError
-from .sqlite_store import StoreThread, Transaction, open_sqlite
+from .sqlite_store import StoreThread, Transaction, checkpoint, open_sqlite
 
 __all__ = [
     "PAD_BYTES",
@@ -340,6 +340,10 @@ class KeyStoreDb:
                     "INSERT INTO relay_frames(frame_id, at) VALUES (?, ?)", (frame_id, time.time())
                 )
         return bits
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it (no stale copies of used key)."""
+        checkpoint(self._db)
 
     def forget_frames(self, older_than_s: float) -> int:
         """Drop relay frame IDs older than `older_than_s` (their link key is spent anyway)."""

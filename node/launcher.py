@@ -25,6 +25,8 @@ import os
 import sys
 from pathlib import Path
 
+from .file_modes import PRIVATE_UMASK
+
 __all__ = ["launch"]
 
 _PR_SET_NAME = 15
@@ -36,8 +38,9 @@ def _threads() -> int:
 
 
 def _become_node(config: Path, log: Path) -> None:
-    """In the child: detach, redirect output, name the process."""
+    """In the child: detach, make its files private, redirect output, name the process."""
     os.setsid()
+    os.umask(PRIVATE_UMASK)
     log.parent.mkdir(parents=True, exist_ok=True)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)

@@ -50,6 +50,7 @@ from .config import LinkConfig
 from .conversation import Conversation, Duplex, TamperFault
 from .decoy import ClassCounts, DecoyEstimate, estimate, gllp_estimate, secret_key_length
 from .errors import LinkError, ProtocolError, RoundAborted
+from .grpc_options import CHANNEL_OPTIONS
 from .key_store import KeyStore, KeyStoreDb
 from .link_stats import LinkStats
 from .polynomial_hash import PolynomialHash
@@ -58,18 +59,11 @@ from .structured_log import log_event
 from .toeplitz import toeplitz_hash
 from .wire import decode_bits, decode_classes, decode_slots, encode_bits, encode_slots
 
-__all__ = ["GRPC_OPTIONS", "LinkEnd", "ReceiverLink", "TransmitterLink", "link_id_for"]
+__all__ = ["LinkEnd", "ReceiverLink", "TransmitterLink", "link_id_for"]
 
 logger = logging.getLogger("qkdnet.node.link")
 T = TypeVar("T")
 
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-]
 _CHUNK_DETECTIONS = 1 << 18  # expected detections per photon chunk
 _CHUNK_SECONDS = 0.05  # at most this much emulated wall time per chunk, for smooth pacing
 _FRAMES_BUFFERED = 4
@@ -279,7 +273,7 @@ class TransmitterLink(LinkEnd):
 
     async def _session(self) -> None:
         target = self.peer
-        options = [*GRPC_OPTIONS, ("grpc.ssl_target_name_override", target)]
+        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", target)]
         async with grpc.aio.secure_channel(self._address, self._credentials, options) as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=10)
             classical = link_pb2_grpc.ClassicalChannelStub(channel).Session()

@@ -24,10 +24,14 @@ from .key_store import KeyStoreDb
 from .link import LinkEnd
 from .relay import PeerChannels
 from .routing import Router
+from .structured_log import log_event
 
-__all__ = ["LinkStateFlooder"]
+__all__ = ["MAX_CLOCK_AHEAD_NS", "LinkStateFlooder"]
 
 logger = logging.getLogger("qkdnet.node.link_state")
+
+# Clocks of the nodes may disagree by this much (sequences are wall-clock nanoseconds).
+MAX_CLOCK_AHEAD_NS = 60 * 10**9
 
 
 def _levels(db: KeyStoreDb, out_dir: int) -> tuple[int, int]:
@@ -55,6 +59,7 @@ class LinkStateFlooder:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._last_up: dict[str, bool] = {}
+        self.refused_from_future = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="link-state")
@@ -102,8 +107,24 @@ class LinkStateFlooder:
             await asyncio.sleep(0.2)
 
     async def received(self, advert: relay_pb2.LinkStateAdvert, sender: str) -> None:
-        """An advertisement from neighbour `sender`: keep and pass on what is new."""
+        """An advertisement from neighbour `sender`: keep and pass on what is new.
+
+        One whose sequence lies more than `MAX_CLOCK_AHEAD_NS` ahead of this node's clock is
+        dropped: accepted, it would shadow every later advertisement of its origin (a sequence of
+        2^64 - 1 would freeze that node's links in every router for good)."""
         if advert.origin == self.node_id or sender not in self._links:
+            return
+        if advert.sequence > time.time_ns() + MAX_CLOCK_AHEAD_NS:
+            self.refused_from_future += 1
+            if self.refused_from_future in (1, 10, 100) or self.refused_from_future % 1000 == 0:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "advert_from_future_refused",
+                    origin=advert.origin[:64],
+                    sender=sender,
+                    refused=self.refused_from_future,
+                )
             return
         if self._router.accept(advert):
             self._flood(advert, exclude=sender)

@@ -38,13 +38,14 @@ from google.protobuf.message import DecodeError
 
 from qkdnet.v1 import relay_pb2, relay_pb2_grpc
 
-from .delivered_keys import DeliveredKeys, NewKeys
+from .delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, NewKeys, NotTheOrigin
 from .errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError, RelayError
+from .grpc_authorization import peer_name
+from .grpc_options import CHANNEL_OPTIONS
 from .key_store import KeyRange, KeyStoreDb
-from .link import GRPC_OPTIONS, LinkEnd
+from .link import LinkEnd
 from .polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
 from .structured_log import log_event
-from .tls import peer_common_name
 
 __all__ = [
     "FRAME_MEMORY_S",
@@ -82,6 +83,11 @@ class RelayCounters:
     wasted_bits: int = 0
     transactions_committed: int = 0
     transactions_failed: int = 0
+    # Keys discarded at this node as a target: past their time to live, never settled by their
+    # origin, withdrawn by their origin.
+    keys_expired: int = 0
+    pending_expired: int = 0
+    keys_voided: int = 0
 
 
 class PeerChannels:
@@ -98,7 +104,7 @@ class PeerChannels:
             address = self._addresses.get(node)
             if address is None:
                 raise RelayError(f"no address known for node {node}", reason="unknown_route")
-            options = [*GRPC_OPTIONS, ("grpc.ssl_target_name_override", node)]
+            options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node)]
             channel = grpc.aio.secure_channel(address, self._credentials, options)
             self._channels[node] = channel
         return relay_pb2_grpc.KeyRelayStub(channel)
@@ -136,12 +142,14 @@ class KeyRelay:
         delivered: DeliveredKeys,
         peers: PeerChannels,
         local_saes: frozenset[str],
+        key_ttl_s: float = DEFAULT_KEY_TTL_S,
     ) -> None:
         self.node_id = node_id
         self._links = links
         self._delivered = delivered
         self._peers = peers
         self._local_saes = local_saes
+        self.key_ttl_s = key_ttl_s
         self.counters = RelayCounters()
 
     def _direction(self, sender: str, receiver: str) -> int:
@@ -220,6 +228,20 @@ class KeyRelay:
             raise RelayError(
                 f"{target} did not settle transaction {transaction_id}: {exc.details()}",
                 reason="settle_failed",
+            ) from None
+        return int(reply.keys)
+
+    async def void(self, target: str, key_ids: list[str], reason: str) -> int:
+        """Withdraw committed keys this node relayed to `target`; returns how many were there."""
+        request = relay_pb2.VoidRequest(
+            key_uuids=b"".join(uuid.UUID(key_id).bytes for key_id in key_ids), reason=reason
+        )
+        try:
+            reply = await self._peers.stub(target).Void(request, timeout=HOP_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise RelayError(
+                f"{target} did not withdraw {len(key_ids)} keys: {exc.details()}",
+                reason="void_failed",
             ) from None
         return int(reply.keys)
 
@@ -321,6 +343,7 @@ class KeyRelay:
             key_bits=payload.key_bits,
             key_ids=tuple(str(uuid.UUID(bytes=ids[i * 16 : (i + 1) * 16])) for i in range(count)),
             keys=tuple(payload.keys[i * size : (i + 1) * size] for i in range(count)),
+            ttl_s=float(payload.ttl_seconds) or self.key_ttl_s,
         )
         if shares == 1:
             await self._delivered.run(lambda db: db.add(new, pending=True))
@@ -329,18 +352,43 @@ class KeyRelay:
             await self._delivered.run(lambda db: db.add_share(new, share_set, share, shares))
 
     async def expire_forever(self, interval_s: float = 30.0) -> None:
-        """Every `interval_s`: drop what an origin never settled and frame IDs past replay."""
+        """Every `interval_s`: drop what an origin never settled, keys past their time to live
+        and frame IDs past replay; then truncate the stores' WALs (no stale key on disk)."""
         while True:
             await asyncio.sleep(interval_s)
-            dropped = await self._delivered.run(lambda db: db.expire(pending_s=PENDING_EXPIRY_S))
-            for link in self._links.values():
-                await link.store.run(partial(KeyStoreDb.forget_frames, older_than_s=FRAME_MEMORY_S))
-            if dropped:
-                log_event(logger, logging.WARNING, "pending_keys_expired", keys=dropped)
+            await self.expire_once()
+
+    async def expire_once(self) -> None:
+        """One expiry pass (see `expire_forever`)."""
+        expired = await self._delivered.run(lambda db: db.expire(pending_s=PENDING_EXPIRY_S))
+        await self._delivered.run(lambda db: db.checkpoint())
+        for link in self._links.values():
+            await link.store.run(partial(KeyStoreDb.forget_frames, older_than_s=FRAME_MEMORY_S))
+            await link.store.run(KeyStoreDb.checkpoint)
+        self.counters.pending_expired += expired.pending
+        self.counters.keys_expired += expired.ready
+        if expired.pending:
+            log_event(logger, logging.WARNING, "pending_keys_expired", keys=expired.pending)
+        if expired.ready:
+            log_event(logger, logging.WARNING, "waiting_keys_expired", keys=expired.ready)
 
     async def settle_here(self, transaction_id: str, origin: str, commit: bool) -> int:
-        """A Settle call from `origin` for a transaction stored here."""
+        """A Settle call from `origin` for a transaction stored here (NotTheOrigin when it is
+        another node's)."""
         return await self._delivered.run(lambda db: db.settle(transaction_id, origin, commit))
+
+    async def void_here(self, origin: str, request: relay_pb2.VoidRequest) -> int:
+        """A Void call from `origin`: withdraw the keys it relayed here."""
+        blob = request.key_uuids
+        if len(blob) % 16:
+            raise self._refuse("malformed", "key IDs of a void request are not 16 bytes each")
+        ids = [str(uuid.UUID(bytes=blob[i : i + 16])) for i in range(0, len(blob), 16)]
+        removed = await self._delivered.run(lambda db: db.void(origin, ids))
+        self.counters.keys_voided += removed
+        log_event(
+            logger, logging.INFO, "keys_voided", origin=origin, keys=removed, reason=request.reason
+        )
+        return removed
 
 
 class RelayService(relay_pb2_grpc.KeyRelayServicer):
@@ -354,7 +402,7 @@ class RelayService(relay_pb2_grpc.KeyRelayServicer):
         self, request: relay_pb2.RelayFrame, context: grpc.aio.ServicerContext[Any, Any]
     ) -> relay_pb2.RelayAck:
         try:
-            return await self._relay.receive(request, peer_common_name(context))
+            return await self._relay.receive(request, peer_name(context))
         except RelayError as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"{exc.reason}: {exc}")
             raise
@@ -362,13 +410,27 @@ class RelayService(relay_pb2_grpc.KeyRelayServicer):
     async def Settle(
         self, request: relay_pb2.SettleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> relay_pb2.SettleReply:
-        keys = await self._relay.settle_here(
-            request.transaction_id, peer_common_name(context), request.commit
-        )
+        try:
+            keys = await self._relay.settle_here(
+                request.transaction_id, peer_name(context), request.commit
+            )
+        except NotTheOrigin as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise
         return relay_pb2.SettleReply(keys=keys)
+
+    async def Void(
+        self, request: relay_pb2.VoidRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> relay_pb2.VoidReply:
+        try:
+            keys = await self._relay.void_here(peer_name(context), request)
+        except RelayError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.reason}: {exc}")
+            raise
+        return relay_pb2.VoidReply(keys=keys)
 
     async def Advertise(
         self, request: relay_pb2.LinkStateAdvert, context: grpc.aio.ServicerContext[Any, Any]
     ) -> relay_pb2.AdvertAck:
-        await self._on_advert(request, peer_common_name(context))
+        await self._on_advert(request, peer_name(context))
         return relay_pb2.AdvertAck()

@@ -15,12 +15,17 @@ The topic tree (every payload is a JSON object with `"schema": 1`; `<prefix>` is
 - `<prefix>/node/<id>/events` (not retained): `event` is one of "node_started",
   "node_stopping", "link_state" (`from`, `to`), "frames_aborted" (`reasons`),
   "messages_rejected" (`reasons`).
-- `<prefix>/relay/events` (not retained), from the master SAE's node: "key_delivered"
+- `<prefix>/relay/events/<id>` (not retained), from the master SAE's node: "key_delivered"
   (`master`, `slaves`, `keys`, `key_bits`, `source`: local/pool/relay/pool+relay, `pooled`,
   `relayed`, `ms`, `routes`: [{`target`, `route`, `hop_ms`, `share`, `shares`}]),
   "pool_filled" (the same plus `pool`, the pool's size after the fill) and "relay_failed"
-  (`reason`, `message`). `hop_ms[i]` is the time node `route[i]` spent, including every later
-  hop. Key IDs and keys are never published.
+  (`reason`, `message`), and "keys_abandoned" (`master`, `slaves`, `keys`: keys withdrawn
+  because the master hung up before its answer was written). `hop_ms[i]` is the time node
+  `route[i]` spent, including every later hop. Key IDs and keys are never published.
+
+A node publishes only under its own topics (the brokers of a deployment enforce it, see
+`qkdnet.orchestrator.telemetry_access`); with `tls`, it connects over TLS with its own
+certificate, and checks the broker's.
 
 Telemetry is never on the key path: publishing happens on its own task, a broker that is down
 or goes away only makes the node retry (every `_RETRY_SECONDS`), and links keep running.
@@ -33,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,7 +51,12 @@ from qkdnet.v1 import control_pb2
 from .config import TelemetryConfig, parse_address
 from .structured_log import log_event
 
-__all__ = ["SCHEMA_VERSION", "TelemetryPublisher", "link_payloads", "node_payload"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "TelemetryPublisher",
+    "link_payloads",
+    "node_payload",
+]
 
 SCHEMA_VERSION = 1
 _RETRY_SECONDS = 1.0
@@ -127,8 +138,10 @@ class TelemetryPublisher:
         node_id: str,
         address: str,
         status: Callable[[], control_pb2.NodeStatus],
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config
+        self._tls = tls_context
         self._node_id = node_id
         self._address = address
         self._status = status
@@ -163,11 +176,11 @@ class TelemetryPublisher:
         self._wake.set()
 
     def relay_event(self, kind: str, fields: dict[str, Any]) -> None:
-        """Queue a key-delivery event for `<prefix>/relay/events`; it goes out with the next
+        """Queue a key-delivery event for `<prefix>/relay/events/<id>`; it goes out with the next
         report (these can come by the thousand per second, so they do not wake the loop)."""
         self._events.append(
             (
-                "relay/events",
+                f"relay/events/{self._node_id}",
                 {"schema": SCHEMA_VERSION, "node": self._node_id, "event": kind, "ts": time.time()}
                 | fields,
             )
@@ -208,6 +221,7 @@ class TelemetryPublisher:
                     will=will,
                     keepalive=max(5, int(self._config.interval_s * 5)),
                     timeout=5.0,
+                    tls_context=self._tls,
                 ) as client:
                     self._client, self.connected = client, True
                     self.connections += 1

@@ -2,14 +2,14 @@
 
 Checks happen before the server starts so that a missing or wrong file stops the node with one
 message naming the file: the certificate must be signed by the CA, match the private key and
-carry this node's ID as its common name.
+name this node in the `node` role (`identity.py`).
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from cryptography import x509
@@ -19,17 +19,20 @@ from cryptography.x509.oid import NameOID
 
 from .config import TlsConfig
 from .errors import ConfigError
+from .identity import Identity, Role, certificate_identity
 
-__all__ = ["NodeCredentials", "common_name", "load_credentials", "peer_common_name"]
+__all__ = ["NodeCredentials", "client_tls_context", "common_name", "load_credentials"]
 
 
 @dataclass(frozen=True)
 class NodeCredentials:
-    """PEM bytes of the CA certificate, the node certificate and its private key."""
+    """PEM bytes of the CA certificate, the node certificate and its private key, and the
+    identity the certificate names."""
 
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    identity: Identity
 
     def server(self) -> grpc.ServerCredentials:
         """Server credentials that require and verify a client certificate from the CA."""
@@ -48,10 +51,13 @@ class NodeCredentials:
         )
 
 
-def peer_common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The CN of the client certificate of a gRPC caller ('' when there is none)."""
-    names = list(context.auth_context().get("x509_common_name", []))
-    return names[0].decode() if names else ""
+def client_tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """A TLS client context for a server of the deployment (its MQTT broker, say): `cert`
+    presented, the server's certificate checked against `ca` and the address dialled."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -70,8 +76,11 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
 
 
-def load_credentials(tls: TlsConfig, expected_cn: str | None) -> NodeCredentials:
-    """Read and cross-check the TLS files; ConfigError names the file at fault."""
+def load_credentials(tls: TlsConfig, node_id: str, role: Role = Role.NODE) -> NodeCredentials:
+    """Read and cross-check the TLS files; ConfigError names the file at fault.
+
+    The certificate must name `node_id` in `role`, both as its common name and in its SPIFFE ID.
+    """
     ca_pem = _read(tls.ca, "CA certificate")
     cert_pem = _read(tls.cert, "certificate")
     key_pem = _read(tls.key, "private key")
@@ -97,8 +106,15 @@ def load_credentials(tls: TlsConfig, expected_cn: str | None) -> NodeCredentials
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ):
         raise ConfigError(f"{tls.key}: does not match the certificate {tls.cert}")
-    if expected_cn is not None and common_name(cert) != expected_cn:
+    if common_name(cert) != node_id:
         raise ConfigError(
-            f"{tls.cert}: certificate is for {common_name(cert)!r}, not for node {expected_cn!r}"
+            f"{tls.cert}: certificate is for {common_name(cert)!r}, not for node {node_id!r}"
         )
-    return NodeCredentials(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
+    identity = certificate_identity(cert)
+    if identity is None or identity.role != role or identity.name != node_id:
+        named = f"names {identity}" if identity else "carries no qkdnet role (SPIFFE ID)"
+        raise ConfigError(
+            f"{tls.cert}: certificate {named}, not {role.value} {node_id!r}; "
+            "redeploy to have the PKI issue it again"
+        )
+    return NodeCredentials(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem, identity=identity)

@@ -1,10 +1,16 @@
-"""The embedded MQTT broker of the process runtime: amqtt, bound to one loopback address.
+"""The embedded MQTT broker of the process runtime: amqtt over TLS, bound to one loopback address.
 
-`python -m qkdnet.orchestrator.broker --listen 127.X.0.1:1883` runs until SIGTERM/SIGINT.
-amqtt is a maintained pure-Python MQTT 3.1.1 broker: it comes with `pip install`, so the
-embedded default needs nothing installed on the machine (Mosquitto, which the docker runtime
-uses, is a system package). It listens on the address given only, never on all interfaces,
-and allows anonymous clients: it is reachable from this machine only.
+`python -m qkdnet.orchestrator.broker --listen 127.X.0.1:1883 --ca CA --cert CERT --key KEY
+--access FILE` runs until SIGTERM/SIGINT. amqtt is a maintained pure-Python MQTT 3.1.1 broker: it
+comes with `pip install`, so the embedded default needs nothing installed on the machine
+(Mosquitto, which the docker runtime uses, is a system package).
+
+It listens on the address given only, never on all interfaces, and speaks MQTT over TLS only,
+with the broker certificate of the deployment's PKI. A client must present a certificate of the
+deployment's CA that names a node or the controller (`CertificateAuthentication`); anonymous
+clients, and applications' certificates, are refused at CONNECT. What each identity may then
+publish or read is the access list the orchestrator wrote (`TopicAccess`, `telemetry_access.py`);
+a node's last will must be its own status topic.
 """
 
 from __future__ import annotations
@@ -14,33 +20,157 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["broker_config", "run_broker"]
+from amqtt.contexts import Action, BaseContext
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from qkdnet.node.file_modes import PRIVATE_UMASK
+from qkdnet.node.identity import Identity, Role
+
+from .telemetry_access import TelemetryAccess
+
+__all__ = ["CertificateAuthentication", "TopicAccess", "broker_config", "run_broker"]
+
+logger = logging.getLogger("qkdnet.broker")
 
 
-def broker_config(listen: str) -> dict[str, Any]:
-    """amqtt configuration: one TCP listener on `listen`, anonymous access, no $SYS topics."""
+def _identity(session: Session | None) -> Identity | None:
+    """The identity in a client's certificate (None without one)."""
+    ssl_object = getattr(session, "ssl_object", None)
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert() or {}
+    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+    return Identity.parse(uris[0]) if len(uris) == 1 else None
+
+
+class _AccessPlugin:
+    """Loads the access list and the trust domain once."""
+
+    @dataclass
+    class Config:
+        access_file: str = ""
+        trust_domain: str = ""
+
+    def _load(self, config: Any) -> None:
+        self.access = TelemetryAccess.load(Path(config.access_file))
+        self.trust_domain = str(config.trust_domain)
+
+    def _member(self, session: Session | None) -> Identity | None:
+        identity = _identity(session)
+        if identity is None or identity.trust_domain != self.trust_domain:
+            return None
+        return identity
+
+
+class CertificateAuthentication(_AccessPlugin, BaseAuthPlugin):  # type: ignore[misc]
+    """CONNECT succeeds only with a certificate of a node or of the controller."""
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._load(self.config)
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        identity = self._member(session)
+        client = str(getattr(session, "client_id", ""))[:64]
+        if identity is None or identity.role not in (Role.NODE, Role.CONTROLLER):
+            who = str(identity) if identity else "no certificate of this deployment"
+            logger.warning("refused MQTT client %r: %s", client, who)
+            return False
+        will = session.will_topic if session.will_flag else None
+        if will is not None and not self.access.may_publish(identity.role, identity.name, will):
+            logger.warning("refused MQTT client %r: last will on %r not allowed", client, will)
+            return False
+        return True
+
+
+class TopicAccess(_AccessPlugin, BaseTopicPlugin):  # type: ignore[misc]
+    """PUBLISH and SUBSCRIBE as the access list allows; anything else is dropped or refused."""
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._load(self.config)
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool | None:
+        if action == Action.RECEIVE:
+            return True  # what a client may read was decided when it subscribed
+        identity = self._member(session)
+        if identity is None or topic is None:
+            return False
+        if action == Action.PUBLISH:
+            allowed = self.access.may_publish(identity.role, identity.name, topic)
+        else:
+            allowed = self.access.may_subscribe(identity.role, identity.name, topic)
+        if not allowed:
+            logger.warning("refused %s of %r by %s", action, topic[:200], identity)
+        return allowed
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """The broker's TLS files and access list."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    access: Path
+    trust_domain: str
+
+
+def broker_config(listen: str, files: BrokerFiles) -> dict[str, Any]:
+    """amqtt configuration: one TLS listener on `listen`, certificates required, the access
+    list enforced, no $SYS topics."""
+    access = {"access_file": str(files.access), "trust_domain": files.trust_domain}
     return {
-        "listeners": {"default": {"type": "tcp", "bind": listen}},
+        "listeners": {
+            "default": {
+                "type": "tcp",
+                "bind": listen,
+                "ssl": True,
+                "cafile": str(files.ca),
+                "certfile": str(files.cert),
+                "keyfile": str(files.key),
+            }
+        },
         "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            f"{__name__}.CertificateAuthentication": access,
+            f"{__name__}.TopicAccess": access,
         },
     }
 
 
-async def run_broker(listen: str) -> None:
+def _quiet_disconnects(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A client that hangs up (a refused one, say) is not worth a traceback in the log."""
+    if isinstance(context.get("exception"), ConnectionError | ssl.SSLError):
+        logger.debug("client connection ended: %s", context.get("exception"))
+        return
+    loop.default_exception_handler(context)
+
+
+async def run_broker(listen: str, files: BrokerFiles) -> None:
     """Serve until SIGTERM or SIGINT."""
     from amqtt.broker import Broker
 
-    broker = Broker(broker_config(listen))
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_disconnects)
+    broker = Broker(broker_config(listen, files))
     await broker.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"qkdnet broker: listening on {listen}", flush=True)
+    print(f"qkdnet broker: listening on {listen} (MQTT over TLS)", flush=True)
     await stop.wait()
     await broker.shutdown()
 
@@ -48,12 +178,19 @@ async def run_broker(listen: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m qkdnet.orchestrator.broker")
     parser.add_argument("--listen", required=True, help="host:port to listen on")
+    parser.add_argument("--ca", required=True, type=Path, help="the deployment's CA certificate")
+    parser.add_argument("--cert", required=True, type=Path, help="the broker's certificate")
+    parser.add_argument("--key", required=True, type=Path, help="the broker's private key")
+    parser.add_argument("--access", required=True, type=Path, help="the access list (JSON)")
+    parser.add_argument("--trust-domain", required=True, help="the deployment's trust domain")
     parser.add_argument(
         "--detach",
         action="store_true",
         help="run in a forked child of its own session; print its PID and return",
     )
     args = parser.parse_args()
+    os.umask(PRIVATE_UMASK)
+    files = BrokerFiles(args.ca, args.cert, args.key, args.access, args.trust_domain)
     if args.detach:
         pid = os.fork()
         if pid:
@@ -64,7 +201,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     # A connection that closes without speaking MQTT (a readiness probe) is not worth a line.
     logging.getLogger("amqtt.broker").setLevel(logging.ERROR)
-    asyncio.run(run_broker(args.listen))
+    asyncio.run(run_broker(args.listen, files))
     return 0
 
 

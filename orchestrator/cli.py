@@ -182,7 +182,12 @@ def _parser() -> argparse.ArgumentParser:
         help="host port of the first KME's ETSI 014 API; the next KMEs get the next ports (18440)",
     )
     export_compose.add_argument(
-        "--mqtt-port", type=int, default=18830, help="host port of the MQTT broker (18830)"
+        "--mqtt-port",
+        type=int,
+        default=None,
+        help="publish the broker (MQTT over TLS; only the deployment's node and controller "
+        "certificates get in) on this port of every host interface; default: not published, "
+        "the broker is reachable on the deployment's network only",
     )
     export_compose.add_argument(
         "--san",
@@ -524,8 +529,13 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     console.print(f"[green]✓[/] wrote {result.compose_file}", highlight=False)
     for sae, endpoint in result.endpoints.items():
         console.print(f"  {sae}: {endpoint.url} (KME {endpoint.node})", highlight=False)
+    telemetry = (
+        f"mqtts://localhost:{result.mqtt_port} with the controller's certificate (pki/orchestrator)"
+        if result.mqtt_port is not None
+        else "not published (--mqtt-port publishes it)"
+    )
     console.print(
-        f"  telemetry: mqtt://localhost:{result.mqtt_port}\n"
+        f"  telemetry: {telemetry}\n"
         f"run it: cd {result.directory} && docker compose up -d  (docker-compose 1.x: "
         f"docker-compose up -d)\non a swarm: docker stack deploy -c {result.compose_file} "
         f"{topology.name}\nimages needed on every host: {tags['node']}, {tags['broker']}",

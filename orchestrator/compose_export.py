@@ -5,10 +5,12 @@ The output directory holds everything the file refers to, by relative paths:
 ```
 compose.yaml    one service per node (named as the node), `broker` (Mosquitto), one network,
                 one named volume per node for its key stores, the PKI and configurations as secrets
-pki/            CA, node certificates, SAE client certificates, link secrets (kept on re-export,
-                so that stores in existing volumes still match their link secrets)
+pki/            CA, controller, broker, node and SAE certificates, link secrets (kept on
+                re-export, so that stores in existing volumes still match their link secrets)
 nodes/<id>.yaml each node's configuration
-endpoints.json  per SAE: the URL of its KME's ETSI GS QKD 014 API on the host and its credentials
+broker/         Mosquitto's configuration and access list (mosquitto.py, telemetry_access.py)
+endpoints.json  per SAE: the URL of its KME's ETSI GS QKD 014 API on the host and its credentials;
+                the broker's URL (when published) and the controller's credentials to read it
 ```
 
 The same file serves both engines:
@@ -23,7 +25,10 @@ Nodes find each other and the broker by service name (Docker's DNS), listen on e
 their container, and name the node ID in their certificates (peers verify that name); KME
 certificates also name `localhost`, 127.0.0.1 and any `--san`, for applications on the hosts.
 A node service with SAEs publishes its ETSI 014 port on the host, from `--key-api-port` up in the
-topology's order; the broker's MQTT port is published on `--mqtt-port`.
+topology's order. The broker speaks MQTT over TLS only and admits only certificates of the
+deployment's nodes and controller; its port stays on the deployment's network unless
+`--mqtt-port` asks to publish it (then on every interface of the host: Swarm cannot bind a
+published port to one address).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from typing import Any
 import yaml
 
 from qkdnet.node.errors import ConfigError
+from qkdnet.node.file_modes import private_dir, write_private
 
+from .mosquitto import mosquitto_conf
 from .network_plan import (
     CONTAINER_STATE_DIR,
     CONTAINER_UID,
@@ -85,7 +92,7 @@ class ComposeExport:
 
     directory: Path
     compose_file: Path
-    mqtt_port: int
+    mqtt_port: int | None
     endpoints: dict[str, SaeEndpoint]
 
 
@@ -100,13 +107,14 @@ def _check_names(plan: NetworkPlan) -> None:
         raise ConfigError(f"node {BROKER_SERVICE!r}: the name of the broker's service; rename it")
 
 
-def _ports(key_api_port: int, mqtt_port: int, kmes: int) -> None:
+def _ports(key_api_port: int, mqtt_port: int | None, kmes: int) -> None:
     wanted = [("--key-api-port", key_api_port + k) for k in range(kmes)]
-    wanted.append(("--mqtt-port", mqtt_port))
+    if mqtt_port is not None:
+        wanted.append(("--mqtt-port", mqtt_port))
     for option, port in wanted:
         if not 1 <= port <= 65535:
             raise ConfigError(f"{option}: port {port} is out of range")
-    if mqtt_port in range(key_api_port, key_api_port + kmes):
+    if mqtt_port is not None and mqtt_port in range(key_api_port, key_api_port + kmes):
         raise ConfigError(
             f"--mqtt-port: {mqtt_port} is one of the key API ports "
             f"{key_api_port}..{key_api_port + kmes - 1}"
@@ -129,7 +137,7 @@ def export_compose(
     node_image: str,
     broker_image: str,
     key_api_port: int = 18440,
-    mqtt_port: int = 18830,
+    mqtt_port: int | None = None,
     hosts: tuple[str, ...] = (),
 ) -> ComposeExport:
     """Write compose.yaml, the PKI, node configurations and endpoints.json into `directory`.
@@ -155,17 +163,15 @@ def _write(
     node_image: str,
     broker_image: str,
     key_api_port: int,
-    mqtt_port: int,
+    mqtt_port: int | None,
     hosts: tuple[str, ...],
 ) -> ComposeExport:
-    directory.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        os.chmod(directory, 0o700)
+    private_dir(directory)
     pki = provision_pki(
         directory / "pki",
         {node.node_id: list(node.saes) for node in plan.nodes.values()},
         plan.link_ids(),
-        ca_name=f"qkdnet {plan.name} CA",
+        deployment=plan.name,
         extra_names=["localhost", "127.0.0.1", *hosts],
     )
     addresses = {node_id: f"{node_id}:{GRPC_PORT}" for node_id in plan.nodes}
@@ -174,6 +180,7 @@ def _write(
         listen={node_id: f"0.0.0.0:{GRPC_PORT}" for node_id in plan.nodes},
         key_api_listen={node_id: f"0.0.0.0:{KEY_API_PORT}" for node_id in plan.nodes},
         broker=f"{BROKER_SERVICE}:{MQTT_PORT}",
+        broker_tls=True,
         tls=lambda _: {
             "ca": f"{SECRETS_DIR}/ca.pem",
             "cert": f"{SECRETS_DIR}/cert.pem",
@@ -183,7 +190,7 @@ def _write(
         state_dir=lambda _: CONTAINER_STATE_DIR,
     )
     configs = plan.node_configs(layout)
-    (directory / "nodes").mkdir(exist_ok=True)
+    private_dir(directory / "nodes")
 
     def rel(path: Path) -> str:
         return f"./{path.relative_to(directory)}"
@@ -193,23 +200,42 @@ def _write(
     for link_id, path in pki.link_secrets.items():
         secrets[f"link-{link_id}"] = {"file": rel(path)}
         _readable_in_container(path)
-    services: dict[str, Any] = {
-        BROKER_SERVICE: {
-            "image": broker_image,
-            "hostname": BROKER_SERVICE,
-            "networks": ["qkdnet"],
-            "ports": [_port(MQTT_PORT, mqtt_port)],
-            "labels": {"org.qkdnet.deployment": plan.name, "org.qkdnet.role": "broker"},
-            "restart": "unless-stopped",
-            "deploy": _deploy_options(),
-        }
+    broker_dir = directory / "broker"
+    private_dir(broker_dir)
+    broker_files = {
+        "mosquitto.conf": broker_dir / "mosquitto.conf",
+        "acl": broker_dir / "acl",
+        "cert.pem": pki.broker.cert,
+        "key.pem": pki.broker.key,
     }
+    write_private(broker_files["mosquitto.conf"], mosquitto_conf(SECRETS_DIR, MQTT_PORT))
+    write_private(broker_files["acl"], plan.telemetry_access().mosquitto_acl())
+    broker_secrets = [{"source": "ca", "target": "ca.pem"}]
+    for name, path in broker_files.items():
+        secrets[f"broker-{name.replace('.', '-')}"] = {"file": rel(path)}
+        broker_secrets.append({"source": f"broker-{name.replace('.', '-')}", "target": name})
+        _readable_in_container(path)
+    broker: dict[str, Any] = {
+        "image": broker_image,
+        "hostname": BROKER_SERVICE,
+        # Mosquitto runs as the nodes' user, who can read the secrets.
+        "user": f"{CONTAINER_UID}:{CONTAINER_UID}",
+        "command": ["-c", f"{SECRETS_DIR}/mosquitto.conf"],
+        "networks": ["qkdnet"],
+        "secrets": broker_secrets,
+        "labels": {"org.qkdnet.deployment": plan.name, "org.qkdnet.role": "broker"},
+        "restart": "unless-stopped",
+        "deploy": _deploy_options(),
+    }
+    if mqtt_port is not None:
+        broker["ports"] = [_port(MQTT_PORT, mqtt_port)]
+    services: dict[str, Any] = {BROKER_SERVICE: broker}
     volumes: dict[str, dict[str, Any]] = {}
     endpoints: dict[str, SaeEndpoint] = {}
     kme_port = {node.node_id: key_api_port + k for k, node in enumerate(kmes)}
     for node_id, config in configs.items():
         config_path = directory / "nodes" / f"{node_id}.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        write_private(config_path, yaml.safe_dump(config, sort_keys=False))
         _readable_in_container(config_path)
         tls = pki.nodes[node_id]
         for kind, path in (("config", config_path), ("cert", tls.cert), ("key", tls.key)):
@@ -265,17 +291,25 @@ def _write(
         "file.\n# Run: docker compose up -d  |  docker stack deploy -c compose.yaml "
         f"{plan.name}\n"
     )
-    compose_file.write_text(header + yaml.safe_dump(document, sort_keys=False))
-    (directory / "endpoints.json").write_text(
+    write_private(compose_file, header + yaml.safe_dump(document, sort_keys=False))
+    write_private(
+        directory / "endpoints.json",
         json.dumps(
             {
                 "name": plan.name,
-                "mqtt": f"mqtt://localhost:{mqtt_port}",
+                # MQTT over TLS: the broker certificate names localhost; read it as the
+                # controller, whose certificate and key these are.
+                "mqtt": f"mqtts://localhost:{mqtt_port}" if mqtt_port is not None else None,
+                "mqtt_client": {
+                    "cert": str(pki.controller.cert),
+                    "key": str(pki.controller.key),
+                    "ca": str(pki.ca),
+                },
                 "topics": f"{plan.topic_prefix}/#",
                 "saes": {sae: endpoint.as_json() for sae, endpoint in endpoints.items()},
             },
             indent=2,
-        )
+        ),
     )
     return ComposeExport(directory, compose_file, mqtt_port, endpoints)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from qkdnet.node.link import GRPC_OPTIONS
+from qkdnet.node.grpc_options import CHANNEL_OPTIONS
 from qkdnet.v1 import control_pb2, control_pb2_grpc
 
 from .pki import CertificatePaths
@@ -24,7 +24,7 @@ class NodeClient:
             private_key=paths.key.read_bytes(),
             certificate_chain=paths.cert.read_bytes(),
         )
-        options = [*GRPC_OPTIONS, ("grpc.ssl_target_name_override", node_id)]
+        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node_id)]
         self.node_id = node_id
         self._channel = grpc.aio.secure_channel(address, creds, options)
         self._stub = control_pb2_grpc.NodeControlStub(self._channel)

@@ -44,7 +44,8 @@ from docker.types import IPAMConfig, IPAMPool, LogConfig
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qkdnet.node.errors import ConfigError, QkdnetError
-from qkdnet.node.link import GRPC_OPTIONS
+from qkdnet.node.file_modes import private_dir, write_private
+from qkdnet.node.grpc_options import CHANNEL_OPTIONS
 
 from .faults import (
     FAULTS_FILE,
@@ -62,7 +63,7 @@ from .images import (
     image_tags,
     installed_version,
 )
-from .network_plan import NetworkPlan, NodePlan
+from .network_plan import CONTAINER_UID, NetworkPlan, NodePlan
 from .runtime import (
     BROKER,
     ComponentState,
@@ -211,10 +212,7 @@ class DockerRuntime(Runtime):
             "cidr": self.plan.network_cidr,
             "images": {"node": self.node_image, "broker": self.broker_image},
         }
-        tmp = self._record_path.with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(self._record_path)
+        write_private(self._record_path, json.dumps(record, indent=2))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -264,11 +262,12 @@ class DockerRuntime(Runtime):
                 ) from None
         for container in containers.values():  # left over, stopped: made afresh below
             container.remove(force=True)
-        Path(self.plan.state_dir).mkdir(parents=True, exist_ok=True)
+        private_dir(Path(self.plan.state_dir))
         (Path(self.plan.state_dir) / FAULTS_FILE).unlink(missing_ok=True)
         pki = self.plan.provision_pki()
         self.emit("pki_ready", self.plan.name, str(self.plan.pki_dir))
         self.plan.write_node_configs(pki)
+        self.plan.write_broker_files(pki)
         self._save_record()
         try:
             self._ensure_network()
@@ -382,6 +381,11 @@ class DockerRuntime(Runtime):
                 self.plan.broker_host,
                 hostname="broker",
                 labels=self.labels("broker"),
+                # Mosquitto with the deployment's TLS files and access list (mosquitto.py), as
+                # the nodes' user, who owns them.
+                command=["-c", f"{NODE_CONFIG_DIR}/mosquitto.conf"],
+                user=f"{CONTAINER_UID}:{CONTAINER_UID}",
+                volumes={str(self.plan.broker_dir): {"bind": NODE_CONFIG_DIR, "mode": "ro"}},
             )
         container.start()
         host, port = self.plan.broker_host, int(self.plan.broker_address.rpartition(":")[2])
@@ -408,7 +412,7 @@ class DockerRuntime(Runtime):
             private_key=paths.key.read_bytes(),
             certificate_chain=paths.cert.read_bytes(),
         )
-        options = [*GRPC_OPTIONS, ("grpc.ssl_target_name_override", node.node_id)]
+        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node.node_id)]
         with grpc.secure_channel(node.address, creds, options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             try:

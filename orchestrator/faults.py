@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qkdnet.node.errors import ConfigError, QkdnetError
+from qkdnet.node.file_modes import write_private
 
 __all__ = [
     "FAULTS_FILE",
@@ -188,9 +189,7 @@ class FaultRecord:
             "cuts": sorted(list(pair) for pair in self.cuts),
             "impairments": {n: i.as_json() for n, i in sorted(self.impairments.items())},
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
+        write_private(path, json.dumps(data, indent=2))
 
     def cuts_of(self, node: str) -> list[str]:
         """The peers `node` is cut off from."""

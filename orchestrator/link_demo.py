@@ -27,6 +27,8 @@ from rich.live import Live
 from rich.table import Table
 
 from qkdnet.node.config import ChannelConfig, ProcessingConfig
+from qkdnet.node.file_modes import private_dir, write_private
+from qkdnet.node.identity import CONTROLLER_NAME, Role
 from qkdnet.node.link import link_id_for
 from qkdnet.v1 import control_pb2
 
@@ -60,8 +62,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def _workdir(state_dir: Path | None) -> Iterator[Path]:
     if state_dir is not None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        yield state_dir
+        yield private_dir(state_dir)
         return
     path = Path(tempfile.mkdtemp(prefix="qkdnet-link-demo-"))
     try:
@@ -76,15 +77,17 @@ class LinkPair:
     def __init__(self, root: Path, channel: ChannelConfig, processing: ProcessingConfig) -> None:
         self.root = root
         self.link_id = link_id_for(TRANSMITTER, RECEIVER)
-        ca = CertificateAuthority(root / "pki")
-        self.controller_paths = ca.issue("orchestrator", root / "pki" / "orchestrator")
+        ca = CertificateAuthority(root / "pki", "qkdnet link-demo CA", "link-demo.qkdnet")
+        self.controller_paths = ca.issue_once(
+            Role.CONTROLLER, CONTROLLER_NAME, root / "pki" / "orchestrator"
+        )
         psk = root / "pki" / "links" / f"{self.link_id}.psk"
         if not psk.exists():
             write_psk(psk)
         ports = {TRANSMITTER: free_port(), RECEIVER: free_port()}
         self.nodes: dict[str, NodeProcess] = {}
         for node, peer in ((TRANSMITTER, RECEIVER), (RECEIVER, TRANSMITTER)):
-            paths = ca.issue(node, root / "pki" / "nodes" / node)
+            paths = ca.issue_once(Role.NODE, node, root / "pki" / "nodes" / node)
             link: dict[str, Any] = {
                 "peer": peer,
                 "psk_file": str(psk),
@@ -101,8 +104,7 @@ class LinkPair:
                 "links": [link],
             }
             path = root / "nodes" / f"{node}.yaml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            write_private(path, yaml.safe_dump(config, sort_keys=False))
             self.nodes[node] = NodeProcess(
                 node, path, root / "nodes" / node, root / "logs" / f"{node}.log"
             )

@@ -33,7 +33,7 @@ from .network_view import (
     nodes_json,
     nodes_table,
     rows_from_snapshot,
-    rows_from_telemetry,
+    telemetry_view,
 )
 from .runtime import BROKER, DeployError, Runtime, RuntimeEvent, runtime_for
 from .telemetry_watch import TelemetryWatch
@@ -235,23 +235,10 @@ def lifecycle(opts: NetworkOptions, console: Console, action: str, names: list[s
 def watch(opts: NetworkOptions, console: Console, *, duration: float | None) -> int:
     """A live table fed by MQTT until Ctrl-C (or `duration` seconds)."""
     plan = load_plan(opts)
-    telemetry = TelemetryWatch(plan.broker_address, plan.topic_prefix)
+    telemetry = TelemetryWatch.for_plan(plan)
 
     def render() -> Group:
-        state = telemetry.state
-        up = sum(1 for n in state.nodes.values() if n.get("state") == "up")
-        title = (
-            f"{plan.name}: {up}/{len(plan.nodes)} nodes up · mqtt://{plan.broker_address} · "
-            f"{state.messages} messages"
-        )
-        events = [
-            f"{e.get('node')}: {e.get('event')} "
-            + " ".join(
-                f"{k}={v}" for k, v in e.items() if k not in ("schema", "node", "event", "ts")
-            )
-            for e in list(state.events)[-5:]
-        ]
-        return Group(links_table(rows_from_telemetry(plan, state), title=title), *events)
+        return Group(*telemetry_view(plan, telemetry.state))
 
     async def run() -> None:
         with Live(render(), console=console, refresh_per_second=4) as live:

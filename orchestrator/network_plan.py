@@ -3,12 +3,16 @@
 A deployment lives in one state directory (default `~/.local/state/qkdnet/<name>`):
 
 ```
-pki/            CA, orchestrator, node and SAE certificates, link secrets (private files 0600)
+pki/            CA, controller, broker, node and SAE certificates, link secrets
+broker/         the broker's access list (and, in containers, its Mosquitto configuration)
 nodes/<id>.yaml the node's configuration
 nodes/<id>/     the node's state: key stores, ready.json
 logs/<id>.log   the node's output (JSON lines); logs/broker.log
 runtime.json    what the runtime started, and which runtime (see process_runtime.py)
 ```
+
+The state directory and every directory in it are 0700, every file 0600 (`file_modes`): keys,
+private keys and link secrets are never readable by another local user.
 
 On the process runtime every deployment gets its own loopback /16, `127.X.0.0` with `X` taken
 from the topology name: the broker listens on `127.X.0.1:1883` and node number `k` (in file
@@ -28,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,9 +41,14 @@ from typing import Any
 
 import yaml
 
+from qkdnet.node.file_modes import private_dir, write_private
+from qkdnet.node.identity import trust_domain_for
 from qkdnet.node.link import link_id_for
+from qkdnet.node.tls import client_tls_context
 
+from .mosquitto import mosquitto_conf
 from .pki import CertificatePaths, TopologyPki, provision_pki
+from .telemetry_access import TelemetryAccess
 from .topology import ResolvedLink, Topology
 
 __all__ = [
@@ -92,6 +102,7 @@ class ConfigLayout:
     listen: dict[str, str]  # node ID -> host:port of its gRPC server
     key_api_listen: dict[str, str]  # node ID -> host:port of its ETSI 014 server
     broker: str  # host:port of the MQTT broker
+    broker_tls: bool  # MQTT over TLS with the nodes' certificates (the deployment's own broker)
     tls: Callable[[str], dict[str, str]]  # node ID -> {"ca", "cert", "key"} paths
     psk_file: Callable[[str], str]  # link ID -> path of its secret
     state_dir: Callable[[str], str]  # node ID -> where its key stores go
@@ -227,6 +238,28 @@ class NetworkPlan:
         where = self.pki_dir / "orchestrator"
         return CertificatePaths(where / "cert.pem", where / "key.pem", self.pki_dir / "ca.pem")
 
+    @property
+    def broker_dir(self) -> Path:
+        """The broker's files: its access list (and Mosquitto's configuration)."""
+        return self.state_dir / "broker"
+
+    @property
+    def trust_domain(self) -> str:
+        return trust_domain_for(self.name)
+
+    def telemetry_access(self) -> TelemetryAccess:
+        """Who may publish and read which telemetry topics."""
+        return TelemetryAccess.for_network(
+            self.topic_prefix, self.nodes, [link.endpoints for link in self.links]
+        )
+
+    def telemetry_tls(self) -> ssl.SSLContext | None:
+        """The controller's TLS context for the deployment's broker (None: an external one)."""
+        if self.external_broker is not None:
+            return None
+        paths = self.controller_credentials
+        return client_tls_context(paths.ca, paths.cert, paths.key)
+
     def link_ids(self) -> list[str]:
         return [link_id_for(*link.endpoints) for link in self.links]
 
@@ -236,8 +269,9 @@ class NetworkPlan:
             self.pki_dir,
             {node.node_id: list(node.saes) for node in self.nodes.values()},
             self.link_ids(),
-            ca_name=f"qkdnet {self.name} CA",
+            deployment=self.name,
             hosts={node.node_id: node.host for node in self.nodes.values()},
+            broker_hosts=[self.broker_host],
         )
 
     def node_configs(self, layout: ConfigLayout) -> dict[str, dict[str, Any]]:
@@ -270,6 +304,7 @@ class NetworkPlan:
                     "broker": layout.broker,
                     "topic_prefix": self.topic_prefix,
                     "interval_s": self.topology.telemetry.interval_s,
+                    "tls": layout.broker_tls,
                 },
                 "nodes": dict(layout.addresses),
                 "sae_directory": directory,
@@ -284,6 +319,7 @@ class NetworkPlan:
                     "key_size": delivery.key_size,
                     "pool_keys": delivery.pool_keys,
                     "multipath": delivery.multipath,
+                    "key_ttl_s": delivery.key_ttl_s,
                 }
             configs[node.node_id] = config
         return configs
@@ -298,6 +334,7 @@ class NetworkPlan:
                 listen=addresses,
                 key_api_listen=key_api,
                 broker=self.broker_address,
+                broker_tls=self.external_broker is None,
                 tls=lambda _: {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"},
                 psk_file=lambda link_id: f"links/{pki.link_secrets[link_id].name}",
                 state_dir=lambda _: CONTAINER_STATE_DIR,
@@ -312,10 +349,33 @@ class NetworkPlan:
             listen=addresses,
             key_api_listen=key_api,
             broker=self.broker_address,
+            broker_tls=self.external_broker is None,
             tls=tls,
             psk_file=lambda link_id: str(pki.link_secrets[link_id]),
             state_dir=lambda node_id: str(self.nodes[node_id].state_dir),
         )
+
+    def write_broker_files(self, pki: TopologyPki) -> Path:
+        """Write the broker's files into `broker_dir` (returned): the access list, and in
+        containers Mosquitto's configuration with copies of the broker's credentials."""
+        directory = private_dir(self.broker_dir)
+        access = self.telemetry_access()
+        if not self.in_containers:
+            write_private(directory / "access.json", access.to_json())
+            return directory
+        for path in directory.iterdir():  # made afresh (a previous deployment's may be read-only)
+            os.chmod(path, 0o600)
+            path.unlink()
+        write_private(directory / "mosquitto.conf", mosquitto_conf(CONTAINER_CONFIG_DIR, MQTT_PORT))
+        write_private(directory / "acl", access.mosquitto_acl())
+        for source, name in (
+            (pki.ca, "ca.pem"),
+            (pki.broker.cert, "cert.pem"),
+            (pki.broker.key, "key.pem"),
+        ):
+            write_private(directory / name, source.read_bytes())
+        _hand_over(directory)
+        return directory
 
     def write_node_configs(self, pki: TopologyPki) -> None:
         """Write every node's configuration file.
@@ -327,8 +387,7 @@ class NetworkPlan:
             config = configs[node.node_id]
             if self.in_containers:
                 self._copy_credentials(node, pki, config["links"])
-            node.config_path.parent.mkdir(parents=True, exist_ok=True)
-            node.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            write_private(node.config_path, yaml.safe_dump(config, sort_keys=False))
             if self.in_containers:
                 _hand_over(node.config_path.parent)
 
@@ -342,16 +401,15 @@ class NetworkPlan:
                 if path.is_dir():
                     os.chmod(path, 0o700)
             shutil.rmtree(where)
-        (where / "links").mkdir(parents=True)
         # nodes/ is the owner's only: the copies below are read through the container's mount.
-        os.chmod(where.parent, 0o700)
+        private_dir(where / "links")
         tls = pki.nodes[node.node_id]
         for source, name in ((tls.ca, "ca.pem"), (tls.cert, "cert.pem"), (tls.key, "key.pem")):
-            shutil.copyfile(source, where / name)
+            write_private(where / name, source.read_bytes())
         secrets = {path.name: path for path in pki.link_secrets.values()}
         for link in links:
             name = Path(link["psk_file"]).name
-            shutil.copyfile(secrets[name], where / "links" / name)
+            write_private(where / "links" / name, secrets[name].read_bytes())
 
 
 def _hand_over(directory: Path) -> None:

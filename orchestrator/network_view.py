@@ -2,6 +2,7 @@
 
 Link figures come either from the nodes over NodeControl (`rows_from_snapshot`) or from MQTT
 telemetry (`rows_from_telemetry`); both give the same `LinkRow`, drawn by `links_table`.
+Whatever comes from the network is drawn as plain text (`rich.text.Text`), never read as markup.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rich.console import RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from qkdnet.node.link import link_id_for
 
@@ -28,6 +31,7 @@ __all__ = [
     "nodes_table",
     "rows_from_snapshot",
     "rows_from_telemetry",
+    "telemetry_view",
 ]
 
 
@@ -156,9 +160,9 @@ def links_table(rows: list[LinkRow], title: str = "links") -> Table:
     )
     for row in rows:
         table.add_row(
-            row.link,
+            Text(row.link),
             f"{row.length_km:g}",
-            row.state,
+            Text(row.state),
             "-" if row.frames is None else str(row.frames),
             _percent(row.qber),
             _percent(row.model_qber),
@@ -168,6 +172,27 @@ def links_table(rows: list[LinkRow], title: str = "links") -> Table:
             _bits(row.store_bits),
         )
     return table
+
+
+def telemetry_view(plan: NetworkPlan, state: TelemetryState) -> list[RenderableType]:
+    """What `qkdnet watch` draws: the links table, the latest events and what was refused."""
+    up = sum(1 for node in plan.nodes if state.nodes.get(node, {}).get("state") == "up")
+    title = (
+        f"{plan.name}: {up}/{len(plan.nodes)} nodes up · {plan.broker_address} · "
+        f"{state.messages} messages"
+    )
+    if state.rejected:
+        title += f" · {state.rejected_total} refused"
+    parts: list[RenderableType] = [links_table(rows_from_telemetry(plan, state), title=title)]
+    for event in list(state.events)[-5:]:
+        details = " ".join(
+            f"{k}={v}" for k, v in event.items() if k not in ("schema", "node", "event", "ts")
+        )
+        parts.append(Text(f"{event.get('node')}: {event.get('event')} {details}".rstrip()))
+    if state.rejected:
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in state.rejected.most_common(3))
+        parts.append(Text(f"refused messages: {reasons}", style="yellow"))
+    return parts
 
 
 def nodes_table(plan: NetworkPlan, info: DeploymentInfo) -> Table:

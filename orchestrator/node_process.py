@@ -13,6 +13,7 @@ from pathlib import Path
 
 from qkdnet.node.agent import PARENT_PID_ENV
 from qkdnet.node.errors import QkdnetError
+from qkdnet.node.file_modes import open_private_log
 
 __all__ = ["NodeProcess", "NodeStartError", "pid_alive"]
 
@@ -33,7 +34,6 @@ class NodeProcess:
 
     def start(self, *, tied_to_parent: bool) -> None:
         """Spawn the node; with `tied_to_parent` it dies when this process dies."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "ready.json").unlink(missing_ok=True)
         env = dict(os.environ)
         if tied_to_parent:
@@ -41,7 +41,7 @@ class NodeProcess:
             # fork instead of vfork, and gRPC's fork handlers in a process with live gRPC
             # threads can abort the child.
             env[PARENT_PID_ENV] = str(os.getpid())
-        log = self.log_path.open("ab")
+        log = open_private_log(self.log_path)
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "qkdnet.node", "--config", str(self.config_path)],

@@ -1,44 +1,54 @@
-"""The PKI of a qkdnet deployment: a CA, node certificates, client certificates, link secrets.
+"""The PKI of a qkdnet deployment: a CA, certificates with roles, link secrets.
 
-Node certificates carry the node ID as subject CN and as a DNS subject alternative name (gRPC
-checks the server name against it) and are valid for both TLS server and client use, since
-nodes call each other. Private keys and secrets are written readable by the owner only.
+Every certificate names one identity (`qkdnet.node.identity`): its common name is the name, and
+its only URI subject alternative name the SPIFFE ID `spiffe://<trust domain>/<role>/<name>`,
+which is what nodes and brokers authorise by. What else a certificate holds follows its role:
+
+| role         | extended key usage     | other names                                   |
+|--------------|------------------------|-----------------------------------------------|
+| `node`       | TLS server and client  | the node ID as a DNS name, its IP, extra names |
+| `broker`     | TLS server             | `broker` as a DNS name, its IP, extra names    |
+| `sae`        | TLS client             | -                                              |
+| `controller` | TLS client             | -                                              |
+
+Every file is written readable by its owner only, from the first byte (`file_modes`).
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from qkdnet.node.authentication import PreSharedSecret
+from qkdnet.node.file_modes import private_dir, write_private
+from qkdnet.node.identity import (
+    BROKER_NAME,
+    CONTROLLER_NAME,
+    Identity,
+    Role,
+    certificate_identity,
+    trust_domain_for,
+)
 
 __all__ = [
     "CertificateAuthority",
     "CertificatePaths",
     "TopologyPki",
     "provision_pki",
-    "write_private",
     "write_psk",
 ]
 
 _VALIDITY = datetime.timedelta(days=365)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner may read (created that way, never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+_SERVER_ROLES = {Role.NODE: True, Role.BROKER: True, Role.SAE: False, Role.CONTROLLER: False}
+_CLIENT_ROLES = {Role.NODE: True, Role.BROKER: False, Role.SAE: True, Role.CONTROLLER: True}
 
 
 def write_psk(path: Path, pads_per_direction: int = 4096) -> None:
@@ -64,11 +74,28 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-class CertificateAuthority:
-    """A CA kept in a directory (`ca.pem`, `ca.key`); created on first use."""
+def _alternative_names(identity: Identity, hosts: list[str]) -> list[x509.GeneralName]:
+    """The SPIFFE ID, then (for servers) the DNS names and IP addresses of `hosts`."""
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.spiffe_id)]
+    if _SERVER_ROLES[identity.role]:
+        for host in [identity.name, *hosts]:
+            if _is_ip(host):
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            else:
+                names.append(x509.DNSName(host))
+    return list(dict.fromkeys(names))
 
-    def __init__(self, directory: Path, name: str = "qkdnet CA") -> None:
+
+class CertificateAuthority:
+    """A CA kept in a directory (`ca.pem`, `ca.key`); created on first use.
+
+    It issues certificates in one SPIFFE trust domain (`trust_domain`)."""
+
+    def __init__(
+        self, directory: Path, name: str = "qkdnet CA", trust_domain: str = "qkdnet"
+    ) -> None:
         self.directory = directory
+        self.trust_domain = trust_domain
         self.cert_path = directory / "ca.pem"
         self.key_path = directory / "ca.key"
         if self.cert_path.exists() and self.key_path.exists():
@@ -105,54 +132,71 @@ class CertificateAuthority:
             )
             .sign(self._key, hashes.SHA256())
         )
-        directory.mkdir(parents=True, exist_ok=True)
-        self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+        private_dir(directory)
         write_private(self.key_path, _key_pem(self._key))
+        write_private(self.cert_path, self._cert.public_bytes(serialization.Encoding.PEM))
+
+    def identity(self, role: Role, name: str) -> Identity:
+        """`name` in `role` within this CA's trust domain."""
+        return Identity(self.trust_domain, role, name)
 
     def issue(
-        self,
-        common_name: str,
-        directory: Path,
-        *,
-        dns_names: list[str] | None = None,
-        ip_addresses: list[str] | None = None,
-        client_only: bool = False,
+        self, role: Role, name: str, directory: Path, *, hosts: list[str] | None = None
     ) -> CertificatePaths:
-        """Issue a certificate for `common_name` into `directory`.
+        """Issue a certificate for `name` in `role` into `directory` (cert.pem, key.pem).
 
-        It is valid for TLS server and client use, or only as a client with `client_only`.
+        `hosts` (DNS names or IP addresses) are added to the names of a server certificate.
         """
+        identity = self.identity(role, name)
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        names: list[x509.GeneralName] = [x509.DNSName(n) for n in (dns_names or [common_name])]
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses or []]
+        usages = []
+        if _SERVER_ROLES[role]:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+        if _CLIENT_ROLES[role]:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(common_name))
+            .subject_name(_name(name))
             .issuer_name(self._cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.CLIENT_AUTH]
-                    if client_only
-                    else [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
+                x509.SubjectAlternativeName(_alternative_names(identity, hosts or [])),
                 critical=False,
             )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        directory.mkdir(parents=True, exist_ok=True)
         paths = CertificatePaths(
             cert=directory / "cert.pem", key=directory / "key.pem", ca=self.cert_path
         )
-        paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         write_private(paths.key, _key_pem(key))
+        write_private(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
         return paths
+
+    def issue_once(
+        self, role: Role, name: str, directory: Path, *, hosts: list[str] | None = None
+    ) -> CertificatePaths:
+        """The certificate in `directory` if it is this CA's and names exactly what `issue`
+        would (identity, hosts); else a new one."""
+        paths = CertificatePaths(directory / "cert.pem", directory / "key.pem", self.cert_path)
+        if paths.key.exists() and self._current(paths.cert, self.identity(role, name), hosts):
+            return paths
+        return self.issue(role, name, directory, hosts=hosts)
+
+    def _current(self, path: Path, identity: Identity, hosts: list[str] | None) -> bool:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            cert.verify_directly_issued_by(self._cert)
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            return False
+        expected = _alternative_names(identity, hosts or [])
+        return certificate_identity(cert) == identity and set(names) == set(expected)
 
 
 @dataclass(frozen=True)
@@ -160,7 +204,8 @@ class TopologyPki:
     """Every credential of one deployment, by owner."""
 
     ca: Path
-    orchestrator: CertificatePaths
+    controller: CertificatePaths
+    broker: CertificatePaths
     nodes: dict[str, CertificatePaths]
     saes: dict[str, CertificatePaths]
     link_secrets: dict[str, Path]
@@ -171,42 +216,36 @@ def provision_pki(
     nodes: dict[str, list[str]],
     links: list[str],
     *,
-    ca_name: str,
+    deployment: str,
     hosts: dict[str, str] | None = None,
+    broker_hosts: list[str] | None = None,
     extra_names: list[str] | None = None,
 ) -> TopologyPki:
-    """The PKI of a topology under `directory`, reusing whatever is already there.
+    """The PKI of a deployment under `directory`, reusing whatever is already there and right.
 
     `nodes` maps node IDs to the SAE IDs they serve; `links` are link IDs. Layout: `ca.pem`,
-    `ca.key`, `orchestrator/`, `nodes/<id>/`, `saes/<sae>/` (client certificates, CN = SAE ID)
-    and `links/<a>--<b>.psk`. A node certificate names the node ID and, with `hosts`, the node's
-    IP address, so that HTTPS clients of its key API can verify it; `extra_names` (DNS names or
-    IP addresses) go into every node certificate too. Existing credentials are kept: a
-    redeployed node must present the same identity, and a link's secret must match the pads its
-    stores have already used.
+    `ca.key`, `orchestrator/` (the controller), `broker/`, `nodes/<id>/`, `saes/<sae>/` and
+    `links/<a>--<b>.psk`. A node certificate names the node ID and, with `hosts`, the node's IP
+    address, so that HTTPS clients of its key API can verify it; the broker's names
+    `broker_hosts`; `extra_names` (DNS names or IP addresses) go into every server certificate.
+    Existing certificates are kept while they name what they should (a redeployed node presents
+    the same identity), and a link's secret always is (it must match the pads its stores have
+    already used).
     """
-    ca = CertificateAuthority(directory, ca_name)
-
-    def issue(
-        cn: str, where: Path, client_only: bool = False, ip: str | None = None
-    ) -> CertificatePaths:
-        paths = CertificatePaths(cert=where / "cert.pem", key=where / "key.pem", ca=ca.cert_path)
-        if paths.cert.exists() and paths.key.exists():
-            return paths
-        if client_only:
-            return ca.issue(cn, where, client_only=True)
-        ips = [ip] if ip else []
-        dns = [cn]
-        for name in extra_names or []:
-            (ips if _is_ip(name) else dns).append(name)
-        return ca.issue(cn, where, dns_names=dns, ip_addresses=ips)
-
-    orchestrator = issue("orchestrator", directory / "orchestrator")
-    node_paths = {
-        node: issue(node, directory / "nodes" / node, ip=(hosts or {}).get(node)) for node in nodes
-    }
+    ca = CertificateAuthority(directory, f"qkdnet {deployment} CA", trust_domain_for(deployment))
+    extra = list(extra_names or [])
+    controller = ca.issue_once(Role.CONTROLLER, CONTROLLER_NAME, directory / "orchestrator")
+    broker = ca.issue_once(
+        Role.BROKER, BROKER_NAME, directory / "broker", hosts=[*(broker_hosts or []), *extra]
+    )
+    node_paths = {}
+    for node in nodes:
+        host = (hosts or {}).get(node)
+        node_paths[node] = ca.issue_once(
+            Role.NODE, node, directory / "nodes" / node, hosts=[*([host] if host else []), *extra]
+        )
     sae_paths = {
-        sae: issue(sae, directory / "saes" / sae, client_only=True)
+        sae: ca.issue_once(Role.SAE, sae, directory / "saes" / sae)
         for saes in nodes.values()
         for sae in saes
     }
@@ -216,7 +255,7 @@ def provision_pki(
         if not path.exists():
             write_psk(path)
         secrets[link_id] = path
-    return TopologyPki(ca.cert_path, orchestrator, node_paths, sae_paths, secrets)
+    return TopologyPki(ca.cert_path, controller, broker, node_paths, sae_paths, secrets)
 
 
 def _is_ip(name: str) -> bool:

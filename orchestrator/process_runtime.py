@@ -26,6 +26,7 @@ from typing import Any
 
 from qkdnet.node.config import parse_address
 from qkdnet.node.errors import ConfigError, QkdnetError
+from qkdnet.node.file_modes import open_private_log, private_dir, write_private
 
 from .network_plan import NodePlan
 from .runtime import (
@@ -119,10 +120,7 @@ class ProcessRuntime(Runtime):
 
     def _save(self, record: dict[str, Any]) -> None:
         record |= {"name": self.plan.name, "runtime": self.name, "subnet": self.plan.subnet}
-        tmp = self._record_path.with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(self._record_path)
+        write_private(self._record_path, json.dumps(record, indent=2))
 
     @staticmethod
     def _alive(entry: dict[str, Any] | None) -> bool:
@@ -171,10 +169,11 @@ class ProcessRuntime(Runtime):
             addresses.append(self.plan.broker_address)
         for address in addresses:
             _check_free(address)
-        self.plan.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.plan.state_dir)
         pki = self.plan.provision_pki()
         self.emit("pki_ready", self.plan.name, str(self.plan.pki_dir))
         self.plan.write_node_configs(pki)
+        self.plan.write_broker_files(pki)
         self._save({"nodes": {}, "broker": None})
         try:
             if self.plan.external_broker is None:
@@ -188,8 +187,8 @@ class ProcessRuntime(Runtime):
 
     def _start_broker(self, timeout: float) -> None:
         log_path = self.plan.broker_log
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
+        pki = self.plan.pki_dir
+        with open_private_log(log_path) as log:
             # --detach: the broker is not our child, so it outlives this process quietly.
             result = subprocess.run(
                 [
@@ -198,6 +197,16 @@ class ProcessRuntime(Runtime):
                     "qkdnet.orchestrator.broker",
                     "--listen",
                     self.plan.broker_address,
+                    "--ca",
+                    str(pki / "ca.pem"),
+                    "--cert",
+                    str(pki / "broker" / "cert.pem"),
+                    "--key",
+                    str(pki / "broker" / "key.pem"),
+                    "--access",
+                    str(self.plan.broker_dir / "access.json"),
+                    "--trust-domain",
+                    self.plan.trust_domain,
                     "--detach",
                 ],
                 stdin=subprocess.DEVNULL,

@@ -20,7 +20,12 @@ key_delivery:                # optional: how the KMEs deliver keys (these are th
   key_size: 256
   pool_keys: 256             # keys relayed ahead of demand per SAE pair
   multipath: false           # XOR shares over node-disjoint routes
+  key_ttl_s: 600             # a slave SAE has this long to fetch a key, then it is discarded
 ```
+
+Node IDs, SAE IDs and the names the control plane keeps for itself (`orchestrator`, `broker`)
+share one namespace, compared without regard to case: every certificate names one of them, and
+a clash would let an application's certificate speak for a node or for the controller.
 
 `load_topology(path)` validates the file into typed models. Every problem is reported as
 `FILE:LINE: field.path: message`, and the loader refuses duplicate keys (YAML itself would keep
@@ -48,6 +53,7 @@ from pydantic.fields import FieldInfo
 
 from qkdnet.node.config import ChannelConfig, ProcessingConfig
 from qkdnet.node.errors import ConfigError
+from qkdnet.node.identity import RESERVED_NAMES
 
 __all__ = [
     "KeyDeliverySpec",
@@ -63,6 +69,8 @@ __all__ = [
 Identifier = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ]
+
+Path_ = tuple[str | int, ...]  # a field path: ("links", 0, "endpoints")
 
 _CHANNEL_FIELDS = {k for k in ChannelConfig.model_fields if k != "length_km"}
 _PROCESSING_FIELDS = {k for k in ProcessingConfig.model_fields if k != "seed"}
@@ -139,6 +147,13 @@ class KeyDeliverySpec(BaseModel):
     multipath: bool = Field(
         False, description="split keys into XOR shares over node-disjoint routes by default"
     )
+    key_ttl_s: float = Field(
+        600.0,
+        ge=1.0,
+        le=30 * 86400.0,
+        description="seconds a slave SAE has to fetch a key once its master got it; the key is "
+        "then discarded at both ends",
+    )
 
 
 class Topology(BaseModel):
@@ -184,7 +199,34 @@ class Topology(BaseModel):
                         f"SAE {sae!r} is already served by node {owner[sae]!r}",
                     )
                 owner[sae] = node_id
+        self._check_namespace()
         return self
+
+    def _check_namespace(self) -> None:
+        """Node IDs, SAE IDs and reserved names: each at most once, whatever its case."""
+        taken: dict[str, tuple[str, Path_ | None]] = {
+            name: (f"the reserved name of {why}", None) for name, why in RESERVED_NAMES.items()
+        }
+        uses: list[tuple[str, str, Path_]] = [
+            (node_id, f"node {node_id!r}", ("nodes", node_id)) for node_id in self.nodes
+        ]
+        for node_id, node in self.nodes.items():
+            uses += [
+                (sae, f"SAE {sae!r} of node {node_id!r}", ("nodes", node_id, "saes", index))
+                for index, sae in enumerate(node.saes)
+            ]
+        for name, what, path in uses:
+            first = taken.get(name.casefold())
+            if first is not None:
+                other, where = first
+                raise _PathError(
+                    path,
+                    f"{what} clashes with {other}{_OTHER}: node IDs, SAE IDs and the reserved "
+                    f"names ({', '.join(sorted(RESERVED_NAMES))}) share one namespace, without "
+                    "regard to case",
+                    other=where,
+                )
+            taken[name.casefold()] = (what, path)
 
     def resolved_links(self) -> list[ResolvedLink]:
         """Every link with its defaults applied, as node link configurations."""
@@ -218,17 +260,31 @@ class ResolvedLink:
     processing: ProcessingConfig
 
 
-class _PathError(ValueError):
-    """A validation problem that knows its field path."""
+_OTHER = "\x00other"  # where a message names the other field of a clash
 
-    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
+
+class _PathError(ValueError):
+    """A validation problem that knows its field path (and that of another field it concerns)."""
+
+    def __init__(
+        self, path: tuple[str | int, ...], message: str, other: tuple[str | int, ...] | None = None
+    ) -> None:
+        super().__init__(message.replace(_OTHER, f" ({_dotted(other)})" if other else ""))
         self.path = path
         self.message = message
+        self.other = other
+
+    def located(self, lines: dict[Path_, int]) -> str:
+        """The message, with the other field and its line where it says `_OTHER`."""
+        where = (
+            ""
+            if self.other is None
+            else f" ({_dotted(self.other)}, line {_line(lines, self.other)})"
+        )
+        return self.message.replace(_OTHER, where)
 
 
 # -- YAML with line numbers ------------------------------------------------------------------
-Path_ = tuple[str | int, ...]
 
 
 def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
@@ -309,7 +365,7 @@ def load_topology(path: Path) -> Topology:
             message = item["msg"].removeprefix("Value error, ")
             error = item.get("ctx", {}).get("error")
             if isinstance(error, _PathError):
-                loc, message = error.path, error.message
+                loc, message = error.path, error.located(lines)
             elif item["type"] == "extra_forbidden":
                 message = "unknown field"
             elif item["type"] == "missing":
@@ -317,7 +373,9 @@ def load_topology(path: Path) -> Topology:
             messages.append(f"{path}:{_line(lines, loc)}: {_dotted(loc)}: {message}")
         raise ConfigError("\n".join(messages)) from None
     except _PathError as exc:
-        raise ConfigError(f"{path}:{_line(lines, exc.path)}: {_dotted(exc.path)}: {exc}") from None
+        raise ConfigError(
+            f"{path}:{_line(lines, exc.path)}: {_dotted(exc.path)}: {exc.located(lines)}"
+        ) from None
     return topology
 
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from docker.errors import ContainerError
 
+from qkdnet.node.identity import Role
 from qkdnet.orchestrator.images import (
     BROKER_PORT,
     LABEL_COMPONENT,
@@ -102,7 +103,7 @@ def _node_config(directory: Path) -> Path:
     """A one-node configuration with its PKI, laid out as the node image expects it."""
     ca = CertificateAuthority(directory / "ca")
     config_dir = directory / "config"
-    paths = ca.issue("n1", config_dir / "pki")
+    paths = ca.issue(Role.NODE, "n1", config_dir / "pki")
     (config_dir / "pki" / "ca.pem").write_bytes(paths.ca.read_bytes())
     config = {
         "node_id": "n1",

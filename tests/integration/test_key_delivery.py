@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from qkdnet.node.delivered_keys import DeliveredKeys
+from qkdnet.node.identity import Role
 from qkdnet.node.key_store import KeyStore
 from qkdnet.node.relay import KeyRelay, PeerChannels
 from qkdnet.orchestrator.controller import NodeClient
@@ -183,7 +184,8 @@ VALIDATION = [
     ("POST", "sae-b/dec_keys", {"key_IDs": [{"key_ID": "not-a-uuid"}]}, None, 400, "UUID"),
     ("POST", "sae-b/dec_keys", {"key_IDs": []}, None, 400, "non-empty"),
     ("POST", "sae-b/dec_keys", {}, None, 400, "key_IDs"),
-    ("GET", "sae-b/dec_keys", None, {"key_ID": ["a", "b"]}, 400, "exactly one"),
+    ("GET", "sae-b/dec_keys", None, {"key_ID": ["a", "b"]}, 400, "more than once"),
+    ("GET", "sae-b/dec_keys", None, {}, 400, "exactly one"),
     (
         "POST",
         "sae-b/dec_keys",
@@ -192,7 +194,7 @@ VALIDATION = [
         400,
         "one or more keys specified are not found on KME",
     ),
-    ("PUT", "sae-b/enc_keys", None, None, 400, "method"),
+    ("PUT", "sae-b/enc_keys", None, None, 405, "PUT is not allowed"),
 ]
 
 
@@ -238,7 +240,7 @@ async def test_tls_versions_and_foreign_ca(
             assert response.status == 200
         # The same SAE name, certified by another CA: refused during the handshake.
         rogue = CertificateAuthority(tmp_path / "rogue", "rogue CA").issue(
-            "sae-a", tmp_path / "rogue" / "sae-a", client_only=True
+            Role.SAE, "sae-a", tmp_path / "rogue" / "sae-a"
         )
         foreign = ssl.create_default_context(cafile=str(plan.pki_dir / "ca.pem"))
         foreign.load_cert_chain(str(rogue.cert), str(rogue.key))

@@ -76,7 +76,7 @@ async def _store_reports(
 ) -> dict[tuple[str, str], dict[int, int]]:
     """(link, node) -> {last_frame: total_bits} from every MQTT store report in `seconds`."""
     reports: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
-    watch = TelemetryWatch(plan.broker_address, plan.topic_prefix)
+    watch = TelemetryWatch.for_plan(plan)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             async for state in watch.updates():
@@ -186,7 +186,7 @@ def test_key_keeps_flowing_without_the_broker_and_telemetry_resumes(
 
     async def fresh_reports() -> set[str]:
         fresh: set[str] = set()
-        watch = TelemetryWatch(plan.broker_address, plan.topic_prefix)
+        watch = TelemetryWatch.for_plan(plan)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(20):
                 async for state in watch.updates():

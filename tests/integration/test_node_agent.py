@@ -10,7 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from qkdnet.node.link import GRPC_OPTIONS
+from qkdnet.node.grpc_options import CHANNEL_OPTIONS
+from qkdnet.node.identity import Role
 from qkdnet.orchestrator.link_demo import RECEIVER, TRANSMITTER
 from qkdnet.orchestrator.pki import CertificateAuthority, CertificatePaths
 from qkdnet.v1 import control_pb2, control_pb2_grpc, link_pb2_grpc
@@ -26,7 +27,7 @@ def _channel(address: str, paths: CertificatePaths, target: str) -> grpc.aio.Cha
         private_key=paths.key.read_bytes(),
         certificate_chain=paths.cert.read_bytes(),
     )
-    options = [*GRPC_OPTIONS, ("grpc.ssl_target_name_override", target)]
+    options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", target)]
     return grpc.aio.secure_channel(address, creds, options)
 
 
@@ -62,7 +63,9 @@ async def test_client_certificate_from_another_ca_is_refused(
 ) -> None:
     pair = link_pair()
     await pair.start(RECEIVER)
-    stranger = CertificateAuthority(tmp_path / "other").issue("orchestrator", tmp_path / "s")
+    stranger = CertificateAuthority(tmp_path / "other").issue(
+        Role.CONTROLLER, "orchestrator", tmp_path / "s"
+    )
     # Trust the real CA for the server, but present a certificate the node cannot verify.
     paths = CertificatePaths(cert=stranger.cert, key=stranger.key, ca=pair.controller_paths.ca)
     async with _channel(_address(pair.root, RECEIVER), paths, RECEIVER) as ch:
@@ -78,8 +81,8 @@ async def test_only_the_peer_may_use_the_link_and_only_controllers_control(
 ) -> None:
     pair = link_pair()
     await pair.start(RECEIVER)
-    ca = CertificateAuthority(pair.root / "pki")
-    mallory = ca.issue("mallory", tmp_path / "mallory")
+    ca = CertificateAuthority(pair.root / "pki", trust_domain="link-demo.qkdnet")
+    mallory = ca.issue(Role.NODE, "mallory", tmp_path / "mallory")
     alice = CertificatePaths(
         cert=pair.root / "pki" / "nodes" / TRANSMITTER / "cert.pem",
         key=pair.root / "pki" / "nodes" / TRANSMITTER / "key.pem",

@@ -56,7 +56,22 @@ def test_one_service_per_node_and_every_secret_file_exists(tmp_path: Path) -> No
         "mode": "host",
     }
     assert services["b"]["ports"][0]["published"] == 18441
-    assert services["broker"]["ports"][0]["published"] == 18830
+    broker = services["broker"]
+    assert "ports" not in broker  # the broker stays on the deployment's network unless asked
+    assert broker["command"] == ["-c", "/run/secrets/mosquitto.conf"]
+    assert {s["target"] for s in broker["secrets"]} == {
+        "mosquitto.conf",
+        "acl",
+        "ca.pem",
+        "cert.pem",
+        "key.pem",
+    }
+    conf = (out / "broker" / "mosquitto.conf").read_text()
+    for line in ("require_certificate true", "allow_anonymous false", "use_identity_as_username"):
+        assert line in conf
+    acl = (out / "broker" / "acl").read_text()
+    assert "user r2\ntopic write qkdnet/chain5/node/r2/status\n" in acl
+    assert "user orchestrator\ntopic read qkdnet/chain5/#\n" in acl
     assert all(s["deploy"]["endpoint_mode"] == "dnsrr" for s in services.values())
     assert document["volumes"] == {f"store-{n}": {} for n in ("a", "r1", "r2", "r3", "b")}
 
@@ -66,6 +81,7 @@ def test_one_service_per_node_and_every_secret_file_exists(tmp_path: Path) -> No
     assert config.nodes["r3"] == "r3:50051"
     assert config.telemetry is not None
     assert config.telemetry.broker == "broker:1883"
+    assert config.telemetry.tls
     assert {str(link.psk_file) for link in config.links} == {
         "/run/secrets/r1--r2.psk",
         "/run/secrets/r2--r3.psk",
@@ -73,10 +89,30 @@ def test_one_service_per_node_and_every_secret_file_exists(tmp_path: Path) -> No
 
     endpoints = json.loads((out / "endpoints.json").read_text())
     assert endpoints["saes"]["sae-b"]["url"] == "https://localhost:18441"
+    assert endpoints["mqtt"] is None
     cert = x509.load_pem_x509_certificate((out / "pki" / "nodes" / "a" / "cert.pem").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["a", "localhost", "kme.example"]
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://chain5.qkdnet/node/a"
+    ]
+    broker_cert = (out / "pki" / "broker" / "cert.pem").read_bytes()
+    names = (
+        x509.load_pem_x509_certificate(broker_cert)
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    assert names.get_values_for_type(x509.DNSName) == ["broker", "localhost", "kme.example"]
+
+
+def test_the_broker_is_published_only_when_asked(tmp_path: Path) -> None:
+    out = _export(tmp_path, mqtt_port=18830)
+    broker = yaml.safe_load((out / "compose.yaml").read_text())["services"]["broker"]
+    assert broker["ports"] == [
+        {"target": 1883, "published": 18830, "protocol": "tcp", "mode": "host"}
+    ]
+    assert json.loads((out / "endpoints.json").read_text())["mqtt"] == "mqtts://localhost:18830"
 
 
 def test_a_second_export_keeps_the_pki(tmp_path: Path) -> None:
@@ -90,7 +126,6 @@ def test_a_second_export_keeps_the_pki(tmp_path: Path) -> None:
     ("nodes", "options", "message"),
     [
         ({"Alice": {}, "bob": {}}, {}, "node 'Alice': a Compose service"),
-        ({"broker": {}, "bob": {}}, {}, "the name of the broker's service"),
         ({"alice": {"saes": ["s"]}, "bob": {}}, {"mqtt_port": 18440}, "--mqtt-port: 18440"),
         ({"alice": {"saes": ["s"]}, "bob": {}}, {"key_api_port": 70000}, "out of range"),
     ],

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.node.delivered_keys import DeliveredKeysDb, KeyNotFound, KeyNotYours, NewKeys
+from qkdnet.node.delivered_keys import (
+    DeliveredKeysDb,
+    ExpiredKeys,
+    KeyNotFound,
+    KeyNotYours,
+    NewKeys,
+    NotTheOrigin,
+)
 from qkdnet.node.errors import KeyStoreError
 
 
@@ -40,7 +47,9 @@ def test_pending_keys_are_invisible_until_committed_and_reach_each_slave_once(
     db.add(keys, pending=True)
     with pytest.raises(KeyNotFound):
         db.take("sae-b", "sae-a", keys.key_ids[:1])
-    assert db.settle("t1", "someone-else", True) == 0  # only the origin settles
+    for commit in (True, False):  # only the origin settles, either way
+        with pytest.raises(NotTheOrigin):
+            db.settle("t1", "someone-else", commit)
     assert db.settle("t1", "a", True) == 3
     assert db.take("sae-b", "sae-a", keys.key_ids) == list(
         zip(keys.key_ids, keys.keys, strict=True)
@@ -85,8 +94,8 @@ def test_pool_take_is_oldest_first_bounded_and_respects_multipath(db: DeliveredK
     assert db.pool_counts(256, False) == {("sae-a", "sae-b"): 7}
     assert db.pool_counts(256, True) == {("sae-a", "sae-b"): 2}
     assert db.pool_counts(512, False) == {}
-    assert db.pool_take("sae-a", "sae-b", 256, 3, True) == split
-    assert db.pool_take("sae-a", "sae-b", 256, 3, False) == single[:3]
+    assert [k[:2] for k in db.pool_take("sae-a", "sae-b", 256, 3, True)] == split
+    assert [k[:2] for k in db.pool_take("sae-a", "sae-b", 256, 3, False)] == single[:3]
     assert db.pool_take("sae-b", "sae-a", 256, 3, False) == []
     assert db.pool_counts(256, False) == {("sae-a", "sae-b"): 2}
 
@@ -97,8 +106,8 @@ def test_expire_drops_unsettled_keys_only(db: DeliveredKeysDb) -> None:
     time.sleep(0.05)
     db.add(_keys(transaction_id="new", key_ids=("k4", "k5", "k6")), pending=True)
     db.settle("new", "a", True)
-    assert db.expire(pending_s=0.03) == 3
-    assert db.count() == 3  # committed keys never expire
+    assert db.expire(pending_s=0.03) == ExpiredKeys(pending=3, ready=0)
+    assert db.count() == 3  # committed keys wait for their time to live
     # The half set is gone too: its other share, arriving late, cannot complete it.
     assert db.add_share(_keys(transaction_id="half"), "s", 1, 2) is False
 

@@ -12,6 +12,7 @@ import yaml
 
 from qkdnet.node.config import load_node_config
 from qkdnet.node.errors import ConfigError
+from qkdnet.node.identity import Role
 from qkdnet.orchestrator.pki import CertificateAuthority, write_psk
 
 
@@ -19,9 +20,10 @@ from qkdnet.orchestrator.pki import CertificateAuthority, write_psk
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pki")
     ca = CertificateAuthority(root / "ca")
-    ca.issue("alice", root / "alice")
-    ca.issue("bob", root / "bob")
-    CertificateAuthority(root / "other-ca").issue("alice", root / "alice-other")
+    ca.issue(Role.NODE, "alice", root / "alice")
+    ca.issue(Role.NODE, "bob", root / "bob")
+    ca.issue(Role.SAE, "alice", root / "alice-sae")
+    CertificateAuthority(root / "other-ca").issue(Role.NODE, "alice", root / "alice-other")
     write_psk(root / "link.psk", 64)
     return root
 
@@ -138,6 +140,11 @@ def test_cli_missing_config_file(tmp_path: Path) -> None:
         ({"cert": "OTHER"}, "not issued by the CA"),
         ({"key": "BOB_KEY"}, "does not match the certificate"),
         ({"cert": "BOB_CERT", "key": "BOB_KEY"}, "certificate is for 'bob', not for node 'alice'"),
+        # The right name in the wrong role: an application's certificate cannot run a node.
+        (
+            {"cert": "ALICE_SAE_CERT", "key": "ALICE_SAE_KEY"},
+            "certificate names sae 'alice', not node 'alice'",
+        ),
         ({"ca": "KEYFILE"}, "not a PEM certificate"),
     ],
 )
@@ -148,6 +155,8 @@ def test_cli_wrong_certificates(
         "OTHER": str(pki / "alice-other" / "cert.pem"),
         "BOB_KEY": str(pki / "bob" / "key.pem"),
         "BOB_CERT": str(pki / "bob" / "cert.pem"),
+        "ALICE_SAE_CERT": str(pki / "alice-sae" / "cert.pem"),
+        "ALICE_SAE_KEY": str(pki / "alice-sae" / "key.pem"),
         "KEYFILE": str(pki / "alice" / "key.pem"),
         "missing.pem": str(tmp_path / "missing.pem"),
     }

@@ -199,3 +199,71 @@ def test_cli_validate(tmp_path: Path) -> None:
     )
     assert good.returncode == 0
     assert "nodes" in good.stdout
+
+
+NAMESPACE = [
+    (
+        "an SAE named like a node",
+        "name: x\nnodes:\n  r1: {}\n  a:\n    saes: [sae-a, r1]\n",
+        5,
+        "nodes.a.saes[1]: SAE 'r1' of node 'a' clashes with node 'r1' (nodes.r1, line 3)",
+    ),
+    (
+        "an SAE named orchestrator",
+        "name: x\nnodes:\n  a:\n    saes: [orchestrator]\n",
+        4,
+        "nodes.a.saes[0]: SAE 'orchestrator' of node 'a' clashes with the reserved name of "
+        "the controller",
+    ),
+    (
+        "a node named broker, in capitals",
+        "name: x\nnodes:\n  BROKER: {}\n",
+        3,
+        "nodes.BROKER: node 'BROKER' clashes with the reserved name of the MQTT broker",
+    ),
+    (
+        "two SAEs differing in case",
+        "name: x\nnodes:\n  a: {saes: [sae-a]}\n  b: {saes: [SAE-A]}\n",
+        4,
+        "nodes.b.saes[0]: SAE 'SAE-A' of node 'b' clashes with SAE 'sae-a' of node 'a' "
+        "(nodes.a.saes[0], line 3)",
+    ),
+    (
+        "two nodes differing in case",
+        "name: x\nnodes:\n  r: {}\n  R: {}\n",
+        4,
+        "nodes.R: node 'R' clashes with node 'r' (nodes.r, line 3)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected"),
+    [m[1:] for m in NAMESPACE],
+    ids=[m[0] for m in NAMESPACE],
+)
+def test_node_sae_and_reserved_names_share_one_namespace(
+    tmp_path: Path, text: str, line: int, expected: str
+) -> None:
+    path = tmp_path / "clash.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_topology(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    assert expected in message, message
+    assert "share one namespace" in message
+
+
+def test_cli_validate_refuses_an_sae_named_like_the_controller(tmp_path: Path) -> None:
+    path = tmp_path / "clash.yaml"
+    path.write_text(NAMESPACE[1][1])
+    result = subprocess.run(
+        [sys.executable, "-m", "qkdnet.orchestrator", "validate", "-t", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{path}:4: nodes.a.saes[0]: SAE 'orchestrator'" in result.stderr
+    assert "Traceback" not in result.stderr

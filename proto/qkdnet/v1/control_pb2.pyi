@@ -89,12 +89,34 @@ Global___StatusRequest: _TypeAlias = StatusRequest  # noqa: Y015
 class NodeStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CallsRefusedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_ID_FIELD_NUMBER: _builtins.int
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     LINKS_FIELD_NUMBER: _builtins.int
     RELAY_FIELD_NUMBER: _builtins.int
     KEY_API_URL_FIELD_NUMBER: _builtins.int
     ROUTING_NODES_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    CALLS_REFUSED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     uptime_seconds: _builtins.float
     key_api_url: _builtins.str
@@ -107,6 +129,16 @@ class NodeStatus(_message.Message):
     def routing_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Nodes in this node's link-state database (itself included)."""
 
+    @_builtins.property
+    def delivery(self) -> Global___DeliveryStatus:
+        """What the node's KME holds and has discarded (absent when it serves no SAE)."""
+
+    @_builtins.property
+    def calls_refused(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """gRPC calls refused because of the caller's certificate, by its role ("none": no qkdnet
+        identity).
+        """
+
     def __init__(
         self,
         *,
@@ -116,14 +148,102 @@ class NodeStatus(_message.Message):
         relay: Global___RelayStatus | None = ...,
         key_api_url: _builtins.str = ...,
         routing_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        delivery: Global___DeliveryStatus | None = ...,
+        calls_refused: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["relay", b"relay"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "relay", b"relay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_api_url", b"key_api_url", "links", b"links", "node_id", b"node_id", "relay", b"relay", "routing_nodes", b"routing_nodes", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_refused", b"calls_refused", "delivery", b"delivery", "key_api_url", b"key_api_url", "links", b"links", "node_id", b"node_id", "relay", b"relay", "routing_nodes", b"routing_nodes", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class DeliveryStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class KeyApiAnswersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KEYS_WAITING_FIELD_NUMBER: _builtins.int
+    KEYS_PENDING_FIELD_NUMBER: _builtins.int
+    POOL_KEYS_FIELD_NUMBER: _builtins.int
+    KEYS_EXPIRED_FIELD_NUMBER: _builtins.int
+    PENDING_EXPIRED_FIELD_NUMBER: _builtins.int
+    POOL_KEYS_EXPIRED_FIELD_NUMBER: _builtins.int
+    KEYS_ABANDONED_FIELD_NUMBER: _builtins.int
+    KEYS_VOIDED_FIELD_NUMBER: _builtins.int
+    KEY_API_ANSWERS_FIELD_NUMBER: _builtins.int
+    KEY_API_CONNECTIONS_EVICTED_FIELD_NUMBER: _builtins.int
+    KEY_API_CONNECTIONS_REFUSED_FIELD_NUMBER: _builtins.int
+    keys_waiting: _builtins.int
+    """Keys held now: ready for this node's slave SAEs, relayed but not yet settled, and in the
+    pools of this node's master SAEs.
+    """
+    keys_pending: _builtins.int
+    pool_keys: _builtins.int
+    keys_expired: _builtins.int
+    """Discarded since the node started (each overwritten on disk):
+    ready keys no slave fetched within their time to live;
+    """
+    pending_expired: _builtins.int
+    """relayed keys whose origin never settled their transaction;"""
+    pool_keys_expired: _builtins.int
+    """pool keys past the pool's age limit (withdrawn at their slave's node too);"""
+    keys_abandoned: _builtins.int
+    """keys made for a master SAE that hung up before its answer was written (withdrawn at every
+    slave's node);
+    """
+    keys_voided: _builtins.int
+    """keys withdrawn here by their origin (abandoned or aged out of its pool)."""
+    key_api_connections_evicted: _builtins.int
+    key_api_connections_refused: _builtins.int
+    @_builtins.property
+    def key_api_answers(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
+        """ETSI GS QKD 014 answers by HTTP status, and connections the key API evicted (idle ones
+        closed to admit a new one at its cap) or refused (every one busy).
+        """
+
+    def __init__(
+        self,
+        *,
+        keys_waiting: _builtins.int = ...,
+        keys_pending: _builtins.int = ...,
+        pool_keys: _builtins.int = ...,
+        keys_expired: _builtins.int = ...,
+        pending_expired: _builtins.int = ...,
+        pool_keys_expired: _builtins.int = ...,
+        keys_abandoned: _builtins.int = ...,
+        keys_voided: _builtins.int = ...,
+        key_api_answers: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+        key_api_connections_evicted: _builtins.int = ...,
+        key_api_connections_refused: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_api_answers", b"key_api_answers", "key_api_connections_evicted", b"key_api_connections_evicted", "key_api_connections_refused", b"key_api_connections_refused", "keys_abandoned", b"keys_abandoned", "keys_expired", b"keys_expired", "keys_pending", b"keys_pending", "keys_voided", b"keys_voided", "keys_waiting", b"keys_waiting", "pending_expired", b"pending_expired", "pool_keys", b"pool_keys", "pool_keys_expired", b"pool_keys_expired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
 
 @_typing.final
 class RelayStatus(_message.Message):

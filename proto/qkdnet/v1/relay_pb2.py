@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15qkdnet/v1/relay.proto\x12\tqkdnet.v1\";\n\x07KeyBits\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\r\"N\n\nRelayFrame\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x0b\n\x03tag\x18\x03 \x01(\x0c\"y\n\x0bRelayHeader\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x03(\t\x12\x0b\n\x03hop\x18\x04 \x01(\r\x12$\n\x08link_key\x18\x05 \x03(\x0b\x32\x12.qkdnet.v1.KeyBits\"\xde\x01\n\x0cRelayPayload\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x12\n\nmaster_sae\x18\x03 \x01(\t\x12\x12\n\nslave_saes\x18\x04 \x03(\t\x12\x13\n\x0btarget_saes\x18\x05 \x03(\t\x12\x10\n\x08key_bits\x18\x06 \x01(\r\x12\x11\n\tkey_uuids\x18\x0c \x01(\x0c\x12\x0c\n\x04keys\x18\x08 \x01(\x0c\x12\r\n\x05share\x18\t \x01(\r\x12\x0e\n\x06shares\x18\n \x01(\r\x12\x11\n\tshare_set\x18\x0b \x01(\tJ\x04\x08\x07\x10\x08\"E\n\x08RelayAck\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x03(\t\x12\x12\n\nhop_micros\x18\x03 \x03(\x04\"7\n\rSettleRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\"\x1b\n\x0bSettleReply\x12\x0c\n\x04keys\x18\x01 \x01(\r\"H\n\tLinkState\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\n\n\x02up\x18\x02 \x01(\x08\x12\x10\n\x08\x62its_out\x18\x03 \x01(\x04\x12\x0f\n\x07\x62its_in\x18\x04 \x01(\x04\"f\n\x0fLinkStateAdvert\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12#\n\x05links\x18\x03 \x03(\x0b\x32\x14.qkdnet.v1.LinkState\x12\x0c\n\x04saes\x18\x04 \x03(\t\"\x0b\n\tAdvertAck2\xba\x01\n\x08KeyRelay\x12\x33\n\x05Relay\x12\x15.qkdnet.v1.RelayFrame\x1a\x13.qkdnet.v1.RelayAck\x12:\n\x06Settle\x12\x18.qkdnet.v1.SettleRequest\x1a\x16.qkdnet.v1.SettleReply\x12=\n\tAdvertise\x12\x1a.qkdnet.v1.LinkStateAdvert\x1a\x14.qkdnet.v1.AdvertAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15qkdnet/v1/relay.proto\x12\tqkdnet.v1\";\n\x07KeyBits\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\r\"N\n\nRelayFrame\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x0b\n\x03tag\x18\x03 \x01(\x0c\"y\n\x0bRelayHeader\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x03(\t\x12\x0b\n\x03hop\x18\x04 \x01(\r\x12$\n\x08link_key\x18\x05 \x03(\x0b\x32\x12.qkdnet.v1.KeyBits\"\xf3\x01\n\x0cRelayPayload\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x12\n\nmaster_sae\x18\x03 \x01(\t\x12\x12\n\nslave_saes\x18\x04 \x03(\t\x12\x13\n\x0btarget_saes\x18\x05 \x03(\t\x12\x10\n\x08key_bits\x18\x06 \x01(\r\x12\x11\n\tkey_uuids\x18\x0c \x01(\x0c\x12\x0c\n\x04keys\x18\x08 \x01(\x0c\x12\r\n\x05share\x18\t \x01(\r\x12\x0e\n\x06shares\x18\n \x01(\r\x12\x11\n\tshare_set\x18\x0b \x01(\t\x12\x13\n\x0bttl_seconds\x18\r \x01(\rJ\x04\x08\x07\x10\x08\"E\n\x08RelayAck\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x03(\t\x12\x12\n\nhop_micros\x18\x03 \x03(\x04\"7\n\rSettleRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\"\x1b\n\x0bSettleReply\x12\x0c\n\x04keys\x18\x01 \x01(\r\"0\n\x0bVoidRequest\x12\x11\n\tkey_uuids\x18\x01 \x01(\x0c\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x19\n\tVoidReply\x12\x0c\n\x04keys\x18\x01 \x01(\r\"H\n\tLinkState\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\n\n\x02up\x18\x02 \x01(\x08\x12\x10\n\x08\x62its_out\x18\x03 \x01(\x04\x12\x0f\n\x07\x62its_in\x18\x04 \x01(\x04\"f\n\x0fLinkStateAdvert\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12#\n\x05links\x18\x03 \x03(\x0b\x32\x14.qkdnet.v1.LinkState\x12\x0c\n\x04saes\x18\x04 \x03(\t\"\x0b\n\tAdvertAck2\xf0\x01\n\x08KeyRelay\x12\x33\n\x05Relay\x12\x15.qkdnet.v1.RelayFrame\x1a\x13.qkdnet.v1.RelayAck\x12:\n\x06Settle\x12\x18.qkdnet.v1.SettleRequest\x1a\x16.qkdnet.v1.SettleReply\x12=\n\tAdvertise\x12\x1a.qkdnet.v1.LinkStateAdvert\x1a\x14.qkdnet.v1.AdvertAck\x12\x34\n\x04Void\x12\x16.qkdnet.v1.VoidRequest\x1a\x14.qkdnet.v1.VoidReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYHEADER']._serialized_start=177
   _globals['_RELAYHEADER']._serialized_end=298
   _globals['_RELAYPAYLOAD']._serialized_start=301
-  _globals['_RELAYPAYLOAD']._serialized_end=523
-  _globals['_RELAYACK']._serialized_start=525
-  _globals['_RELAYACK']._serialized_end=594
-  _globals['_SETTLEREQUEST']._serialized_start=596
-  _globals['_SETTLEREQUEST']._serialized_end=651
-  _globals['_SETTLEREPLY']._serialized_start=653
-  _globals['_SETTLEREPLY']._serialized_end=680
-  _globals['_LINKSTATE']._serialized_start=682
-  _globals['_LINKSTATE']._serialized_end=754
-  _globals['_LINKSTATEADVERT']._serialized_start=756
-  _globals['_LINKSTATEADVERT']._serialized_end=858
-  _globals['_ADVERTACK']._serialized_start=860
-  _globals['_ADVERTACK']._serialized_end=871
-  _globals['_KEYRELAY']._serialized_start=874
-  _globals['_KEYRELAY']._serialized_end=1060
+  _globals['_RELAYPAYLOAD']._serialized_end=544
+  _globals['_RELAYACK']._serialized_start=546
+  _globals['_RELAYACK']._serialized_end=615
+  _globals['_SETTLEREQUEST']._serialized_start=617
+  _globals['_SETTLEREQUEST']._serialized_end=672
+  _globals['_SETTLEREPLY']._serialized_start=674
+  _globals['_SETTLEREPLY']._serialized_end=701
+  _globals['_VOIDREQUEST']._serialized_start=703
+  _globals['_VOIDREQUEST']._serialized_end=751
+  _globals['_VOIDREPLY']._serialized_start=753
+  _globals['_VOIDREPLY']._serialized_end=778
+  _globals['_LINKSTATE']._serialized_start=780
+  _globals['_LINKSTATE']._serialized_end=852
+  _globals['_LINKSTATEADVERT']._serialized_start=854
+  _globals['_LINKSTATEADVERT']._serialized_end=956
+  _globals['_ADVERTACK']._serialized_start=958
+  _globals['_ADVERTACK']._serialized_end=969
+  _globals['_KEYRELAY']._serialized_start=972
+  _globals['_KEYRELAY']._serialized_end=1212
 # @@protoc_insertion_point(module_scope)

@@ -146,6 +146,7 @@ class RelayPayload(_message.Message):
     SHARE_FIELD_NUMBER: _builtins.int
     SHARES_FIELD_NUMBER: _builtins.int
     SHARE_SET_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     origin: _builtins.str
     master_sae: _builtins.str
@@ -163,6 +164,10 @@ class RelayPayload(_message.Message):
     """
     shares: _builtins.int
     share_set: _builtins.str
+    ttl_seconds: _builtins.int
+    """How long, once committed, the target keeps the keys waiting for their slaves before it
+    discards them (seconds; 0: the target's own default).
+    """
     @_builtins.property
     def slave_saes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Every slave SAE of the request, and those of them served by this frame's target."""
@@ -183,10 +188,11 @@ class RelayPayload(_message.Message):
         share: _builtins.int = ...,
         shares: _builtins.int = ...,
         share_set: _builtins.str = ...,
+        ttl_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_bits", b"key_bits", "key_uuids", b"key_uuids", "keys", b"keys", "master_sae", b"master_sae", "origin", b"origin", "share", b"share", "share_set", b"share_set", "shares", b"shares", "slave_saes", b"slave_saes", "target_saes", b"target_saes", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_bits", b"key_bits", "key_uuids", b"key_uuids", "keys", b"keys", "master_sae", b"master_sae", "origin", b"origin", "share", b"share", "share_set", b"share_set", "shares", b"shares", "slave_saes", b"slave_saes", "target_saes", b"target_saes", "transaction_id", b"transaction_id", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,6 +268,50 @@ class SettleReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettleReply: _TypeAlias = SettleReply  # noqa: Y015
+
+@_typing.final
+class VoidRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_UUIDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    key_uuids: _builtins.bytes
+    """The key IDs (UUIDs), 16 bytes each."""
+    reason: _builtins.str
+    """Why: "abandoned" (the master never got them) or "pool_expired"."""
+    def __init__(
+        self,
+        *,
+        key_uuids: _builtins.bytes = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_uuids", b"key_uuids", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidRequest: _TypeAlias = VoidRequest  # noqa: Y015
+
+@_typing.final
+class VoidReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    keys: _builtins.int
+    """How many of the keys were here and are gone now."""
+    def __init__(
+        self,
+        *,
+        keys: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidReply: _TypeAlias = VoidReply  # noqa: Y015
 
 @_typing.final
 class LinkState(_message.Message):

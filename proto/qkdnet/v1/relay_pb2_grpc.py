@@ -49,6 +49,11 @@ class KeyRelayStub:
                 request_serializer=qkdnet_dot_v1_dot_relay__pb2.LinkStateAdvert.SerializeToString,
                 response_deserializer=qkdnet_dot_v1_dot_relay__pb2.AdvertAck.FromString,
                 _registered_method=True)
+        self.Void = channel.unary_unary(
+                '/qkdnet.v1.KeyRelay/Void',
+                request_serializer=qkdnet_dot_v1_dot_relay__pb2.VoidRequest.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_relay__pb2.VoidReply.FromString,
+                _registered_method=True)
 
 
 class KeyRelayServicer:
@@ -76,6 +81,15 @@ class KeyRelayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Void(self, request, context):
+        """Withdraw committed keys from a target node: keys whose master was gone before its answer was
+        written, or that aged out of the origin's pool. Only the keys' origin may call; no slave can
+        have fetched them, since only the master learns key IDs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyRelayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +107,11 @@ def add_KeyRelayServicer_to_server(servicer, server):
                     servicer.Advertise,
                     request_deserializer=qkdnet_dot_v1_dot_relay__pb2.LinkStateAdvert.FromString,
                     response_serializer=qkdnet_dot_v1_dot_relay__pb2.AdvertAck.SerializeToString,
+            ),
+            'Void': grpc.unary_unary_rpc_method_handler(
+                    servicer.Void,
+                    request_deserializer=qkdnet_dot_v1_dot_relay__pb2.VoidRequest.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_relay__pb2.VoidReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +195,33 @@ class KeyRelay:
             '/qkdnet.v1.KeyRelay/Advertise',
             qkdnet_dot_v1_dot_relay__pb2.LinkStateAdvert.SerializeToString,
             qkdnet_dot_v1_dot_relay__pb2.AdvertAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Void(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.KeyRelay/Void',
+            qkdnet_dot_v1_dot_relay__pb2.VoidRequest.SerializeToString,
+            qkdnet_dot_v1_dot_relay__pb2.VoidReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class KeyRelayStub:
     """Commit or discard a relayed transaction at a target node; only its origin may call."""
     Advertise: _grpc.UnaryUnaryMultiCallable[_relay_pb2.LinkStateAdvert, _relay_pb2.AdvertAck]
     """A link-state advertisement, flooded from neighbour to neighbour."""
+    Void: _grpc.UnaryUnaryMultiCallable[_relay_pb2.VoidRequest, _relay_pb2.VoidReply]
+    """Withdraw committed keys from a target node: keys whose master was gone before its answer was
+    written, or that aged out of the origin's pool. Only the keys' origin may call; no slave can
+    have fetched them, since only the master learns key IDs.
+    """
 
 @_typing.type_check_only
 class KeyRelayAsyncStub(KeyRelayStub):
@@ -61,6 +66,11 @@ class KeyRelayAsyncStub(KeyRelayStub):
     """Commit or discard a relayed transaction at a target node; only its origin may call."""
     Advertise: _aio.UnaryUnaryMultiCallable[_relay_pb2.LinkStateAdvert, _relay_pb2.AdvertAck]  # type: ignore[assignment]
     """A link-state advertisement, flooded from neighbour to neighbour."""
+    Void: _aio.UnaryUnaryMultiCallable[_relay_pb2.VoidRequest, _relay_pb2.VoidReply]  # type: ignore[assignment]
+    """Withdraw committed keys from a target node: keys whose master was gone before its answer was
+    written, or that aged out of the origin's pool. Only the keys' origin may call; no slave can
+    have fetched them, since only the master learns key IDs.
+    """
 
 class KeyRelayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -88,5 +98,16 @@ class KeyRelayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_relay_pb2.AdvertAck, _abc.Awaitable[_relay_pb2.AdvertAck]]:
         """A link-state advertisement, flooded from neighbour to neighbour."""
+
+    @_abc_1.abstractmethod
+    def Void(
+        self,
+        request: _relay_pb2.VoidRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relay_pb2.VoidReply, _abc.Awaitable[_relay_pb2.VoidReply]]:
+        """Withdraw committed keys from a target node: keys whose master was gone before its answer was
+        written, or that aged out of the origin's pool. Only the keys' origin may call; no slave can
+        have fetched them, since only the master learns key IDs.
+        """
 
 def add_KeyRelayServicer_to_server(servicer: KeyRelayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
