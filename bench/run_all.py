@@ -16,6 +16,7 @@ BENCHMARKS = [
     ["bench_deploy.py", "--runtime", "docker", "--speedups", "10"],
     ["bench_images.py"],
     ["bench_relay.py"],
+    ["bench_slow_clients.py"],
     ["model_table.py"],
 ]
 

@@ -275,6 +275,12 @@ class NodeAgent:
                 self.relay.expire_forever(_expiry_interval(ttl)), name="relay expiry"
             )
         )
+        report_s = cfg.telemetry.interval_s if cfg.telemetry is not None else 5.0
+        self._tasks.append(
+            asyncio.create_task(
+                self._delivery_levels_forever(max(1.0, report_s)), name="delivery levels"
+            )
+        )
         if cfg.key_api is not None:
             await self._start_key_api(cfg.key_api)
         if cfg.telemetry is not None:
@@ -386,6 +392,12 @@ class NodeAgent:
         if self.delivered is not None:
             with contextlib.suppress(KeyStoreError):
                 self._delivery_levels = await self.delivered.run(lambda db: db.levels())
+
+    async def _delivery_levels_forever(self, interval_s: float) -> None:
+        """Keep the key counts of `status` (and so of telemetry) recent."""
+        while True:
+            await self.refresh_delivery_levels()
+            await asyncio.sleep(interval_s)
 
     def status(self) -> control_pb2.NodeStatus:
         relay = None

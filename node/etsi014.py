@@ -49,7 +49,14 @@ from .identity import Identity, Role
 from .key_manager import KeyManager
 from .structured_log import log_event
 
-__all__ = ["API_PREFIX", "EXTENSIONS", "KeyDeliveryServer", "error_response", "openapi_document"]
+__all__ = [
+    "API_PREFIX",
+    "EXTENSIONS",
+    "INTERNAL_ERROR",
+    "KeyDeliveryServer",
+    "error_response",
+    "openapi_document",
+]
 
 logger = logging.getLogger("qkdnet.node.etsi014")
 
@@ -69,6 +76,8 @@ _REASONS = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a request that met a bug gets (logged with its traceback): a 503, never a 500.
+INTERNAL_ERROR = "the KME could not handle the request"
 
 
 class _ApiError(Exception):
@@ -216,7 +225,7 @@ class KeyDeliveryServer:
             raise  # the client is gone: there is nobody to answer
         except Exception:
             logger.exception("request failed")  # a bug: logged, and the client gets a 503
-            response = error_response(503, "the KME could not handle the request")
+            response = error_response(503, INTERNAL_ERROR)
         self.answers[response.status] = self.answers.get(response.status, 0) + 1
         return response
 
@@ -308,6 +317,8 @@ class KeyDeliveryServer:
                 "max_key_size": limits.max_key_size,
                 "min_key_size": limits.min_key_size,
                 "max_SAE_ID_count": limits.max_sae_id_count,
+                # How long a slave has to fetch a key once its master got it (then discarded).
+                "status_extension": {"qkdnet_key_ttl_s": self._manager.policy.key_ttl_s},
             }
         )
 

@@ -107,7 +107,7 @@ class _ApiRequestHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         if status >= 500:
             logger.error("request failed", exc_info=exc)
-            response = self.error_response(503, "the KME could not handle the request")
+            response = self.error_response(503, "the server could not handle the request")
         else:
             detail = (message or (str(exc) if exc else "") or "malformed HTTP request").strip()
             response = self.error_response(status, f"malformed HTTP request: {detail[:200]}")

@@ -4,7 +4,10 @@ The topic tree (every payload is a JSON object with `"schema": 1`; `<prefix>` is
 `qkdnet/<topology>`):
 
 - `<prefix>/node/<id>/status` (retained): `state` ("up", then "stopped" on a clean exit, or
-  "lost", the broker's last will, when the node vanished), `pid`, `address`, `links`, `uptime_s`.
+  "lost", the broker's last will, when the node vanished), `pid`, `address`, `links`, `uptime_s`,
+  and for a node whose KME serves SAEs `delivery`: keys it holds (`keys_waiting`,
+  `keys_pending`, `pool_keys`) and has discarded (`keys_expired`, `pending_expired`,
+  `pool_keys_expired`, `keys_abandoned`, `keys_voided`).
 - `<prefix>/link/<a>--<b>/stats` (retained, from the transmitting end `a`): QBER, sifted and
   secret key rates next to the model's, frame counters, reconciliation efficiency. Rates are
   per emulated second (what the model predicts; a link with `speedup: 10` emulates ten seconds
@@ -76,7 +79,23 @@ def node_payload(status: control_pb2.NodeStatus, state: str, address: str) -> di
         "links": [link.link_id for link in status.links],
         "uptime_s": round(status.uptime_seconds, 3),
         "ts": time.time(),
-    }
+    } | ({"delivery": _delivery(status.delivery)} if status.HasField("delivery") else {})
+
+
+_DELIVERY_FIGURES = (
+    "keys_waiting",
+    "keys_pending",
+    "pool_keys",
+    "keys_expired",
+    "pending_expired",
+    "pool_keys_expired",
+    "keys_abandoned",
+    "keys_voided",
+)
+
+
+def _delivery(delivery: control_pb2.DeliveryStatus) -> dict[str, int]:
+    return {name: int(getattr(delivery, name)) for name in _DELIVERY_FIGURES}
 
 
 def _per_second(bits: int, seconds: float) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 
+from qkdnet.node.tls import client_tls_context
 from qkdnet.orchestrator.cli import main
 from qkdnet.orchestrator.images import ImageResult
 from qkdnet.orchestrator.key_client import KeyApiClient, KeyApiError
@@ -69,6 +72,11 @@ async def _keys_flow(out: Path, timeout: float = 180) -> int:
     raise AssertionError(f"no keys through the exported chain after {timeout:.0f} s: {last}")
 
 
+async def _mqtt_connect(host: str, port: int, tls: ssl.SSLContext) -> None:
+    async with aiomqtt.Client(host, port, timeout=5, tls_context=tls):
+        pass
+
+
 def _run(command: list[str], cwd: Path | None = None, timeout: float = 300) -> str:
     done = subprocess.run(
         command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
@@ -88,12 +96,20 @@ def test_compose_up_runs_the_exported_chain(
     try:
         _run([*compose, *project, "up", "-d"], cwd=out)
         assert asyncio.run(_keys_flow(out)) == 4
-        # Telemetry names each node by the address its peers dial, not its wildcard listen.
-        watch = TelemetryWatch("127.0.0.1:28830", "qkdnet/chain5")
+        # Telemetry names each node by the address its peers dial, not its wildcard listen. The
+        # broker, published as asked, speaks TLS and admits the controller's certificate...
+        endpoints = json.loads((out / "endpoints.json").read_text())
+        client = endpoints["mqtt_client"]
+        tls = client_tls_context(Path(client["ca"]), Path(client["cert"]), Path(client["key"]))
+        watch = TelemetryWatch("localhost:28830", "qkdnet/chain5", tls=tls)
         nodes = asyncio.run(watch.collect(3.0)).nodes
         assert {n: nodes[n]["address"] for n in nodes} == {
             n: f"{n}:50051" for n in ("a", "r1", "r2", "r3", "b")
         }
+        # ...but no client without one.
+        anonymous = ssl.create_default_context(cafile=client["ca"])
+        with pytest.raises(aiomqtt.MqttError):
+            asyncio.run(_mqtt_connect("localhost", 28830, anonymous))
     finally:
         _run([*compose, *project, "down", "-v", "--timeout", "15"], cwd=out)
     label = "com.docker.compose.project=qkdnet-test-compose"

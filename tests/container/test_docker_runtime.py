@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 
+from qkdnet.node.tls import client_tls_context
 from qkdnet.orchestrator.controller import NodeClient
 from qkdnet.orchestrator.docker_runtime import (
     LABEL_DEPLOYMENT,
@@ -25,6 +30,7 @@ from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.network_status import NetworkStatus
 from qkdnet.orchestrator.runtime import BROKER, runtime_for
+from qkdnet.orchestrator.telemetry_watch import TelemetryWatch
 from qkdnet.orchestrator.topology import load_topology
 from qkdnet.orchestrator.venv_volume import VENV_DIR
 from tests.integration.sae import Sae
@@ -139,6 +145,28 @@ async def _fetch_each_once(plan: NetworkPlan, ledger: _Ledger) -> None:
             base64.b64decode(key, validate=True)
 
 
+async def _mqtt_connect(host: str, port: int, tls: ssl.SSLContext) -> None:
+    async with aiomqtt.Client(host, port, timeout=5, tls_context=tls):
+        pass
+
+
+async def _telemetry_is_authenticated(plan: NetworkPlan) -> None:
+    host, port = plan.broker_address.rsplit(":", 1)
+    anonymous = ssl.create_default_context(cafile=str(plan.pki_dir / "ca.pem"))
+    with pytest.raises(aiomqtt.MqttError):  # TLS, but no client certificate
+        await _mqtt_connect(host, int(port), anonymous)
+    where = plan.pki_dir / "nodes" / MIDDLE
+    node = client_tls_context(plan.pki_dir / "ca.pem", where / "cert.pem", where / "key.pem")
+    async with aiomqtt.Client(host, int(port), timeout=5, tls_context=node) as client:
+        forged = {"schema": 1, "node": "a", "state": "lost"}
+        await client.publish(f"{plan.topic_prefix}/node/a/status", json.dumps(forged), retain=True)
+    state = await TelemetryWatch.for_plan(plan).collect(3.0)
+    assert {node: data["state"] for node, data in state.nodes.items()} == {
+        node: "up" for node in plan.nodes
+    }
+    assert state.rejected_total == 0
+
+
 def test_chain5_in_containers_survives_a_killed_middle_node(
     docker_engine: Any, built_images: dict[str, ImageResult], tmp_path: Path
 ) -> None:
@@ -191,6 +219,14 @@ def test_chain5_in_containers_survives_a_killed_middle_node(
 
         # ETSI 014 from the host: enc_keys at a's KME, dec_keys at b's.
         asyncio.run(_etsi_round(plan, ledger, number=8))
+
+        # Telemetry through Mosquitto: TLS, the controller's certificate to read; no client
+        # without a certificate; a node's certificate publishes nothing but its own topics.
+        asyncio.run(_telemetry_is_authenticated(plan))
+        # Whatever the deployment wrote on this host is its owner's (or the nodes') only.
+        loose = [p for p in [state_dir, *state_dir.rglob("*")] if p.lstat().st_mode & 0o077]
+        if os.geteuid() == 0:  # as root, node files belong to the nodes' user, mode 0400
+            assert loose == []
 
         # Kill the middle node as a crash would; its stores survive in its volume.
         before = asyncio.run(_stored_bits(plan, MIDDLE))

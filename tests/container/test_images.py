@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ import yaml
 from docker.errors import ContainerError
 
 from qkdnet.node.identity import Role
+from qkdnet.node.tls import client_tls_context
 from qkdnet.orchestrator.images import (
     BROKER_PORT,
     LABEL_COMPONENT,
@@ -29,7 +32,9 @@ from qkdnet.orchestrator.images import (
     ImageResult,
     SourceTree,
 )
+from qkdnet.orchestrator.mosquitto import mosquitto_conf
 from qkdnet.orchestrator.pki import CertificateAuthority
+from qkdnet.orchestrator.telemetry_access import TelemetryAccess
 from qkdnet.orchestrator.venv_volume import (
     LABEL_IMAGE_ID,
     VENV_DIR,
@@ -169,16 +174,53 @@ def _wait_for_port(host: str, port: int, timeout: float) -> None:
             time.sleep(0.1)
 
 
-async def test_broker_image_serves_mqtt(
-    docker_engine: Any, built_images: dict[str, ImageResult]
+def _broker_files(directory: Path) -> tuple[Path, dict[str, Path]]:
+    """A deployment's broker configuration for one node n1: the files the docker runtime
+    mounts (mosquitto.py), and the certificates of n1, the controller and an application."""
+    ca = CertificateAuthority(directory / "ca", trust_domain="test.qkdnet")
+    config = directory / "broker"
+    config.mkdir()
+    broker = ca.issue(Role.BROKER, "broker", directory / "b", hosts=["127.0.0.1"])
+    access = TelemetryAccess.for_network("qkdnet/test", ["n1"], [])
+    (config / "mosquitto.conf").write_text(mosquitto_conf(NODE_CONFIG_DIR))
+    (config / "acl").write_text(access.mosquitto_acl())
+    for source, name in ((broker.ca, "ca.pem"), (broker.cert, "cert.pem"), (broker.key, "key.pem")):
+        (config / name).write_bytes(source.read_bytes())
+    for path in [config, *config.iterdir()]:  # readable by the broker's user (the nodes')
+        if os.geteuid() == 0:
+            os.chown(path, NODE_UID, -1)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    clients = {
+        "n1": ca.issue(Role.NODE, "n1", directory / "n1"),
+        "orchestrator": ca.issue(Role.CONTROLLER, "orchestrator", directory / "c"),
+        "sae": ca.issue(Role.SAE, "sae", directory / "s"),
+    }
+    return config, {who: paths.cert.parent for who, paths in clients.items()}
+
+
+async def _mqtt_connect(port: int, tls: ssl.SSLContext | None) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, timeout=5, tls_context=tls):
+        pass
+
+
+def _tls(where: Path, ca: Path) -> Any:
+    return client_tls_context(ca, where / "cert.pem", where / "key.pem")
+
+
+async def test_broker_image_admits_only_a_deployment_s_certificates(
+    docker_engine: Any, built_images: dict[str, ImageResult], tmp_path: Path
 ) -> None:
-    container = docker_engine.containers.run(
-        built_images["broker"].reference,
-        detach=True,
-        labels={TEST_LABEL: "1"},
-        ports={f"{BROKER_PORT}/tcp": ("127.0.0.1", None)},
-    )
-    try:
+    def run(**options: Any) -> Any:
+        return docker_engine.containers.run(
+            built_images["broker"].reference,
+            detach=True,
+            labels={TEST_LABEL: "1"},
+            ports={f"{BROKER_PORT}/tcp": ("127.0.0.1", None)},
+            **options,
+        )
+
+    async def started(container: Any) -> int:
         deadline = time.monotonic() + 30
         while b"running" not in container.logs():  # "mosquitto version 2.0.11 running"
             container.reload()
@@ -186,20 +228,48 @@ async def test_broker_image_serves_mqtt(
             assert time.monotonic() < deadline, "mosquitto did not start in 30 s"
             await asyncio.sleep(0.1)
         container.reload()
-        port = int(container.ports[f"{BROKER_PORT}/tcp"][0]["HostPort"])
+        return int(container.ports[f"{BROKER_PORT}/tcp"][0]["HostPort"])
+
+    # As shipped, the image listens on its own loopback only: nobody gets in.
+    shipped = run()
+    try:
+        port = await started(shipped)
+        with pytest.raises(aiomqtt.MqttError):
+            await _mqtt_connect(port, None)
+    finally:
+        shipped.remove(force=True)
+
+    config, clients = _broker_files(tmp_path)
+    ca = tmp_path / "ca" / "ca.pem"
+    container = run(
+        command=["-c", f"{NODE_CONFIG_DIR}/mosquitto.conf"],
+        user=f"{NODE_UID}:{NODE_UID}",
+        volumes={str(config): {"bind": NODE_CONFIG_DIR, "mode": "ro"}},
+    )
+    try:
+        port = await started(container)
         await asyncio.to_thread(_wait_for_port, "127.0.0.1", port, 30)
-        topic = "qkdnet/test/node/n1/status"
-        async with aiomqtt.Client("127.0.0.1", port, identifier="publisher") as publisher:
-            await publisher.publish(topic, b'{"state": "up"}', qos=1, retain=True)
-        async with aiomqtt.Client("127.0.0.1", port, identifier="subscriber") as subscriber:
-            await subscriber.subscribe("qkdnet/test/#", qos=1)
-            async with asyncio.timeout(10):
-                message = await anext(aiter(subscriber.messages))
-        assert str(message.topic) == topic
-        assert message.payload == b'{"state": "up"}'
-        assert message.retain
-        container.reload()
-        assert container.attrs["Config"]["User"] == "mosquitto"
+        anonymous = ssl.create_default_context(cafile=str(ca))
+        with pytest.raises(aiomqtt.MqttError):  # TLS, but no certificate
+            await _mqtt_connect(port, anonymous)
+        topic, other = "qkdnet/test/node/n1/status", "qkdnet/test/node/n2/status"
+        async with aiomqtt.Client("127.0.0.1", port, tls_context=_tls(clients["n1"], ca)) as node:
+            await node.publish(other, b'{"state": "lost"}', qos=1, retain=True)  # not its own
+            await node.publish(topic, b'{"state": "up"}', qos=1, retain=True)
+        async with aiomqtt.Client(
+            "127.0.0.1", port, tls_context=_tls(clients["sae"], ca)
+        ) as application:
+            await application.publish(topic, b'{"state": "forged"}', qos=1, retain=True)
+        async with aiomqtt.Client(
+            "127.0.0.1", port, tls_context=_tls(clients["orchestrator"], ca)
+        ) as controller:
+            await controller.subscribe("qkdnet/test/#", qos=1)
+            received = {}
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3):
+                    async for message in controller.messages:
+                        received[str(message.topic)] = message.payload
+        assert received == {topic: b'{"state": "up"}'}
     finally:
         container.remove(force=True)
 

@@ -131,3 +131,31 @@ def test_a_frame_landing_after_its_transaction_was_discarded_is_refused(
         db.add(_keys(), pending=True)
     assert db.count() == 0
     db.add(_keys(transaction_id="t2"), pending=True)  # other transactions are not affected
+
+
+def test_ready_keys_wait_their_time_to_live_and_no_longer(tmp_path: Path) -> None:
+    db = DeliveredKeysDb(tmp_path / "ttl.sqlite", default_ttl_s=0.05)
+    short = _keys(transaction_id="short", ttl_s=0.05)
+    long = _keys(transaction_id="long", key_ids=("k4", "k5", "k6"), ttl_s=60)
+    try:
+        db.add(short, pending=False)
+        db.add(long, pending=False)
+        assert db.expire(pending_s=120) == ExpiredKeys(pending=0, ready=0)
+        time.sleep(0.1)
+        assert db.expire(pending_s=120) == ExpiredKeys(pending=0, ready=3)
+        assert db.levels().waiting == 3
+        with pytest.raises(KeyNotFound):
+            db.take("sae-b", "sae-a", short.key_ids[:1])
+        assert [key_id for key_id, _ in db.take("sae-b", "sae-a", ["k4"])] == ["k4"]
+    finally:
+        db.close()
+
+
+def test_only_a_key_s_origin_withdraws_it(db: DeliveredKeysDb) -> None:
+    keys = _keys()
+    db.add(keys, pending=False)
+    assert db.void("someone-else", keys.key_ids[:2]) == 0
+    assert db.void("a", [*keys.key_ids[:2], str(uuid.uuid4())]) == 2
+    assert db.count() == 1
+    db.checkpoint()  # the WAL goes, with the old pages that held the keys
+    assert (db.path.parent / f"{db.path.name}-wal").stat().st_size == 0

@@ -28,11 +28,14 @@ class StandInRelay:
 
     def __init__(self) -> None:
         self.counters = RelayCounters()
+        self.voided: list[tuple[str, list[str], str]] = []
+        self.ttls: list[int] = []
         self.hold_keys: int | None = None
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
 
     async def relay(self, route: list[str], payload: relay_pb2.RelayPayload) -> relay_pb2.RelayAck:
+        self.ttls.append(payload.ttl_seconds)
         if len(payload.key_uuids) // 16 == self.hold_keys:
             self.holding.set()
             await self.release.wait()
@@ -43,6 +46,10 @@ class StandInRelay:
 
     async def settle(self, target: str, transaction_id: str, commit: bool) -> int:
         return 0
+
+    async def void(self, target: str, key_ids: list[str], reason: str) -> int:
+        self.voided.append((target, list(key_ids), reason))
+        return len(key_ids)
 
 
 def _router() -> Router:
@@ -59,6 +66,9 @@ def _router() -> Router:
     return router
 
 
+TTL_S = 60.0
+
+
 @pytest.fixture
 async def kme(tmp_path: Path) -> AsyncIterator[tuple[KeyManager, StandInRelay, DeliveredKeys]]:
     delivered = await DeliveredKeys.open(tmp_path / "delivered_keys.sqlite")
@@ -71,7 +81,7 @@ async def kme(tmp_path: Path) -> AsyncIterator[tuple[KeyManager, StandInRelay, D
         _router(),
         delivered,
         KeyLimits(),
-        DeliveryPolicy(pool_keys=POOL, pool_batch=BATCH),
+        DeliveryPolicy(pool_keys=POOL, pool_batch=BATCH, key_ttl_s=TTL_S),
     )
     try:
         yield manager, relay, delivered
@@ -133,3 +143,61 @@ async def test_a_pool_refills_once_keys_handed_out_are_gone(
     )
     await _fill(manager)
     assert await manager.stored_key_count("sae-a", "sae-b") == POOL
+
+
+async def _age_pool(delivered: DeliveredKeys, seconds: float) -> None:
+    """Make every pool key `seconds` older (instead of waiting that long)."""
+    await delivered.run(
+        lambda db: db._db.execute("UPDATE pool SET created = created - ?", (seconds,))
+    )
+
+
+async def test_pool_keys_outlive_neither_their_time_to_live_nor_their_slave_s_copy(
+    kme: tuple[KeyManager, StandInRelay, DeliveredKeys],
+) -> None:
+    manager, relay, delivered = kme
+    await _fill(manager)
+    # The slave's copies live twice the time to live: one in the pool, one to be fetched.
+    assert set(relay.ttls) == {2 * TTL_S}
+    taken, _ = await manager.enc_keys("sae-a", ["sae-b"], 2, 256)
+    await _age_pool(delivered, TTL_S + 1)
+    # Too old to hand out: the next request relays afresh...
+    assert await manager.stored_key_count("sae-a", "sae-b") == 0
+    fresh, report = await manager.enc_keys("sae-a", ["sae-b"], 1, 256)
+    assert report.source == "relay"
+    assert relay.ttls[-1] == TTL_S  # a key relayed on demand waits one time to live
+    # ...and expiry drops them here and withdraws them at the slave's node.
+    assert await manager.expire_pools_once() == POOL - 2
+    assert relay.voided[-1][0] == "b"
+    assert relay.voided[-1][2] == "pool_expired"
+    assert len(relay.voided[-1][1]) == POOL - 2
+    assert {key_id for key_id, _ in taken + fresh}.isdisjoint(relay.voided[-1][1])
+    assert manager.counters.pool_keys_expired == POOL - 2
+    assert await delivered.run(lambda db: db.levels().pool) == 0
+
+
+async def test_keys_a_master_never_got_are_withdrawn_at_the_slave(
+    kme: tuple[KeyManager, StandInRelay, DeliveredKeys],
+) -> None:
+    manager, relay, _ = kme
+    keys, _ = await manager.enc_keys("sae-a", ["sae-b"], 3, 256, use_pool=False)
+    await manager.abandon("sae-a", ["sae-b"], [key_id for key_id, _ in keys])
+    assert relay.voided == [("b", [key_id for key_id, _ in keys], "abandoned")]
+    assert manager.counters.keys_abandoned == 3
+
+
+async def test_keys_back_from_a_failed_relay_keep_their_age(
+    kme: tuple[KeyManager, StandInRelay, DeliveredKeys],
+) -> None:
+    manager, relay, delivered = kme
+    await _fill(manager)
+    await _age_pool(delivered, TTL_S - 5)
+    relay.hold_keys = 2
+    request = asyncio.create_task(manager.enc_keys("sae-a", ["sae-b"], POOL + 2, 256))
+    await asyncio.wait_for(relay.holding.wait(), 10)
+    relay.release.set()
+    with pytest.raises(RelayError):
+        await request
+    # Back in the pool, as old as they were: a put-back must not restart their clock.
+    await _age_pool(delivered, 6)
+    assert await manager.stored_key_count("sae-a", "sae-b") == 0

@@ -93,3 +93,26 @@ def test_an_older_or_equal_advertisement_is_ignored(sequence: int) -> None:
     router, _ = ring_router()
     assert not router.accept(advert("r1", ["a", "b"], sequence=sequence, down=("b",)))
     assert router.link("r1", "b")[0]
+
+
+async def test_an_advert_from_the_future_is_dropped_by_the_flooder() -> None:
+    """A sequence far ahead of the clock (2^64 - 1, say) would shadow every later advert of its
+    origin for good: the flooder drops it before the router sees it."""
+    import time
+
+    from qkdnet.node.link_state import MAX_CLOCK_AHEAD_NS, LinkStateFlooder
+
+    router = Router("b")
+    flooder = LinkStateFlooder("b", [], {"r": object()}, router, peers=None)  # type: ignore[dict-item,arg-type]
+    flooder._flood = lambda *args, **kwargs: None  # type: ignore[method-assign]  # no peers here
+    router.accept(advert("r", ["a", "b"], sequence=time.time_ns()))
+    await flooder.received(advert("a", ["r"], sequence=time.time_ns()), "r")
+    assert router.link("a", "r")[0]
+    await flooder.received(advert("a", [], sequence=2**64 - 1), "r")  # "a has no links"
+    assert flooder.refused_from_future == 1
+    assert router.link("a", "r")[0]  # still believed: the forgery never reached the router
+    # Within the clock skew allowed an advert is taken as usual.
+    soon = time.time_ns() + MAX_CLOCK_AHEAD_NS // 2
+    await flooder.received(advert("a", [], sequence=soon), "r")
+    assert flooder.refused_from_future == 1
+    assert not router.link("a", "r")[0]
