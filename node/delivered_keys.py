@@ -345,11 +345,14 @@ class DeliveredKeysDb:
                 ).rowcount
         return removed
 
-    def take(self, caller: str, master: str, key_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+    def take(
+        self, caller: str, master: str, key_ids: Sequence[str], *, consume: bool = True
+    ) -> list[tuple[str, bytes]]:
         """Hand `caller` the keys `key_ids` issued by `master`: all of them or none.
 
         KeyNotFound when a key is not here (or not committed, or `caller` already has it),
-        KeyNotYours when `caller` is not one of the slaves the keys were issued for.
+        KeyNotYours when `caller` is not one of the slaves the keys were issued for. With
+        `consume` False the keys are only looked up (and stay for `caller`).
         """
         out: list[tuple[str, bytes]] = []
         with Transaction(self._db):
@@ -366,6 +369,9 @@ class DeliveredKeysDb:
                 waiting = json.loads(row[2])
                 if caller not in waiting:
                     raise KeyNotFound("one or more keys specified are not found on KME")
+                out.append((key_id, bytes(row[3])))
+                if not consume:
+                    continue
                 waiting.remove(caller)
                 if waiting:
                     self._db.execute(
@@ -373,7 +379,6 @@ class DeliveredKeysDb:
                     )
                 else:
                     self._db.execute("DELETE FROM keys WHERE key_id=?", (key_id,))
-                out.append((key_id, bytes(row[3])))
         return out
 
     def count(self, master: str | None = None, slave: str | None = None) -> int:

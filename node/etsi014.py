@@ -19,7 +19,8 @@ their 8-4-4-4-12 form and are compared without regard to case (RFC 4122).
 
 A key container is written to the master before its keys are final: if the master is gone
 before the answer is written (it hung up), the keys are withdrawn at every slave's KME and
-counted as abandoned (`KeyManager.abandon`), never left at one end only.
+counted as abandoned (`KeyManager.abandon`), never left at one end only. Likewise a slave that
+hangs up before its dec_keys answer is written keeps its keys, to ask for them again.
 
 Vendor extensions use the prefix `qkdnet_`, in `extension_mandatory` or `extension_optional` of
 a POST enc_keys: `{"qkdnet_multipath": true}` splits each key into XOR shares over node-disjoint
@@ -366,10 +367,7 @@ class KeyDeliveryServer:
             )
         response = _key_container(keys, {"qkdnet_relay": report.to_json()})
         try:
-            if request.transport is None or request.transport.is_closing():
-                raise ConnectionResetError("the master hung up before its keys were written")
-            await response.prepare(request)
-            await response.write_eof()
+            await self._write(request, response)
         except ConnectionError:
             await self._manager.abandon(caller, slaves, [key_id for key_id, _ in keys])
             raise
@@ -421,9 +419,20 @@ class KeyDeliveryServer:
         canonical = [key_id.lower() for key_id in asked]
         if len(set(canonical)) != len(canonical):
             raise _bad("key_IDs holds duplicates")
-        keys = await self._manager.dec_keys(caller, master, canonical)
         spelling = dict(zip(canonical, asked, strict=True))  # answered as the caller wrote them
-        return _key_container([(spelling[key_id], key) for key_id, key in keys])
+        async with self._manager.dec_keys(caller, master, canonical) as keys:
+            response = _key_container([(spelling[key_id], key) for key_id, key in keys])
+            # The keys are the slave's for good once written; if it hung up first, they stay.
+            await self._write(request, response)
+        return response
+
+    @staticmethod
+    async def _write(request: web.Request, response: web.Response) -> None:
+        """Write `response` now; ConnectionError when the client is gone already."""
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the client hung up before its answer was written")
+        await response.prepare(request)
+        await response.write_eof()
 
 
 def _framework_message(exc: web.HTTPException, request: web.Request) -> str:

@@ -36,7 +36,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -47,6 +47,7 @@ from .delivered_keys import (
     DEFAULT_KEY_TTL_S,
     DeliveredKeys,
     DeliveredKeysDb,
+    KeyNotFound,
     NewKeys,
     PoolKey,
 )
@@ -180,6 +181,7 @@ class KeyManager:
         # refills count them as still in the pool, which thus never grows past pool_keys.
         self._taken: Counter[tuple[str, str]] = Counter()
         self.counters = DeliveryCounters()
+        self._handing: set[tuple[str, str]] = set()  # (slave, key ID) being written to a slave
 
     def node_of(self, sae: str) -> str | None:
         """The node serving `sae`: from the topology, else from routing advertisements."""
@@ -647,9 +649,29 @@ class KeyManager:
             self._on_event(kind, {"node": self.node_id, **fields})
 
     # -- dec_keys ----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
     async def dec_keys(
         self, caller: str, master: str, key_ids: Sequence[str]
-    ) -> list[tuple[str, bytes]]:
-        """The keys `key_ids` issued by `master`, for slave `caller` (KeyNotFound, KeyNotYours)."""
+    ) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """The keys `key_ids` issued by `master`, for slave `caller` (KeyNotFound, KeyNotYours),
+        handed over for good only when the block they are given to completes.
+
+        Use as `async with manager.dec_keys(...) as keys: <write them to the slave>`: if the
+        block raises (the slave hung up before its answer was written), the keys stay for it.
+        While one request holds keys, another asking for any of them is told they are not
+        here, so that a key never goes out twice.
+        """
         ids = list(key_ids)
-        return await self._delivered.run(lambda db: db.take(caller, master, ids))
+        handing = {(caller, key_id) for key_id in ids}
+        if handing & self._handing:
+            raise KeyNotFound("one or more keys specified are not found on KME")
+        keys = await self._delivered.run(lambda db: db.take(caller, master, ids, consume=False))
+        self._handing |= handing
+        try:
+            yield keys
+            try:
+                await self._delivered.run(lambda db: db.take(caller, master, ids))
+            except KeyStoreError as exc:  # written already: the slave has them, they stay
+                log_event(logger, logging.ERROR, "keys_not_consumed", error=str(exc))
+        finally:
+            self._handing -= handing

@@ -7,12 +7,14 @@ stand-in that stores nothing, answering or failing as each test says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from qkdnet.node.delivered_keys import DeliveredKeys
+from qkdnet.node.delivered_keys import DeliveredKeys, KeyNotFound, NewKeys
 from qkdnet.node.errors import RelayError
 from qkdnet.node.key_manager import DeliveryPolicy, KeyLimits, KeyManager
 from qkdnet.node.relay import RelayCounters
@@ -201,3 +203,26 @@ async def test_keys_back_from_a_failed_relay_keep_their_age(
     # Back in the pool, as old as they were: a put-back must not restart their clock.
     await _age_pool(delivered, 6)
     assert await manager.stored_key_count("sae-a", "sae-b") == 0
+
+
+async def test_a_slave_that_hangs_up_before_its_answer_keeps_its_keys(
+    kme: tuple[KeyManager, StandInRelay, DeliveredKeys],
+) -> None:
+    manager, _, delivered = kme
+    ids = tuple(str(uuid.uuid4()) for _ in range(2))
+    keys = NewKeys("t", "b", "sae-b", ("sae-a",), ("sae-a",), 256, ids, (bytes(32), bytes(32)))
+    await delivered.run(lambda db: db.add(keys, pending=False))
+    with contextlib.suppress(ConnectionResetError):
+        async with manager.dec_keys("sae-a", "sae-b", ids) as handed:
+            assert [key_id for key_id, _ in handed] == list(ids)
+            # While they are being written, nobody else gets them...
+            with pytest.raises(KeyNotFound):
+                async with manager.dec_keys("sae-a", "sae-b", ids[:1]):
+                    pass
+            raise ConnectionResetError("the slave hung up")
+    # ...and as the answer was never written, they are still the slave's.
+    async with manager.dec_keys("sae-a", "sae-b", ids) as handed:
+        assert len(handed) == 2
+    with pytest.raises(KeyNotFound):  # written: gone for good
+        async with manager.dec_keys("sae-a", "sae-b", ids):
+            pass
