@@ -36,6 +36,7 @@ from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.topology import load_topology
+from qkdnet.v1 import control_pb2
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 HELD_DEADLINE_S = 60.0
@@ -106,8 +107,17 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+async def _delivery(plan: NetworkPlan) -> control_pb2.DeliveryStatus:
+    client = NodeClient("alice", plan.nodes["alice"].address, plan.controller_credentials)
+    try:
+        return (await client.status()).delivery
+    finally:
+        await client.close()
+
+
 async def _run(plan: NetworkPlan, pid: int, tls: int, raw: int) -> dict[str, float]:
     host, port = plan.nodes["alice"].key_api_address.rsplit(":", 1)  # type: ignore[union-attr]
+    first = await _delivery(plan)
     async with aiohttp.ClientSession() as session:
         quiet, _ = await _round_trips(plan, session, 50)
         before = _fds(pid)
@@ -126,11 +136,7 @@ async def _run(plan: NetworkPlan, pid: int, tls: int, raw: int) -> dict[str, flo
         all_dropped = max(ends) - started
         await asyncio.sleep(1.0)
         after = _fds(pid)
-    client = NodeClient("alice", plan.nodes["alice"].address, plan.controller_credentials)
-    try:
-        delivery = (await client.status()).delivery
-    finally:
-        await client.close()
+    delivery = await _delivery(plan)
     return {
         "fds_before": before,
         "fds_peak": peak,
@@ -141,8 +147,8 @@ async def _run(plan: NetworkPlan, pid: int, tls: int, raw: int) -> dict[str, flo
         "p50_held_ms": statistics.median(busy),
         "p99_held_ms": _p(busy, 0.99),
         "failures": failures,
-        "evicted": delivery.key_api_connections_evicted,
-        "refused": delivery.key_api_connections_refused,
+        "evicted": delivery.key_api_connections_evicted - first.key_api_connections_evicted,
+        "refused": delivery.key_api_connections_refused - first.key_api_connections_refused,
     }
 
 

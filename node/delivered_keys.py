@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS keys (
     master TEXT NOT NULL,
     slaves TEXT NOT NULL,
     waiting TEXT NOT NULL,
+    handing TEXT NOT NULL DEFAULT '[]',
     key_bits INTEGER NOT NULL,
     key BLOB NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'ready')),
@@ -164,7 +165,9 @@ class DeliveredKeysDb:
         self.path = path
         self.default_ttl_s = default_ttl_s
         # Stores of earlier versions: keys without an expiry get the default from now on.
-        add_missing_columns(self._db, "keys", {"expires": "REAL"})
+        add_missing_columns(
+            self._db, "keys", {"expires": "REAL", "handing": "TEXT NOT NULL DEFAULT '[]'"}
+        )
         add_missing_columns(self._db, "pool", {"created": "REAL NOT NULL DEFAULT 0"})
         self._db.execute(
             "UPDATE keys SET expires=? WHERE expires IS NULL", (time.time() + default_ttl_s,)
@@ -346,19 +349,20 @@ class DeliveredKeysDb:
         return removed
 
     def take(
-        self, caller: str, master: str, key_ids: Sequence[str], *, consume: bool = True
+        self, caller: str, master: str, key_ids: Sequence[str], *, hold: bool = False
     ) -> list[tuple[str, bytes]]:
         """Hand `caller` the keys `key_ids` issued by `master`: all of them or none.
 
         KeyNotFound when a key is not here (or not committed, or `caller` already has it),
-        KeyNotYours when `caller` is not one of the slaves the keys were issued for. With
-        `consume` False the keys are only looked up (and stay for `caller`).
+        KeyNotYours when `caller` is not one of the slaves the keys were issued for. With `hold`
+        the keys are only set aside for `caller` (no longer waiting, not yet gone) until
+        `release` says whether they reached it.
         """
         out: list[tuple[str, bytes]] = []
         with Transaction(self._db):
             for key_id in key_ids:
                 row = self._db.execute(
-                    "SELECT master, slaves, waiting, key FROM keys "
+                    "SELECT master, slaves, waiting, handing, key FROM keys "
                     "WHERE key_id=? AND state='ready'",
                     (key_id,),
                 ).fetchone()
@@ -366,20 +370,42 @@ class DeliveredKeysDb:
                     raise KeyNotFound("one or more keys specified are not found on KME")
                 if caller not in json.loads(row[1]):
                     raise KeyNotYours("the caller is not a slave SAE of these keys")
-                waiting = json.loads(row[2])
+                waiting, handing = json.loads(row[2]), json.loads(row[3])
                 if caller not in waiting:
                     raise KeyNotFound("one or more keys specified are not found on KME")
-                out.append((key_id, bytes(row[3])))
-                if not consume:
-                    continue
                 waiting.remove(caller)
-                if waiting:
-                    self._db.execute(
-                        "UPDATE keys SET waiting=? WHERE key_id=?", (json.dumps(waiting), key_id)
-                    )
-                else:
-                    self._db.execute("DELETE FROM keys WHERE key_id=?", (key_id,))
+                if hold:
+                    handing.append(caller)
+                self._keep_or_drop(key_id, waiting, handing)
+                out.append((key_id, bytes(row[4])))
         return out
+
+    def release(self, caller: str, key_ids: Sequence[str], delivered: bool) -> None:
+        """End `take(..., hold=True)`: the keys reached `caller` (gone for it), or not (they
+        wait for it again)."""
+        with Transaction(self._db):
+            for key_id in key_ids:
+                row = self._db.execute(
+                    "SELECT waiting, handing FROM keys WHERE key_id=?", (key_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                waiting, handing = json.loads(row[0]), json.loads(row[1])
+                if caller in handing:
+                    handing.remove(caller)
+                    if not delivered:
+                        waiting.append(caller)
+                self._keep_or_drop(key_id, waiting, handing)
+
+    def _keep_or_drop(self, key_id: str, waiting: list[str], handing: list[str]) -> None:
+        """Update a key's slaves; forget it once no slave waits for it or is being handed it."""
+        if waiting or handing:
+            self._db.execute(
+                "UPDATE keys SET waiting=?, handing=? WHERE key_id=?",
+                (json.dumps(sorted(waiting)), json.dumps(sorted(handing)), key_id),
+            )
+        else:
+            self._db.execute("DELETE FROM keys WHERE key_id=?", (key_id,))
 
     def count(self, master: str | None = None, slave: str | None = None) -> int:
         """Ready keys waiting for `slave` (any local slave when None) from `master` (any)."""

@@ -47,7 +47,6 @@ from .delivered_keys import (
     DEFAULT_KEY_TTL_S,
     DeliveredKeys,
     DeliveredKeysDb,
-    KeyNotFound,
     NewKeys,
     PoolKey,
 )
@@ -181,7 +180,6 @@ class KeyManager:
         # refills count them as still in the pool, which thus never grows past pool_keys.
         self._taken: Counter[tuple[str, str]] = Counter()
         self.counters = DeliveryCounters()
-        self._handing: set[tuple[str, str]] = set()  # (slave, key ID) being written to a slave
 
     def node_of(self, sae: str) -> str | None:
         """The node serving `sae`: from the topology, else from routing advertisements."""
@@ -656,22 +654,19 @@ class KeyManager:
         """The keys `key_ids` issued by `master`, for slave `caller` (KeyNotFound, KeyNotYours),
         handed over for good only when the block they are given to completes.
 
-        Use as `async with manager.dec_keys(...) as keys: <write them to the slave>`: if the
-        block raises (the slave hung up before its answer was written), the keys stay for it.
-        While one request holds keys, another asking for any of them is told they are not
-        here, so that a key never goes out twice.
+        Use as `async with manager.dec_keys(...) as keys: <write them to the slave>`: the keys
+        are set aside for the slave first (a store that cannot be written fails the request
+        here, with nothing changed; no other request gets them meanwhile); if the block raises
+        (the slave hung up before its answer was written), they wait for it again.
         """
         ids = list(key_ids)
-        handing = {(caller, key_id) for key_id in ids}
-        if handing & self._handing:
-            raise KeyNotFound("one or more keys specified are not found on KME")
-        keys = await self._delivered.run(lambda db: db.take(caller, master, ids, consume=False))
-        self._handing |= handing
+        keys = await self._delivered.run(lambda db: db.take(caller, master, ids, hold=True))
+        delivered = False
         try:
             yield keys
-            try:
-                await self._delivered.run(lambda db: db.take(caller, master, ids))
-            except KeyStoreError as exc:  # written already: the slave has them, they stay
-                log_event(logger, logging.ERROR, "keys_not_consumed", error=str(exc))
+            delivered = True
         finally:
-            self._handing -= handing
+            try:
+                await self._delivered.run(lambda db: db.release(caller, ids, delivered))
+            except KeyStoreError as exc:  # set aside they stay, until their time to live ends
+                log_event(logger, logging.ERROR, "keys_not_released", error=str(exc))
