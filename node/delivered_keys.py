@@ -164,15 +164,38 @@ class DeliveredKeysDb:
         self._db = open_sqlite(path, _SCHEMA, "the delivered-key store")
         self.path = path
         self.default_ttl_s = default_ttl_s
-        # Stores of earlier versions: keys without an expiry get the default from now on.
+        try:
+            with Transaction(self._db):
+                self._upgrade()
+                self._recover_handing()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise KeyStoreError(f"{path}: cannot open the delivered-key store ({exc})") from None
+
+    def _upgrade(self) -> None:
+        """Stores of earlier versions: keys get an expiry (the default, from now on), a list of
+        slaves they are being handed to, and pool keys their age."""
         add_missing_columns(
             self._db, "keys", {"expires": "REAL", "handing": "TEXT NOT NULL DEFAULT '[]'"}
         )
         add_missing_columns(self._db, "pool", {"created": "REAL NOT NULL DEFAULT 0"})
         self._db.execute(
-            "UPDATE keys SET expires=? WHERE expires IS NULL", (time.time() + default_ttl_s,)
+            "UPDATE keys SET expires=? WHERE expires IS NULL", (time.time() + self.default_ttl_s,)
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys(expires)")
+
+    def _recover_handing(self) -> None:
+        """Keys that were being written to a slave when the node stopped wait for it again (it
+        cannot be known whether the answer reached it; it may ask again)."""
+        rows = self._db.execute(
+            "SELECT key_id, waiting, handing FROM keys WHERE handing != '[]'"
+        ).fetchall()
+        for key_id, waiting, handing in rows:
+            slaves = sorted(set(json.loads(waiting)) | set(json.loads(handing)))
+            self._db.execute(
+                "UPDATE keys SET waiting=?, handing='[]' WHERE key_id=?",
+                (json.dumps(slaves), key_id),
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -270,7 +293,13 @@ class DeliveredKeysDb:
             ).fetchall()
             if len(rows) < shares:
                 return False
-            if any(r[0] != shares or r[1] != meta for r in rows) or len(rows) != shares:
+            # The first six fields say what the share carries (the seventh, its time to live,
+            # was added later: a set that spans an upgrade is not told apart by it).
+            what = json.loads(meta)[:6]
+            if (
+                any(r[0] != shares or json.loads(r[1])[:6] != what for r in rows)
+                or len(rows) != shares
+            ):
                 raise KeyStoreError("the shares of a set disagree on what they carry")
             combined = 0
             for _, _, data in rows:
@@ -447,7 +476,7 @@ class DeliveredKeysDb:
         with Transaction(self._db):
             rows = self._db.execute(
                 "SELECT seq, key_id, key, created FROM pool WHERE master=? AND slave=? "
-                "AND key_bits=? AND multipath>=? AND created>=? ORDER BY seq LIMIT ?",
+                "AND key_bits=? AND multipath>=? AND created>=? ORDER BY created, seq LIMIT ?",
                 (master, slave, key_bits, int(multipath), time.time() - max_age_s, number),
             ).fetchall()
             self._db.executemany("DELETE FROM pool WHERE seq=?", [(r[0],) for r in rows])
@@ -509,7 +538,10 @@ class DeliveredKeysDb:
     def levels(self) -> DeliveryLevels:
         """How many keys are held now, by kind."""
         counts = dict(
-            self._db.execute("SELECT state, COUNT(*) FROM keys GROUP BY state").fetchall()
+            self._db.execute(
+                "SELECT state, COUNT(*) FROM keys WHERE state='pending' OR waiting != '[]' "
+                "GROUP BY state"
+            ).fetchall()
         )
         pool = self._db.execute("SELECT COUNT(*) FROM pool").fetchone()[0]
         return DeliveryLevels(

@@ -42,11 +42,12 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .delivered_keys import KeyNotFound, KeyNotYours
 from .errors import KeyStoreError, RelayError
 from .https_server import BodyTimeout, HttpLimits, HttpsServer
-from .identity import Identity, Role
+from .identity import Role, peer_certificate_identity
 from .key_manager import KeyManager
 from .structured_log import log_event
 
@@ -219,8 +220,11 @@ class KeyDeliveryServer:
             response = error_response(status, _framework_message(exc, request))
             if status == 405:
                 response.headers["Allow"] = exc.headers.get("Allow", "")
-        except BodyTimeout as exc:
-            response = error_response(408, str(exc))
+        except BodyTimeout:
+            self.answers[408] = self.answers.get(408, 0) + 1
+            raise  # answered by the HTTPS server
+        except HttpProcessingError as exc:  # a body the HTTP parser refused (bad chunking)
+            response = error_response(400, f"malformed HTTP request: {exc.message[:200]}")
             response.force_close()
         except ConnectionError:
             raise  # the client is gone: there is nobody to answer
@@ -259,8 +263,7 @@ class KeyDeliveryServer:
     def _caller(self, request: web.Request) -> str:
         """The SAE ID of the client certificate; 401 for any other identity."""
         cert = request.transport.get_extra_info("peercert") if request.transport else None
-        uris = [v for k, v in (cert or {}).get("subjectAltName", ()) if k == "URI"]
-        identity = Identity.parse(uris[0]) if len(uris) == 1 else None
+        identity = peer_certificate_identity(cert)
         if identity is None:
             raise _ApiError(401, "the client certificate names no SAE")
         if identity.trust_domain != self._trust_domain or identity.role is not Role.SAE:
@@ -422,8 +425,10 @@ class KeyDeliveryServer:
         spelling = dict(zip(canonical, asked, strict=True))  # answered as the caller wrote them
         async with self._manager.dec_keys(caller, master, canonical) as keys:
             response = _key_container([(spelling[key_id], key) for key_id, key in keys])
-            # The keys are the slave's for good once written; if it hung up first, they stay.
-            await self._write(request, response)
+            # A slave that hung up already keeps its keys; otherwise they are its own for good
+            # before the answer goes out, so that the store says so once the slave has them.
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the slave hung up before its answer was written")
         return response
 
     @staticmethod

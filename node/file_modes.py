@@ -1,11 +1,11 @@
 """Files only their owner may read: state directories 0700, everything in them 0600.
 
 Key stores (with their SQLite journals), delivered keys, private keys and link secrets must never
-be readable by another local user, not even for an instant: files are created with their final
-mode (`os.open(..., 0o600)`), and every process that writes a deployment's state runs with the
-umask `PRIVATE_UMASK`, so that files SQLite or a library creates on its own (the WAL and shared
-memory files of a store) are born private too. `tighten` repairs what an older version, a copy or
-a user left looser.
+be readable by another local user, not even for an instant: qkdnet creates files with their
+final mode (`os.open(..., 0o600)`, `write_private`), and the processes that run a deployment's
+nodes and broker use the umask `PRIVATE_UMASK`, so that files SQLite or a library creates on its
+own (the WAL and shared-memory files of a store, logs) are born private too. `tighten` repairs
+what an older version, a copy or a user left looser.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ __all__ = [
     "looser_than_private",
     "open_private_log",
     "private_dir",
-    "private_umask",
     "tighten",
     "write_private",
 ]
@@ -116,12 +115,3 @@ def _walk(root: Path) -> Iterator[Path]:
         for name in [*dirs, *files]:
             yield Path(directory) / name
 
-
-@contextlib.contextmanager
-def private_umask() -> Iterator[None]:
-    """Run a block with the umask `PRIVATE_UMASK` (the process's umask, so: one thread only)."""
-    previous = os.umask(PRIVATE_UMASK)
-    try:
-        yield
-    finally:
-        os.umask(previous)

@@ -12,7 +12,8 @@ from __future__ import annotations
 __all__ = ["CHANNEL_OPTIONS", "MAX_CONCURRENT_RPCS", "MAX_MESSAGE_BYTES", "SERVER_OPTIONS"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Calls in progress on one node server, from every peer together; more wait RESOURCE_EXHAUSTED.
+# Calls in progress on one node server, from every peer together; more are refused at once
+# with RESOURCE_EXHAUSTED.
 MAX_CONCURRENT_RPCS = 2048
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [

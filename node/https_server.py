@@ -8,10 +8,13 @@ aiohttp serves the application; this module owns the sockets in front of it:
   connection or of the previous answer: aiohttp's keep-alive timer, which runs from the moment a
   connection opens and is not reset by a partial head, closes the connection otherwise;
 - a body must arrive within `body_timeout_s` (`read_body`), and be at most `max_body_bytes`;
-- at most `max_connections` connections are held at once. At the cap, a new connection evicts
-  the oldest one with no request in progress (a half-sent head, or an idle keep-alive), so that
-  a well-behaved client always gets in while an abusive one cannot hold the server; only when
-  every connection is busy with a request is the newcomer closed at once.
+- at most `max_connections` connections that completed the handshake (clients holding a
+  certificate of the CA) are held at once. At the cap, a newly established one evicts the oldest
+  one with no request in progress (a half-sent head, or an idle keep-alive), so that a
+  well-behaved client always gets in while an abusive one cannot hold the server; only when
+  every connection is busy with a request is the newcomer closed at once. Connections still in
+  their handshake cannot evict anyone: they are bounded by the handshake timeout and by the
+  process's open-file limit (`raise_file_limit`).
 - answers the HTTP parser makes itself (a malformed request line, a header too long) go through
   `error_response` like the application's, so that clients always get the API's error body.
 
@@ -84,17 +87,18 @@ def raise_file_limit() -> int:
     return soft
 
 
-class _Refused(asyncio.Protocol):
-    """A connection over the cap while every other one is busy: closed at once."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
 class _ApiRequestHandler(RequestHandler):
-    """aiohttp's connection handler, with the answers of its HTTP parser in the API's format."""
+    """aiohttp's connection handler: admitted (or not) once TLS is established, and with the
+    answers of its HTTP parser in the API's format."""
 
     error_response: ErrorResponse
+    admit: Callable[[_ApiRequestHandler], bool]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.admit(self):
+            transport.close()
+            return
+        super().connection_made(transport)
 
     def handle_error(
         self,
@@ -103,6 +107,13 @@ class _ApiRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):  # the client hung up: nobody to answer, no bug
+            logger.debug("client gone: %s", exc)
+            if request.writer.output_size > 0:
+                raise ConnectionResetError("the client is gone")
+            response = self.error_response(503, "the client is gone")
+            response.force_close()
+            return response
         if request.writer.output_size > 0:  # an answer is on its way already
             return super().handle_error(request, status, exc, message)
         if status >= 500:
@@ -179,19 +190,10 @@ class HttpsServer:
         self.port = sockets[0].getsockname()[1] if sockets else port
 
     def _connection(self) -> asyncio.BaseProtocol:
-        """A protocol for a new connection: make room at the cap, or refuse it."""
+        """The protocol of a new connection (admitted once its TLS handshake is done)."""
         assert self._runner is not None
         server = self._runner.server
         assert server is not None
-        live = server.connections
-        if len(live) >= self.limits.max_connections:
-            idle = [handler for handler in live if handler not in self._busy]
-            if not idle:
-                self.refused += 1
-                return _Refused()
-            oldest = min(idle, key=lambda handler: self._opened.get(handler, 0.0))
-            oldest.force_close()
-            self.evicted += 1
         handler = _ApiRequestHandler(
             server,
             loop=asyncio.get_running_loop(),
@@ -205,8 +207,25 @@ class HttpsServer:
             lingering_time=1.0,
         )
         handler.error_response = self._error_response
-        self._opened[handler] = asyncio.get_running_loop().time()
+        handler.admit = self._admit
         return handler
+
+    def _admit(self, handler: RequestHandler) -> bool:
+        """Whether a connection that just completed TLS may stay: make room at the cap by
+        evicting the oldest idle connection, or refuse it when every one is busy."""
+        assert self._runner is not None
+        assert self._runner.server is not None
+        live = self._runner.server.connections
+        if len(live) >= self.limits.max_connections:
+            idle = [other for other in live if other not in self._busy]
+            if not idle:
+                self.refused += 1
+                return False
+            oldest = min(idle, key=lambda other: self._opened.get(other, 0.0))
+            oldest.force_close()
+            self.evicted += 1
+        self._opened[handler] = asyncio.get_running_loop().time()
+        return True
 
     @property
     def connections(self) -> int:

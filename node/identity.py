@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from cryptography import x509
 
@@ -31,6 +32,7 @@ __all__ = [
     "Identity",
     "Role",
     "certificate_identity",
+    "peer_certificate_identity",
     "trust_domain_for",
 ]
 
@@ -87,6 +89,14 @@ class Identity:
 
     def __str__(self) -> str:
         return f"{self.role.value} {self.name!r}"
+
+
+def peer_certificate_identity(peercert: dict[str, Any] | None) -> Identity | None:
+    """The identity in a TLS peer's certificate as Python's `ssl` gives it (`getpeercert()`),
+    None without one."""
+    names = (peercert or {}).get("subjectAltName", ())
+    uris = [value for kind, value in names if kind == "URI" and value.startswith("spiffe://")]
+    return Identity.parse(uris[0]) if len(uris) == 1 else None
 
 
 def certificate_identity(cert: x509.Certificate) -> Identity | None:

@@ -261,18 +261,16 @@ class KeyManager:
                     multipath,
                     self.policy.key_ttl_s,
                 )
-            except RelayError as exc:
-                if pooled:  # back where they were: committed at the slave, unused
-                    await self._delivered.run(
-                        lambda db: db.pool_return(master, slaves[0], multipath, pooled)
-                    )
+            except (RelayError, KeyStoreError) as exc:
+                if pooled:
+                    await self._unused_pool_keys(master, slaves[0], multipath, pooled)
                 self._event(
                     "relay_failed",
                     master=master,
                     slaves=list(slaves),
                     keys=number,
                     key_bits=size,
-                    reason=exc.reason,
+                    reason=exc.reason if isinstance(exc, RelayError) else "store_unavailable",
                     message=str(exc),
                 )
                 raise
@@ -294,6 +292,19 @@ class KeyManager:
                 **report.to_json(),
             )
         return [(k.key_id, k.key) for k in pooled] + fresh, report
+
+    async def _unused_pool_keys(
+        self, master: str, slave: str, multipath: bool, keys: list[PoolKey]
+    ) -> None:
+        """Pool keys taken for a request that failed: back where they were (committed at the
+        slave, unused); if the store cannot take them back, withdrawn at the slave's node."""
+        try:
+            await self._delivered.run(lambda db: db.pool_return(master, slave, multipath, keys))
+        except KeyStoreError:
+            node = self.node_of(slave)
+            with contextlib.suppress(RelayError, KeyStoreError):
+                if node is not None:
+                    await self._withdraw(node, [key.key_id for key in keys], "abandoned")
 
     def _by_node(self, slaves: Sequence[str]) -> dict[str, list[str]]:
         by_node: dict[str, list[str]] = {}
@@ -361,12 +372,20 @@ class KeyManager:
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is None:
             try:
-                await asyncio.gather(
+                committed = await asyncio.gather(
                     *(self._relay.settle(node, transaction_id, True) for node in stored)
                 )
                 if local:
-                    await self._delivered.run(
-                        lambda db: db.settle(transaction_id, self.node_id, True)
+                    committed.append(
+                        await self._delivered.run(
+                            lambda db: db.settle(transaction_id, self.node_id, True)
+                        )
+                    )
+                if any(count != number for count in committed):
+                    # A target lost some before they were committed (they expired pending).
+                    raise RelayError(
+                        f"a target committed {min(committed)} of {number} keys",
+                        reason="settle_failed",
                     )
             except (RelayError, KeyStoreError) as exc:
                 failure = exc
@@ -654,10 +673,10 @@ class KeyManager:
         """The keys `key_ids` issued by `master`, for slave `caller` (KeyNotFound, KeyNotYours),
         handed over for good only when the block they are given to completes.
 
-        Use as `async with manager.dec_keys(...) as keys: <write them to the slave>`: the keys
-        are set aside for the slave first (a store that cannot be written fails the request
-        here, with nothing changed; no other request gets them meanwhile); if the block raises
-        (the slave hung up before its answer was written), they wait for it again.
+        Use as `async with manager.dec_keys(...) as keys: <check the slave is still there>`, then
+        answer: the keys are set aside for the slave first (a store that cannot be written fails
+        the request here, with nothing changed; no other request gets them meanwhile); if the
+        block raises (the slave hung up), they wait for it again.
         """
         ids = list(key_ids)
         keys = await self._delivered.run(lambda db: db.take(caller, master, ids, hold=True))

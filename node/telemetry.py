@@ -5,9 +5,9 @@ The topic tree (every payload is a JSON object with `"schema": 1`; `<prefix>` is
 
 - `<prefix>/node/<id>/status` (retained): `state` ("up", then "stopped" on a clean exit, or
   "lost", the broker's last will, when the node vanished), `pid`, `address`, `links`, `uptime_s`,
-  and for a node whose KME serves SAEs `delivery`: keys it holds (`keys_waiting`,
-  `keys_pending`, `pool_keys`) and has discarded (`keys_expired`, `pending_expired`,
-  `pool_keys_expired`, `keys_abandoned`, `keys_voided`).
+  and `delivery`: delivered keys it holds (`keys_waiting`, `keys_pending`, `pool_keys`) and has
+  discarded (`keys_expired`, `pending_expired`, `pool_keys_expired`, `keys_abandoned`,
+  `keys_voided`).
 - `<prefix>/link/<a>--<b>/stats` (retained, from the transmitting end `a`): QBER, sifted and
   secret key rates next to the model's, frame counters, reconciliation efficiency. Rates are
   per emulated second (what the model predicts; a link with `speedup: 10` emulates ten seconds
@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import ssl
 import time
 from collections import deque
@@ -236,7 +237,10 @@ class TelemetryPublisher:
                 async with aiomqtt.Client(
                     host.strip("[]"),
                     port,
-                    identifier=f"{self._prefix}/{self._node_id}".replace("/", "-"),
+                    # Unguessable: a client that took it would push this node off the broker.
+                    identifier=f"{self._prefix}-{self._node_id}-{secrets.token_hex(6)}".replace(
+                        "/", "-"
+                    ),
                     will=will,
                     keepalive=max(5, int(self._config.interval_s * 5)),
                     timeout=5.0,

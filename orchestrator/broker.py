@@ -7,10 +7,13 @@ comes with `pip install`, so the embedded default needs nothing installed on the
 
 It listens on the address given only, never on all interfaces, and speaks MQTT over TLS only,
 with the broker certificate of the deployment's PKI. A client must present a certificate of the
-deployment's CA that names a node or the controller (`CertificateAuthentication`); anonymous
-clients, and applications' certificates, are refused at CONNECT. What each identity may then
-publish or read is the access list the orchestrator wrote (`TopicAccess`, `telemetry_access.py`);
-a node's last will must be its own status topic.
+deployment's CA (the TLS handshake fails otherwise) that names a node or the controller: any
+other connection (an application's certificate, another trust domain) is closed before a byte
+of MQTT is read, so that it cannot even disturb another client's session by its client ID.
+A CONNECT that would resume a stored session is refused (qkdnet's clients start clean ones: a
+stored session would carry the TLS identity of the connection that made it). What each
+identity may then publish or read is the access list the orchestrator wrote (`TopicAccess`,
+`telemetry_access.py`); a node's last will must be its own status topic.
 """
 
 from __future__ import annotations
@@ -26,16 +29,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amqtt.broker import Broker
 from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from qkdnet.node.file_modes import PRIVATE_UMASK
-from qkdnet.node.identity import Identity, Role
+from qkdnet.node.identity import Identity, Role, peer_certificate_identity
 
 from .telemetry_access import TelemetryAccess
 
-__all__ = ["CertificateAuthentication", "TopicAccess", "broker_config", "run_broker"]
+__all__ = [
+    "CertificateAuthentication",
+    "TelemetryBroker",
+    "TopicAccess",
+    "broker_config",
+    "run_broker",
+]
 
 logger = logging.getLogger("qkdnet.broker")
 
@@ -43,11 +53,36 @@ logger = logging.getLogger("qkdnet.broker")
 def _identity(session: Session | None) -> Identity | None:
     """The identity in a client's certificate (None without one)."""
     ssl_object = getattr(session, "ssl_object", None)
-    if ssl_object is None:
-        return None
-    cert = ssl_object.getpeercert() or {}
-    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
-    return Identity.parse(uris[0]) if len(uris) == 1 else None
+    return peer_certificate_identity(ssl_object.getpeercert()) if ssl_object else None
+
+
+class TelemetryBroker(Broker):  # type: ignore[misc]
+    """amqtt's broker, but TLS requires a client certificate, and a connection whose certificate
+    names neither a node nor the controller of `trust_domain` is closed at once."""
+
+    def __init__(self, config: dict[str, Any], trust_domain: str) -> None:
+        super().__init__(config)
+        self._trust_domain = trust_domain
+
+    @staticmethod
+    def _create_ssl_context(listener: Any) -> ssl.SSLContext:
+        context: ssl.SSLContext = Broker._create_ssl_context(listener)
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        identity = peer_certificate_identity(writer.get_extra_info("peercert"))
+        if (
+            identity is None
+            or identity.trust_domain != self._trust_domain
+            or identity.role not in (Role.NODE, Role.CONTROLLER)
+        ):
+            logger.warning("closed a connection of %s", identity or "no qkdnet identity")
+            writer.close()
+            return
+        await super().stream_connected(reader, writer, listener_name)
 
 
 class _AccessPlugin:
@@ -82,6 +117,9 @@ class CertificateAuthentication(_AccessPlugin, BaseAuthPlugin):  # type: ignore[
         if identity is None or identity.role not in (Role.NODE, Role.CONTROLLER):
             who = str(identity) if identity else "no certificate of this deployment"
             logger.warning("refused MQTT client %r: %s", client, who)
+            return False
+        if getattr(session, "parent", 0):  # a stored session, made by another connection
+            logger.warning("refused MQTT client %r: it asked to resume a stored session", client)
             return False
         will = session.will_topic if session.will_flag else None
         if will is not None and not self.access.may_publish(identity.role, identity.name, will):

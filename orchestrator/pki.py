@@ -20,6 +20,7 @@ import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -47,8 +48,9 @@ __all__ = [
 ]
 
 _VALIDITY = datetime.timedelta(days=365)
-_SERVER_ROLES = {Role.NODE: True, Role.BROKER: True, Role.SAE: False, Role.CONTROLLER: False}
-_CLIENT_ROLES = {Role.NODE: True, Role.BROKER: False, Role.SAE: True, Role.CONTROLLER: True}
+_RENEW_BEFORE = datetime.timedelta(days=30)  # a certificate this close to its end is reissued
+_SERVER_ROLES = frozenset({Role.NODE, Role.BROKER})  # certificates for TLS servers
+_CLIENT_ROLES = frozenset({Role.NODE, Role.SAE, Role.CONTROLLER})  # and for TLS clients
 
 
 def write_psk(path: Path, pads_per_direction: int = 4096) -> None:
@@ -77,7 +79,7 @@ def _name(common_name: str) -> x509.Name:
 def _alternative_names(identity: Identity, hosts: list[str]) -> list[x509.GeneralName]:
     """The SPIFFE ID, then (for servers) the DNS names and IP addresses of `hosts`."""
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.spiffe_id)]
-    if _SERVER_ROLES[identity.role]:
+    if identity.role in _SERVER_ROLES:
         for host in [identity.name, *hosts]:
             if _is_ip(host):
                 names.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -151,9 +153,9 @@ class CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usages = []
-        if _SERVER_ROLES[role]:
+        if role in _SERVER_ROLES:
             usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        if _CLIENT_ROLES[role]:
+        if role in _CLIENT_ROLES:
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         cert = (
             x509.CertificateBuilder()
@@ -184,16 +186,25 @@ class CertificateAuthority:
         """The certificate in `directory` if it is this CA's and names exactly what `issue`
         would (identity, hosts); else a new one."""
         paths = CertificatePaths(directory / "cert.pem", directory / "key.pem", self.cert_path)
-        if paths.key.exists() and self._current(paths.cert, self.identity(role, name), hosts):
+        if self._current(paths, self.identity(role, name), hosts):
             return paths
         return self.issue(role, name, directory, hosts=hosts)
 
-    def _current(self, path: Path, identity: Identity, hosts: list[str] | None) -> bool:
+    def _current(
+        self, paths: CertificatePaths, identity: Identity, hosts: list[str] | None
+    ) -> bool:
+        """Whether the certificate and key at `paths` are this CA's, belong together, name
+        exactly `identity` and `hosts`, and stay valid for a while yet."""
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
             cert.verify_directly_issued_by(self._cert)
             names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
         except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            return False
+        if _public(key.public_key()) != _public(cert.public_key()):
+            return False  # a key written without its certificate (a crash in between)
+        if cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) < _RENEW_BEFORE:
             return False
         expected = _alternative_names(identity, hosts or [])
         return certificate_identity(cert) == identity and set(names) == set(expected)
@@ -264,6 +275,14 @@ def _is_ip(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _public(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

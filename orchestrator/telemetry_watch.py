@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 
 from qkdnet.node.config import parse_address
+from qkdnet.node.telemetry import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from .network_plan import NetworkPlan
 
 __all__ = ["MAX_PAYLOAD_BYTES", "TelemetryState", "TelemetryWatch", "check_payload"]
 
-SCHEMA_VERSION = 1  # qkdnet.node.telemetry.SCHEMA_VERSION, without importing the node's MQTT
 MAX_PAYLOAD_BYTES = 64 * 1024
 _MAX_TEXT = 256  # characters of any one string field
 _NODE_STATES = ("up", "stopped", "lost")
@@ -49,6 +49,33 @@ _STATUS_OPTIONAL: dict[str, Any] = {
     "ts": _Number,
 }
 _STATS_REQUIRED = {"schema": int, "link": str, "state": str}
+_STATS_OPTIONAL: dict[str, Any] = {
+    "transmitter": str,
+    "receiver": str,
+    "frames_ok": int,
+    "frames_aborted": int,
+    "secret_bits": int,
+    "store_bits": int,
+    **{
+        name: _Number
+        for name in (
+            "qber",
+            "sample_qber",
+            "model_qber",
+            "sifted_rate_bps",
+            "secret_rate_bps",
+            "wall_secret_rate_bps",
+            "model_sifted_rate_bps",
+            "model_secret_rate_bps",
+            "secret_fraction_per_pulse",
+            "model_secret_fraction_per_pulse",
+            "reconciliation_efficiency",
+            "emulated_seconds",
+            "ts",
+        )
+    },
+}
+_LINK_STATES = ("connecting", "running", "backoff", "waiting", "stopped")
 _STORE_REQUIRED = {"schema": int, "link": str, "node": str}
 _STORE_OPTIONAL: dict[str, Any] = {
     "bits": int,
@@ -95,11 +122,14 @@ def _check_type(name: str, value: Any, kind: Any) -> None:
 
 
 def _check_strings(value: Any, depth: int = 0) -> None:
-    """No string longer than `_MAX_TEXT`, no nesting deeper than 4 levels."""
+    """No string longer than `_MAX_TEXT` or with anything unprintable in it (a terminal's
+    escape sequences, a right-to-left override), no nesting deeper than 4 levels."""
     if depth > 4:
         raise BadPayload("nested too deeply")
     if isinstance(value, str) and len(value) > _MAX_TEXT:
         raise BadPayload(f"a text of {len(value)} characters")
+    if isinstance(value, str) and not value.isprintable():
+        raise BadPayload("a text with control characters")
     if isinstance(value, dict):
         for key, item in value.items():
             _check_strings(key, depth + 1)
@@ -148,12 +178,11 @@ def check_payload(
             kind = "events" if parts[0] == "node" else "relay"
         case ["link", link, "stats"]:
             known(link=link)
-            _check_fields(data, _STATS_REQUIRED)
+            _check_fields(data, _STATS_REQUIRED, _STATS_OPTIONAL)
             if data["link"] != link:
                 raise BadPayload("link differs from the topic's")
-            for name, value in data.items():
-                if name not in _STATS_REQUIRED and not isinstance(value, str):
-                    _check_type(name, value, _Number)
+            if data["state"] not in _LINK_STATES:
+                raise BadPayload("unknown link state")
             kind = "stats"
         case ["link", link, "store", node]:
             known(node=node, link=link)

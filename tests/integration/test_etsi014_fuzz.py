@@ -292,6 +292,7 @@ def _requests(draw: st.DrawFn) -> Raw:
 
 
 def _send(plan: NetworkPlan, raw: bytes) -> tuple[int, str, bytes]:
+    """Send `raw` over TLS as sae-a; the answer."""
     host, port = plan.nodes["a"].key_api_address.rsplit(":", 1)  # type: ignore[union-attr]
     where = plan.pki_dir / "saes" / "sae-a"
     context = ssl.create_default_context(cafile=str(plan.pki_dir / "ca.pem"))
@@ -343,6 +344,17 @@ def test_what_the_probe_found_gets_an_etsi_error(plan: NetworkPlan, request_: Ra
     status, kind, answer = _send(plan, request_.encode())
     _etsi_answer(status, kind, answer, request_.method)
     assert status in (400, 404, 405, 413, 415)
+
+
+def test_a_malformed_chunked_body_gets_400(plan: NetworkPlan) -> None:
+    raw = (
+        b"POST /api/v1/keys/sae-b/enc_keys HTTP/1.1\r\nHost: kme\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n"
+    )
+    status, kind, answer = _send(plan, raw)
+    _etsi_answer(status, kind, answer, "POST")
+    assert status == 400
 
 
 async def test_key_ids_are_compared_without_regard_to_case(plan: NetworkPlan) -> None:

@@ -347,9 +347,11 @@ async def test_half_sent_requests_are_dropped_while_keys_keep_flowing(
 # -- authenticated telemetry ------------------------------------------------------------------
 
 
-async def _mqtt(plan: NetworkPlan, who: str | None, *, tls: bool = True) -> str:
+async def _mqtt(
+    plan: NetworkPlan, who: str | None, *, tls: bool = True, session: str | None = None
+) -> str:
     """Connect to the broker as `who` (None: without a certificate) and publish on node a's
-    status topic; what happened."""
+    status topic; what happened. With `session`, ask for a stored session of that client ID."""
     host, port = plan.broker_address.rsplit(":", 1)
     if not tls:
         context = None
@@ -359,7 +361,14 @@ async def _mqtt(plan: NetworkPlan, who: str | None, *, tls: bool = True) -> str:
         paths = _credentials(plan, who)
         context = client_tls_context(paths.ca, paths.cert, paths.key)
     try:
-        async with aiomqtt.Client(host, int(port), timeout=3, tls_context=context) as client:
+        async with aiomqtt.Client(
+            host,
+            int(port),
+            timeout=3,
+            tls_context=context,
+            identifier=session,
+            clean_session=False if session else None,
+        ) as client:
             topic = f"{plan.topic_prefix}/node/a/status"
             forged = {"schema": 1, "node": "a", "state": "lost"}
             await client.publish(topic, json.dumps(forged), qos=1, retain=True)
@@ -370,8 +379,11 @@ async def _mqtt(plan: NetworkPlan, who: str | None, *, tls: bool = True) -> str:
 
 async def test_the_broker_refuses_anonymous_and_foreign_publishers(plan: NetworkPlan) -> None:
     assert (await _mqtt(plan, None, tls=False)).startswith("refused")  # TLS only
-    assert "Not authorized" in await _mqtt(plan, None)  # no client certificate
-    assert "Not authorized" in await _mqtt(plan, "sae-a")  # an application's certificate
+    assert (await _mqtt(plan, None)).startswith("refused")  # no client certificate
+    assert (await _mqtt(plan, "sae-a")).startswith("refused")  # an application's certificate
+    # A stored session carries the identity of the connection that made it: never resumed.
+    assert await _mqtt(plan, "r", session="stored") == "published"
+    assert "Not authorized" in await _mqtt(plan, "r", session="stored")
     assert await _mqtt(plan, "r") == "published"  # a node may connect, but a's topic...
     watch = TelemetryWatch.for_plan(plan)
     state = await watch.collect(2.5)

@@ -31,6 +31,7 @@ class StandInRelay:
     def __init__(self) -> None:
         self.counters = RelayCounters()
         self.voided: list[tuple[str, list[str], str]] = []
+        self.relayed: dict[str, int] = {}  # transaction ID -> keys
         self.ttls: list[int] = []
         self.hold_keys: int | None = None
         self.holding = asyncio.Event()
@@ -38,6 +39,7 @@ class StandInRelay:
 
     async def relay(self, route: list[str], payload: relay_pb2.RelayPayload) -> relay_pb2.RelayAck:
         self.ttls.append(payload.ttl_seconds)
+        self.relayed[payload.transaction_id] = len(payload.key_uuids) // 16
         if len(payload.key_uuids) // 16 == self.hold_keys:
             self.holding.set()
             await self.release.wait()
@@ -47,7 +49,7 @@ class StandInRelay:
         )
 
     async def settle(self, target: str, transaction_id: str, commit: bool) -> int:
-        return 0
+        return self.relayed.get(transaction_id, 0)
 
     async def void(self, target: str, key_ids: list[str], reason: str) -> int:
         self.voided.append((target, list(key_ids), reason))

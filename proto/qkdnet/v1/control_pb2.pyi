@@ -131,7 +131,9 @@ class NodeStatus(_message.Message):
 
     @_builtins.property
     def delivery(self) -> Global___DeliveryStatus:
-        """What the node's KME holds and has discarded (absent when it serves no SAE)."""
+        """What the node holds of delivered keys and has discarded (zeros on a node that serves no
+        SAE and is no target of relays).
+        """
 
     @_builtins.property
     def calls_refused(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
