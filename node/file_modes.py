@@ -114,4 +114,3 @@ def _walk(root: Path) -> Iterator[Path]:
     for directory, dirs, files in os.walk(root, followlinks=False):
         for name in [*dirs, *files]:
             yield Path(directory) / name
-
