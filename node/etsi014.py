@@ -34,9 +34,11 @@ node spent on them.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
@@ -100,8 +102,9 @@ def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
 
 
+@functools.cache
 def openapi_document() -> bytes:
-    """The OpenAPI 3 document of this API (JSON)."""
+    """The OpenAPI 3 document of this API (JSON), read once."""
     return resources.files(__package__).joinpath("etsi014_openapi.json").read_bytes()
 
 
@@ -191,7 +194,7 @@ class KeyDeliveryServer:
         app.router.add_get("/api/v1/openapi.json", self._openapi, allow_head=False)
         self.app = app
         self._server = HttpsServer(app, limits, error_response)
-        self.answers: dict[int, int] = {}  # status -> count, for telemetry
+        self.answers: Counter[int] = Counter()  # status -> count, for telemetry
 
     @property
     def port(self) -> int:
@@ -221,7 +224,7 @@ class KeyDeliveryServer:
             if status == 405:
                 response.headers["Allow"] = exc.headers.get("Allow", "")
         except BodyTimeout:
-            self.answers[408] = self.answers.get(408, 0) + 1
+            self.answers[408] += 1
             raise  # answered by the HTTPS server
         except HttpProcessingError as exc:  # a body the HTTP parser refused (bad chunking)
             response = error_response(400, f"malformed HTTP request: {exc.message[:200]}")
@@ -231,7 +234,7 @@ class KeyDeliveryServer:
         except Exception:
             logger.exception("request failed")  # a bug: logged, and the client gets a 503
             response = error_response(503, INTERNAL_ERROR)
-        self.answers[response.status] = self.answers.get(response.status, 0) + 1
+        self.answers[response.status] += 1
         return response
 
     def _api(self, fn: Any) -> Handler:

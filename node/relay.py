@@ -222,27 +222,25 @@ class KeyRelay:
     async def settle(self, target: str, transaction_id: str, commit: bool) -> int:
         """Commit or discard a transaction at `target` (which must have stored it)."""
         request = relay_pb2.SettleRequest(transaction_id=transaction_id, commit=commit)
-        try:
-            reply = await self._peers.stub(target).Settle(request, timeout=HOP_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise RelayError(
-                f"{target} did not settle transaction {transaction_id}: {exc.details()}",
-                reason="settle_failed",
-            ) from None
-        return int(reply.keys)
+        what = f"{target} did not settle transaction {transaction_id}"
+        return await self._to_target(target, "Settle", request, what, "settle_failed")
 
     async def void(self, target: str, key_ids: list[str], reason: str) -> int:
         """Withdraw committed keys this node relayed to `target`; returns how many were there."""
         request = relay_pb2.VoidRequest(
             key_uuids=b"".join(uuid.UUID(key_id).bytes for key_id in key_ids), reason=reason
         )
+        what = f"{target} did not withdraw {len(key_ids)} keys"
+        return await self._to_target(target, "Void", request, what, "void_failed")
+
+    async def _to_target(
+        self, target: str, method: str, request: Any, what: str, reason: str
+    ) -> int:
+        """Call `method` of `target`'s KeyRelay directly; its reply's key count (RelayError)."""
         try:
-            reply = await self._peers.stub(target).Void(request, timeout=HOP_TIMEOUT_S)
+            reply = await getattr(self._peers.stub(target), method)(request, timeout=HOP_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            raise RelayError(
-                f"{target} did not withdraw {len(key_ids)} keys: {exc.details()}",
-                reason="void_failed",
-            ) from None
+            raise RelayError(f"{what}: {exc.details()}", reason=reason) from None
         return int(reply.keys)
 
     # -- receiving ---------------------------------------------------------------------------

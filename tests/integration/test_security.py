@@ -322,13 +322,12 @@ async def test_half_sent_requests_are_dropped_while_keys_keep_flowing(
     held = await _held(plan, "a", tls=300, raw=100)
     await asyncio.sleep(0.5)
     assert _open_fds(pid) >= before + 400
-    started = time.monotonic()
     # A well-behaved application keeps getting keys while the connections are held.
     for _ in range(5):
         keys = await saes["sae-a"].enc("sae-b", number=4)
         assert len(await saes["sae-b"].dec("sae-a", [k["key_ID"] for k in keys])) == 4
-    # Every held connection is closed by the node: the head timeout (15 s) and the TLS
-    # handshake timeout (10 s) drop them, well inside the 30 s the floor allows.
+    # Every held connection is closed by the node, within the 30 s the floor allows: the head
+    # timeout (15 s) and the TLS handshake timeout (10 s) drop them.
     try:
         await asyncio.wait_for(
             asyncio.gather(*(_closed_by_server(reader) for reader, _ in held)), timeout=30
@@ -336,7 +335,6 @@ async def test_half_sent_requests_are_dropped_while_keys_keep_flowing(
     finally:
         for _, writer in held:
             writer.close()
-    assert time.monotonic() - started < 30
     for _ in range(50):
         if _open_fds(pid) <= before + 5:
             break
