@@ -5,15 +5,42 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
+LOCK := requirements.lock
+SHELL := /bin/bash
 
 .PHONY: demo test lint typecheck proto-check unit integration bench lock install clean
 
-$(DEPS): requirements.lock
+# The first run prints a line per step and per package (pip's own output goes to
+# $(VENV)/pip.log, shown when it fails), so nobody stares at a silent minute.
+$(DEPS): $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "qkdnet needs $(PYTHON) (Python 3.11)"; exit 2; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.lock
-	touch $@
+	@echo "==> setting up $(VENV) (first run: about a minute; pip's output in $(VENV)/pip.log)"
+	@echo "==> [1/3] creating $(VENV) with $$($(PYTHON) --version)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "==> [2/3] upgrading pip"
+	@$(BIN)/pip install --upgrade pip > $(VENV)/pip.log 2>&1 \
+		|| { tail -n 25 $(VENV)/pip.log; exit 1; }
+	@echo "==> [3/3] installing the $$(grep -c '==' $(LOCK)) pinned packages of $(LOCK)"
+	@set -o pipefail; total=$$(grep -c '==' $(LOCK)); \
+	PYTHONUNBUFFERED=1 $(BIN)/pip install --progress-bar off -r $(LOCK) 2>&1 \
+		| tee -a $(VENV)/pip.log \
+		| { n=0; doing="downloading"; since=$$SECONDS; while :; do \
+			if IFS= read -r -t 15 line; then :; \
+			elif [ $$? -gt 128 ]; then echo "    ... $$doing ($$((SECONDS - since)) s)"; continue; \
+			else break; fi; \
+			case $$line in \
+				"Collecting "*) item=$${line#Collecting } ;; \
+				"Processing "*) item=$${line#Processing }; item=$${item%% *}; item=$${item##*/} ;; \
+				"Requirement already satisfied: "*) item=$${line#*: } ;; \
+				"Installing collected packages"*) doing="unpacking"; since=$$SECONDS; \
+					echo "    unpacking them into $(VENV) (half a minute or so)"; continue ;; \
+				*) continue ;; \
+			esac; \
+			n=$$((n + 1)); echo "    [$$n/$$total] $${item%% *}"; \
+		done; } \
+		|| { echo "pip failed; the end of $(VENV)/pip.log:"; tail -n 25 $(VENV)/pip.log; exit 1; }
+	@echo "==> $(VENV) ready"
+	@touch $@
 
 # The package maps node/, orchestrator/ and proto/ onto qkdnet.*; the strict editable mode links
 # every file, so it is re-run each time to pick up new modules (it takes a second).

@@ -56,7 +56,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from qkdnet.node.link import link_id_for
+from qkdnet.node.link_names import link_id_for
 from qkdnet.node.relay import link_key_bits
 from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan

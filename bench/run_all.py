@@ -17,6 +17,7 @@ BENCHMARKS = [
     ["bench_images.py"],
     ["bench_relay.py"],
     ["bench_slow_clients.py"],
+    ["bench_verbs.py"],
     ["model_table.py"],
 ]
 

@@ -3,12 +3,13 @@
 # a minimal Debian bookworm made with debootstrap from a Debian package mirror, imported with
 # `docker import`. It holds what the node and broker images need and nothing else:
 # python3 (3.11, the project's version) with venv, CA certificates, iproute2 (tc/netem for fault
-# injection) and mosquitto.
+# injection), mosquitto, and curl and ping (iputils-ping) for a user who execs into a container.
 #
 #   deploy/make-base-image.sh [--force] [--image NAME] [--mirror URL] [--workdir DIR]
 #
 # --mirror (or QKDNET_DEBIAN_MIRROR) names another Debian mirror, e.g. a local one.
-# Idempotent: does nothing when the image exists, unless --force. Needs root (debootstrap) and a
+# Idempotent: does nothing when the image exists, unless --force (which `qkdnet image build`
+# passes when the image's package list differs from INCLUDE below). Needs root (debootstrap) and a
 # Docker engine; installs debootstrap with apt-get when it is missing. The temporary root file
 # system is removed however the script ends. Exit status: 0 done (or nothing to do), 2 usage or
 # environment error (not root, no Docker), 1 a step failed (the message names it).
@@ -22,7 +23,8 @@ IMAGE=qkdnet-base:bookworm
 SUITE=bookworm
 MIRROR=${QKDNET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VARIANT=minbase
-INCLUDE=python3,python3-venv,ca-certificates,iproute2,mosquitto
+# `qkdnet image build` remakes a base whose org.qkdnet.base.include label differs from this list.
+INCLUDE=python3,python3-venv,ca-certificates,iproute2,mosquitto,curl,iputils-ping
 WORKDIR=${TMPDIR:-/var/tmp}
 FORCE=0
 STEP=start
@@ -163,7 +165,9 @@ tar --numeric-owner -C "$ROOTFS" -c . | docker import \
 
 step "verify"
 docker run --rm --network none "$IMAGE" sh -c \
-    'python3 -c "import ssl, sys, venv; print(\"python\", sys.version.split()[0])" && command -v mosquitto >/dev/null && ip -V'
+    'python3 -c "import ssl, sys, venv; print(\"python\", sys.version.split()[0])" \
+     && command -v mosquitto >/dev/null && ip -V && curl --version | head -n 1 \
+     && ping -c 1 -W 2 127.0.0.1 >/dev/null && ping -V'
 image_id=$(docker image inspect --format '{{.Id}}' "$IMAGE")
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 if [[ -n $existing && $existing != "$image_id" ]]; then

@@ -9,6 +9,10 @@
 # and `qkdnet image build` runs the build with network mode "none" to prove it. Only the classic
 # builder's features are used (Docker 17.05+), so it builds with or without BuildKit.
 #
+# The tools of the base image are the node's: the default base holds ip and tc (iproute2, for
+# `qkdnet fault`), curl and ping for a user who execs into a node container
+# (`docker exec -it qkdnet-NAME-NODE bash`); nothing is added here, which keeps the build offline.
+#
 # BASE_IMAGE is any Debian-like image with python3 3.11 and its venv module. The default,
 # qkdnet-base:bookworm, is made locally without a registry by deploy/make-base-image.sh. With a
 # registry, `qkdnet image build --base python:3.11-slim` (or, with the context above,

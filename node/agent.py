@@ -38,6 +38,8 @@ from qkdnet.v1 import (
 )
 
 from .authentication import LinkAuthenticator, read_psk
+from .channel_model import ChannelChange
+from .channel_shaping import ALL_PEERS, Shaping
 from .config import KeyApiConfig, NodeConfig, load_node_config
 from .conversation import TamperFault
 from .delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
@@ -49,9 +51,11 @@ from .grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .https_server import HttpLimits, raise_file_limit, server_ssl_context
 from .key_manager import DeliveryPolicy, KeyLimits, KeyManager
 from .key_store import KeyStore
-from .link import LinkEnd, ReceiverLink, TransmitterLink, link_id_for
+from .link import LinkEnd, ReceiverLink, TransmitterLink
+from .link_names import link_id_for
 from .link_state import LinkStateFlooder
-from .relay import KeyRelay, PeerChannels, RelayService
+from .peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
+from .relay import KeyRelay, RelayService
 from .routing import Router
 from .structured_log import configure_logging, log_event
 from .telemetry import TelemetryPublisher
@@ -173,6 +177,71 @@ class _ControlService(control_pb2_grpc.NodeControlServicer):
         log_event(logger, logging.WARNING, "fault_armed", link=link.link_id, kind=fault.kind)
         return control_pb2.FaultReply(armed=True)
 
+    async def SetPeerFaults(
+        self, request: control_pb2.PeerFaultsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.NodeFaults:
+        await self._authorise(context)
+        try:
+            self._agent.set_peer_faults(
+                request.peer,
+                cut=request.cut if request.HasField("cut") else None,
+                shaping=shaping_of(request.shaping) if request.HasField("shaping") else None,
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        return self._agent.faults_proto()
+
+    async def SetChannelChange(
+        self,
+        request: control_pb2.ChannelChangeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> control_pb2.NodeFaults:
+        await self._authorise(context)
+        link = await self._link(request.link_id, context)
+        try:
+            link.change_channel(channel_change_of(request.change))
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{link.link_id}: {exc}")
+            raise
+        return self._agent.faults_proto()
+
+    async def GetFaults(
+        self, request: control_pb2.FaultsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.NodeFaults:
+        await self._authorise(context)
+        return self._agent.faults_proto()
+
+    async def ClearFaults(
+        self, request: control_pb2.FaultsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.NodeFaults:
+        await self._authorise(context)
+        self._agent.clear_faults()
+        return self._agent.faults_proto()
+
+
+def shaping_of(message: control_pb2.Shaping) -> Shaping:
+    """The Shaping of a control message (ValueError when out of range)."""
+    return Shaping(
+        delay_ms=message.delay_ms,
+        jitter_ms=message.jitter_ms,
+        loss_percent=message.loss_percent,
+        rate_kbit=message.rate_kbit,
+    )
+
+
+def channel_change_of(message: control_pb2.ChannelChange) -> ChannelChange:
+    """The ChannelChange of a control message (ValueError when out of range)."""
+    return ChannelChange(
+        eavesdrop_fraction=(
+            message.eavesdrop_fraction if message.HasField("eavesdrop_fraction") else None
+        ),
+        extra_loss_db=message.extra_loss_db,
+        misalignment_error=(
+            message.misalignment_error if message.HasField("misalignment_error") else None
+        ),
+    )
+
 
 class NodeAgent:
     """A running node: server, links, stores."""
@@ -189,7 +258,8 @@ class NodeAgent:
         self.telemetry: TelemetryPublisher | None = None
         self.port = 0
         self.router = Router(config.node_id)
-        self.peers = PeerChannels(config.nodes, credentials.channel())
+        self.faults = PeerFaults(config.node_id)
+        self.peers = shaped_peer_channels(config.nodes, credentials.channel(), self.faults)
         self.delivered: DeliveredKeys | None = None
         self.relay: KeyRelay | None = None
         self.flooder: LinkStateFlooder | None = None
@@ -215,6 +285,7 @@ class NodeAgent:
                 "store": store,
                 "auth": auth,
                 "executor": self._executor,
+                "shaping": self.faults.shaping,
             }
             link: LinkEnd
             if transmits:
@@ -237,7 +308,7 @@ class NodeAgent:
 
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[self.authorization],
+            interceptors=[self.authorization, PeerFaultInterceptor(self.faults)],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         services = _LinkServices(self)
@@ -398,6 +469,78 @@ class NodeAgent:
         while True:
             await self.refresh_delivery_levels()
             await asyncio.sleep(interval_s)
+
+    # -- live faults (the controller's, through NodeControl; see peer_faults.py) -------------
+
+    def set_peer_faults(self, peer: str, *, cut: bool | None, shaping: Shaping | None) -> None:
+        """Cut or restore the link with neighbour `peer`; replace the shaping of what is sent
+        to `peer` ("": to every peer). ValueError (before anything changes) for a peer that is
+        no neighbour (cut) or no known node (shaping)."""
+        node_id = self.config.node_id
+        if cut is not None and peer not in self.links:
+            raise ValueError(f"{node_id} has no link with {peer!r} to cut or restore")
+        if (
+            shaping is not None
+            and peer
+            and peer not in self.links
+            and peer not in self.config.nodes
+        ):
+            raise ValueError(f"{node_id} knows no node {peer!r}")
+        if cut is not None:
+            if cut:
+                self.faults.cut_peers.add(peer)
+            else:
+                self.faults.cut_peers.discard(peer)
+            self.links[peer].set_cut(cut)
+        if shaping is not None:
+            self.faults.shaping.set(peer or ALL_PEERS, shaping)
+            log_event(
+                logger,
+                logging.INFO if shaping.is_none else logging.WARNING,
+                "shaping_set",
+                peer=peer or ALL_PEERS,
+                delay_ms=shaping.delay_ms,
+                jitter_ms=shaping.jitter_ms,
+                loss_percent=shaping.loss_percent,
+                rate_kbit=shaping.rate_kbit,
+            )
+
+    def clear_faults(self) -> None:
+        """Restore every cut link, remove all shaping and every channel change."""
+        for peer in sorted(self.faults.cut_peers):
+            self.set_peer_faults(peer, cut=False, shaping=None)
+        for scope in self.faults.shaping.settings():
+            self.set_peer_faults("" if scope == ALL_PEERS else scope, cut=None, shaping=Shaping())
+        for link in self.links.values():
+            if not link.change.is_none:
+                link.change_channel(ChannelChange())
+
+    def faults_proto(self) -> control_pb2.NodeFaults:
+        """Every live fault of this node."""
+        return control_pb2.NodeFaults(
+            cut_peers=sorted(self.faults.cut_peers),
+            shaping={
+                scope: control_pb2.Shaping(
+                    delay_ms=s.delay_ms,
+                    jitter_ms=s.jitter_ms,
+                    loss_percent=s.loss_percent,
+                    rate_kbit=s.rate_kbit,
+                )
+                for scope, s in self.faults.shaping.settings().items()
+            },
+            channels=[
+                control_pb2.LinkChannel(
+                    link_id=link.link_id,
+                    change=control_pb2.ChannelChange(
+                        eavesdrop_fraction=link.change.eavesdrop_fraction,
+                        extra_loss_db=link.change.extra_loss_db,
+                        misalignment_error=link.change.misalignment_error,
+                    ),
+                )
+                for link in self.links.values()
+                if not link.change.is_none
+            ],
+        )
 
     def status(self) -> control_pb2.NodeStatus:
         relay = None

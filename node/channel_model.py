@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, overload
 
 import numpy as np
@@ -52,9 +52,11 @@ __all__ = [
     "DECOY",
     "E0",
     "GYS_RECONCILIATION_EFFICIENCY",
+    "MAX_EXTRA_LOSS_DB",
     "SIFTING_FACTOR",
     "SIGNAL",
     "VACUUM",
+    "ChannelChange",
     "ChannelParameters",
     "FloatArray",
     "ModelFigures",
@@ -89,6 +91,9 @@ SIFTING_FACTOR = 0.5
 """``q``: probability that Alice's and Bob's uniformly chosen bases agree."""
 GYS_RECONCILIATION_EFFICIENCY = 1.22
 """Reconciliation efficiency ``f`` used with the GYS parameter set in the literature."""
+
+MAX_EXTRA_LOSS_DB = 100.0
+"""Largest extra loss a channel takes (dB): far past any key, still a finite transmittance."""
 
 _PROBABILITY_TOLERANCE = 1e-9
 
@@ -144,6 +149,9 @@ class ChannelParameters:
         decoy: with ``False`` every pulse is a signal pulse and the key uses GLLP; the decoy
             fields are then ignored by :meth:`probabilities`.
         eavesdrop_fraction: fraction ``p`` of detected pulses an intercept-resend Eve attacks.
+        extra_loss_db: loss in dB on top of the fibre's (a bad splice, a bent fibre, a fault
+            injected live: :class:`ChannelChange`); it multiplies the transmittance by
+            ``10^(-extra_loss_db / 10)``.
     """
 
     length_km: float
@@ -159,6 +167,7 @@ class ChannelParameters:
     p_vacuum: float = 0.05
     decoy: bool = True
     eavesdrop_fraction: float = 0.0
+    extra_loss_db: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range("length_km", self.length_km, 0.0, math.inf, high_open=True)
@@ -192,6 +201,7 @@ class ChannelParameters:
             if self.p_decoy <= 0.0:
                 raise ValueError("p_decoy must be > 0 when decoy is True")
         _check_range("eavesdrop_fraction", self.eavesdrop_fraction, 0.0, 1.0)
+        _check_range("extra_loss_db", self.extra_loss_db, 0.0, MAX_EXTRA_LOSS_DB)
 
     def intensities(self) -> tuple[float, float, float]:
         """Mean photon numbers of the classes (signal, decoy, vacuum).
@@ -208,6 +218,54 @@ class ChannelParameters:
         return (self.p_signal, self.p_decoy, self.p_vacuum)
 
 
+@dataclass(frozen=True)
+class ChannelChange:
+    """A live change of a link's quantum channel (a fault injected while the link runs).
+
+    Attributes:
+        eavesdrop_fraction: replaces the configured intercept-resend fraction (None: keep it).
+        extra_loss_db: loss added to the configured channel's, in dB (0: none).
+        misalignment_error: replaces the configured optical error probability ``e_det``, the
+            chance that a photon hits the wrong detector (None: keep it).
+
+    :meth:`apply` gives the parameters the link emulates and models with; the configured ones
+    stay what both ends check against each other when a session starts.
+    """
+
+    eavesdrop_fraction: float | None = None
+    extra_loss_db: float = 0.0
+    misalignment_error: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.eavesdrop_fraction is not None:
+            _check_range("eavesdrop_fraction", self.eavesdrop_fraction, 0.0, 1.0)
+        _check_range("extra_loss_db", self.extra_loss_db, 0.0, MAX_EXTRA_LOSS_DB)
+        if self.misalignment_error is not None:
+            _check_range("misalignment_error", self.misalignment_error, 0.0, 0.5)
+
+    @property
+    def is_none(self) -> bool:
+        """Whether this changes nothing."""
+        return self == ChannelChange()
+
+    def apply(self, configured: ChannelParameters) -> ChannelParameters:
+        """The configured parameters with this change."""
+        return replace(
+            configured,
+            eavesdrop_fraction=(
+                configured.eavesdrop_fraction
+                if self.eavesdrop_fraction is None
+                else self.eavesdrop_fraction
+            ),
+            extra_loss_db=configured.extra_loss_db + self.extra_loss_db,
+            misalignment_error=(
+                configured.misalignment_error
+                if self.misalignment_error is None
+                else self.misalignment_error
+            ),
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Elementary formulas (vectorised: scalars give floats, any array argument gives an array)
 
@@ -219,12 +277,14 @@ def _result(value: FloatArray) -> float | FloatArray:
 
 
 def transmittance(p: ChannelParameters) -> float:
-    """Overall transmittance ``eta = eta_Bob * 10^(-alpha L / 10)`` (fibre and detector)."""
+    """Overall transmittance ``eta = eta_Bob * 10^(-(alpha L + extra) / 10)`` (fibre, extra
+    loss and detector)."""
     return _transmittance_at(p, p.length_km)
 
 
 def _transmittance_at(p: ChannelParameters, length_km: float) -> float:
-    return p.detector_efficiency * math.pow(10.0, -p.fiber_loss_db_per_km * length_km / 10.0)
+    loss_db = p.fiber_loss_db_per_km * length_km + p.extra_loss_db
+    return p.detector_efficiency * math.pow(10.0, -loss_db / 10.0)
 
 
 @overload

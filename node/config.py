@@ -106,6 +106,14 @@ class ProcessingConfig(_Strict):
     auth_reserve_pads: int = Field(
         1024, ge=64, description="authentication pads kept available per direction"
     )
+    store_max_bits: int = Field(
+        8_000_000,
+        ge=100_000,
+        le=10**12,
+        description="key the link's store holds at most (unconsumed bits): the transmitter "
+        "starts no frame at this level (the frames in flight, three at most, still land) and "
+        "goes on once applications have taken an eighth of it; stored key is never discarded",
+    )
     seed: int | None = Field(None, description="seed the emulation RNGs (tests only)")
 
 

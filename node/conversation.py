@@ -99,10 +99,14 @@ class Conversation:
                 link_pb2.Envelope(body=os.urandom(len(envelope.body)), tag=envelope.tag)
             )
 
-    async def receive(self) -> link_pb2.ClassicalMessage:
-        """The next authenticated message; LinkError when the peer went away."""
+    async def receive(self, *, idle: bool = False) -> link_pb2.ClassicalMessage:
+        """The next authenticated message; LinkError when the peer went away.
+
+        `idle`: between rounds, where the peer may be silent for long (a transmitter whose
+        store is full): no timeout, the stream's keepalive notices a peer that vanished."""
         try:
-            envelope = await asyncio.wait_for(self._stream.read(), self._timeout)
+            read = self._stream.read()
+            envelope = await (read if idle else asyncio.wait_for(read, self._timeout))
         except TimeoutError:
             raise LinkError("peer sent nothing in time", reason="timeout") from None
         if envelope is grpc.aio.EOF or envelope is None:

@@ -31,7 +31,7 @@ import grpc
 from .identity import Identity, Role
 from .structured_log import log_event
 
-__all__ = ["POLICY", "RoleAuthorization", "peer_identity", "peer_name"]
+__all__ = ["POLICY", "RoleAuthorization", "guarded_handler", "peer_identity", "peer_name"]
 
 logger = logging.getLogger("qkdnet.node.authorization")
 
@@ -88,7 +88,7 @@ class RoleAuthorization(grpc.aio.ServerInterceptor):
         method = str(details.method)
         service = method.split("/")[1] if method.count("/") == 2 else method
         allowed = self._policy.get(service, frozenset())
-        return _guarded(handler, lambda context: self._check(context, method, allowed))
+        return guarded_handler(handler, lambda context: self._check(context, method, allowed))
 
     async def _check(self, context: Context, method: str, allowed: frozenset[Role]) -> None:
         identity = peer_identity(context)
@@ -118,8 +118,14 @@ class RoleAuthorization(grpc.aio.ServerInterceptor):
 Check = Callable[[Context], Awaitable[None]]
 
 
-def _guarded(handler: Handler, check: Check) -> Handler:
-    """`handler` with `check(context)` run before its behaviour, whatever its kind."""
+def guarded_handler(
+    handler: Handler,
+    check: Check,
+    *,
+    unary_answer: Callable[[Context, Any], Awaitable[None]] | None = None,
+) -> Handler:
+    """`handler` with `check(context)` run before its behaviour, whatever its kind; with
+    `unary_answer`, a unary-unary call's answer is passed to it before it goes out."""
 
     def wrap(behaviour: Any) -> Any:
         if inspect.isasyncgenfunction(behaviour):
@@ -133,7 +139,10 @@ def _guarded(handler: Handler, check: Check) -> Handler:
 
         async def call(request: Any, context: Context) -> Any:
             await check(context)
-            return await behaviour(request, context)
+            answer = await behaviour(request, context)
+            if unary_answer is not None:
+                await unary_answer(context, answer)
+            return answer
 
         return call
 

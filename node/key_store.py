@@ -5,6 +5,13 @@ a bit is never handed out twice. A block is written by the transmitter as *pendi
 asks the receiver to store it, and becomes *ready* once the receiver has acknowledged a durable
 write; a session that starts resolves pending blocks against the receiver's (see `link.py`).
 
+A block that is used up keeps its row, without its bits: the row records that the ID was
+stored and consumed (a block is never stored twice, a pending block is settled against it, both
+ends stay comparable), at about 160 bytes on disk instead of the block's size. Used pads
+are deleted, so are the used ranges of a block once it is used up, and relay frame IDs once they
+are past replay (`forget_frames`); `checkpoint` truncates the WAL. What the store holds is
+bounded by the link's `store_max_bits` (the transmitter stops distilling there, see `link.py`).
+
 Authentication pads form one index space per direction (0: transmitter -> receiver,
 1: receiver -> transmitter). The pre-shared secret provides the first pads; each round appends
 a refill cut from its own distilled key. Only ready pads may be used.
@@ -116,6 +123,9 @@ class KeyStoreDb:
     def __init__(self, path: Path) -> None:
         self._db = open_sqlite(path, _SCHEMA, "key store")
         self.path = path
+        # Stores of earlier versions kept used-up blocks at full size (zeros): shrink them.
+        with self._transaction():
+            self._drop_bits("consumed >= nbits AND length(bits) > 0", ())
 
     def close(self) -> None:
         self._db.close()
@@ -354,14 +364,28 @@ class KeyStoreDb:
 
     def _consume(self, block_id: str, new_consumed: int, nbits: int) -> None:
         if new_consumed >= nbits:
-            # Fully used: forget the bits, keep the row as a record that the ID was consumed.
-            self._db.execute(
-                "UPDATE blocks SET consumed=?, bits=zeroblob(length(bits)) WHERE block_id=?",
-                (nbits, block_id),
-            )
+            # Fully used: drop the bits, keep the row as a record that the ID was consumed.
+            self._drop_bits("block_id=?", (block_id,))
         else:
             self._db.execute(
                 "UPDATE blocks SET consumed=? WHERE block_id=?", (new_consumed, block_id)
+            )
+
+    def _drop_bits(self, where: str, args: tuple[str, ...]) -> None:
+        """Replace the blocks matching `where` by rows without bits, marked used up.
+
+        Deleted and inserted again rather than updated: a row shrunk in place keeps its page
+        (a block of a few kB fills most of one), a deleted one gives the page back for reuse.
+        secure_delete overwrites the bits."""
+        rows = self._db.execute(
+            f"SELECT block_id, frame, nbits, state, created FROM blocks WHERE {where}", args
+        ).fetchall()
+        for block_id, frame, nbits, state, created in rows:
+            self._db.execute("DELETE FROM blocks WHERE block_id=?", (block_id,))
+            self._db.execute(
+                "INSERT INTO blocks(block_id, frame, nbits, consumed, state, created, bits) "
+                "VALUES (?, ?, ?, ?, ?, ?, X'')",
+                (block_id, frame, nbits, nbits, state, created),
             )
 
     def digests(self, nonce: bytes) -> list[BlockDigest]:

@@ -1,11 +1,14 @@
 """Start many node agents from one warm interpreter: import once, fork each node.
 
-`python -m qkdnet.node.launcher --node CONFIG LOG [--node CONFIG LOG ...]` imports the agent and
-everything it needs, then forks one child per node. Each child starts its own session, sends
-stdin to /dev/null and stdout/stderr to its LOG, names itself `qkdnet:<node>` and runs the
-agent exactly as `qkdnet node --config CONFIG` would. The launcher prints one JSON line per
-child (`{"config": ..., "pid": ...}`) as soon as it exists and exits without waiting: the nodes
-belong to nobody, so they outlive whoever started them.
+`python -m qkdnet.node.launcher --node CONFIG LOG [--node CONFIG LOG ...] [--log-max-bytes N]
+[--log-files K]` imports the agent and everything it needs, then forks one child per node. Each
+child starts its own session, sends stdin to /dev/null and stdout/stderr to its LOG (rotated when
+it reaches N bytes, K files kept: `structured_log.rotate_output`), names itself `qkdnet:<node>`
+and runs the agent exactly as `qkdnet node --config CONFIG` would. The launcher prints one JSON
+line per child (`{"config": ..., "pid": ...}`) as soon as it exists and exits once all exist:
+the nodes belong to no orchestrator process, so they outlive whoever started them. Their parent
+is a process of the launcher's own that turns into their reaper (`reaper.py`): it records how
+each node ends (exit status or signal) in `<config stem>.exit.json` beside its configuration.
 
 Why: importing numpy, grpc, cryptography and pydantic costs each fresh interpreter about 0.7 s of
 CPU and 40 MB of private memory. Forked children share those pages copy-on-write, so a hundred
@@ -26,6 +29,8 @@ import sys
 from pathlib import Path
 
 from .file_modes import PRIVATE_UMASK
+from .reaper import exit_record_path
+from .structured_log import DEFAULT_LOG_FILES, DEFAULT_LOG_MAX_BYTES, LogRotation, rotate_output
 
 __all__ = ["launch"]
 
@@ -37,8 +42,9 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def _become_node(config: Path, log: Path) -> None:
-    """In the child: detach, make its files private, redirect output, name the process."""
+def _become_node(config: Path, log: Path, rotation: tuple[int, int]) -> None:
+    """In the child: detach, make its files private, redirect output (to its log, rotated at
+    `rotation` = (max bytes, files)), name the process."""
     os.setsid()
     os.umask(PRIVATE_UMASK)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -49,12 +55,21 @@ def _become_node(config: Path, log: Path) -> None:
     os.dup2(out, 2)
     os.close(out)
     os.close(null)
+    rotate_output(LogRotation(log, *rotation))
     name = f"qkdnet:{config.stem}"[:15].encode()
     ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
 
-def launch(nodes: list[tuple[Path, Path]]) -> list[int]:
-    """Fork one agent per (config, log); returns the children's PIDs (in the launcher)."""
+def launch(
+    nodes: list[tuple[Path, Path]],
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+    log_files: int = DEFAULT_LOG_FILES,
+    close_in_children: tuple[int, ...] = (),
+) -> list[int]:
+    """Fork one agent per (config, log); returns the children's PIDs (in the launcher). Each
+    log is rotated when it reaches `log_max_bytes`, `log_files` files kept. The children close
+    the file descriptors `close_in_children` (the launcher's own pipes) first."""
+    LogRotation(Path("-"), log_max_bytes, log_files)  # a ValueError here, not in every child
     # OpenBLAS starts a thread pool when numpy loads unless told not to; nodes never need it.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # Everything a node imports, imported once here so the children share it.
@@ -73,8 +88,10 @@ def launch(nodes: list[tuple[Path, Path]]) -> list[int]:
         if pid == 0:
             status = 1
             try:
+                for descriptor in close_in_children:
+                    os.close(descriptor)
                 gc.unfreeze()
-                _become_node(config, log)
+                _become_node(config, log, (log_max_bytes, log_files))
                 status = agent.main(config)
             finally:
                 sys.stdout.flush()
@@ -98,9 +115,58 @@ def run() -> int:
         metavar=("CONFIG", "LOG"),
         help="a node configuration and the file its output goes to",
     )
+    parser.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=DEFAULT_LOG_MAX_BYTES,
+        help=f"rotate a node's log when it reaches this size (default {DEFAULT_LOG_MAX_BYTES})",
+    )
+    parser.add_argument(
+        "--log-files",
+        type=int,
+        default=DEFAULT_LOG_FILES,
+        help=f"files kept per log, the current one included (default {DEFAULT_LOG_FILES})",
+    )
     args = parser.parse_args()
-    launch([(config, log) for config, log in args.node])
-    return 0
+    try:
+        LogRotation(Path("-"), args.log_max_bytes, args.log_files)
+    except ValueError as exc:
+        parser.error(str(exc))
+    nodes = [(config, log) for config, log in args.node]
+    # The nodes' parent must outlive this process (whoever started us waits for us to exit):
+    # a child of our own forks them and then becomes their reaper (reaper.py), which records
+    # how each ends. The pipe tells us when the nodes exist.
+    ready, done = os.pipe()
+    supervisor = os.fork()
+    if supervisor == 0:
+        status = 1
+        try:
+            os.close(ready)
+            os.setsid()
+            pids = launch(nodes, args.log_max_bytes, args.log_files, close_in_children=(done,))
+            os.write(done, b"ok")
+            null = os.open(os.devnull, os.O_RDWR)
+            for stream in (0, 1, 2):
+                os.dup2(null, stream)
+            os.execv(
+                sys.executable,
+                [sys.executable, "-m", "qkdnet.node.reaper", *_child_args(pids, nodes)],
+            )
+        finally:
+            os._exit(status)
+    os.close(done)
+    answer = b""
+    while chunk := os.read(ready, 16):
+        answer += chunk
+    return 0 if answer == b"ok" else 1
+
+
+def _child_args(pids: list[int], nodes: list[tuple[Path, Path]]) -> list[str]:
+    """--child PID RECORD for every node, for the reaper's command line."""
+    args: list[str] = []
+    for pid, (config, _) in zip(pids, nodes, strict=True):
+        args += ["--child", str(pid), str(exit_record_path(config))]
+    return args
 
 
 if __name__ == "__main__":

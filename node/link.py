@@ -19,6 +19,13 @@ amplification. The transmitter stores a block as pending before sending Amplific
 it ready on Stored; a new session starts with Hello/HelloReply to settle pending blocks, so both
 stores always hold the same blocks. Any authentication or protocol failure ends the session
 (nothing of the frame in flight is stored); the transmitter reconnects with back-off.
+
+Live faults, which the controller sets at both ends (through the agent): a cut (`set_cut`)
+ends the session and starts none until restored (state "cut"); a channel change
+(`change_channel`) applies to every frame the transmitter starts emulating after it — those
+already emulated keep the channel they were made with — and the model figures of both ends
+follow it at once, while the parameters checked at Hello stay the configured ones; shaping
+(channel_shaping.py) delays what each end writes on the classical stream.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,13 +52,15 @@ from qkdnet.v1 import link_pb2, link_pb2_grpc
 
 from .authentication import LinkAuthenticator
 from .cascade import CascadeAlice, CascadeBob, ParityQuery, binary_entropy
-from .channel_model import ChannelParameters, model_figures
+from .channel_model import ChannelChange, ChannelParameters, model_figures
+from .channel_shaping import ChannelShaping, Flow, ShapedStream
 from .config import LinkConfig
 from .conversation import Conversation, Duplex, TamperFault
 from .decoy import ClassCounts, DecoyEstimate, estimate, gllp_estimate, secret_key_length
 from .errors import LinkError, ProtocolError, RoundAborted
 from .grpc_options import CHANNEL_OPTIONS
 from .key_store import KeyStore, KeyStoreDb
+from .link_names import link_id_for
 from .link_stats import LinkStats
 from .polynomial_hash import PolynomialHash
 from .quantum_channel import ChannelOutput, measure, transmit
@@ -70,12 +79,14 @@ _FRAMES_BUFFERED = 4
 _EARLY_ABORT_F = 1.1  # reconciliation efficiency assumed when deciding to skip Cascade
 _VERIFY_LEAK = 64 + 32  # verification tag + the disclosed error count
 _INLINE_ELEMENTS = 20_000  # Cascade steps up to this many ranges run on the event loop
-
-
-def link_id_for(a: str, b: str) -> str:
-    """The canonical ID of the link between nodes a and b."""
-    first, second = sorted((a, b))
-    return f"{first}--{second}"
+# Every round spends authentication pads and only a round with key refills them: after this
+# many aborted rounds in a row (an eavesdropper, a channel too lossy), the transmitter waits
+# before each next one, twice as long each time up to the cap, so that a link under attack
+# lasts for hours on its pad reserve instead of seconds, and resumes once the channel is good.
+_ABORTS_AT_FULL_SPEED = 3
+_ABORT_PAUSE_S = 0.1
+_ABORT_PAUSE_MAX_S = 10.0
+_STORE_POLL_S = 1.0  # how often a transmitter whose store is full looks again
 
 
 @dataclass
@@ -100,6 +111,9 @@ class _RxFrame:
 
 
 def _params_digest(link_id: str, params: ChannelParameters, cfg: LinkConfig) -> bytes:
+    """What both ends must be configured alike in: the configured channel (live changes
+    excluded: each end gets them from the controller, and a session must come up whatever
+    order they arrive in) and the sampling both ends derive positions from."""
     text = f"{link_id}|{params!r}|{cfg.processing.pe_sample_fraction}"
     return hashlib.sha256(text.encode()).digest()
 
@@ -155,12 +169,23 @@ class LinkEnd:
         store: KeyStore,
         auth: LinkAuthenticator,
         executor: Executor,
+        shaping: ChannelShaping | None = None,
     ) -> None:
         self.node_id = node_id
         self.peer = config.peer
         self.link_id = link_id_for(node_id, config.peer)
         self.config = config
-        self.params = config.channel.parameters()
+        # The configured channel, and what it is with a live change (faults) applied: what the
+        # next frames are emulated with and the model figures follow.
+        self.configured = config.channel.parameters()
+        self.change = ChannelChange()
+        self.params = self.configured
+        self.shaping = shaping
+        self._shaped: ShapedStream | None = None
+        self._cut = False
+        self._cut_now = asyncio.Event()  # set while the link is cut
+        self._uncut = asyncio.Event()  # set while it is not
+        self._uncut.set()
         self.processing = config.processing
         self.store = store
         self.auth = auth
@@ -186,11 +211,66 @@ class LinkEnd:
         if self._conversation is not None:
             self._conversation.fault = fault
 
+    @property
+    def cut(self) -> bool:
+        """Whether the link is cut (no session runs until it is restored)."""
+        return self._cut
+
+    def set_cut(self, cut: bool) -> None:
+        """Cut the link (the session in progress ends, none starts; state "cut") or restore it.
+
+        Only the session is this object's business: the agent refuses the peer's calls too."""
+        if cut == self._cut:
+            return
+        self._cut = cut
+        if cut:
+            self._uncut.clear()
+            self._cut_now.set()
+            self.stats.state = "cut"
+        else:
+            self._cut_now.clear()
+            self._uncut.set()
+        self._cut_changed()
+        log_event(
+            logger,
+            logging.WARNING if cut else logging.INFO,
+            "link_cut" if cut else "link_restored",
+            link=self.link_id,
+        )
+
+    def _cut_changed(self) -> None:
+        """What an end does when the link is cut or restored."""
+
+    def change_channel(self, change: ChannelChange) -> None:
+        """Emulate and model the next frames with `change` applied to the configured channel
+        (replacing any earlier change). ValueError when the result is not a valid channel."""
+        params = change.apply(self.configured)
+        self.change = change
+        self.params = params
+        self.stats.params = params
+        log_event(
+            logger,
+            logging.WARNING if not change.is_none else logging.INFO,
+            "channel_changed",
+            link=self.link_id,
+            eavesdrop_fraction=params.eavesdrop_fraction,
+            extra_loss_db=params.extra_loss_db,
+            misalignment_error=params.misalignment_error,
+        )
+
     def _conversation_for(self, stream: Duplex) -> Conversation:
+        if self.shaping is not None:
+            stream = self._shaped = ShapedStream(stream, self.shaping, self.peer, Flow())
         conv = Conversation(stream, self.auth, link_id=self.link_id, sender=self.node_id)
         conv.fault, self.fault = self.fault, None
         self._conversation = conv
         return conv
+
+    def _end_conversation(self) -> None:
+        self._conversation = None
+        if self._shaped is not None:
+            self._shaped.close()
+            self._shaped = None
 
     async def _compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run numpy-heavy work off the event loop."""
@@ -240,18 +320,39 @@ class TransmitterLink(LinkEnd):
         self._next_frame = await self.store.run(lambda db: db.get_meta("next_frame"))
         await self.refresh_store_level()
         while True:
+            if not self._uncut.is_set():
+                self.stats.state = "cut"
+                await self._uncut.wait()
+                backoff = 0.2
+                continue
             self.stats.state = "connecting"
             started = time.monotonic()
             try:
-                await self._session()
+                await self._unless_cut(self._session())
             except* Exception as group:
                 for exc in group.exceptions:
                     self._session_failed(exc)
+            if not self._uncut.is_set():  # cut: the session was ended for it
+                continue
             if time.monotonic() - started > 10:
                 backoff = 0.2
             self.stats.state = "backoff"
-            await asyncio.sleep(backoff)
+            await self._unless_cut(asyncio.sleep(backoff))
             backoff = min(backoff * 2, 5.0)
+
+    async def _unless_cut(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Await `work`, cancelling it as soon as the link is cut (its exception propagates)."""
+        task = asyncio.ensure_future(work)
+        cut = asyncio.ensure_future(self._cut_now.wait())
+        try:
+            await asyncio.wait({task, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cut.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()
 
     def _session_failed(self, exc: BaseException) -> None:
         if isinstance(exc, LinkError) and exc.reason in (
@@ -288,7 +389,7 @@ class TransmitterLink(LinkEnd):
                     group.create_task(self._produce(photons, frames))
                     group.create_task(self._rounds(conv, frames))
             finally:
-                self._conversation = None
+                self._end_conversation()
                 classical.cancel()
                 photons.cancel()
 
@@ -298,7 +399,7 @@ class TransmitterLink(LinkEnd):
         await conv.send(
             hello=link_pb2.Hello(
                 pending_blocks=pending,
-                parameters_digest=_params_digest(self.link_id, self.params, self.config),
+                parameters_digest=_params_digest(self.link_id, self.configured, self.config),
             )
         )
         reply = await conv.expect("hello_reply")
@@ -320,35 +421,71 @@ class TransmitterLink(LinkEnd):
         await self.refresh_store_level()
 
     # -- the emulated quantum channel ---------------------------------------------------------
-    def _frame_pulses(self) -> int:
-        figures = model_figures(self.params, f=1.0, pe_sample_fraction=0.0)
+    def _frame_pulses(self, params: ChannelParameters) -> int:
+        figures = model_figures(params, f=1.0, pe_sample_fraction=0.0)
         per_pulse = max(figures.sifted_signal_per_pulse, 1e-15)
         needed = math.ceil(self.processing.frame_bits / per_pulse)
-        cap = int(self.processing.max_frame_seconds * self.params.pulse_rate_hz)
+        cap = int(self.processing.max_frame_seconds * params.pulse_rate_hz)
         return max(1, min(needed, cap))
+
+    async def _while_store_full(self) -> None:
+        """Start no frame while the store holds `store_max_bits` of unconsumed key; go on once
+        applications have taken an eighth of it (the frames in flight still land: the store
+        may pass the cap by three frames).
+
+        Key is never discarded to make room: a block both ends hold may be in use at the other
+        end by a relay. The session stays up and silent meanwhile (no message, so no
+        authentication pad is spent; the receiver waits for the next round without a timeout),
+        so the link stays up for routing and relays draw on its store as usual."""
+        cap = self.processing.store_max_bits
+        await self.refresh_store_level()
+        if self.stats.store.bits < cap:
+            return
+        log_event(
+            logger,
+            logging.INFO,
+            "distilling_paused",
+            link=self.link_id,
+            store_bits=self.stats.store.bits,
+            store_max_bits=cap,
+        )
+        while self.stats.store.bits > cap - cap // 8:
+            await asyncio.sleep(_STORE_POLL_S)
+            await self.refresh_store_level()
+        log_event(
+            logger,
+            logging.INFO,
+            "distilling_resumed",
+            link=self.link_id,
+            store_bits=self.stats.store.bits,
+        )
 
     async def _produce(
         self, photons: grpc.aio.StreamUnaryCall[Any, Any], frames: asyncio.Queue[_TxFrame]
     ) -> None:
-        figures = model_figures(self.params, f=1.0, pe_sample_fraction=0.0)
-        detect_per_pulse = max(figures.detections_per_pulse, 1e-15)
         rate = self.params.pulse_rate_hz * self.processing.speedup
-        chunk_cap = max(
-            1, min(int(_CHUNK_DETECTIONS / detect_per_pulse), int(rate * _CHUNK_SECONDS))
-        )
         clock = time.monotonic()
         while True:
+            await self._while_store_full()
+            # A frame is emulated with the channel in force when it starts (a live change
+            # applies from the next frame on).
+            params = self.params
+            figures = model_figures(params, f=1.0, pe_sample_fraction=0.0)
+            detect_per_pulse = max(figures.detections_per_pulse, 1e-15)
+            chunk_cap = max(
+                1, min(int(_CHUNK_DETECTIONS / detect_per_pulse), int(rate * _CHUNK_SECONDS))
+            )
             frame = self._next_frame
             self._next_frame += 1
             next_frame = self._next_frame
             await self.store.run(partial(KeyStoreDb.set_meta, name="next_frame", value=next_frame))
-            total = self._frame_pulses()
+            total = self._frame_pulses(params)
             parts: list[tuple[Any, Any, NDArray[np.int64]]] = []
             sent = 0
             while sent < total:
                 pulses = min(chunk_cap, total - sent)
                 records, out, totals = await self._compute(
-                    transmit, self._rng, self.params, sent, pulses
+                    transmit, self._rng, params, sent, pulses
                 )
                 # Pace: these pulses take pulses / (rate * speed-up) of wall time to emit.
                 clock += pulses / rate
@@ -386,17 +523,23 @@ class TransmitterLink(LinkEnd):
 
     # -- the classical rounds --------------------------------------------------------------------
     async def _rounds(self, conv: Conversation, frames: asyncio.Queue[_TxFrame]) -> None:
+        aborted = 0  # rounds in a row
         while True:
             frame = await frames.get()
             conv.frame = frame.frame
             self._frame_sifted = 0
             try:
                 await self._round(conv, frame)
+                aborted = 0
             except RoundAborted as exc:
                 self._aborted(frame.frame, exc)
+                aborted += 1
             # Counted once the frame's outcome is known (no await since), so that a status
             # never pairs the pulses of a frame in flight with the key of finished ones.
             self.stats.record_frame(frame.pulses, int(frame.slots.size), self._frame_sifted)
+            if aborted > _ABORTS_AT_FULL_SPEED:
+                slower = 2 ** min(aborted - _ABORTS_AT_FULL_SPEED - 1, 10)
+                await asyncio.sleep(min(_ABORT_PAUSE_S * slower, _ABORT_PAUSE_MAX_S))
 
     async def _abort(self, conv: Conversation, reason: str) -> RoundAborted:
         await conv.send(abort=link_pb2.Abort(reason=reason))
@@ -623,9 +766,17 @@ class ReceiverLink(LinkEnd):
         self._session_task: asyncio.Task[Any] | None = None
         self.stats.state = "waiting"
 
+    def _cut_changed(self) -> None:
+        if self.cut and self._session_task is not None and not self._session_task.done():
+            self._session_task.cancel()
+        elif not self.cut:
+            self.stats.state = "waiting"
+
     # -- the emulated quantum channel ------------------------------------------------------------
     async def receive_photons(self, chunks: AsyncIterator[link_pb2.PhotonChunk]) -> int:
         """Measure every arriving chunk; returns the number of frames completed."""
+        if self.cut:
+            raise LinkError("the link is cut", reason="cut")
         completed = 0
         async for chunk in chunks:
             if chunk.link_id != self.link_id:
@@ -663,6 +814,8 @@ class ReceiverLink(LinkEnd):
     # -- the classical side ------------------------------------------------------------------
     async def serve(self, stream: Duplex) -> None:
         """Serve one classical session; replaces any session still running for this link."""
+        if self.cut:
+            raise LinkError("the link is cut", reason="cut")
         if self._session_task is not None and not self._session_task.done():
             self._session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, LinkError):
@@ -673,7 +826,7 @@ class ReceiverLink(LinkEnd):
         try:
             await self._hello(conv)
             while True:
-                start = await conv.receive()
+                start = await conv.receive(idle=True)  # the transmitter may pause (store full)
                 if start.WhichOneof("payload") != "round_start":
                     raise ProtocolError(f"expected round_start, got {start.WhichOneof('payload')}")
                 conv.frame = start.frame
@@ -691,12 +844,12 @@ class ReceiverLink(LinkEnd):
                 self._reject(exc)
             raise
         finally:
-            self._conversation = None
-            self.stats.state = "waiting"
+            self._end_conversation()
+            self.stats.state = "cut" if self.cut else "waiting"
 
     async def _hello(self, conv: Conversation) -> None:
         hello = await conv.expect("hello")
-        if hello.parameters_digest != _params_digest(self.link_id, self.params, self.config):
+        if hello.parameters_digest != _params_digest(self.link_id, self.configured, self.config):
             raise ProtocolError("the two ends of the link are configured differently")
         pending = list(hello.pending_blocks)
         held = await self.store.run(lambda db: db.held_blocks(pending))

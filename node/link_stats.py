@@ -44,11 +44,14 @@ class LinkStats:
     phase_seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     sample_bits: int = 0
     sample_errors: int = 0
+    last_sample_bits: int = 0
+    last_sample_errors: int = 0
     started: float = field(default_factory=time.monotonic)
     _window: deque[tuple[float, int, int]] = field(default_factory=deque)
-    # The model depends on the stats only through Cascade's efficiency; status is asked for
-    # every telemetry interval, so keep the last evaluation (efficiency to 3 digits).
-    _model: tuple[float, ModelFigures] | None = field(default=None, repr=False)
+    # The model depends on the stats only through Cascade's efficiency (and on `params`, which
+    # a live change replaces); status is asked for every telemetry interval, so keep the last
+    # evaluation (efficiency to 3 digits).
+    _model: tuple[float, ChannelParameters, ModelFigures] | None = field(default=None, repr=False)
 
     def record_frame(self, pulses: int, detections: int, sifted: int) -> None:
         """A frame went through sifting (whatever happens to it next)."""
@@ -61,6 +64,8 @@ class LinkStats:
         """The disclosed signal sample of a frame (counted whether the frame aborts or not)."""
         self.sample_bits += bits
         self.sample_errors += errors
+        self.last_sample_bits = bits
+        self.last_sample_errors = errors
 
     def record_abort(self, reason: str) -> None:
         self.frames_aborted += 1
@@ -112,12 +117,12 @@ class LinkStats:
 
     def _model_figures(self) -> ModelFigures:
         efficiency = round(self.efficiency if self.frames_ok else 1.16, 3)
-        if self._model is None or self._model[0] != efficiency:
+        if self._model is None or self._model[:2] != (efficiency, self.params):
             figures = model_figures(
                 self.params, f=efficiency, pe_sample_fraction=self.pe_sample_fraction
             )
-            self._model = (efficiency, figures)
-        return self._model[1]
+            self._model = (efficiency, self.params, figures)
+        return self._model[2]
 
     def to_proto(self) -> control_pb2.LinkStatus:
         model = self._model_figures()
@@ -157,6 +162,13 @@ class LinkStats:
             phase_seconds=dict(self.phase_seconds),
             sample_bits=self.sample_bits,
             sample_qber=self.sample_errors / self.sample_bits if self.sample_bits else 0.0,
+            last_sample_bits=self.last_sample_bits,
+            last_sample_qber=(
+                self.last_sample_errors / self.last_sample_bits if self.last_sample_bits else 0.0
+            ),
+            eavesdrop_fraction=self.params.eavesdrop_fraction,
+            extra_loss_db=self.params.extra_loss_db,
+            misalignment_error=self.params.misalignment_error,
             emulated_seconds=self.pulses / self.params.pulse_rate_hz,
             elapsed_seconds=time.monotonic() - self.started,
         )

@@ -28,7 +28,7 @@ import struct
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -91,11 +91,18 @@ class RelayCounters:
 
 
 class PeerChannels:
-    """Lazily opened mutual-TLS gRPC channels to other nodes (by node ID)."""
+    """Lazily opened mutual-TLS gRPC channels to other nodes (by node ID); each channel gets
+    the client interceptors `interceptors(node)` gives (none by default)."""
 
-    def __init__(self, addresses: Mapping[str, str], credentials: grpc.ChannelCredentials) -> None:
+    def __init__(
+        self,
+        addresses: Mapping[str, str],
+        credentials: grpc.ChannelCredentials,
+        interceptors: Callable[[str], Sequence[grpc.aio.ClientInterceptor]] | None = None,
+    ) -> None:
         self._addresses = dict(addresses)
         self._credentials = credentials
+        self._interceptors = interceptors
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def stub(self, node: str) -> relay_pb2_grpc.KeyRelayAsyncStub:
@@ -105,7 +112,10 @@ class PeerChannels:
             if address is None:
                 raise RelayError(f"no address known for node {node}", reason="unknown_route")
             options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node)]
-            channel = grpc.aio.secure_channel(address, self._credentials, options)
+            interceptors = list(self._interceptors(node)) if self._interceptors else None
+            channel = grpc.aio.secure_channel(
+                address, self._credentials, options, interceptors=interceptors
+            )
             self._channels[node] = channel
         return relay_pb2_grpc.KeyRelayStub(channel)
 

@@ -8,7 +8,8 @@ The topic tree (every payload is a JSON object with `"schema": 1`; `<prefix>` is
   and `delivery`: delivered keys it holds (`keys_waiting`, `keys_pending`, `pool_keys`) and has
   discarded (`keys_expired`, `pending_expired`, `pool_keys_expired`, `keys_abandoned`,
   `keys_voided`).
-- `<prefix>/link/<a>--<b>/stats` (retained, from the transmitting end `a`): QBER, sifted and
+- `<prefix>/link/<a>--<b>/stats` (retained, from the transmitting end `a`): QBER (cumulative
+  `qber`, and `last_sample_qber`, the last frame's disclosed sample, once there is one), sifted and
   secret key rates next to the model's, frame counters, reconciliation efficiency. Rates are
   per emulated second (what the model predicts; a link with `speedup: 10` emulates ten seconds
   per wall second) except `wall_secret_rate_bps`, key stored per wall second lately.
@@ -146,6 +147,8 @@ def link_payloads(node_id: str, link: control_pb2.LinkStatus) -> dict[str, dict[
             "emulated_seconds": link.emulated_seconds,
             "ts": now,
         }
+        if link.last_sample_bits:
+            out["stats"]["last_sample_qber"] = link.last_sample_qber
     return out
 
 

@@ -36,6 +36,13 @@ from amqtt.session import Session
 
 from qkdnet.node.file_modes import PRIVATE_UMASK
 from qkdnet.node.identity import Identity, Role, peer_certificate_identity
+from qkdnet.node.reaper import supervise
+from qkdnet.node.structured_log import (
+    DEFAULT_LOG_FILES,
+    DEFAULT_LOG_MAX_BYTES,
+    LogRotation,
+    rotate_output,
+)
 
 from .telemetry_access import TelemetryAccess
 
@@ -213,6 +220,38 @@ async def run_broker(listen: str, files: BrokerFiles) -> None:
     await broker.shutdown()
 
 
+def _detach(exit_record: Path | None) -> None:
+    """Return in a broker process of its own session whose parent outlives the caller.
+
+    The caller prints the broker's PID and exits; a supervisor in between waits for the broker
+    and writes its exit record (when `exit_record` is given), then exits too."""
+    ready, done = os.pipe()
+    if os.fork():  # the caller: print the broker's PID once it exists
+        os.close(done)
+        pid = b""
+        while chunk := os.read(ready, 32):
+            pid += chunk
+        print(pid.decode(), flush=True)
+        os._exit(0 if pid else 1)
+    os.close(ready)
+    os.setsid()
+    broker = os.fork()
+    if broker == 0:
+        os.close(done)
+        os.dup2(2, 1)  # release the pipe the PID went through; output goes to the log
+        return
+    os.write(done, str(broker).encode())
+    os.close(done)
+    null = os.open(os.devnull, os.O_RDWR)
+    for stream in (0, 1, 2):
+        os.dup2(null, stream)
+    if exit_record is not None:
+        supervise({broker: exit_record})
+    else:
+        os.waitpid(broker, 0)
+    os._exit(0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m qkdnet.orchestrator.broker")
     parser.add_argument("--listen", required=True, help="host:port to listen on")
@@ -226,17 +265,28 @@ def main() -> int:
         action="store_true",
         help="run in a forked child of its own session; print its PID and return",
     )
+    parser.add_argument(
+        "--exit-record",
+        type=Path,
+        default=None,
+        help="with --detach: where a supervisor records how the broker ended (reaper.py)",
+    )
+    parser.add_argument(
+        "--log", type=Path, default=None, help="send the output to this file, rotated by size"
+    )
+    parser.add_argument("--log-max-bytes", type=int, default=DEFAULT_LOG_MAX_BYTES)
+    parser.add_argument("--log-files", type=int, default=DEFAULT_LOG_FILES)
     args = parser.parse_args()
     os.umask(PRIVATE_UMASK)
     files = BrokerFiles(args.ca, args.cert, args.key, args.access, args.trust_domain)
     if args.detach:
-        pid = os.fork()
-        if pid:
-            print(pid, flush=True)
-            return 0
-        os.setsid()
-        os.dup2(2, 1)  # release the pipe the PID went through; output goes to the log
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+        _detach(args.exit_record)
+    handlers: list[logging.Handler] | None = None
+    if args.log is not None:  # its output to a log file, rotated by size
+        handlers = [rotate_output(LogRotation(args.log, args.log_max_bytes, args.log_files))]
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", handlers=handlers
+    )
     # A connection that closes without speaking MQTT (a readiness probe) is not worth a line.
     logging.getLogger("amqtt.broker").setLevel(logging.ERROR)
     asyncio.run(run_broker(args.listen, files))

@@ -6,16 +6,17 @@ Exit status: 0 success, 2 user error (bad option, bad file), 1 failure.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-from rich.console import Console
-
-from qkdnet.node.config import ChannelConfig, ProcessingConfig
 from qkdnet.node.errors import ConfigError, QkdnetError
 
-from .topology import load_topology, topology_json_schema
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from rich.console import Console
 
 __all__ = ["main"]
 
@@ -33,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qkdnet",
         description="Emulate a quantum key distribution network.",
+        epilog="Exit status: 0 success, 1 failure, 2 user error (bad option, bad file, "
+        "nothing deployed under that name).",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print qkdnet's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     node = commands.add_parser("node", help="run a node agent")
@@ -46,18 +50,31 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON schema of topology files")
 
-    def add_deployment_options(verb: argparse.ArgumentParser) -> None:
-        verb.add_argument("-t", "--topology", required=True, type=Path, help="topology file")
+    def add_deployment_options(
+        verb: argparse.ArgumentParser, *, by_name: bool = True, required: bool = True
+    ) -> None:
+        which = verb.add_mutually_exclusive_group(required=required)
+        which.add_argument("-t", "--topology", type=Path, default=None, help="topology file")
+        if by_name:
+            which.add_argument(
+                "-n",
+                "--name",
+                default=None,
+                help="a deployed network by its name (qkdnet inspect --all lists them)",
+            )
         verb.add_argument(
             "--state-dir",
             type=Path,
             default=None,
-            help="deployment state (default ~/.local/state/qkdnet/<name>)",
+            help="deployment state (default ~/.local/state/qkdnet/<name>; a deployed "
+            "network is found by its name wherever its state is)",
         )
 
-    def network_verb(name: str, help: str) -> argparse.ArgumentParser:
+    def network_verb(
+        name: str, help: str, *, by_name: bool = True, required: bool = True
+    ) -> argparse.ArgumentParser:
         verb = commands.add_parser(name, help=help, description=help)
-        add_deployment_options(verb)
+        add_deployment_options(verb, by_name=by_name, required=required)
         verb.add_argument(
             "--runtime",
             choices=["process", "docker"],
@@ -68,8 +85,17 @@ def _parser() -> argparse.ArgumentParser:
         )
         return verb
 
-    deploy = network_verb("deploy", "start every node of a topology and its MQTT broker")
+    deploy = network_verb(
+        "deploy", "start every node of a topology and its MQTT broker", by_name=False
+    )
     deploy.add_argument("--broker", default=None, help="external MQTT broker, mqtt://host:port")
+    deploy.add_argument(
+        "--subnet",
+        default=None,
+        metavar="CIDR",
+        help="the deployment's address block: 127.X.0.0/16 (process) or 10.X.0.0/16 (docker); "
+        "default: the topology's subnet, else the lowest block no other deployment holds",
+    )
     deploy.add_argument(
         "--no-wait", action="store_true", help="return once nodes are up, before key is distilled"
     )
@@ -77,7 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--json", action="store_true", help="print the deployment as JSON")
     destroy = network_verb("destroy", "stop every process of a deployment and remove its state")
     destroy.add_argument("--keep-state", action="store_true", help="keep PKI, key stores and logs")
-    inspect = network_verb("inspect", "nodes with addresses and state, links with live figures")
+    inspect = network_verb(
+        "inspect",
+        "nodes with addresses and state, links with live figures; --all: every deployment",
+        required=False,
+    )
+    inspect.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="every deployment on this machine: name, runtime, nodes up, addresses, age",
+    )
     inspect.add_argument("--json", action="store_true", help="print JSON")
     lifecycle_verbs = {
         "start": "start stopped nodes",
@@ -87,9 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     }
     for action, text in lifecycle_verbs.items():
         _add_targets(network_verb(action, text))
-    watch = network_verb("watch", "a live table of the links, fed by MQTT telemetry")
-    watch.add_argument("--broker", default=None, help="MQTT broker, mqtt://host:port")
+    watch = network_verb(
+        "watch",
+        "a live table of the links, node states and relay events, fed by MQTT telemetry; "
+        "to a pipe or file, one line per update",
+    )
     watch.add_argument("--duration", type=float, default=None, help="stop after these seconds")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
     graph = network_verb("graph", "draw the topology with link lengths and live key rates")
     graph.add_argument(
         "-o", "--output", type=Path, default=None, help="image file: .png, .svg or .pdf"
@@ -97,11 +137,12 @@ def _parser() -> argparse.ArgumentParser:
 
     fault = commands.add_parser(
         "fault",
-        help="inject faults into a deployed network: pause, kill, cut links, netem",
-        description="Inject faults into a deployed network, through its runtime. Pausing, "
-        "stopping, killing and restarting work on both runtimes; cutting links and netem need "
-        "the docker runtime (each node in its own network namespace). Cuts and impairments are "
-        "re-applied to a node that restarts.",
+        help="inject faults into a deployed network: pause, kill, cut links, shape traffic, "
+        "change quantum channels, play scenarios",
+        description="Inject faults into a deployed network, live, on both runtimes. Cuts, "
+        "shaping and channel changes are recorded in the state directory (faults.json) and "
+        "re-applied to a node that restarts; fault show lists everything in force, fault reset "
+        "undoes it.",
     )
     fault_commands = fault.add_subparsers(dest="fault_command", required=True, metavar="COMMAND")
     node_faults = {
@@ -115,10 +156,12 @@ def _parser() -> argparse.ArgumentParser:
         _add_targets(verb)
     fault_cut = fault_commands.add_parser(
         "cut",
-        help="cut the link between two nodes (every packet between them is dropped)",
-        description="Cut the link between two neighbouring nodes: every packet between them "
-        "is dropped, both ways, until qkdnet fault restore. The rest of the network relays "
-        "around it.",
+        help="cut the link between two nodes",
+        description="Cut the link between two neighbouring nodes until qkdnet fault restore: "
+        "nothing passes between them, both ways. On docker the kernel drops every packet "
+        "between the two containers; on the process runtime the two nodes stop the link (its "
+        "state shows cut) and refuse each other's link, relay and routing calls. Routing "
+        "withdraws the link and relays go around it.",
     )
     add_deployment_options(fault_cut)
     fault_cut.add_argument("ends", nargs=2, metavar="NODE", help="the link's two nodes")
@@ -126,34 +169,98 @@ def _parser() -> argparse.ArgumentParser:
     add_deployment_options(fault_restore)
     fault_restore.add_argument("ends", nargs="*", metavar="NODE", help="the link's two nodes")
     fault_restore.add_argument("--all", action="store_true", help="every cut link")
+    fault_link = fault_commands.add_parser(
+        "link",
+        help="change a link's quantum channel live: eavesdropper, extra loss, misalignment",
+        description="Change the quantum channel of the link between two nodes, at both ends, "
+        "from their next frames on: the QBER and key rate of the link follow, and so do its "
+        "model figures (inspect, watch). Each option given replaces that part of the change "
+        "in force; --reset returns to the configured channel.",
+    )
+    add_deployment_options(fault_link)
+    fault_link.add_argument("ends", nargs=2, metavar="NODE", help="the link's two nodes")
+    fault_link.add_argument(
+        "--eavesdrop",
+        type=float,
+        default=None,
+        metavar="P",
+        help="intercept-resend eavesdropper on a fraction P of the pulses (replaces the "
+        "configured fraction); the QBER rises by P x (1/4 - QBER/2)",
+    )
+    fault_link.add_argument(
+        "--extra-loss-db", type=float, default=None, metavar="DB", help="loss added to the fibre's"
+    )
+    fault_link.add_argument(
+        "--misalignment",
+        type=float,
+        default=None,
+        metavar="E",
+        help="optical error probability e_det (a photon hits the wrong detector), replacing "
+        "the configured one (3.3%% by default)",
+    )
+    fault_link.add_argument(
+        "--reset", action="store_true", help="start from the configured channel"
+    )
     fault_show = fault_commands.add_parser(
-        "show", help="the faults in force: paused nodes, cut links, netem"
+        "show",
+        help="every fault in force: paused nodes and broker, cut links, shaping, link changes",
     )
     add_deployment_options(fault_show)
     fault_show.add_argument("--json", action="store_true", help="print JSON")
+    fault_reset = fault_commands.add_parser(
+        "reset",
+        help="undo every fault in force (unpause, restore, unshape, reset link channels)",
+    )
+    add_deployment_options(fault_reset)
+    fault_reset.add_argument("--json", action="store_true", help="print what was reset as JSON")
+    fault_run = fault_commands.add_parser(
+        "run",
+        help="play a scenario file: a timed list of faults",
+        description="Play a scenario against the deployment. The file is YAML, steps: a "
+        "list of {at: SECONDS, action: ACTION, args: {...}} in time order; ACTION is pause, "
+        "unpause, stop, start, kill or restart (args nodes: [NODE...], broker: true), cut or "
+        "restore (link: [A, B]), shape (node, peer, delay, jitter, loss, rate), unshape (node, "
+        "peer), link (link: [A, B] and eavesdrop, extra_loss_db, misalignment, or reset: "
+        "true), or reset (no args). Every step is checked before the first one runs (a bad "
+        "one: exit status 2, naming it); the run ends after its last step, leaving its faults "
+        "in force. Ctrl-C, or a step that fails, resets what the run applied.",
+    )
+    add_deployment_options(fault_run)
+    fault_run.add_argument("scenario", type=Path, metavar="SCENARIO", help="scenario file")
     netem = fault_commands.add_parser(
         "netem",
-        help="delay, jitter and loss on a node's network interface (docker runtime)",
-        description="netem on a node's network interface: everything the node sends is "
-        "delayed, jittered and lost as asked. set replaces all of a node's impairments.",
+        aliases=["shape"],
+        help="delay, jitter, loss and a rate limit on what a node sends",
+        description="Shape what a node sends: delay, jitter, loss and a rate limit. Node-wide "
+        "it is kernel netem on docker when the kernel has sch_netem, otherwise (and always on "
+        "the process runtime, and toward one --peer) the node's own shaping of its classical "
+        "channels, where a loss costs a TCP retransmission timeout rather than a message. "
+        "set replaces what was set.",
     )
     netem_commands = netem.add_subparsers(dest="netem_command", required=True, metavar="COMMAND")
     netem_set = netem_commands.add_parser(
-        "set", help="replace a node's impairments (what is not given is none)"
+        "set", help="replace a node's shaping (what is not given is none)"
     )
     add_deployment_options(netem_set)
     netem_set.add_argument("node", metavar="NODE", help="node ID")
+    netem_set.add_argument(
+        "--peer", default=None, metavar="NODE", help="only what it sends to this node"
+    )
     netem_set.add_argument("--delay", default=None, help="delay, e.g. 50ms or 0.2s")
     netem_set.add_argument("--jitter", default=None, help="jitter around the delay, e.g. 10ms")
     netem_set.add_argument("--loss", default=None, help="random loss, e.g. 1%%")
-    netem_show = netem_commands.add_parser("show", help="the impairments of nodes")
+    netem_set.add_argument("--rate", default=None, help="rate limit, e.g. 500kbit or 1mbit")
+    netem_show = netem_commands.add_parser("show", help="the shaping of nodes")
     add_deployment_options(netem_show)
     netem_show.add_argument("nodes", nargs="*", metavar="NODE", help="node IDs (default all)")
     netem_show.add_argument("--json", action="store_true", help="print JSON")
-    netem_reset = netem_commands.add_parser("reset", help="remove every impairment of nodes")
+    netem_reset = netem_commands.add_parser("reset", help="remove the shaping of nodes")
     add_deployment_options(netem_reset)
     netem_reset.add_argument("nodes", nargs="*", metavar="NODE", help="node IDs")
-    netem_reset.add_argument("--all", action="store_true", help="every impaired node")
+    netem_reset.add_argument(
+        "--peer", default=None, metavar="NODE", help="the shaping toward this node only"
+    )
+    netem_reset.add_argument("--all", action="store_true", help="every shaped node")
 
     export = commands.add_parser(
         "export",
@@ -348,20 +455,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """--version: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("qkdnet")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        print(f"qkdnet {text} (Python {sys.version.split()[0]})")
+        parser.exit(0)
+
+
 def _add_targets(verb: argparse.ArgumentParser) -> None:
-    """NODE... and --broker: what a lifecycle or pause verb acts on."""
+    """NODE..., --all and --broker: what a lifecycle or pause verb acts on."""
     verb.add_argument("nodes", nargs="*", metavar="NODE", help="node IDs")
+    verb.add_argument("--all", action="store_true", help="every node of the deployment")
     verb.add_argument("--broker", action="store_true", help="the embedded MQTT broker too")
 
 
 def _targets(args: argparse.Namespace) -> list[str]:
-    """The names `_add_targets` parsed (ConfigError when there are none)."""
+    """The names `_add_targets` parsed (ConfigError when there are none); `--all` is
+    resolved by `_all_nodes` once the deployment is known."""
     from .runtime import BROKER
 
-    names = list(args.nodes) + ([BROKER] if args.broker else [])
+    names = list(args.nodes) + (["*"] if getattr(args, "all", False) else [])
+    names += [BROKER] if args.broker else []
     if not names:
-        raise ConfigError("name at least one node (or --broker)")
+        raise ConfigError("name at least one node (or --all, or --broker)")
     return names
+
+
+def _options(args: argparse.Namespace) -> Any:
+    """The NetworkOptions of a deployment verb."""
+    from .network_commands import NetworkOptions
+
+    return NetworkOptions(
+        args.topology,
+        args.state_dir,
+        getattr(args, "broker", None) if isinstance(getattr(args, "broker", None), str) else None,
+        getattr(args, "runtime", None),
+        name=getattr(args, "name", None),
+        subnet=getattr(args, "subnet", None),
+    )
 
 
 def _field_errors(error: ValidationError) -> str:
@@ -374,6 +515,8 @@ def _field_errors(error: ValidationError) -> str:
 
 
 def _validate(path: Path, console: Console) -> int:
+    from .topology import load_topology
+
     try:
         topology = load_topology(path)
     except ConfigError as exc:
@@ -389,13 +532,21 @@ def _validate(path: Path, console: Console) -> int:
     return 0
 
 
-def _error(command: str, message: str, status: int) -> int:
-    """Print `qkdnet COMMAND: error: MESSAGE` on stderr, unwrapped; return the exit status."""
+def _error(command: str, message: str, status: int, as_json: bool = False) -> int:
+    """Print `qkdnet COMMAND: error: MESSAGE` on stderr, unwrapped (and with `as_json` a JSON
+    error object on stdout); return the exit status."""
+    if as_json:
+        error = {"command": command, "message": message, "exit_status": status}
+        print(json.dumps({"error": error}, indent=2), flush=True)
     print(f"qkdnet {command}: error: {message}", file=sys.stderr)
     return status
 
 
 def _link_demo(args: argparse.Namespace, console: Console) -> int:
+    from pydantic import ValidationError
+
+    from qkdnet.node.config import ChannelConfig, ProcessingConfig
+
     from .link_demo import LinkDemoOptions, print_summary, run_link_demo
 
     try:
@@ -431,12 +582,13 @@ def _link_demo(args: argparse.Namespace, console: Console) -> int:
 def _network(args: argparse.Namespace, console: Console) -> int:
     from . import network_commands as verbs
 
-    opts = verbs.NetworkOptions(
-        args.topology,
-        args.state_dir,
-        getattr(args, "broker", None),
-        getattr(args, "runtime", None),
-    )
+    if args.command == "inspect" and args.all:
+        if args.topology is not None or args.name is not None:
+            raise ConfigError("--all: lists every deployment; give no -t or --name with it")
+        return verbs.inspect_all(console, as_json=args.json)
+    if args.topology is None and args.name is None:
+        raise ConfigError("name the deployment: -t FILE or --name NAME (or --all)")
+    opts = _options(args)
     if args.command == "deploy":
         if args.broker is not None and not args.broker.startswith("mqtt://"):
             raise ConfigError("--broker: expected mqtt://host:port")
@@ -448,10 +600,9 @@ def _network(args: argparse.Namespace, console: Console) -> int:
     if args.command == "inspect":
         return verbs.inspect(opts, console, as_json=args.json)
     if args.command == "watch":
-        return verbs.watch(opts, console, duration=args.duration)
+        return verbs.watch(opts, console, duration=args.duration, as_json=args.json)
     if args.command == "graph":
         return verbs.graph(opts, console, output=args.output)
-    opts = verbs.NetworkOptions(args.topology, args.state_dir, runtime=args.runtime)
     return verbs.lifecycle(opts, console, args.command, _targets(args))
 
 
@@ -469,7 +620,7 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
 def _key(args: argparse.Namespace, console: Console) -> int:
     from . import network_commands as verbs
 
-    opts = verbs.NetworkOptions(args.topology, args.state_dir)
+    opts = _options(args)
     return verbs.key_get(
         opts,
         console,
@@ -484,9 +635,9 @@ def _key(args: argparse.Namespace, console: Console) -> int:
 
 def _fault(args: argparse.Namespace, console: Console) -> int:
     from . import fault_commands as verbs
-    from .network_commands import NetworkOptions, lifecycle
+    from .network_commands import lifecycle
 
-    opts = NetworkOptions(args.topology, args.state_dir)
+    opts = _options(args)
     action = args.fault_command
     if action in ("pause", "unpause"):
         return verbs.freeze(opts, console, action, _targets(args))
@@ -498,21 +649,43 @@ def _fault(args: argparse.Namespace, console: Console) -> int:
         if len(args.ends) not in (0, 2):
             raise ConfigError("name the link's two nodes")
         return verbs.restore(opts, console, list(args.ends), args.all)
+    if action == "link":
+        return verbs.link(
+            opts,
+            console,
+            *args.ends,
+            eavesdrop=args.eavesdrop,
+            extra_loss_db=args.extra_loss_db,
+            misalignment=args.misalignment,
+            reset=args.reset,
+        )
     if action == "show":
         return verbs.show(opts, console, args.json)
+    if action == "reset":
+        return verbs.reset(opts, console, args.json)
+    if action == "run":
+        return verbs.run(opts, console, args.scenario)
     if args.netem_command == "set":
         return verbs.netem_set(
-            opts, console, args.node, delay=args.delay, jitter=args.jitter, loss=args.loss
+            opts,
+            console,
+            args.node,
+            peer=args.peer,
+            delay=args.delay,
+            jitter=args.jitter,
+            loss=args.loss,
+            rate=args.rate,
         )
     if args.netem_command == "show":
         return verbs.netem_show(opts, console, list(args.nodes), args.json)
-    return verbs.netem_reset(opts, console, list(args.nodes), args.all)
+    return verbs.netem_reset(opts, console, list(args.nodes), args.all, args.peer)
 
 
 def _export(args: argparse.Namespace, console: Console) -> int:
     from .compose_export import export_compose
     from .images import image_tags, installed_version
     from .network_plan import NetworkPlan
+    from .topology import load_topology
 
     topology = load_topology(args.topology)
     plan = NetworkPlan.build(topology, runtime="docker")
@@ -580,9 +753,30 @@ _NETWORK_VERBS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `qkdnet` console script."""
+    """Entry point of the `qkdnet` console script.
+
+    Output to a closed pipe (`qkdnet inspect --json | head`) ends the command quietly with
+    exit status 141, as SIGPIPE would a C program."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Whatever is still buffered cannot go anywhere: point stdout at /dev/null so that
+        # the interpreter's final flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
+    # pydantic looks for plugins through every installed distribution's entry points the
+    # first time a model is built (a quarter of a second); qkdnet uses none.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    from .console_output import make_console
+
     args = _parser().parse_args(argv)
-    console = Console(stderr=bool(getattr(args, "json", False)))
+    as_json = bool(getattr(args, "json", False))
+    console = make_console(stderr=as_json)
     command = args.command
     if command == "key":
         command = f"key {args.key_command}"
@@ -618,12 +812,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.topology, console)
         if args.command == "schema":
+            from .topology import topology_json_schema
+
             print(topology_json_schema(), end="")
             return 0
     except ConfigError as exc:
-        return _error(command, str(exc), 2)
+        return _error(command, str(exc), 2, as_json)
     except QkdnetError as exc:
-        return _error(command, str(exc), 1)
+        return _error(command, str(exc), 1, as_json)
     except KeyboardInterrupt:
         return 130
     return 2

@@ -28,6 +28,7 @@ certificate) answering SERVING.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -35,6 +36,7 @@ import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.file_modes import private_dir, write_private
 from qkdnet.node.grpc_options import CHANNEL_OPTIONS
 
+from . import node_faults
 from .faults import (
     FAULTS_FILE,
     FaultRecord,
@@ -72,7 +75,9 @@ from .runtime import (
     DestroyReport,
     EventSink,
     Runtime,
+    State,
     UnknownComponent,
+    ended,
 )
 from .venv_volume import VENV_DIR, venv_volume_for
 
@@ -94,6 +99,19 @@ _POLL = 0.2
 _IFACE = "eth0"  # a node container's one interface, on the deployment's network
 _SEPARATOR = "--qkdnet--"  # between the outputs of two commands of one exec
 _LOG_TAIL = 15
+
+
+def _docker_time(text: Any) -> float | None:
+    """Seconds since the epoch of a Docker timestamp (2026-12-07T15:44:26.123456789Z); None
+    for its "never" (year 1) or what does not parse."""
+    if not isinstance(text, str) or text.startswith("0001-"):
+        return None
+    head, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        moment = datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return moment.timestamp() + float(f"0.{fraction[:6] or 0}")
 
 
 def remove_state_dir(path: Path) -> None:
@@ -221,11 +239,28 @@ class DockerRuntime(Runtime):
 
         def state(name: str, address: str) -> ComponentState:
             container = containers.get(name)
-            if container is None or container.status not in ("running", "paused"):
-                return ComponentState(name, "stopped", address)
-            pid = int(container.attrs["State"].get("Pid") or 0)
+            if container is None:
+                return ComponentState(name, "stopped", address, detail="no container")
+            attrs = container.attrs["State"]
+            if container.status not in ("running", "paused"):
+                if container.status == "created":
+                    return ComponentState(name, "stopped", address, detail="never started")
+                kind: State
+                if attrs.get("OOMKilled"):
+                    kind, detail = "crashed", "killed: out of memory"
+                else:
+                    kind, detail = ended(code=int(attrs.get("ExitCode") or 0))
+                since = _docker_time(attrs.get("FinishedAt"))
+                return ComponentState(name, kind, address, detail=detail, since=since)
+            pid = int(attrs.get("Pid") or 0)
             paused = container.status == "paused"
-            return ComponentState(name, "paused" if paused else "running", address, pid or None)
+            return ComponentState(
+                name,
+                "paused" if paused else "running",
+                address,
+                pid or None,
+                since=_docker_time(attrs.get("StartedAt")),
+            )
 
         nodes = {node_id: state(node_id, node.address) for node_id, node in self.plan.nodes.items()}
         broker = None
@@ -245,12 +280,12 @@ class DockerRuntime(Runtime):
 
     # -- deploy --------------------------------------------------------------------------------
 
-    def deploy(self, timeout: float = 120.0) -> DeploymentInfo:
+    def _deploy(self, timeout: float) -> DeploymentInfo:
         containers = self._containers()
         if any(c.status in ("running", "restarting", "paused") for c in containers.values()):
             raise ConfigError(
                 f"{self.plan.name} is already deployed in containers (state in "
-                f"{self.plan.state_dir}); run qkdnet destroy first"
+                f"{self.plan.state_dir}); run qkdnet destroy --name {self.plan.name} first"
             )
         self._check_network_free()
         for image in (self.node_image, self.broker_image):
@@ -472,6 +507,7 @@ class DockerRuntime(Runtime):
         self.emit("node_started", name, node.address)
         self._reapply_faults(name)
         self._wait_ready([node], timeout)
+        node_faults.sync_runtime(self, [name])  # the faults the node holds itself
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         container = self._running(name)
@@ -506,6 +542,7 @@ class DockerRuntime(Runtime):
         self.emit("unpaused", name)
         if name != BROKER:
             self._reapply_faults(name)
+            node_faults.sync_runtime(self, [name])
 
     def _live(self, name: str) -> Any:
         container = self._running(name)
@@ -535,39 +572,49 @@ class DockerRuntime(Runtime):
         self.emit("link_restored", f"{a}--{b}")
 
     def set_impairment(self, node: str, impairment: Impairment) -> None:
+        """Kernel netem on the node's interface; where the kernel has no netem, the node's own
+        shaping of its classical channels (qkdnet.node.channel_shaping) stands in for it."""
         container = self._live(node)
         if container.status == "paused":
             raise QkdnetError(f"{node} is paused: unpause it first")
-        self._exec_netem(container, impairment)
         record = FaultRecord.load(self.plan.state_dir)
+        if record.kernel_netem is not False:
+            try:
+                self._exec_netem(container, impairment)
+                record.kernel_netem = True
+            except FaultUnsupported:
+                record.kernel_netem = False
         if impairment.is_none:
             record.impairments.pop(node, None)
         else:
             record.impairments[node] = impairment
         record.save(self.plan.state_dir)
-        self.emit("impairment_set", node, impairment.describe())
+        if record.kernel_netem is False:
+            node_faults.sync_runtime(self, [node], record)
+        how = "netem" if record.kernel_netem else "in-node shaping (no netem in this kernel)"
+        self.emit("impairment_set", node, f"{impairment.describe()} ({how})")
 
     def faults(self) -> FaultReport:
-        """Cuts and impairments as the running nodes' kernels have them; a node that is not
+        """Cuts and netem as the running nodes' kernels have them, what the nodes hold
+        themselves (shaping, channel changes), paused nodes and broker; a node that is not
         running is reported with what it gets when it starts."""
         record = FaultRecord.load(self.plan.state_dir)
+        inside = node_faults.report(self, self.inspect(), record)
         containers = self._containers()
-        paused: list[str] = []
-        cuts: set[tuple[str, str]] = set()
-        impairments: dict[str, Impairment] = {}
+        cuts: set[tuple[str, str]] = set(inside.cuts)
+        impairments = dict(inside.impairments)
+        mechanism = dict(inside.mechanism)
         peers = {node.host: node_id for node_id, node in self.plan.nodes.items()}
         running: dict[str, Any] = {}
         for node_id in self.plan.nodes:
             container = containers.get(node_id)
-            status = container.status if container is not None else "missing"
-            if status == "paused":
-                paused.append(node_id)
-            if status == "running":
+            if container is not None and container.status == "running":
                 running[node_id] = container
                 continue
             cuts.update(link_pair(node_id, peer) for peer in record.cuts_of(node_id))
-            if node_id in record.impairments:
+            if node_id in record.impairments and record.kernel_netem is not False:
                 impairments[node_id] = record.impairments[node_id]
+                mechanism[node_id] = "netem"
         # A `docker exec` a node, each a round trip to the engine: run the nodes side by side.
         with ThreadPoolExecutor(max_workers=min(16, len(running) or 1)) as pool:
             read = dict(zip(running, pool.map(self._kernel_faults, running.values()), strict=True))
@@ -578,7 +625,8 @@ class DockerRuntime(Runtime):
                     cuts.add(link_pair(node_id, peer))
             if impairment is not None and not impairment.is_none:
                 impairments[node_id] = impairment
-        return FaultReport(paused=paused, cuts=sorted(cuts), impairments=impairments)
+                mechanism[node_id] = "netem"
+        return replace(inside, cuts=sorted(cuts), impairments=impairments, mechanism=mechanism)
 
     def _kernel_faults(self, container: Any) -> tuple[list[str], Impairment | None]:
         """The destinations of a running container's blackhole routes, and its netem.
@@ -654,8 +702,13 @@ class DockerRuntime(Runtime):
             self._exec_route(node, "replace", peer)
         impairment = record.impairments.get(node)
         container = self._container(node)
-        if impairment is not None and container is not None and container.status == "running":
-            self._exec_netem(container, impairment)
+        live = container is not None and container.status == "running"
+        if impairment is not None and live and record.kernel_netem is not False:
+            try:
+                self._exec_netem(container, impairment)
+            except FaultUnsupported:  # the node shapes it itself once it is up (start)
+                record.kernel_netem = False
+                record.save(self.plan.state_dir)
 
     # -- destroy -------------------------------------------------------------------------------
 
@@ -690,7 +743,7 @@ class DockerRuntime(Runtime):
                 network.remove()
         return sorted(stopped), sorted(killed)
 
-    def destroy(self, keep_state: bool = False) -> DestroyReport:
+    def _destroy(self, keep_state: bool) -> DestroyReport:
         stopped, killed = self._remove_all(grace=10)
         for name in [*stopped, *killed]:
             self.emit("stopped", name)

@@ -1,14 +1,28 @@
-"""Faults a runtime injects into a running deployment: paused nodes, cut links, impaired interfaces.
+"""Faults injected into a running deployment: paused nodes, cut links, shaped traffic, changed
+quantum channels.
 
-A *cut* link drops every packet between its two nodes, in both directions, as a cut fibre (and
-the classical channel beside it) would; the rest of the network keeps going and relays around it.
-An *impairment* is netem on a node's network interface: delay, jitter and loss on everything it
-sends. `set` replaces a node's impairments as a whole (containerlab's `tools netem set`), an
-all-zero impairment is the same as `reset`.
+A *cut* link carries nothing between its two nodes, in both directions, as a cut fibre (and the
+classical channel beside it) would; the rest of the network keeps going and relays around it.
+On Docker the kernel drops every packet between the two containers (a blackhole route in each);
+on the process runtime, where every node shares one network namespace, the two nodes do it
+themselves (qkdnet.node.peer_faults: the link stops its session and shows "cut", each node
+refuses the other's link, relay and routing calls and fails its own).
 
-The live state is read from the nodes themselves (routes and qdiscs in their containers); what was
-asked for is also recorded in `<state dir>/faults.json`, so that a node that restarts (a fresh
-network namespace) gets its cuts and impairments back, as a cut fibre would still be cut.
+An *impairment* shapes what a node sends: delay, jitter, loss and a rate limit. Node-wide, it is
+kernel netem on the node's interface on Docker when the kernel has sch_netem, and otherwise the
+node's own shaping of its classical channels (qkdnet.node.channel_shaping, which says what is
+emulated: a loss on a reliable stream costs a retransmission timeout); toward one peer it is
+always the node's own. `set` replaces an impairment as a whole (containerlab's `tools netem
+set`); an all-zero impairment is the same as `reset`.
+
+A *channel change* alters a link's quantum channel live at both ends: the intercept-resend
+eavesdropper's fraction and the misalignment (optical error probability) replace the configured
+ones, extra loss in dB adds to the fibre's; the next frames are emulated with it and the link's
+model figures follow it.
+
+The live state is read from the nodes (their routes and qdiscs, their NodeControl service); what
+was asked for is also recorded in `<state dir>/faults.json`, so that a node that restarts gets
+its faults back, as a cut fibre would still be cut.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qkdnet.node.channel_model import ChannelChange
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.file_modes import write_private
 
@@ -28,10 +43,15 @@ __all__ = [
     "FaultReport",
     "FaultUnsupported",
     "Impairment",
+    "change_as_json",
+    "change_from_json",
+    "channel_change",
+    "describe_change",
     "link_pair",
     "netem_from_tc",
     "parse_duration_ms",
     "parse_percent",
+    "parse_rate_kbit",
 ]
 
 FAULTS_FILE = "faults.json"
@@ -46,13 +66,18 @@ def link_pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
+_MAX_RATE_KBIT = 100e6
+
+
 @dataclass(frozen=True)
 class Impairment:
-    """netem on one interface: delay and jitter in milliseconds, loss in percent."""
+    """What a node's traffic suffers: delay and jitter in milliseconds, loss in percent, a rate
+    limit in kbit/s (0: none)."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss_percent: float = 0.0
+    rate_kbit: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms"):
@@ -61,12 +86,14 @@ class Impairment:
                 raise ConfigError(f"{name.removesuffix('_ms')}: must be 0..60 s, not {value:g} ms")
         if not 0 <= self.loss_percent <= 100:
             raise ConfigError(f"loss: must be 0..100 %, not {self.loss_percent:g} %")
+        if not 0 <= self.rate_kbit <= _MAX_RATE_KBIT:
+            raise ConfigError(f"rate: must be 0..100 Gbit/s, not {self.rate_kbit:g} kbit/s")
         if self.jitter_ms and not self.delay_ms:
             raise ConfigError("jitter: needs a delay to vary around (--delay)")
 
     @property
     def is_none(self) -> bool:
-        return not (self.delay_ms or self.jitter_ms or self.loss_percent)
+        return not (self.delay_ms or self.jitter_ms or self.loss_percent or self.rate_kbit)
 
     def tc_netem_args(self) -> list[str]:
         """The netem options of `tc qdisc replace ... netem`, e.g. delay 50ms 10ms loss 1%."""
@@ -77,6 +104,8 @@ class Impairment:
                 args.append(f"{self.jitter_ms:g}ms")
         if self.loss_percent:
             args += ["loss", f"{self.loss_percent:g}%"]
+        if self.rate_kbit:
+            args += ["rate", f"{self.rate_kbit:g}kbit"]
         return args
 
     def describe(self) -> str:
@@ -90,6 +119,8 @@ class Impairment:
             )
         if self.loss_percent:
             parts.append(f"loss {self.loss_percent:g} %")
+        if self.rate_kbit:
+            parts.append(f"rate {self.rate_kbit:g} kbit/s")
         return ", ".join(parts)
 
     def as_json(self) -> dict[str, float]:
@@ -97,6 +128,7 @@ class Impairment:
             "delay_ms": self.delay_ms,
             "jitter_ms": self.jitter_ms,
             "loss_percent": self.loss_percent,
+            "rate_kbit": self.rate_kbit,
         }
 
     @classmethod
@@ -107,7 +139,67 @@ class Impairment:
             float(data.get("delay_ms", 0)),
             float(data.get("jitter_ms", 0)),
             float(data.get("loss_percent", 0)),
+            float(data.get("rate_kbit", 0)),
         )
+
+
+def channel_change(
+    *,
+    eavesdrop_fraction: float | None = None,
+    extra_loss_db: float = 0.0,
+    misalignment_error: float | None = None,
+    where: str = "",
+) -> ChannelChange:
+    """A ChannelChange, ConfigError (prefixed with `where`) when a value is out of range."""
+    try:
+        return ChannelChange(eavesdrop_fraction, extra_loss_db, misalignment_error)
+    except ValueError as exc:
+        text = str(exc)
+        for field, option in _CHANGE_OPTIONS.items():
+            text = text.replace(field, option)
+        raise ConfigError(f"{where}{text}") from None
+
+
+_CHANGE_OPTIONS = {
+    "eavesdrop_fraction": "eavesdrop",
+    "extra_loss_db": "extra-loss-db",
+    "misalignment_error": "misalignment",
+}
+
+
+def change_as_json(change: ChannelChange) -> dict[str, float]:
+    """The fields a change sets (unset ones left out)."""
+    data: dict[str, float] = {}
+    if change.eavesdrop_fraction is not None:
+        data["eavesdrop_fraction"] = change.eavesdrop_fraction
+    if change.extra_loss_db:
+        data["extra_loss_db"] = change.extra_loss_db
+    if change.misalignment_error is not None:
+        data["misalignment_error"] = change.misalignment_error
+    return data
+
+
+def change_from_json(data: Any) -> ChannelChange:
+    if not isinstance(data, dict) or set(data) - set(_CHANGE_OPTIONS):
+        raise ValueError("a channel change is an object of " + ", ".join(_CHANGE_OPTIONS))
+    eve, misalignment = data.get("eavesdrop_fraction"), data.get("misalignment_error")
+    return ChannelChange(
+        None if eve is None else float(eve),
+        float(data.get("extra_loss_db", 0)),
+        None if misalignment is None else float(misalignment),
+    )
+
+
+def describe_change(change: ChannelChange) -> str:
+    """'eavesdropper 50 %, extra loss 3 dB, misalignment 2 %'."""
+    parts = []
+    if change.eavesdrop_fraction is not None:
+        parts.append(f"eavesdropper {change.eavesdrop_fraction:.3g} of the pulses")
+    if change.extra_loss_db:
+        parts.append(f"extra loss {change.extra_loss_db:g} dB")
+    if change.misalignment_error is not None:
+        parts.append(f"misalignment {change.misalignment_error:.3g}")
+    return ", ".join(parts) or "as configured"
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s)?\s*$")
@@ -130,6 +222,19 @@ def parse_percent(text: str, option: str) -> float:
         raise ConfigError(f"{option}: expected a percentage such as 1% , not {text!r}") from None
 
 
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?bit)?\s*$", re.IGNORECASE)
+_UNIT_KBIT = {"bit": 1e-3, "kbit": 1.0, "mbit": 1e3, "gbit": 1e6, None: 1.0}
+
+
+def parse_rate_kbit(text: str, option: str) -> float:
+    """'1mbit', '500kbit', '2gbit' (tc's units) or a bare number of kbit/s, in kbit/s."""
+    match = _RATE.match(text)
+    if match is None:
+        raise ConfigError(f"{option}: expected a rate such as 500kbit or 1mbit, not {text!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return float(match.group(1)) * _UNIT_KBIT[unit]
+
+
 def netem_from_tc(qdiscs: Any) -> Impairment | None:
     """The root netem qdisc in `tc -j qdisc show dev IFACE` output, if there is one.
 
@@ -145,20 +250,30 @@ def netem_from_tc(qdiscs: Any) -> Impairment | None:
         options = qdisc.get("options") or {}
         delay = options.get("delay") or {}
         loss = options.get("loss-random") or {}
+        rate = options.get("rate") or {}  # bytes per second, as tc keeps it
         return Impairment(
             delay_ms=round(float(delay.get("delay", 0)) * 1e3, 6),
             jitter_ms=round(float(delay.get("jitter", 0)) * 1e3, 6),
             loss_percent=round(float(loss.get("loss", 0)) * 100, 6),
+            rate_kbit=round(float(rate.get("rate", 0)) * 8 / 1e3, 6),
         )
     return None
 
 
 @dataclass
 class FaultRecord:
-    """The faults asked for, kept in the state directory to re-apply after a node restarts."""
+    """The faults asked for, kept in the state directory to re-apply after a node restarts.
+
+    `impairments` are node-wide (kernel netem or the node's own shaping), `peer_impairments`
+    shape what a node sends to one peer (`(node, peer)`), `channels` change links (by pair).
+    `kernel_netem` is False once a Docker host was found without netem (the node's own shaping
+    stands in for it from then on)."""
 
     cuts: set[tuple[str, str]] = field(default_factory=set)
     impairments: dict[str, Impairment] = field(default_factory=dict)
+    peer_impairments: dict[tuple[str, str], Impairment] = field(default_factory=dict)
+    channels: dict[tuple[str, str], ChannelChange] = field(default_factory=dict)
+    kernel_netem: bool | None = None
 
     @classmethod
     def load(cls, state_dir: Path) -> FaultRecord:
@@ -177,17 +292,39 @@ class FaultRecord:
                 str(node): Impairment.from_json(value)
                 for node, value in (data.get("impairments") or {}).items()
             }
-        except (TypeError, ValueError, ConfigError) as exc:
+            peer_impairments = {
+                (str(node), str(peer)): Impairment.from_json(value)
+                for node, peers in (data.get("peer_impairments") or {}).items()
+                for peer, value in peers.items()
+            }
+            channels = {}
+            for link_id, value in (data.get("channels") or {}).items():
+                a, sep, b = str(link_id).partition("--")
+                if not sep:
+                    raise ValueError(f"{link_id!r} is no link ID")
+                channels[link_pair(a, b)] = change_from_json(value)
+            kernel_netem = data.get("kernel_netem")
+            if kernel_netem is not None and not isinstance(kernel_netem, bool):
+                raise ValueError("kernel_netem is true, false or null")
+        except (TypeError, ValueError, AttributeError, ConfigError) as exc:
             raise ConfigError(
                 f"{path}: malformed ({exc}); remove it to forget the faults"
             ) from None
-        return cls(cuts, impairments)
+        return cls(cuts, impairments, peer_impairments, channels, kernel_netem)
 
     def save(self, state_dir: Path) -> None:
         path = state_dir / FAULTS_FILE
+        peers: dict[str, dict[str, Any]] = {}
+        for (node, peer), impairment in sorted(self.peer_impairments.items()):
+            peers.setdefault(node, {})[peer] = impairment.as_json()
         data = {
             "cuts": sorted(list(pair) for pair in self.cuts),
             "impairments": {n: i.as_json() for n, i in sorted(self.impairments.items())},
+            "peer_impairments": peers,
+            "channels": {
+                f"{a}--{b}": change_as_json(c) for (a, b), c in sorted(self.channels.items())
+            },
+            "kernel_netem": self.kernel_netem,
         }
         write_private(path, json.dumps(data, indent=2))
 
@@ -195,18 +332,49 @@ class FaultRecord:
         """The peers `node` is cut off from."""
         return sorted(b if a == node else a for a, b in self.cuts if node in (a, b))
 
+    def peer_impairments_of(self, node: str) -> dict[str, Impairment]:
+        """What `node` sends to each peer it shapes traffic to."""
+        return {peer: imp for (n, peer), imp in self.peer_impairments.items() if n == node}
+
+    def channels_of(self, node: str) -> dict[tuple[str, str], ChannelChange]:
+        """The changed channels of `node`'s links."""
+        return {pair: change for pair, change in self.channels.items() if node in pair}
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.cuts or self.impairments or self.peer_impairments or self.channels)
+
 
 @dataclass(frozen=True)
 class FaultReport:
-    """The faults in force: paused nodes, cut links, impaired interfaces (by node)."""
+    """The faults in force: paused nodes (and the broker, as `BROKER`), cut links, node-wide
+    impairments (by node, with `mechanism` "netem" or "in-node"), impairments toward one peer
+    (by node, then peer) and changed quantum channels (by link pair)."""
 
     paused: list[str]
     cuts: list[tuple[str, str]]
     impairments: dict[str, Impairment]
+    mechanism: dict[str, str] = field(default_factory=dict)
+    peer_impairments: dict[str, dict[str, Impairment]] = field(default_factory=dict)
+    channels: dict[tuple[str, str], ChannelChange] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.paused or self.cuts or self.impairments or self.peer_impairments or self.channels
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
             "paused": self.paused,
             "cuts": [list(pair) for pair in self.cuts],
-            "impairments": {node: imp.as_json() for node, imp in self.impairments.items()},
+            "impairments": {
+                node: imp.as_json() | {"mechanism": self.mechanism.get(node, "netem")}
+                for node, imp in self.impairments.items()
+            },
+            "peer_impairments": {
+                node: {peer: imp.as_json() for peer, imp in peers.items()}
+                for node, peers in self.peer_impairments.items()
+            },
+            "channels": {f"{a}--{b}": change_as_json(c) for (a, b), c in self.channels.items()},
         }

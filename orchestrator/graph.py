@@ -19,7 +19,11 @@ matplotlib and networkx are imported when a graph is drawn, so importing this mo
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +68,33 @@ def format_rate(rate_bps: float) -> str:
 
 def _format_length(length_km: float) -> str:
     return f"{length_km:.3g} km" if length_km < 1000 else f"{length_km:.0f} km"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "qkdnet" / "layouts"
+
+
+def _cached_layout(topology: Topology) -> dict[str, tuple[float, float]]:
+    """`_layout`, computed once per network shape: Kamada-Kawai costs seconds (scipy's
+    optimiser), so positions are kept in `$XDG_CACHE_HOME/qkdnet/layouts/`, keyed by a hash
+    of the nodes in file order and the links with their lengths. An unreadable cache entry is
+    computed afresh; one that cannot be written is not kept."""
+    nodes = list(topology.nodes)
+    links = [[*link.endpoints, link.length_km] for link in topology.links]
+    shape = json.dumps({"nodes": nodes, "links": links}, sort_keys=True)
+    digest = hashlib.sha256(shape.encode()).hexdigest()[:32]
+    path = _cache_dir() / f"{digest}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        cached = json.loads(path.read_text())
+        return {node: (float(cached[node][0]), float(cached[node][1])) for node in nodes}
+    positions = _layout(topology)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(positions))
+        temporary.replace(path)
+    return positions
 
 
 def _layout(topology: Topology) -> dict[str, tuple[float, float]]:
@@ -177,7 +208,7 @@ def render_graph(
         )
 
     # Imported here: node.link pulls in gRPC and the post-processing stack.
-    from qkdnet.node.link import link_id_for
+    from qkdnet.node.link_names import link_id_for
 
     rates = dict(link_rates or {})
     link_ids = [link_id_for(*link.endpoints) for link in topology.links]
@@ -190,7 +221,7 @@ def render_graph(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    positions = _layout(topology)
+    positions = _cached_layout(topology)
     xs = [x for x, _ in positions.values()]
     ys = [y for _, y in positions.values()]
     margin = 0.5

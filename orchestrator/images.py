@@ -2,9 +2,14 @@
 
 What `build` makes, in this order, each reused when it is already there:
 
+0. a wheel of the checkout, first whenever the node image is to be built: pip builds it with
+   build isolation, so with the build requirements pyproject's `[build-system]` declares, not
+   with whatever setuptools the caller's environment holds; seconds, and what fails for a reason
+   in the checkout or the environment fails before the long steps below start;
 1. the base image: `qkdnet-base:bookworm` by default, a minimal Debian made with debootstrap from
-   a package mirror and imported with `docker import` (deploy/make-base-image.sh), made only when
-   it is missing; or any image named with `--base` (`python:3.11-slim` for users with a registry);
+   a package mirror and imported with `docker import` (deploy/make-base-image.sh), made when it
+   is missing or was made with another package list than the script's; or any image named
+   with `--base` (`python:3.11-slim` for users with a registry);
 2. the wheelhouse: wheels of qkdnet's runtime dependencies - pyproject's `[project].dependencies`
    and their transitive closure at the versions requirements.lock pins; dev-only tools (mypy,
    ruff, pytest, grpcio-tools, ...) stay out - cached in `build/images/wheelhouse/<key>`, where
@@ -16,8 +21,9 @@ What `build` makes, in this order, each reused when it is already there:
 Every image built here carries the label `org.qkdnet.input-hash`, a hash of all it is made of
 (its Dockerfile and files, the project's sources, the pinned dependencies, the base image's ID);
 when the inputs hash to the label of the image already tagged, the build is skipped ("up to
-date"). The builder never prints: it reports `ImageEvent`s to a callback; `run_image_build` and
-`run_image_list` draw them for the CLI.
+date"). A docker build that fails or is interrupted removes the images its steps made, so
+nothing dangles. The builder never prints: it reports `ImageEvent`s to a callback;
+`run_image_build` and `run_image_list` draw them for the CLI.
 
 The layout of the node image, which the docker runtime relies on, is in the constants below:
 the runtime starts `qkdnet node --config /etc/qkdnet/node.yaml` (the image's default command)
@@ -36,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -47,6 +54,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 import docker
@@ -67,7 +75,7 @@ from rich.table import Table
 
 from qkdnet.node.errors import ConfigError, QkdnetError
 
-from .venv_volume import VENV_DIR, ensure_venv_volume, venv_volumes
+from .venv_volume import VENV_DIR, ensure_venv_volume, venv_volume_for, venv_volumes
 
 __all__ = [
     "BASE_IMAGE",
@@ -125,9 +133,11 @@ _BASE_STEPS = (
 )
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _LAYER = re.compile(r"^ ---> ([0-9a-f]{12})$")
+_INCLUDE = re.compile(r"^INCLUDE=(\S+)$", re.MULTILINE)  # make-base-image.sh's package list
+_LABEL_BASE_INCLUDE = "org.qkdnet.base.include"  # the list a base image was made with
 _BUILD_TIMEOUT = 3600  # seconds the engine may stay silent during a build step
 
-Component = Literal["base", "wheelhouse", "node", "broker", "venv"]
+Component = Literal["project", "base", "wheelhouse", "node", "broker", "venv"]
 Status = Literal["built", "up to date"]
 EventKind = Literal["start", "progress", "log", "done"]
 
@@ -147,7 +157,11 @@ class BaseImageUnavailable(ConfigError):
 @dataclass(frozen=True)
 class ImageEvent:
     """Progress of one component: "start", "progress" (a step, maybe `completed` of `total`),
-    "log" (one line of output), "done" (with its `result`)."""
+    "log" (one line of output), "done" (with its `result`).
+
+    `milestone` marks a progress event worth a line of its own when the output is not a
+    terminal (as are those with a `total`); the others only update a live display.
+    """
 
     component: Component
     kind: EventKind
@@ -155,6 +169,7 @@ class ImageEvent:
     completed: int | None = None
     total: int | None = None
     result: ImageResult | None = None
+    milestone: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,7 @@ class SourceTree:
     readme: str | None
     package_dirs: tuple[tuple[str, Path], ...]  # (package, directory relative to root)
     package_data: tuple[tuple[str, tuple[str, ...]], ...]
+    build_requires: tuple[str, ...] = ()  # [build-system] requires: what builds its wheel
 
     @classmethod
     def find(cls, start: Path | None = None) -> SourceTree:
@@ -213,6 +229,7 @@ class SourceTree:
             package_dir: dict[str, str] = setuptools.get("package-dir", {})
             packages: list[str] = setuptools.get("packages", list(package_dir))
             data_patterns: dict[str, list[str]] = setuptools.get("package-data", {})
+            build_requires: list[str] = data.get("build-system", {}).get("requires", [])
         except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
             raise ConfigError(f"{path}: cannot read the project's metadata ({exc})") from None
         readme = project.get("readme")
@@ -227,6 +244,7 @@ class SourceTree:
                 (name, Path(package_dir.get(name, name.replace(".", "/")))) for name in packages
             ),
             package_data=tuple((name, tuple(p)) for name, p in data_patterns.items()),
+            build_requires=tuple(build_requires),
         )
 
     @property
@@ -398,24 +416,47 @@ class ImageBuilder:
     # -- the whole build -----------------------------------------------------------------------
 
     def build(self) -> list[ImageResult]:
-        """Make everything that is missing or stale; one result per component."""
+        """Make everything that is missing or stale; one result per component.
+
+        The wheel of the checkout comes first whenever the node image is to be built: it takes
+        seconds, and a checkout or an environment it cannot be built from fails the build before
+        the base image and the wheelhouse (minutes) start.
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        base_result = self.ensure_base()
-        results = [base_result]
-        base_id = base_result.image_id or ""
-        node_hash = self.node_input_hash(base_id)
-        node_current = self._current("node", node_hash)
-        wheelhouse: Path | None = None
-        if node_current is None:
-            wheelhouse, result = self.ensure_wheelhouse()
-            results.append(result)
-        node_result = self._build_node(base_id, node_hash, node_current, wheelhouse)
+        self.source.cache_dir.mkdir(parents=True, exist_ok=True)
+        results: list[ImageResult] = []
+        with tempfile.TemporaryDirectory(prefix="project.", dir=self.source.cache_dir) as tmp:
+            project: Path | None = None
+            if self._node_may_need_building():
+                project, result = self.project_wheel(Path(tmp))
+                results.append(result)
+            base_result = self.ensure_base()
+            results.append(base_result)
+            base_id = base_result.image_id or ""
+            node_hash = self.node_input_hash(base_id)
+            node_current = self._current("node", node_hash)
+            wheelhouse: Path | None = None
+            if node_current is None:
+                if project is None:  # the base changed under the images meanwhile
+                    project, result = self.project_wheel(Path(tmp))
+                    results.append(result)
+                wheelhouse, result = self.ensure_wheelhouse()
+                results.append(result)
+            node_result = self._build_node(base_id, node_hash, node_current, wheelhouse, project)
         results.append(node_result)
         results.append(self._ensure_venv(node_result))
         broker_hash = self.broker_input_hash(base_id)
         broker_current = self._current("broker", broker_hash)
         results.append(self._build_broker(base_id, broker_hash, broker_current))
+        self._remove_replaced_bases(base_id)
         return results
+
+    def _node_may_need_building(self) -> bool:
+        """Whether the node image will be built: no base yet, a stale one, or stale inputs."""
+        base = _image_or_none(self.client, self.base)
+        if base is None or self._base_is_stale(base):
+            return True
+        return self._current("node", self.node_input_hash(base.id)) is None
 
     def _current(self, component: Literal["node", "broker"], input_hash: str) -> Any:
         """The image tagged for `component` when its inputs hash to `input_hash`, else None."""
@@ -434,10 +475,10 @@ class ImageBuilder:
         self._emit("base", "start", self.base)
         image = _image_or_none(self.client, self.base)
         status: Status = "up to date"
-        if image is None:
+        if image is None or self._base_is_stale(image):
             status = "built"
             if self.base == BASE_IMAGE:
-                self._make_base()
+                self._make_base(replace=image is not None)
             else:
                 self._pull_base()
             image = _image_or_none(self.client, self.base)
@@ -454,6 +495,30 @@ class ImageBuilder:
             )
         )
 
+    def _base_is_stale(self, image: Any) -> bool:
+        """Whether `image`, a base made by make-base-image.sh, holds another package list than
+        the script installs now (e.g. made before curl and ping joined it): it is made again."""
+        if self.base != BASE_IMAGE or image.labels.get(LABEL_COMPONENT) != "base":
+            return False
+        try:
+            match = _INCLUDE.search((self.source.root / _BASE_SCRIPT).read_text(encoding="utf-8"))
+        except OSError:
+            return False
+        return match is not None and image.labels.get(_LABEL_BASE_INCLUDE) != match[1]
+
+    def _remove_replaced_bases(self, base_id: str) -> None:
+        """Remove base images made here that another replaced once no image is built on them
+        (the engine refuses while one is)."""
+        if self.base != BASE_IMAGE:
+            return
+        for image in self.client.images.list(
+            filters={"dangling": True, "label": f"{LABEL_COMPONENT}=base"}
+        ):
+            # Imported bases have no parent; images built on one inherit its labels.
+            if image.id != base_id and not image.attrs.get("Parent"):
+                with contextlib.suppress(APIError):
+                    self.client.images.remove(image.id)
+
     def _pull_base(self) -> None:
         self._emit("base", "progress", f"pulling {self.base}")
         try:
@@ -467,12 +532,17 @@ class ImageBuilder:
                 "made here with debootstrap"
             ) from None
 
-    def _make_base(self) -> None:
+    def _make_base(self, replace: bool = False) -> None:
         script = self.source.root / _BASE_SCRIPT
         log_path = self.log_dir / "base.log"
         error = ""
+        command = ["bash", str(script), "--image", self.base, *(["--force"] if replace else [])]
+        if replace:
+            self._emit(
+                "base", "progress", f"{self.base} holds other packages: made again", milestone=True
+            )
         with log_path.open("w") as log:
-            lines = self._run(["bash", str(script), "--image", self.base], log, "base")
+            lines = self._run(command, log, "base")
             for line in lines:
                 if line.startswith("==> step: "):
                     step = line.removeprefix("==> step: ")
@@ -533,7 +603,10 @@ class ImageBuilder:
                 nonlocal level
                 level += 1
                 self._emit(
-                    "wheelhouse", "progress", f"pip wheel: {len(pins)} requirements, level {level}"
+                    "wheelhouse",
+                    "progress",
+                    f"pip wheel: {len(pins)} requirements, level {level}",
+                    milestone=True,
                 )
                 command = [sys.executable, "-m", "pip", "wheel", "--no-deps"]
                 lines = self._run([*command, "--wheel-dir", str(staging), *pins], log, "wheelhouse")
@@ -573,7 +646,12 @@ class ImageBuilder:
     # -- node and broker -----------------------------------------------------------------------
 
     def _build_node(
-        self, base_id: str, input_hash: str, current: Any, wheelhouse: Path | None
+        self,
+        base_id: str,
+        input_hash: str,
+        current: Any,
+        wheelhouse: Path | None,
+        project: Path | None,
     ) -> ImageResult:
         tag = self.tags["node"]
         started = time.monotonic()
@@ -581,12 +659,11 @@ class ImageBuilder:
         if current is not None:
             return self._done(self._image_result("node", tag, "up to date", started, current))
         assert wheelhouse is not None
-        self.source.cache_dir.mkdir(parents=True, exist_ok=True)
+        assert project is not None
         with tempfile.TemporaryDirectory(prefix="node.", dir=self.source.cache_dir) as tmp:
             context = Path(tmp) / "context"
             (context / "project").mkdir(parents=True)
-            self._emit("node", "progress", "wheel of the project")
-            self._project_wheel(Path(tmp) / "source", context / "project")
+            _link_or_copy(project, context / "project" / project.name)
             shutil.copyfile(self.source.deploy_dir / "node.Dockerfile", context / "Dockerfile")
             (context / "wheels").mkdir()
             for path in wheelhouse.iterdir():
@@ -601,6 +678,8 @@ class ImageBuilder:
         started = time.monotonic()
         image = self.client.images.get(node.image_id)
         self._emit("venv", "start", f"from {node.reference}")
+        if venv_volume_for(self.client, image) is None:
+            self._emit("venv", "progress", f"copying {VENV_DIR} into a volume", milestone=True)
         name, made = ensure_venv_volume(self.client, image)
         status: Status = "built" if made else "up to date"
         seconds = time.monotonic() - started
@@ -636,22 +715,52 @@ class ImageBuilder:
             "QKDNET_BASE_IMAGE_ID": base_id,
         }
 
-    def _project_wheel(self, source: Path, out: Path) -> None:
-        """A wheel of the checkout, built from a copy of exactly the hashed files (so a stale
-        setuptools build/ directory can never slip a deleted module in)."""
+    def project_wheel(self, workdir: Path) -> tuple[Path, ImageResult]:
+        """The wheel of the checkout, made in `workdir`; its path and the "project" result.
+
+        pip builds it with build isolation: in a fresh environment holding what pyproject's
+        `[build-system] requires` names (fetched from the package index pip is configured
+        with), never with the setuptools of the environment qkdnet runs from, which may be
+        older than the project needs. It is built from a copy of exactly the hashed files (so a
+        stale setuptools build/ directory can never slip a deleted module in). Seconds; an
+        ImageBuildError names the reason when it fails.
+        """
+        started = time.monotonic()
+        requires = ", ".join(self.source.build_requires) or "setuptools"
+        self._emit("project", "start", f"qkdnet {self.source.version} with {requires}")
+        source, out = workdir / "source", workdir / "wheel"
+        out.mkdir(parents=True)
         for relative in self.source.project_files():
             (source / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(self.source.root / relative, source / relative)
-        with (self.log_dir / "project-wheel.log").open("w") as log:
-            command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-            lines = self._run([*command, "--wheel-dir", str(out), str(source)], log, "node")
-            for _ in lines:
-                pass
-        if lines.returncode != 0 or not list(out.glob("*.whl")):
+        log_path = self.log_dir / "project-wheel.log"
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--use-pep517"]
+        with log_path.open("w") as log:
+            lines = self._run([*command, "--wheel-dir", str(out), str(source)], log, "project")
+            # Set to any value, PIP_NO_BUILD_ISOLATION could turn the isolation off.
+            lines.env.pop("PIP_NO_BUILD_ISOLATION", None)
+            output = []
+            for line in lines:
+                output.append(line)
+                if line.strip():
+                    self._emit("project", "progress", line.strip())
+        wheels = list(out.glob("*.whl"))
+        if lines.returncode != 0 or len(wheels) != 1:
+            reason = _pip_failure(output) or lines.last or "no output"
             raise ImageBuildError(
-                f"node image: the wheel of the project did not build: {lines.last} "
-                f"(log: {self.log_dir / 'project-wheel.log'})"
+                f"the wheel of qkdnet did not build with the build requirements pyproject.toml "
+                f"declares ([build-system] requires: {requires}): {reason} (log: {log_path}); "
+                "nothing was built"
             )
+        result = ImageResult(
+            "project",
+            wheels[0].name,
+            "built",
+            time.monotonic() - started,
+            size_bytes=wheels[0].stat().st_size,
+            detail=f"built with {requires}",
+        )
+        return wheels[0], self._done(result)
 
     def _docker_build(
         self,
@@ -661,12 +770,40 @@ class ImageBuilder:
         build_args: dict[str, str],
         network_mode: str | None,
     ) -> str:
-        """Run one `docker build`, streaming its log; returns the new image's ID."""
+        """Run one `docker build`, streaming its log; returns the new image's ID.
+
+        When the build fails or is interrupted, the images its steps committed go with it.
+        """
+        made: list[str] = []  # short IDs of the images this build's steps committed, in order
+        try:
+            return self._stream_build(component, context, tag, build_args, network_mode, made)
+        except BaseException:
+            self._remove_untagged(made)
+            raise
+
+    def _remove_untagged(self, short_ids: list[str]) -> None:
+        """Remove the images of `short_ids` that no tag names, children first."""
+        for short_id in reversed(short_ids):
+            with contextlib.suppress(DockerException, OSError):
+                image = self.client.images.get(short_id)
+                if not image.tags:
+                    self.client.images.remove(image.id, noprune=True)
+
+    def _stream_build(
+        self,
+        component: Component,
+        context: Path,
+        tag: str,
+        build_args: dict[str, str],
+        network_mode: str | None,
+        made: list[str],
+    ) -> str:
         log_path = self.log_dir / f"{component}.log"
         image_id: str | None = None
         step = "sending the build context"
         tail: list[str] = []
         layers: set[str] = set()  # IDs of the images of every step, reused or made
+        reused = False  # the step's image came from the layer cache (or is the FROM image)
         started = time.monotonic()
         self._emit(component, "progress", step)
         with log_path.open("w") as log:
@@ -706,7 +843,12 @@ class ImageBuilder:
                         layer = _LAYER.match(line)
                         if layer:
                             layers.add(layer[1])
+                            if not reused:
+                                made.append(layer[1])
+                        elif line.strip() == "---> Using cache":
+                            reused = True
                         if match:
+                            reused = match[3].upper().startswith("FROM ")
                             log.write(f"[{time.monotonic() - started:7.1f} s] {line}\n")
                             step = f"step {match[1]}/{match[2]}: {match[3]}"
                             self._emit(
@@ -770,6 +912,16 @@ class ImageBuilder:
         )
 
 
+def _stop_group(process: subprocess.Popen[str], grace: float = 60) -> None:
+    """SIGTERM to `process`'s process group, SIGKILL when it has not ended after `grace` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(wait)
+            return
+
+
 class _Lines:
     """A child process's output (stdout and stderr) line by line, copied to a log file."""
 
@@ -798,18 +950,25 @@ class _Lines:
                 text=True,
                 errors="replace",
                 bufsize=1,
+                start_new_session=True,  # its own process group: stopped whole, below
             )
         except OSError as exc:
             raise ImageBuildError(f"cannot run {self.command[0]}: {exc.strerror}") from None
         assert process.stdout is not None
         with process:
-            for raw in process.stdout:
-                line = raw.rstrip("\n")
-                self.log.write(raw)
-                if line.strip():
-                    self.last = line.strip()
-                self.on_line(line)
-                yield line
+            try:
+                for raw in process.stdout:
+                    line = raw.rstrip("\n")
+                    self.log.write(raw)
+                    if line.strip():
+                        self.last = line.strip()
+                    self.on_line(line)
+                    yield line
+            except BaseException:
+                # Interrupted, or the reader gave up: stop the child and whatever it started
+                # (debootstrap under make-base-image.sh, whose exit trap then cleans up).
+                _stop_group(process)
+                raise
         self.returncode = process.returncode
         self.log.flush()
 
@@ -919,6 +1078,28 @@ def resolve_runtime_closure(
     return dict(sorted(pinned.items()))
 
 
+_PIP_GENERIC = ("subprocess-exited-with-error", "metadata-generation-failed", "See above")
+
+
+def _pip_failure(output: list[str]) -> str:
+    """The line of a failed `pip wheel`'s output that says why (pip ends with generic ones)."""
+    lines = [line.strip() for line in output if line.strip()]
+    for line in lines:
+        if "No module named pip" in line:
+            return "this Python environment has no pip (python -m ensurepip installs it)"
+    for line in lines:
+        if "No matching distribution found for" in line or "Could not find a version" in line:
+            return (
+                f"{line.removeprefix('ERROR: ')}: the isolated build fetches the build "
+                "requirements from the package index (PIP_INDEX_URL, PIP_FIND_LINKS)"
+            )
+    for prefix in ("configuration error:", "ERROR:", "error:"):
+        for line in lines:
+            if line.startswith(prefix) and not any(g in line for g in _PIP_GENERIC):
+                return line
+    return ""
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -974,6 +1155,7 @@ def list_images(client: docker.DockerClient) -> list[dict[str, Any]]:
 # -- the CLI -----------------------------------------------------------------------------------
 
 _LABELS: dict[Component, str] = {
+    "project": "project wheel",
     "base": "base image",
     "wheelhouse": "wheelhouse",
     "node": "node image",
@@ -993,7 +1175,7 @@ def _short(image_id: str | None) -> str:
 def _describe(result: ImageResult) -> str:
     if result.component == "wheelhouse":
         what = f"{result.reference}, {result.detail}, {_megabytes(result.size_bytes)}"
-    elif result.component == "venv":
+    elif result.component == "project" or result.component == "venv":
         what = f"{result.reference}, {result.detail}"
     else:
         what = f"{result.reference} {_short(result.image_id)}, {_megabytes(result.size_bytes)}"
@@ -1050,7 +1232,7 @@ class _BuildView:
                 if event.total is not None:
                     fields |= {"total": event.total, "completed": event.completed or 0}
                 self.progress.update(task, **fields)
-            elif not self.live and (event.total is not None or self.verbose):
+            elif not self.live and (event.total is not None or event.milestone or self.verbose):
                 where = ""
                 if event.total is not None and event.completed is not None:
                     where = f" {event.completed + 1}/{event.total}"
@@ -1067,6 +1249,25 @@ class _BuildView:
             )
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a test session's budget running out, `kill`) interrupts the build as Ctrl-C
+    does, so that it stops its children and removes what it made before exiting."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_image_build(
     console: Console, *, base: str | None = None, force: bool = False, verbose: bool = False
 ) -> int:
@@ -1074,10 +1275,12 @@ def run_image_build(
     source = SourceTree.find()
     client = docker_client()
     started = time.monotonic()
-    with _BuildView(console, verbose) as view:
+    with _BuildView(console, verbose) as view, _terminate_as_interrupt():
         builder = ImageBuilder(source, client, base=base or BASE_IMAGE, force=force, on_event=view)
         results = builder.build()
-    built = [r for r in results if r.status == "built" and r.component != "wheelhouse"]
+    built = [
+        r for r in results if r.status == "built" and r.component in ("base", "node", "broker")
+    ]
     elapsed = time.monotonic() - started
     if built:
         names = ", ".join(r.reference for r in built)

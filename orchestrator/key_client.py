@@ -27,7 +27,7 @@ import aiohttp
 
 from qkdnet.node.errors import ConfigError, QkdnetError
 
-from .network_plan import NetworkPlan, NodePlan
+from .network_plan import KEY_API_PREFIX, NetworkPlan, NodePlan
 from .pki import CertificatePaths
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     "sae_credentials",
 ]
 
-API_PREFIX = "/api/v1/keys"
+API_PREFIX = KEY_API_PREFIX
 
 
 class KeyApiError(QkdnetError):
@@ -82,19 +82,12 @@ def fingerprint(key: bytes, length: int = 16) -> str:
 
 def node_of_sae(plan: NetworkPlan, sae: str) -> NodePlan:
     """The node serving `sae` (ConfigError naming the SAE and the known ones otherwise)."""
-    for node in plan.nodes.values():
-        if sae in node.saes:
-            return node
-    known = [s for n in plan.nodes.values() for s in n.saes]
-    raise ConfigError(
-        f"no SAE {sae!r} in topology {plan.name!r} (SAEs: {', '.join(known) or 'none'})"
-    )
+    return plan.node_of_sae(sae)
 
 
 def sae_credentials(plan: NetworkPlan, sae: str) -> CertificatePaths:
     """Where the deployment's PKI keeps the client certificate of `sae` (see `provision_pki`)."""
-    where = plan.pki_dir / "saes" / sae
-    return CertificatePaths(where / "cert.pem", where / "key.pem", plan.pki_dir / "ca.pem")
+    return plan.sae_credentials(sae)
 
 
 def client_ssl_context(credentials: CertificatePaths) -> ssl.SSLContext:

@@ -29,7 +29,7 @@ from rich.table import Table
 from qkdnet.node.config import ChannelConfig, ProcessingConfig
 from qkdnet.node.file_modes import private_dir, write_private
 from qkdnet.node.identity import CONTROLLER_NAME, Role
-from qkdnet.node.link import link_id_for
+from qkdnet.node.link_names import link_id_for
 from qkdnet.v1 import control_pb2
 
 from .controller import NodeClient, compare_link_stores

@@ -1,7 +1,7 @@
 """`qkdnet demo`: deploy a bundled example on local processes, show it distilling key, tear down.
 
 The example is deployed under its usual state directory, so a demo that was killed can still be
-cleaned up with `qkdnet destroy -t <example>` (and the next demo does that itself first).
+cleaned up with `qkdnet destroy --name <example>` (and the next demo does that itself first).
 At the end every link's two stores are compared through keyed digests.
 """
 
@@ -19,6 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from .console_output import Progress
 from .network_plan import NetworkPlan
 from .network_status import NetworkStatus
 from .network_view import format_rate, links_table, rows_from_snapshot
@@ -45,7 +46,13 @@ async def _show(
     started = time.monotonic()
     first_key: dict[str, float] = {}
     async with NetworkStatus(plan) as status:
-        with Live(console=console, refresh_per_second=2) as live:
+        # Off a terminal a live table would show nothing until the end: lines on stderr instead.
+        live: Live | Progress = (
+            Live(console=console, refresh_per_second=2)
+            if console.is_terminal
+            else Progress(console, f"{plan.name}: waiting for the first frames")
+        )
+        with live:
             while not stop.is_set():
                 elapsed = time.monotonic() - started
                 snapshot = await status.snapshot()
@@ -56,7 +63,10 @@ async def _show(
                     f"qkdnet demo: {plan.name}, {len(plan.nodes)} nodes, {len(plan.links)} links"
                     f" - {elapsed:.0f} s, {len(first_key)}/{len(plan.links)} links with key"
                 )
-                live.update(links_table(rows_from_snapshot(plan, snapshot), title=title))
+                if isinstance(live, Live):
+                    live.update(links_table(rows_from_snapshot(plan, snapshot), title=title))
+                else:
+                    live.update(title)
                 if elapsed >= duration:
                     break
                 with contextlib.suppress(TimeoutError):
@@ -74,11 +84,11 @@ def run_demo(example: str, duration: float, state_dir: Path | None, console: Con
         console.print(f"an earlier {plan.name} deployment is still running: destroying it first")
         runtime.destroy()
     start = time.monotonic()
-    with console.status(f"deploying {plan.name}: PKI, broker, {len(plan.nodes)} nodes"):
+    with Progress(console, f"deploying {plan.name}: PKI, broker, {len(plan.nodes)} nodes"):
         runtime.deploy()
     console.print(
         f"[green]✓[/] {plan.name}: {len(plan.nodes)} nodes up in {time.monotonic() - start:.1f} s"
-        f" on 127.{plan.subnet}.x.x, telemetry on mqtt://{plan.broker_address}"
+        f" in {plan.network_cidr}, telemetry on mqtts://{plan.broker_address}"
     )
     stop = asyncio.Event()
 
@@ -91,7 +101,7 @@ def run_demo(example: str, duration: float, state_dir: Path | None, console: Con
     try:
         result = asyncio.run(main())
     finally:
-        with console.status(f"destroying {plan.name}"):
+        with Progress(console, f"destroying {plan.name}"):
             runtime.destroy()
     table = Table(title="every link, end to end", title_justify="left")
     for column in ("link", "first key after", "stored (both ends)", "secret rate", "stores"):

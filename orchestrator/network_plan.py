@@ -14,10 +14,10 @@ runtime.json    what the runtime started, and which runtime (see process_runtime
 The state directory and every directory in it are 0700, every file 0600 (`file_modes`): keys,
 private keys and link secrets are never readable by another local user.
 
-On the process runtime every deployment gets its own loopback /16, `127.X.0.0` with `X` taken
-from the topology name: the broker listens on `127.X.0.1:1883` and node number `k` (in file
-order) on `127.X.(1 + k // 250).(1 + k % 250):50051`, so addresses say which deployment a
-socket belongs to and stay the same across restarts.
+On the process runtime every deployment gets its own loopback /16, `127.X.0.0/16` with `X` the
+block the registry of deployments gave it (registry.py): the broker listens on `127.X.0.1:1883`
+and node number `k` (in file order) on `127.X.(1 + k // 250).(1 + k % 250):50051`, so addresses
+say which deployment a socket belongs to and stay the same across restarts.
 
 On the docker runtime the same scheme runs in the private range: the deployment's bridge network
 is `10.X.0.0/16` (gateway `10.X.255.254`), the broker container is `10.X.0.1` and node `k` is
@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import ssl
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +40,14 @@ from typing import Any
 
 import yaml
 
+from qkdnet.node.errors import ConfigError
 from qkdnet.node.file_modes import private_dir, write_private
 from qkdnet.node.identity import trust_domain_for
-from qkdnet.node.link import link_id_for
-from qkdnet.node.tls import client_tls_context
+from qkdnet.node.link_names import link_id_for
 
 from .mosquitto import mosquitto_conf
 from .pki import CertificatePaths, TopologyPki, provision_pki
+from .registry import Registry, block_of_subnet, network_prefix, state_home
 from .telemetry_access import TelemetryAccess
 from .topology import ResolvedLink, Topology
 
@@ -56,6 +56,7 @@ __all__ = [
     "CONTAINER_UID",
     "GRPC_PORT",
     "KEY_API_PORT",
+    "KEY_API_PREFIX",
     "MQTT_PORT",
     "RUNTIMES",
     "ConfigLayout",
@@ -71,17 +72,15 @@ CONTAINER_CONFIG_DIR = "/etc/qkdnet"
 CONTAINER_STATE_DIR = "/var/lib/qkdnet"
 CONTAINER_UID = 10001
 
-_PREFIX = {"process": "127", "docker": "10"}
-
 GRPC_PORT = 50051
 KEY_API_PORT = 8443
+KEY_API_PREFIX = "/api/v1/keys"  # ETSI GS QKD 014's path prefix of the key delivery API
 MQTT_PORT = 1883
 
 
 def default_state_dir(name: str) -> Path:
     """`$XDG_STATE_HOME/qkdnet/<name>` (`~/.local/state/qkdnet/<name>` by default)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "qkdnet" / name
+    return state_home() / name
 
 
 def recorded_runtime(state_dir: Path) -> str | None:
@@ -149,6 +148,7 @@ class NetworkPlan:
     links: list[ResolvedLink]
     external_broker: str | None
     runtime: str = "process"
+    source: Path | None = None  # the topology file, when it came from one
 
     @classmethod
     def build(
@@ -157,21 +157,33 @@ class NetworkPlan:
         state_dir: Path | None = None,
         broker_url: str | None = None,
         runtime: str | None = None,
+        *,
+        subnet: str | None = None,
+        block: int | None = None,
+        source: Path | None = None,
     ) -> NetworkPlan:
         """Lay out `topology`; `broker_url` (mqtt://host:port) overrides the topology's.
 
         The runtime is `runtime` when given, else the one the deployment in the state directory
-        was started with (runtime.json), else the topology's; addresses depend on it.
+        was started with (runtime.json), else the topology's; addresses depend on it. The
+        address block is `block` (X of the /16) when given, else `subnet` (`--subnet`), else
+        the topology's `subnet`, else the one the registry holds for this deployment or would
+        give it (registry.py).
         """
         root = (state_dir or default_state_dir(topology.name)).absolute()
         runtime = runtime or recorded_runtime(root) or topology.runtime
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
-        subnet = 1 + zlib.crc32(topology.name.encode()) % 254
-        prefix = _PREFIX[runtime]
+        if block is None and subnet is not None:
+            block = block_of_subnet(subnet, runtime, "--subnet")
+        if block is None and topology.subnet is not None:
+            block = block_of_subnet(topology.subnet, runtime, "subnet")
+        if block is None:
+            block = Registry().proposed_block(topology.name, root)
+        prefix = network_prefix(runtime)
         nodes = {}
         for k, node_id in enumerate(topology.nodes):
-            host = f"{prefix}.{subnet}.{1 + k // 250}.{1 + k % 250}"
+            host = f"{prefix}.{block}.{1 + k // 250}.{1 + k % 250}"
             in_container = runtime == "docker"
             nodes[node_id] = NodePlan(
                 node_id=node_id,
@@ -189,11 +201,12 @@ class NetworkPlan:
         return cls(
             topology=topology,
             state_dir=root,
-            subnet=subnet,
+            subnet=block,
             nodes=nodes,
             links=topology.resolved_links(),
             external_broker=url.removeprefix("mqtt://") if url else None,
             runtime=runtime,
+            source=source.absolute() if source is not None else None,
         )
 
     @property
@@ -208,12 +221,12 @@ class NetworkPlan:
     @property
     def broker_host(self) -> str:
         """The embedded broker's IP address."""
-        return f"{_PREFIX[self.runtime]}.{self.subnet}.0.1"
+        return f"{network_prefix(self.runtime)}.{self.subnet}.0.1"
 
     @property
     def network_cidr(self) -> str:
         """The /16 every address of the deployment is in."""
-        return f"{_PREFIX[self.runtime]}.{self.subnet}.0.0/16"
+        return f"{network_prefix(self.runtime)}.{self.subnet}.0.0/16"
 
     @property
     def in_containers(self) -> bool:
@@ -243,6 +256,21 @@ class NetworkPlan:
         """The broker's files: its access list (and Mosquitto's configuration)."""
         return self.state_dir / "broker"
 
+    def node_of_sae(self, sae: str) -> NodePlan:
+        """The node serving `sae` (ConfigError naming the SAE and the known ones otherwise)."""
+        for node in self.nodes.values():
+            if sae in node.saes:
+                return node
+        known = [s for n in self.nodes.values() for s in n.saes]
+        raise ConfigError(
+            f"no SAE {sae!r} in topology {self.name!r} (SAEs: {', '.join(known) or 'none'})"
+        )
+
+    def sae_credentials(self, sae: str) -> CertificatePaths:
+        """Where the PKI keeps the client certificate of `sae` (see `provision_pki`)."""
+        where = self.pki_dir / "saes" / sae
+        return CertificatePaths(where / "cert.pem", where / "key.pem", self.pki_dir / "ca.pem")
+
     @property
     def trust_domain(self) -> str:
         return trust_domain_for(self.name)
@@ -257,6 +285,8 @@ class NetworkPlan:
         """The controller's TLS context for the deployment's broker (None: an external one)."""
         if self.external_broker is not None:
             return None
+        from qkdnet.node.tls import client_tls_context  # grpc, pydantic: only here
+
         paths = self.controller_credentials
         return client_tls_context(paths.ca, paths.cert, paths.key)
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import grpc
 
-from qkdnet.node.link import link_id_for
+from qkdnet.node.link_names import link_id_for
 from qkdnet.v1 import control_pb2
 
 from .controller import LinkComparison, NodeClient, compare_link_stores
 from .network_plan import NetworkPlan
 
 __all__ = ["LinkView", "NetworkSnapshot", "NetworkStatus"]
+
+_CONCURRENT_CALLS = 16
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,25 @@ class NetworkStatus:
         for client in self.clients.values():
             await client.close()
 
-    async def _status(self, node_id: str, timeout: float) -> control_pb2.NodeStatus | None:
-        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
-            return await self.clients[node_id].status(timeout)
+    async def _status(
+        self, node_id: str, timeout: float, slots: asyncio.Semaphore
+    ) -> control_pb2.NodeStatus | None:
+        async with slots:  # the timeout counts from the call, not from the queue
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                return await self.clients[node_id].status(timeout)
         return None
 
-    async def snapshot(self, timeout: float = 5.0) -> NetworkSnapshot:
-        """Ask every node at once."""
-        answers = await asyncio.gather(*(self._status(n, timeout) for n in self.clients))
-        nodes = dict(zip(self.clients, answers, strict=True))
+    async def snapshot(
+        self, timeout: float = 5.0, only: Collection[str] | None = None
+    ) -> NetworkSnapshot:
+        """Ask every node (or the nodes in `only`: those known to run), `_CONCURRENT_CALLS`
+        at a time, so that a large network on a loaded machine is not read as unreachable
+        because its calls queued behind each other."""
+        slots = asyncio.Semaphore(_CONCURRENT_CALLS)
+        asked = [n for n in self.clients if only is None or n in only]
+        answers = await asyncio.gather(*(self._status(n, timeout, slots) for n in asked))
+        nodes: dict[str, control_pb2.NodeStatus | None] = dict.fromkeys(self.clients)
+        nodes.update(zip(asked, answers, strict=True))
         links = []
         for link in self.plan.links:
             a, b = sorted(link.endpoints)

@@ -7,21 +7,25 @@ Whatever comes from the network is drawn as plain text (`rich.text.Text`), never
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from qkdnet.node.link import link_id_for
+from qkdnet.node.link_names import link_id_for
 
+from .durations import format_age
 from .graph import format_rate as graph_format_rate
-from .key_client import API_PREFIX, sae_credentials
-from .network_plan import NetworkPlan
-from .network_status import NetworkSnapshot
-from .runtime import DeploymentInfo
-from .telemetry_watch import TelemetryState
+from .network_plan import KEY_API_PREFIX, NetworkPlan
+from .runtime import BROKER, ComponentState, DeploymentInfo
+
+if TYPE_CHECKING:
+    from .network_status import NetworkSnapshot
+    from .telemetry_watch import TelemetryState
 
 __all__ = [
     "LinkRow",
@@ -52,6 +56,7 @@ class LinkRow:
     model_secret_rate_bps: float | None = None
     wall_secret_rate_bps: float | None = None
     store_bits: int | None = None
+    age_s: float | None = None  # how old the figures are (telemetry); None: asked just now
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,13 +91,28 @@ def _per_second(bits: int, seconds: float) -> float | None:
     return bits / seconds if seconds > 0 else None
 
 
-def rows_from_snapshot(plan: NetworkPlan, snapshot: NetworkSnapshot) -> list[LinkRow]:
-    """Link rows from the nodes' own NodeControl answers (the transmitting end's figures)."""
+def _live_qber(last_sample: float | None, cumulative: float | None) -> float | None:
+    """The QBER a live view shows: the last frame's disclosed sample when there is one (it
+    moves at once when an eavesdropper appears, even if every frame since then aborted), else
+    the cumulative QBER of the frames that gave key."""
+    return last_sample if last_sample is not None else cumulative
+
+
+def rows_from_snapshot(
+    plan: NetworkPlan, snapshot: NetworkSnapshot, info: DeploymentInfo | None = None
+) -> list[LinkRow]:
+    """Link rows from the nodes' own NodeControl answers (the transmitting end's figures).
+
+    A transmitter that did not answer is "unreachable", or with `info` what its runtime says
+    of it when it is not running ("paused", "crashed", ...)."""
     rows = []
     for view in snapshot.links:
         tx = view.tx
         if tx is None:
             state = "unreachable"
+            component = info.nodes.get(view.transmitter) if info is not None else None
+            if component is not None and component.state != "running":
+                state = f"{view.transmitter} {component.state}"
             rows.append(
                 LinkRow(view.link_id, view.transmitter, view.receiver, view.length_km, state)
             )
@@ -105,7 +125,9 @@ def rows_from_snapshot(plan: NetworkPlan, snapshot: NetworkSnapshot) -> list[Lin
                 length_km=view.length_km,
                 state=tx.state,
                 frames=tx.frames_ok,
-                qber=tx.qber if tx.frames_ok else None,
+                qber=_live_qber(tx.last_sample_qber if tx.last_sample_bits else None, tx.qber)
+                if tx.frames_ok or tx.last_sample_bits
+                else None,
                 model_qber=tx.model_qber,
                 sifted_rate_bps=_per_second(tx.sifted_bits, tx.emulated_seconds),
                 secret_rate_bps=_per_second(tx.secret_bits + tx.auth_bits, tx.emulated_seconds),
@@ -118,7 +140,8 @@ def rows_from_snapshot(plan: NetworkPlan, snapshot: NetworkSnapshot) -> list[Lin
 
 
 def rows_from_telemetry(plan: NetworkPlan, state: TelemetryState) -> list[LinkRow]:
-    """Link rows from the newest MQTT `link/<id>/stats` payloads."""
+    """Link rows from the newest MQTT `link/<id>/stats` payloads, with their age."""
+    now = time.time()
     rows = []
     for view in plan.links:
         a, b = sorted(view.endpoints)
@@ -135,13 +158,16 @@ def rows_from_telemetry(plan: NetworkPlan, state: TelemetryState) -> list[LinkRo
                 length_km=view.channel.length_km,
                 state=str(data.get("state", "?")),
                 frames=data.get("frames_ok"),
-                qber=data.get("qber") if data.get("frames_ok") else None,
+                qber=_live_qber(data.get("last_sample_qber"), data.get("qber"))
+                if data.get("frames_ok") or data.get("last_sample_qber") is not None
+                else None,
                 model_qber=data.get("model_qber"),
                 sifted_rate_bps=data.get("sifted_rate_bps"),
                 secret_rate_bps=data.get("secret_rate_bps"),
                 model_secret_rate_bps=data.get("model_secret_rate_bps"),
                 wall_secret_rate_bps=data.get("wall_secret_rate_bps"),
                 store_bits=data.get("store_bits"),
+                age_s=now - state.received.get(("link", link_id), now),
             )
         )
     return rows
@@ -154,8 +180,12 @@ def links_table(rows: list[LinkRow], title: str = "links") -> Table:
         left = column in ("link", "state")
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
     table.add_column("store", justify="right")
+    aged = any(row.age_s is not None for row in rows)
+    if aged:
+        table.add_column("age", justify="right")
     table.caption = (
-        "QBER and secret key rate (bit/s) measured beside the model's, per emulated second; "
+        "QBER of the last frame's sample and secret key rate (bit/s, per emulated second) "
+        "measured beside the model's; "
         "wall: key stored per wall-clock second lately"
     )
     for row in rows:
@@ -170,20 +200,81 @@ def links_table(rows: list[LinkRow], title: str = "links") -> Table:
             _compact(row.model_secret_rate_bps),
             _compact(row.wall_secret_rate_bps),
             _bits(row.store_bits),
+            *([format_age(row.age_s) if row.age_s is not None else "-"] if aged else []),
         )
     return table
 
 
-def telemetry_view(plan: NetworkPlan, state: TelemetryState) -> list[RenderableType]:
-    """What `qkdnet watch` draws: the links table, the latest events and what was refused."""
+def relay_text(event: dict[str, Any]) -> str:
+    """A relay event in words: 'key_delivered sae-a → sae-b: 4 key(s) over a → r1 → b,
+    12.3 ms (relayed on demand)'."""
+    kind = str(event.get("event"))
+    if kind == "relay_failed":
+        return f"relay_failed {event.get('reason')}: {event.get('message')}"
+    slaves = event.get("slaves")
+    to = ", ".join(map(str, slaves)) if isinstance(slaves, list) else "?"
+    pair = f"{event.get('master')} → {to}"
+    parts = [f"{kind} {pair}: {event.get('keys', '?')} key(s)"]
+    routes = [r for r in event.get("routes") or [] if isinstance(r, dict) and r.get("route")]
+    if routes:
+        parts.append("over " + "; ".join(" → ".join(map(str, r["route"])) for r in routes))
+    ms = event.get("ms")
+    if isinstance(ms, int | float):
+        parts.append(f"{ms:.1f} ms")
+    source = event.get("source")
+    text = ", ".join(parts)
+    return f"{text} ({source})" if source else text
+
+
+def _node_line(
+    plan: NetworkPlan, state: TelemetryState, components: dict[str, ComponentState]
+) -> Text | None:
+    """What is wrong with nodes and the broker: not running, or silent for long."""
+    now = time.time()
+    silent_after = 3 * plan.topology.telemetry.interval_s
+    notes = []
+    for name in [*plan.nodes, BROKER]:
+        component = components.get(name)
+        label = "broker" if name == BROKER else name
+        if component is not None and component.state != "running":
+            notes.append(f"{label} {component.describe()} {component_age(component, now)}")
+            continue
+        if name == BROKER:
+            continue
+        heard = state.received.get(("node", name))
+        if heard is None:
+            notes.append(f"{label} not heard from")
+        elif now - heard > silent_after:
+            notes.append(f"{label} silent for {format_age(now - heard)}")
+    return Text("nodes: " + "; ".join(notes), style="yellow") if notes else None
+
+
+def telemetry_view(
+    plan: NetworkPlan,
+    state: TelemetryState,
+    components: dict[str, ComponentState] | None = None,
+) -> list[RenderableType]:
+    """What `qkdnet watch` draws: the links table (each row with the age of its figures), what
+    is wrong with nodes (from the runtime's `components` and the telemetry's silence), the
+    latest relay events and node events, and what was refused."""
+    components = components or {}
     up = sum(1 for node in plan.nodes if state.nodes.get(node, {}).get("state") == "up")
+    running = sum(
+        1 for node in plan.nodes if getattr(components.get(node), "state", "") == "running"
+    )
     title = (
-        f"{plan.name}: {up}/{len(plan.nodes)} nodes up · {plan.broker_address} · "
-        f"{state.messages} messages"
+        f"{plan.name}: {up}/{len(plan.nodes)} nodes report up"
+        + (f", {running} running" if components else "")
+        + f" · {plan.broker_address} · {state.messages} messages"
     )
     if state.rejected:
         title += f" · {state.rejected_total} refused"
     parts: list[RenderableType] = [links_table(rows_from_telemetry(plan, state), title=title)]
+    nodes = _node_line(plan, state, components)
+    if nodes is not None:
+        parts.append(nodes)
+    for event in list(state.relay_events)[-5:]:
+        parts.append(Text(f"relay {event.get('node')}: {relay_text(event)}"))
     for event in list(state.events)[-5:]:
         details = " ".join(
             f"{k}={v}" for k, v in event.items() if k not in ("schema", "node", "event", "ts")
@@ -195,30 +286,63 @@ def telemetry_view(plan: NetworkPlan, state: TelemetryState) -> list[RenderableT
     return parts
 
 
-def nodes_table(plan: NetworkPlan, info: DeploymentInfo) -> Table:
+def component_state(component: ComponentState, unreachable: bool = False) -> str:
+    """What a node's (or the broker's) state column says: 'crashed (killed by SIGKILL)', or
+    'unreachable' for a running node that did not answer."""
+    if unreachable and component.state == "running":
+        return "unreachable (runs, does not answer)"
+    return component.describe()
+
+
+def component_age(component: ComponentState, now: float | None = None) -> str:
+    """'up 5 min' for what runs or is paused, '2 min ago' for what ended, '-' when unknown."""
+    if component.since is None:
+        return "-"
+    age = format_age((now or time.time()) - component.since)
+    return f"up {age}" if component.live else f"{age} ago"
+
+
+def nodes_table(
+    plan: NetworkPlan, info: DeploymentInfo, unreachable: Collection[str] = ()
+) -> Table:
     table = Table(title=f"{plan.name} ({info.runtime} runtime)", title_justify="left")
-    for column in ("node", "state", "pid", "address", "SAEs"):
+    for column in ("node", "state", "since", "pid", "address", "SAEs"):
         table.add_column(column)
+    now = time.time()
     for node_id, node in info.nodes.items():
         table.add_row(
             node_id,
-            node.state,
+            _styled(component_state(node, node_id in unreachable), node.state),
+            component_age(node, now),
             str(node.pid or "-"),
             node.address,
             ", ".join(plan.nodes[node_id].saes) or "-",
         )
     if info.broker is not None:
+        broker = info.broker
         table.add_row(
-            "(broker)", info.broker.state, str(info.broker.pid or "-"), info.broker.address, ""
+            "(broker)",
+            _styled(component_state(broker), broker.state),
+            component_age(broker, now),
+            str(broker.pid or "-"),
+            broker.address,
+            "",
         )
     return table
+
+
+_STATE_STYLE = {"running": "green", "paused": "yellow", "stopped": "dim", "crashed": "red"}
+
+
+def _styled(text: str, state: str) -> Text:
+    return Text(text, style=_STATE_STYLE.get(state, "") if "unreachable" not in text else "red")
 
 
 def _saes_json(plan: NetworkPlan, node_id: str) -> dict[str, dict[str, str]]:
     """SAE ID -> the absolute paths of its client certificate, private key and the CA."""
     saes = {}
     for sae in plan.nodes[node_id].saes:
-        paths = sae_credentials(plan, sae)
+        paths = plan.sae_credentials(sae)
         saes[sae] = {
             "certificate": str(paths.cert.absolute()),
             "private_key": str(paths.key.absolute()),
@@ -227,12 +351,16 @@ def _saes_json(plan: NetworkPlan, node_id: str) -> dict[str, dict[str, str]]:
     return saes
 
 
-def nodes_json(plan: NetworkPlan, info: DeploymentInfo) -> list[dict[str, Any]]:
+def nodes_json(
+    plan: NetworkPlan, info: DeploymentInfo, unreachable: Collection[str] = ()
+) -> list[dict[str, Any]]:
     """Every node for `--json`: state, addresses, its KME (ETSI GS QKD 014) and SAE credentials.
 
     `kme_id` is what the node's KME reports as source_KME_ID; `key_api_url` the ETSI 014 base
     URL (None when the node serves no SAE); `saes` maps each SAE it serves to the files an
-    application needs to call that API as the SAE.
+    application needs to call that API as the SAE. `state` is running, paused, stopped,
+    crashed (`detail` says how) or unreachable (running, but it did not answer); `since` when
+    it started or ended (seconds since the epoch).
     """
     nodes = []
     for node_id, node in info.nodes.items():
@@ -240,11 +368,17 @@ def nodes_json(plan: NetworkPlan, info: DeploymentInfo) -> list[dict[str, Any]]:
         nodes.append(
             {
                 "node": node_id,
-                "state": node.state,
+                "state": (
+                    "unreachable"
+                    if node_id in unreachable and node.state == "running"
+                    else node.state
+                ),
+                "detail": node.detail,
+                "since": node.since,
                 "pid": node.pid,
                 "address": node.address,
                 "kme_id": node_id,
-                "key_api_url": f"{url}{API_PREFIX}" if url else None,
+                "key_api_url": f"{url}{KEY_API_PREFIX}" if url else None,
                 "saes": _saes_json(plan, node_id),
                 "config": str(plan.nodes[node_id].config_path),
                 "log": str(plan.nodes[node_id].log_path),

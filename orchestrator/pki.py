@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from qkdnet.node.authentication import PreSharedSecret
 from qkdnet.node.file_modes import private_dir, write_private
 from qkdnet.node.identity import (
     BROKER_NAME,
@@ -55,6 +54,8 @@ _CLIENT_ROLES = frozenset({Role.NODE, Role.SAE, Role.CONTROLLER})  # and for TLS
 
 def write_psk(path: Path, pads_per_direction: int = 4096) -> None:
     """A fresh pre-shared authentication secret for one link."""
+    from qkdnet.node.authentication import PreSharedSecret  # numpy, protobuf: only here
+
     write_private(path, PreSharedSecret.generate(pads_per_direction).to_bytes())
 
 

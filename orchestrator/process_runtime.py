@@ -27,7 +27,10 @@ from typing import Any
 from qkdnet.node.config import parse_address
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.file_modes import open_private_log, private_dir, write_private
+from qkdnet.node.reaper import exit_record_path, read_exit_record
 
+from . import node_faults
+from .faults import FAULTS_FILE, FaultRecord, FaultReport, Impairment
 from .network_plan import NodePlan
 from .runtime import (
     BROKER,
@@ -36,7 +39,9 @@ from .runtime import (
     DeploymentInfo,
     DestroyReport,
     Runtime,
+    State,
     UnknownComponent,
+    ended,
 )
 
 __all__ = ["LABEL_ENV", "ProcessRuntime", "labelled_processes", "process_start_time"]
@@ -94,6 +99,18 @@ def labelled_processes(state_dir: Path) -> list[int]:
     return found
 
 
+def _epoch_of(start_ticks: int | None) -> float | None:
+    """Seconds since the epoch of a kernel start time (clock ticks after boot)."""
+    if start_ticks is None:
+        return None
+    try:
+        with open("/proc/stat") as stat:
+            boot = next(int(line.split()[1]) for line in stat if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _last_line(path: Path) -> str:
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
@@ -142,12 +159,25 @@ class ProcessRuntime(Runtime):
             broker = self._state(BROKER, self.plan.broker_address, record.get("broker"))
         return self._deployment_info(nodes, broker)
 
+    def _exit_record_path(self, name: str) -> Path:
+        if name == BROKER:
+            return self.plan.broker_dir / "exit.json"
+        return exit_record_path(self.plan.nodes[name].config_path)
+
     def _state(self, name: str, address: str, entry: dict[str, Any] | None) -> ComponentState:
-        if not self._alive(entry):
-            return ComponentState(name, "stopped", address)
-        assert entry is not None
-        pid = int(entry["pid"])
-        return ComponentState(name, "paused" if _stopped(pid) else "running", address, pid)
+        if not entry:
+            return ComponentState(name, "stopped", address, detail="not started")
+        pid, start = int(entry["pid"]), entry.get("start")
+        if self._alive(entry):
+            state: State = "paused" if _stopped(pid) else "running"
+            return ComponentState(name, state, address, pid, since=_epoch_of(start))
+        record = read_exit_record(self._exit_record_path(name), pid, start)
+        if record is None:
+            return ComponentState(
+                name, "crashed", address, pid, detail="ended without an exit record"
+            )
+        state, detail = ended(code=record.get("exit_code"), signal_number=record.get("signal"))
+        return ComponentState(name, state, address, pid, detail=detail, since=record.get("at"))
 
     def _node(self, name: str) -> NodePlan:
         node = self.plan.nodes.get(name)
@@ -158,18 +188,22 @@ class ProcessRuntime(Runtime):
 
     # -- deploy --------------------------------------------------------------------------------
 
-    def deploy(self, timeout: float = 120.0) -> DeploymentInfo:
-        if labelled_processes(self.plan.state_dir) or self.inspect().running:
+    def _deploy(self, timeout: float) -> DeploymentInfo:
+        if labelled_processes(self.plan.state_dir):
             raise ConfigError(
-                f"{self.plan.name} is already deployed (state in {self.plan.state_dir}); "
-                "run qkdnet destroy first"
+                f"processes of {self.plan.name} are still running (state in "
+                f"{self.plan.state_dir}); run qkdnet destroy --name {self.plan.name} first"
             )
         addresses = [a for node in self.plan.nodes.values() for a in node.listen_addresses()]
         if self.plan.external_broker is None:
             addresses.append(self.plan.broker_address)
         for address in addresses:
-            _check_free(address)
+            _check_free(address, self.plan.network_cidr)
+        for name in [BROKER, *self.plan.nodes]:  # records of a previous run say nothing now
+            with contextlib.suppress(KeyError):
+                self._exit_record_path(name).unlink(missing_ok=True)
         private_dir(self.plan.state_dir)
+        (self.plan.state_dir / FAULTS_FILE).unlink(missing_ok=True)  # a new network: no fault
         pki = self.plan.provision_pki()
         self.emit("pki_ready", self.plan.name, str(self.plan.pki_dir))
         self.plan.write_node_configs(pki)
@@ -207,7 +241,10 @@ class ProcessRuntime(Runtime):
                     str(self.plan.broker_dir / "access.json"),
                     "--trust-domain",
                     self.plan.trust_domain,
+                    *self._log_options(log_path),
                     "--detach",
+                    "--exit-record",
+                    str(self._exit_record_path(BROKER)),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -235,10 +272,16 @@ class ProcessRuntime(Runtime):
             time.sleep(_POLL)
         self.emit("broker_started", BROKER, self.plan.broker_address)
 
+    def _log_options(self, log: Path | None = None) -> list[str]:
+        """The topology's log rotation (and `--log LOG`), as the broker and launcher take it."""
+        logs = self.plan.topology.logs
+        rotation = ["--log-max-bytes", str(logs.max_bytes), "--log-files", str(logs.files)]
+        return rotation if log is None else ["--log", str(log), *rotation]
+
     def _launch(self, nodes: list[NodePlan]) -> None:
         """Fork the nodes from one launcher and record their PIDs as they appear."""
         by_config = {str(node.config_path): node for node in nodes}
-        args = [sys.executable, "-m", "qkdnet.node.launcher"]
+        args = [sys.executable, "-m", "qkdnet.node.launcher", *self._log_options()]
         for node in nodes:
             (node.state_dir / "ready.json").unlink(missing_ok=True)
             args += ["--node", str(node.config_path), str(node.log_path)]
@@ -302,9 +345,10 @@ class ProcessRuntime(Runtime):
         if self._alive(record["nodes"].get(name)):
             return
         for address in node.listen_addresses():
-            _check_free(address)
+            _check_free(address, self.plan.network_cidr)
         self._launch([node])
         self._wait_ready([node], timeout)
+        node_faults.sync_runtime(self, [name])  # its faults, as a cut fibre stays cut
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         self._signal(name, signal.SIGTERM, timeout)
@@ -338,6 +382,8 @@ class ProcessRuntime(Runtime):
 
     def unpause(self, name: str) -> None:
         self._freeze(name, signal.SIGCONT, "unpaused")
+        if name != BROKER:
+            node_faults.sync_runtime(self, [name])  # what changed while it was frozen
 
     def _freeze(self, name: str, sig: signal.Signals, event: str) -> None:
         entry = self._entry(name)
@@ -353,72 +399,160 @@ class ProcessRuntime(Runtime):
             time.sleep(_POLL)
         self.emit(event, name, sig.name)
 
+    # Every node shares this host's network namespace, so the nodes cut links and shape their
+    # traffic themselves, told over NodeControl (node_faults.py, qkdnet.node.peer_faults).
+
+    def cut_link(self, a: str, b: str) -> None:
+        pair = self.check_link(a, b)
+        record = FaultRecord.load(self.plan.state_dir)
+        record.cuts.add(pair)
+        record.save(self.plan.state_dir)
+        # Each end keeps the cut on its own, so one end that is told cuts it both ways; a node
+        # that is paused or stopped gets it when it comes back.
+        applied = node_faults.sync_runtime(self, pair, record)
+        if not applied:
+            raise QkdnetError(f"neither {a} nor {b} is running: the cut applies once one starts")
+        self.emit("link_cut", f"{a}--{b}", ", ".join(applied))
+
+    def restore_link(self, a: str, b: str) -> None:
+        pair = self.check_link(a, b)
+        record = FaultRecord.load(self.plan.state_dir)
+        record.cuts.discard(pair)
+        record.save(self.plan.state_dir)
+        node_faults.sync_runtime(self, pair, record)
+        self.emit("link_restored", f"{a}--{b}")
+
+    def set_impairment(self, node: str, impairment: Impairment) -> None:
+        self._node(node)
+        state = self.inspect().nodes[node].state
+        if state != "running":
+            raise QkdnetError(
+                f"{node} is {state}" + (": unpause it first" if state == "paused" else "")
+            )
+        record = FaultRecord.load(self.plan.state_dir)
+        if impairment.is_none:
+            record.impairments.pop(node, None)
+        else:
+            record.impairments[node] = impairment
+        record.save(self.plan.state_dir)
+        node_faults.sync_runtime(self, [node], record)
+        self.emit("impairment_set", node, impairment.describe())
+
+    def faults(self) -> FaultReport:
+        """Paused nodes (and broker), and what the running nodes hold; a node that is not
+        running is reported with what it gets when it starts."""
+        return node_faults.report(self, self.inspect(), FaultRecord.load(self.plan.state_dir))
+
     # -- destroy -------------------------------------------------------------------------------
 
     def _stop_all(self, grace: float) -> tuple[list[str], list[str]]:
+        """Stop every process of the deployment; (stopped, killed) by name.
+
+        Nodes first, the broker last (a node says "stopped" through it on its way out), then
+        whatever else carries the deployment's label (reapers, which leave with their last
+        child, and anything the record missed). Each is asked with SIGTERM, killed with SIGKILL
+        after `grace` seconds, and waited for until the kernel has let it go, identified by
+        PID and start time throughout.
+        """
         record = self._load()
         targets: dict[str, tuple[int, int]] = {}
         for node_id, entry in record["nodes"].items():
             if self._alive(entry):
                 targets[node_id] = (int(entry["pid"]), int(entry["start"]))
+        broker: dict[str, tuple[int, int]] = {}
         if self._alive(record.get("broker")):
-            targets[BROKER] = (int(record["broker"]["pid"]), int(record["broker"]["start"]))
-        known = {pid for pid, _ in targets.values()}
-        for pid in labelled_processes(self.plan.state_dir):
-            start = process_start_time(pid)
-            if pid not in known and pid != os.getpid() and start is not None:
-                targets[f"pid {pid}"] = (pid, start)
-        # Nodes first, the broker last: a node says "stopped" through it on its way out.
-        broker = {BROKER: targets.pop(BROKER)} if BROKER in targets else {}
+            broker[BROKER] = (int(record["broker"]["pid"]), int(record["broker"]["start"]))
         killed = _terminate(targets, signal.SIGTERM, grace)
         killed += _terminate(broker, signal.SIGTERM, grace)
-        return sorted(set(targets) - set(killed)) + list(broker.keys() - set(killed)), killed
+        stopped = sorted(set(targets) - set(killed)) + sorted(set(broker) - set(killed))
+        # Reapers and supervisors leave by themselves once their children are gone.
+        deadline = time.monotonic() + 2.0
+        while (left := self._unrecorded()) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+        if left:
+            names = {f"pid {pid}": (pid, start) for pid, start in left.items()}
+            killed_left = _terminate(names, signal.SIGTERM, grace)
+            killed += killed_left
+            stopped += sorted(set(names) - set(killed_left))
+        return stopped, killed
 
-    def destroy(self, keep_state: bool = False) -> DestroyReport:
+    def _unrecorded(self) -> dict[int, int]:
+        """Live processes with the deployment's label, other than this one: PID -> start."""
+        found = {}
+        for pid in labelled_processes(self.plan.state_dir):
+            start = process_start_time(pid)
+            if pid != os.getpid() and start is not None:
+                found[pid] = start
+        return found
+
+    def _destroy(self, keep_state: bool) -> DestroyReport:
         stopped, killed = self._stop_all(grace=10.0)
         for name in [*stopped, *killed]:
             self.emit("stopped", name)
         removed = False
         if not keep_state and self.plan.state_dir.exists():
-            shutil.rmtree(self.plan.state_dir)
+            # Another destroy may be removing it at the same time: what is gone is gone.
+            shutil.rmtree(self.plan.state_dir, onerror=_ignore_missing)
             removed = True
         elif self._record_path.exists():
             self._save({"nodes": {}, "broker": None})
         return DestroyReport(stopped=stopped, killed=killed, state_removed=removed)
 
 
-def _check_free(address: str) -> None:
-    """ConfigError when something already listens on `address`."""
+def _check_free(address: str, block: str) -> None:
+    """ConfigError when something already listens on `address` (in the deployment's `block`)."""
     host, port = parse_address(address)
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot listen on {address}: {exc.strerror}. Something that is not a "
+                f"registered qkdnet deployment uses {block}; choose another block with "
+                "--subnet (or subnet: in the topology)"
+            ) from None
+
+
+def _ignore_missing(function: Any, path: str, error: tuple[type, BaseException, Any]) -> None:
+    if not isinstance(error[1], FileNotFoundError):
+        raise error[1]
+
+
+# How long a process may take to vanish after SIGKILL: the kernel frees a big process's memory
+# before it goes, which takes seconds on a loaded machine.
+_KILL_WAIT_S = 60.0
 
 
 def _terminate(targets: dict[str, tuple[int, int]], sig: signal.Signals, grace: float) -> list[str]:
-    """Send `sig` to every (pid, start time); SIGKILL what is left after `grace` seconds.
+    """Send `sig` to every (pid, start time); SIGKILL what is left after `grace` seconds, and
+    wait until every one is gone (QkdnetError naming those still there after a minute).
 
     Returns the names that needed SIGKILL. A PID whose start time changed is someone else's.
     """
+
+    def alive() -> dict[str, tuple[int, int]]:
+        return {n: t for n, t in targets.items() if process_start_time(t[0]) == t[1]}
+
     for pid, start in targets.values():
         if process_start_time(pid) == start:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
                 os.kill(pid, signal.SIGCONT)  # a paused process handles SIGTERM only once resumed
     deadline = time.monotonic() + grace
-    killed: list[str] = []
-    while True:
-        left = {n: t for n, t in targets.items() if process_start_time(t[0]) == t[1]}
-        if not left or (killed and time.monotonic() > deadline):
-            return killed
-        if not killed and time.monotonic() > deadline:
-            for name, (pid, _) in left.items():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                if name not in killed:
-                    killed.append(name)
-            deadline = time.monotonic() + 5.0
+    while (left := alive()) and time.monotonic() < deadline:
         time.sleep(_POLL)
+    killed = sorted(left)
+    for pid, start in left.values():
+        if process_start_time(pid) == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + _KILL_WAIT_S
+    while (left := alive()) and time.monotonic() < deadline:
+        time.sleep(_POLL)
+    if left:
+        raise QkdnetError(
+            "still running a minute after SIGKILL: "
+            + ", ".join(f"{name} (pid {pid})" for name, (pid, _) in sorted(left.items()))
+        )
+    return killed

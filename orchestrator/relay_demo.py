@@ -30,6 +30,7 @@ from rich.table import Table
 
 from qkdnet.node.errors import ConfigError
 
+from .console_output import Progress
 from .key_client import KeyApiClient, KeyApiError, node_of_sae
 from .network_commands import wait_for_key
 from .network_demo import bundled_example
@@ -283,7 +284,7 @@ async def _relay_keys(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        with console.status("waiting for key on every link") as status:
+        with Progress(console, "waiting for key on every link") as status:
 
             def show(snapshot: NetworkSnapshot) -> None:
                 done = sum(link.has_key for link in snapshot.links)
@@ -361,7 +362,7 @@ def run_relay_demo(opts: RelayDemoOptions, console: Console) -> int:
     try:
         if owned:
             started = time.monotonic()
-            with console.status(f"deploying {plan.name}: PKI, broker, {len(plan.nodes)} nodes"):
+            with Progress(console, f"deploying {plan.name}: PKI, broker, {len(plan.nodes)} nodes"):
                 runtime.deploy()
             master_node = node_of_sae(plan, master).node_id
             slave_node = node_of_sae(plan, slave).node_id
@@ -373,7 +374,7 @@ def run_relay_demo(opts: RelayDemoOptions, console: Console) -> int:
         asyncio.run(_relay_keys(plan, opts, stats, console))
     finally:
         if owned:
-            with console.status(f"destroying {plan.name}"):
+            with Progress(console, f"destroying {plan.name}"):
                 runtime.destroy()
     _summary(stats, console)
     if owned:

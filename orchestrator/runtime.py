@@ -10,15 +10,18 @@ inspect or destroy what a crashed one started.
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from qkdnet.node.errors import QkdnetError
+from qkdnet.node.errors import ConfigError, QkdnetError
+from qkdnet.node.file_modes import private_dir, write_private
 
 from .faults import FaultReport, FaultUnsupported, Impairment, link_pair
 from .network_plan import NetworkPlan
+from .registry import Registry
 
 __all__ = [
     "BROKER",
@@ -28,20 +31,22 @@ __all__ = [
     "DestroyReport",
     "Runtime",
     "RuntimeEvent",
+    "State",
     "UnknownComponent",
+    "ended",
     "runtime_for",
 ]
 
 BROKER = "@broker"  # the embedded broker, for start/stop/kill/restart ('@' is not in node IDs)
 
-State = Literal["running", "paused", "stopped"]
+State = Literal["running", "paused", "stopped", "crashed"]
 
 
 class DeployError(QkdnetError):
     """A deployment could not be started (a node exited, a port is taken, a timeout)."""
 
 
-class UnknownComponent(QkdnetError):
+class UnknownComponent(ConfigError):
     """No node (or broker) of that name in the deployment."""
 
 
@@ -59,12 +64,50 @@ EventSink = Callable[[RuntimeEvent], None]
 
 @dataclass(frozen=True)
 class ComponentState:
-    """A node or the broker as the runtime sees it now."""
+    """A node or the broker as the runtime sees it now.
+
+    `state`: running, paused (frozen: SIGSTOP or docker pause), stopped (exited cleanly, or
+    never started) or crashed (`detail` says how: "killed by SIGKILL", "exit status 1").
+    `since`: when it started (running, paused) or ended (stopped, crashed), in seconds since
+    the epoch, when known.
+    """
 
     name: str
     state: State
     address: str
     pid: int | None = None
+    detail: str = ""
+    since: float | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether it is running or paused (a process or container exists)."""
+        return self.state in ("running", "paused")
+
+    def describe(self) -> str:
+        """'crashed (killed by SIGKILL)' or 'running'."""
+        return f"{self.state} ({self.detail})" if self.detail else self.state
+
+
+def ended(*, code: int | None = None, signal_number: int | None = None) -> tuple[State, str]:
+    """How a node or the broker ended, from its exit status or the signal that killed it.
+
+    Exit status 0, or death by SIGTERM or SIGINT (what stop sends), is "stopped"; anything
+    else is "crashed", with what happened. Container runtimes report death by signal N as exit
+    status 128 + N."""
+    if signal_number is None and code is not None and code > 128:
+        signal_number = code - 128
+    if signal_number is not None:
+        try:
+            name = signal.Signals(signal_number).name
+        except ValueError:
+            name = f"signal {signal_number}"
+        if signal_number in (signal.SIGTERM, signal.SIGINT):
+            return "stopped", name
+        return "crashed", f"killed by {name}"
+    if not code:
+        return "stopped", ""
+    return "crashed", f"exit status {code}"
 
 
 @dataclass(frozen=True)
@@ -82,7 +125,7 @@ class DeploymentInfo:
     def running(self) -> bool:
         """Whether anything of the deployment is still running."""
         parts = [*self.nodes.values(), *([self.broker] if self.broker else [])]
-        return any(part.state != "stopped" for part in parts)
+        return any(part.live for part in parts)
 
 
 @dataclass(frozen=True)
@@ -119,16 +162,54 @@ class Runtime(ABC):
             nodes=nodes,
         )
 
-    @abstractmethod
     def deploy(self, timeout: float = 120.0) -> DeploymentInfo:
-        """Create the PKI and configurations, start the broker and every node, wait for them.
+        """Register the deployment (its name and address block, registry.py), create the PKI
+        and configurations, start the broker and every node, wait for them.
 
-        Raises DeployError (after stopping whatever it started) when that fails.
+        Raises DeployError (after stopping whatever it started and releasing a registration it
+        made) when that fails; the state directory is kept, with the logs.
         """
+        registry = Registry()
+        with registry.deployment_lock(self.plan.name):
+            return self._deploy_registered(registry, timeout)
+
+    def _deploy_registered(self, registry: Registry, timeout: float) -> DeploymentInfo:
+        plan = self.plan
+        if self.inspect().running:
+            raise ConfigError(
+                f"{plan.name} is already deployed (state in {plan.state_dir}); "
+                f"run qkdnet destroy --name {plan.name} first"
+            )
+        new = registry.get(plan.name) is None
+        registry.claim(
+            plan.name, plan.state_dir, self.name, plan.source or plan.state_dir, plan.subnet
+        )
+        try:
+            private_dir(plan.state_dir)
+            if plan.source is not None and plan.source != plan.state_dir / "topology.yaml":
+                write_private(plan.state_dir / "topology.yaml", plan.source.read_bytes())
+            return self._deploy(timeout)
+        except BaseException:
+            if new:
+                registry.release(plan.name, plan.state_dir)
+            raise
 
     @abstractmethod
+    def _deploy(self, timeout: float) -> DeploymentInfo:
+        """What `deploy` does once the deployment is registered."""
+
     def destroy(self, keep_state: bool = False) -> DestroyReport:
-        """Stop everything of the deployment; remove its state unless `keep_state`."""
+        """Stop everything of the deployment; remove its state unless `keep_state`; release
+        its registration (name and address block)."""
+        registry = Registry()
+        with registry.deployment_lock(self.plan.name):
+            report = self._destroy(keep_state)
+            registry.release(self.plan.name, self.plan.state_dir)
+        return report
+
+    @abstractmethod
+    def _destroy(self, keep_state: bool) -> DestroyReport:
+        """What `destroy` does before the registration is released."""
 
     @abstractmethod
     def inspect(self) -> DeploymentInfo:
@@ -183,6 +264,12 @@ class Runtime(ABC):
             f"the {self.name} runtime runs every node in this host's network namespace, so it "
             "cannot cut links or impair interfaces; deploy with --runtime docker"
         )
+
+    def check_node(self, name: str) -> None:
+        """UnknownComponent (a user error) when the deployment has no node `name`."""
+        if name not in self.plan.nodes:
+            known = ", ".join(self.plan.nodes)
+            raise UnknownComponent(f"no node {name!r} in {self.plan.name} (nodes: {known})")
 
     def check_link(self, a: str, b: str) -> tuple[str, str]:
         """The canonical pair of a link of the topology (UnknownComponent when there is none)."""

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import ssl
+import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ _STATS_OPTIONAL: dict[str, Any] = {
         for name in (
             "qber",
             "sample_qber",
+            "last_sample_qber",
             "model_qber",
             "sifted_rate_bps",
             "secret_rate_bps",
@@ -75,7 +77,7 @@ _STATS_OPTIONAL: dict[str, Any] = {
         )
     },
 }
-_LINK_STATES = ("connecting", "running", "backoff", "waiting", "stopped")
+_LINK_STATES = ("connecting", "running", "backoff", "waiting", "stopped", "cut")
 _STORE_REQUIRED = {"schema": int, "link": str, "node": str}
 _STORE_OPTIONAL: dict[str, Any] = {
     "bits": int,
@@ -210,6 +212,14 @@ class TelemetryState:
     rejected: Counter[str] = field(default_factory=Counter)
     known_nodes: frozenset[str] | None = None
     known_links: frozenset[str] | None = None
+    # The newest message kept: (kind, payload); kind is "status", "events", "relay", "stats"
+    # or "store".
+    last: tuple[str, dict[str, Any]] | None = None
+    # Why the newest refused message was refused.
+    last_refused: str = ""
+    # When the newest status of a node ("node", id) or stats of a link ("link", id) arrived,
+    # in seconds since the epoch.
+    received: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def apply(self, prefix: str, topic: str, payload: bytes) -> None:
         """Take one message of the tree under `prefix` (an empty payload clears a retained
@@ -220,18 +230,21 @@ class TelemetryState:
         if not payload:
             return
         if len(payload) > MAX_PAYLOAD_BYTES:
-            self.rejected["larger than 64 KiB"] += 1
+            self._refuse("larger than 64 KiB")
             return
         try:
             data = json.loads(payload)
             kind = check_payload(parts, data, self.known_nodes, self.known_links)
         except BadPayload as exc:
-            self.rejected[str(exc)] += 1
+            self._refuse(str(exc))
             return
         except (ValueError, RecursionError):  # not JSON, not UTF-8, a 5000-digit number
-            self.rejected["not JSON"] += 1
+            self._refuse("not JSON")
             return
         self.messages += 1
+        self.last = (kind, data)
+        if kind in ("status", "stats"):
+            self.received[(parts[0], parts[1])] = time.time()
         if kind == "status":
             self.nodes[parts[1]] = data
         elif kind == "events":
@@ -242,6 +255,10 @@ class TelemetryState:
             self.links[parts[1]] = data
         else:
             self.stores[(parts[1], parts[3])] = data
+
+    def _refuse(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        self.last_refused = reason
 
     @property
     def rejected_total(self) -> int:

@@ -3,6 +3,7 @@
 ```yaml
 name: chain5                 # names the deployment (state directory, telemetry topics)
 runtime: process             # where nodes run: process (default) or docker (containers)
+subnet: 127.42.0.0/16        # optional: the address block (default: a free one, see registry.py)
 defaults:                    # link parameters every link starts from
   pulse_rate_hz: 1.0e9
   speedup: 10
@@ -21,6 +22,9 @@ key_delivery:                # optional: how the KMEs deliver keys (these are th
   pool_keys: 256             # keys relayed ahead of demand per SAE pair
   multipath: false           # XOR shares over node-disjoint routes
   key_ttl_s: 600             # a slave SAE has this long to fetch a key, then it is discarded
+logs:                        # optional: size-rotated logs of the nodes and the broker (defaults)
+  max_mb: 10                 # a log file is rotated when it reaches this size
+  files: 3                   # files kept per log, the current one included
 ```
 
 Node IDs, SAE IDs and the names the control plane keeps for itself (`orchestrator`, `broker`)
@@ -29,13 +33,19 @@ a clash would let an application's certificate speak for a node or for the contr
 
 `load_topology(path)` validates the file into typed models. Every problem is reported as
 `FILE:LINE: field.path: message`, and the loader refuses duplicate keys (YAML itself would keep
-the last one silently). `topology_json_schema()` is the JSON schema editors can use.
+the last one silently) and unknown fields (naming the closest known one). It also refuses what
+is well-formed but cannot work: a link on which the analytic model (`node/channel_model.py`)
+distils no key with the link's parameters (the message gives the model's cut-off length), and
+an SAE that no other SAE can reach (no other SAE on its node or on any node linked to it,
+directly or through relays). `topology_json_schema()` is the JSON schema editors can use.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,6 +61,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from qkdnet.node.channel_model import max_distance, model_figures
 from qkdnet.node.config import ChannelConfig, ProcessingConfig
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.identity import RESERVED_NAMES
@@ -58,6 +69,7 @@ from qkdnet.node.identity import RESERVED_NAMES
 __all__ = [
     "KeyDeliverySpec",
     "LinkSpec",
+    "LogSpec",
     "NodeSpec",
     "ResolvedLink",
     "TelemetrySpec",
@@ -156,6 +168,27 @@ class KeyDeliverySpec(BaseModel):
     )
 
 
+class LogSpec(BaseModel):
+    """Size-rotated logs: every node's log and the embedded broker's (process runtime)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_mb: float = Field(
+        10.0, ge=0.1, le=100_000.0, description="a log file is rotated when it reaches this size"
+    )
+    files: int = Field(
+        3,
+        ge=2,
+        le=100,
+        description="files kept per log, the current one included (the oldest is deleted)",
+    )
+
+    @property
+    def max_bytes(self) -> int:
+        """`max_mb` in bytes (MB = 10^6 bytes)."""
+        return int(self.max_mb * 1_000_000)
+
+
 class Topology(BaseModel):
     """A whole network."""
 
@@ -167,11 +200,18 @@ class Topology(BaseModel):
         description="where nodes run: process (local processes, the default) or docker "
         "(a container per node; images from `qkdnet image build`)",
     )
+    subnet: str | None = Field(
+        None,
+        description="the deployment's address block, a /16: 127.X.0.0/16 on the process runtime, "
+        "10.X.0.0/16 on docker (X in 1..254); default: the lowest block no other deployment on "
+        "this machine holds",
+    )
     defaults: LinkParameters = Field(default_factory=LinkParameters)
     nodes: dict[Identifier, NodeSpec] = Field(min_length=1)
     links: list[LinkSpec] = Field(default_factory=list)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     key_delivery: KeyDeliverySpec = Field(default_factory=KeyDeliverySpec)
+    logs: LogSpec = Field(default_factory=LogSpec)
 
     @model_validator(mode="after")
     def _check_graph(self) -> Topology:
@@ -260,6 +300,122 @@ class ResolvedLink:
     processing: ProcessingConfig
 
 
+# -- what is well-formed but cannot work ------------------------------------------------------
+
+# The reconciliation efficiency a link assumes when it decides that a frame can yield no key
+# (its early abort, `_EARLY_ABORT_F` in node/link.py): where the model gives no key at this
+# efficiency, every frame of the link is aborted.
+_NO_KEY_EFFICIENCY = 1.1
+
+
+def _unworkable(topology: Topology, links: list[ResolvedLink]) -> list[_PathError]:
+    """Every link that distils no key and every SAE that no other SAE can reach."""
+    return [*_links_without_key(links), *_unreachable_saes(topology)]
+
+
+def _links_without_key(links: list[ResolvedLink]) -> list[_PathError]:
+    """Links whose model secret key rate is zero, each with the model's cut-off length.
+
+    The model is closed-form: a fraction of a millisecond a link (the cut-off, searched only
+    for a link that is refused, takes a few milliseconds more)."""
+    problems = []
+    for link in links:
+        params = link.channel.parameters()
+        sample = link.processing.pe_sample_fraction
+        figures = model_figures(params, _NO_KEY_EFFICIENCY, pe_sample_fraction=sample)
+        if figures.secret_per_pulse > 0.0:
+            continue
+        a, b = link.endpoints
+        length = link.channel.length_km
+        what = f"link {a}--{b} of {length:g} km yields no key"
+        cutoff = max_distance(
+            params,
+            _NO_KEY_EFFICIENCY,
+            decoy=params.decoy,
+            practical=True,
+            optimize_mu=not params.decoy and link.channel.mu is None,
+        )
+        if 0.0 < cutoff < length:
+            hops = math.floor(length / cutoff) + 1
+            problems.append(
+                _PathError(
+                    ("links", link.index, "length_km"),
+                    f"{what}: with these parameters the model's secret key rate falls to zero "
+                    f"beyond {cutoff:.1f} km; shorten the link (or relay through trusted nodes: "
+                    f"{hops} links of {length / hops:.4g} km), or give it better parameters "
+                    "(fiber_loss_db_per_km, detector_efficiency, dark_count_yield)",
+                )
+            )
+            continue
+        problems.append(_PathError(("links", link.index), f"{what}: {_why_no_key(link)}"))
+    return problems
+
+
+def _why_no_key(link: ResolvedLink) -> str:
+    """Why a link makes no key even at 0 km, and what to change."""
+    channel = link.channel
+    if not channel.decoy and channel.mu is not None:
+        return (
+            f"without decoys the multi-photon pulses of mu = {channel.mu:g} leave no key at any "
+            "length (GLLP); leave mu unset (the node then picks the best one for the length) or "
+            "turn decoy on"
+        )
+    qber = model_figures(replace(channel.parameters(), length_km=0.0), _NO_KEY_EFFICIENCY).e_mu
+    fixes = ["misalignment_error", "dark_count_yield"]
+    if channel.eavesdrop_fraction > 0.0:
+        fixes.insert(0, "eavesdrop_fraction")
+    return (
+        "with these parameters the model's secret key rate is zero at any length (expected "
+        f"QBER {qber:.1%} even at 0 km, where one-way post-processing needs under about 11 %); "
+        f"lower {' or '.join(fixes)}"
+    )
+
+
+def _unreachable_saes(topology: Topology) -> list[_PathError]:
+    """SAEs on nodes whose part of the network (nodes linked directly or through relays)
+    holds no other SAE: nothing could ever deliver them a key."""
+    parent = {node_id: node_id for node_id in topology.nodes}
+
+    def root(node_id: str) -> str:
+        while parent[node_id] != node_id:
+            parent[node_id] = parent[parent[node_id]]
+            node_id = parent[node_id]
+        return node_id
+
+    for link in topology.links:
+        parent[root(link.endpoints[0])] = root(link.endpoints[1])
+    saes_in: dict[str, int] = {}
+    for node_id, node in topology.nodes.items():
+        saes_in[root(node_id)] = saes_in.get(root(node_id), 0) + len(node.saes)
+    total = sum(saes_in.values())
+    problems = []
+    for node_id, node in topology.nodes.items():
+        if not node.saes or saes_in[root(node_id)] > 1:
+            continue
+        others = [n for n in topology.nodes if n != node_id and root(n) == root(node_id)]
+        what = f"SAE {node.saes[0]!r} of node {node_id!r} cannot reach any other SAE"
+        if total == 1:
+            why = (
+                "it is the network's only SAE, and every key has a master and a slave SAE; "
+                "list a second SAE on a node"
+            )
+        elif not others:
+            why = (
+                f"node {node_id!r} has no link and serves no other SAE; link it to a node of "
+                f"the network (links: - {{endpoints: [{node_id}, NODE], length_km: KM}}) or "
+                "serve the SAE at a node that has links"
+            )
+        else:
+            shown = ", ".join(repr(n) for n in others[:5]) + (", ..." if len(others) > 5 else "")
+            why = (
+                f"no node linked to {node_id!r}, directly or through relays ({shown}), serves an "
+                "SAE; link this part of the network to a node that serves one, or list an SAE "
+                "on one of its nodes"
+            )
+        problems.append(_PathError(("nodes", node_id, "saes"), f"{what}: {why}"))
+    return problems
+
+
 _OTHER = "\x00other"  # where a message names the other field of a clash
 
 
@@ -335,6 +491,38 @@ def _dotted(path: Path_) -> str:
     return out or "(top level)"
 
 
+def _model_at(path: Path_) -> type[BaseModel] | None:
+    """The model that validates the mapping at `path` of a topology file (None: not one)."""
+    if not path:
+        return Topology
+    if len(path) == 1:
+        sections: dict[str | int, type[BaseModel]] = {
+            "defaults": LinkParameters,
+            "telemetry": TelemetrySpec,
+            "key_delivery": KeyDeliverySpec,
+            "logs": LogSpec,
+        }
+        return sections.get(path[0])
+    if len(path) == 2:
+        items: dict[str | int, type[BaseModel]] = {"links": LinkSpec, "nodes": NodeSpec}
+        return items.get(path[0])
+    return None
+
+
+def _unknown_field(path: Path_) -> str:
+    """'unknown field', with the closest known field of its mapping (or all, when few)."""
+    model = _model_at(path[:-1])
+    if model is None:
+        return "unknown field"
+    known = sorted(model.model_fields)
+    close = difflib.get_close_matches(str(path[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field (did you mean {close[0]!r}?)"
+    if len(known) <= 8:
+        return f"unknown field (the fields here: {', '.join(known)})"
+    return "unknown field (`qkdnet schema` lists the fields)"
+
+
 def _line(lines: dict[Path_, int], path: Path_) -> int:
     """The line of the deepest part of `path` that exists in the file."""
     for cut in range(len(path), -1, -1):
@@ -357,7 +545,7 @@ def load_topology(path: Path) -> Topology:
         raise ConfigError(f"{path}:1: (top level): expected a mapping with name, nodes, links")
     try:
         topology = Topology.model_validate(data)
-        topology.resolved_links()
+        problems = _unworkable(topology, topology.resolved_links())
     except ValidationError as exc:
         messages = []
         for item in exc.errors():
@@ -367,14 +555,20 @@ def load_topology(path: Path) -> Topology:
             if isinstance(error, _PathError):
                 loc, message = error.path, error.located(lines)
             elif item["type"] == "extra_forbidden":
-                message = "unknown field"
+                message = _unknown_field(loc)
             elif item["type"] == "missing":
                 message = "required field missing"
             messages.append(f"{path}:{_line(lines, loc)}: {_dotted(loc)}: {message}")
         raise ConfigError("\n".join(messages)) from None
     except _PathError as exc:
+        problems = [exc]
+    if problems:
+        problems.sort(key=lambda problem: _line(lines, problem.path))
         raise ConfigError(
-            f"{path}:{_line(lines, exc.path)}: {_dotted(exc.path)}: {exc.located(lines)}"
+            "\n".join(
+                f"{path}:{_line(lines, p.path)}: {_dotted(p.path)}: {p.located(lines)}"
+                for p in problems
+            )
         ) from None
     return topology
 

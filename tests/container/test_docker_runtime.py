@@ -233,7 +233,8 @@ def test_chain5_in_containers_survives_a_killed_middle_node(
         assert before
         assert all(bits > 0 for bits, _ in before.values())
         runtime.kill(MIDDLE)
-        assert runtime.inspect().nodes[MIDDLE].state == "stopped"
+        killed = runtime.inspect().nodes[MIDDLE]
+        assert (killed.state, killed.detail) == ("crashed", "killed by SIGKILL")
         down = asyncio.run(_attempt_while_down(plan, ledger))
         print(f"while {MIDDLE} was down, enc_keys at a delivered {down} key(s)")
         runtime.start(MIDDLE, timeout=60)

@@ -1,5 +1,6 @@
 """Faults in a container deployment: pause, cut and restore a link (relay goes round the ring),
-a cut that outlives a restart of one end, and netem where the host's kernel has it."""
+a cut that outlives a restart of one end, shaping (kernel netem where the host has it, the
+nodes' own where not) and a live change of a link's quantum channel."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import aiohttp
 import grpc
 import pytest
 
+from qkdnet.node.channel_model import ChannelChange
 from qkdnet.orchestrator.cli import main
 from qkdnet.orchestrator.controller import NodeClient
-from qkdnet.orchestrator.faults import FaultUnsupported, Impairment
+from qkdnet.orchestrator.faults import FaultRecord, Impairment
 from qkdnet.orchestrator.images import ImageResult
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.network_status import NetworkStatus
@@ -63,6 +65,16 @@ async def _frames(plan: NetworkPlan, node_id: str) -> dict[str, int] | None:
     finally:
         await client.close()
     return {link.link_id: link.last_frame for link in status.links}
+
+
+async def _link_status(plan: NetworkPlan, node_id: str, link_id: str) -> Any:
+    """A link's status at one end."""
+    client = NodeClient(node_id, plan.nodes[node_id].address, plan.controller_credentials)
+    try:
+        status = await client.status()
+    finally:
+        await client.close()
+    return next(link for link in status.links if link.link_id == link_id)
 
 
 def _stands_still(plan: NetworkPlan, node_id: str, link_id: str) -> bool:
@@ -180,32 +192,46 @@ def test_cutting_what_is_not_a_link_says_so(
     ring: tuple[NetworkPlan, Runtime], capsys: pytest.CaptureFixture[str]
 ) -> None:
     plan, runtime = ring
-    assert main(["fault", "cut", *_topology_args(plan), "a", "b"]) == 1
+    assert main(["fault", "cut", *_topology_args(plan), "a", "b"]) == 2  # a user error
     assert (
         "no link between a and b in fault-ring (a has links to r1, r2)" in capsys.readouterr().err
     )
-    assert main(["fault", "cut", *_topology_args(plan), "a", "zz"]) == 1
+    assert main(["fault", "cut", *_topology_args(plan), "a", "zz"]) == 2
     assert "no node 'zz'" in capsys.readouterr().err
     assert runtime.faults().cuts == []
 
 
 def test_netem_set_replaces_show_reads_reset_clears(ring: tuple[NetworkPlan, Runtime]) -> None:
-    _, runtime = ring
-    unsupported = ""
+    plan, runtime = ring
     try:
         runtime.set_impairment("b", Impairment(loss_percent=1))
-    except FaultUnsupported as exc:
-        unsupported = str(exc)
-    if unsupported:
-        # Nothing half-done is left behind, and the reason names the missing kernel part.
-        assert "sch_netem" in unsupported
-        assert runtime.faults().impairments == {}
-        pytest.skip(f"netem cannot run here: {unsupported}")
-    try:
+        # Kernel netem where the host has sch_netem; the node's own shaping where it has not.
+        in_node = FaultRecord.load(plan.state_dir).kernel_netem is False
+        mechanism = "in-node" if in_node else "netem"
+        assert runtime.faults().mechanism == {"b": mechanism}
         runtime.set_impairment("b", Impairment(delay_ms=20, jitter_ms=5))
         assert runtime.faults().impairments == {"b": Impairment(20, 5, 0)}  # loss is gone
+        frame = asyncio.run(_frames(plan, "b"))["b--r2"]  # type: ignore[index]
+        _wait_frames_after(plan, "b--r2", frame)  # a shaped node still distils key
         runtime.restart("b")
         assert runtime.faults().impairments == {"b": Impairment(20, 5, 0)}
+        assert runtime.faults().mechanism == {"b": mechanism}
     finally:
         runtime.set_impairment("b", Impairment())
     assert runtime.faults().impairments == {}
+
+
+def test_a_link_s_quantum_channel_changes_live(ring: tuple[NetworkPlan, Runtime]) -> None:
+    plan, runtime = ring
+    change = ["a", "r2", "--extra-loss-db", "3", "--misalignment", "0.05"]
+    assert main(["fault", "link", *_topology_args(plan), *change]) == 0
+    try:
+        assert runtime.faults().channels == {
+            ("a", "r2"): ChannelChange(extra_loss_db=3, misalignment_error=0.05)
+        }
+        for node in ("a", "r2"):
+            link = asyncio.run(_link_status(plan, node, "a--r2"))
+            assert (link.extra_loss_db, link.misalignment_error) == (3, 0.05)
+    finally:
+        assert main(["fault", "link", *_topology_args(plan), "a", "r2", "--reset"]) == 0
+    assert runtime.faults().channels == {}

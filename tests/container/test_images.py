@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from qkdnet.orchestrator.images import (
     NODE_STATE_DIR,
     NODE_UID,
     ImageBuilder,
+    ImageBuildError,
+    ImageEvent,
     ImageResult,
     SourceTree,
 )
@@ -93,6 +96,77 @@ def test_node_image_runs_offline_as_an_unprivileged_user(
     probe = "import os, qkdnet.node.agent; print(os.getuid())"
     output = run(docker_engine, image, ["-c", probe], entrypoint="python")
     assert output.strip() == str(NODE_UID)
+
+
+def test_node_image_has_the_tools_of_a_user_who_execs_into_it(
+    docker_engine: Any, built_images: dict[str, ImageResult]
+) -> None:
+    # As the node's own user (docker exec's default), with no network but loopback.
+    script = "curl --version | head -n 1; ping -c 1 -W 5 127.0.0.1 | grep -c ' 0% packet loss'"
+    output = run(docker_engine, built_images["node"].reference, ["-c", script], entrypoint="sh")
+    assert output.startswith("curl "), output
+    assert output.split("\n")[1] == "1", output
+    tools = run(
+        docker_engine, built_images["node"].reference, ["-c", "ip -V; tc -V"], entrypoint="sh"
+    )
+    assert "iproute2" in tools
+    # Lean: the base grows by curl's and ping's libraries only (README: 128 MB without them).
+    assert (built_images["base"].size_bytes or 0) < 160e6
+
+
+def _failing_context(directory: Path, base: str, last_step: str) -> tuple[Path, str]:
+    """A build context whose steps commit two images, then `last_step`; its unique label."""
+    label = f"{TEST_LABEL}.build={uuid.uuid4().hex[:12]}"
+    directory.mkdir()
+    (directory / "Dockerfile").write_text(
+        f"FROM {base}\nLABEL {label}\nRUN echo made > /made\n{last_step}\n"
+    )
+    return directory, label
+
+
+def _images_labelled(client: Any, label: str) -> list[Any]:
+    return list(client.images.list(all=True, filters={"label": label}))
+
+
+def test_a_failed_build_leaves_no_image_behind(
+    docker_engine: Any,
+    built_images: dict[str, ImageResult],
+    source_tree: SourceTree,
+    tmp_path: Path,
+) -> None:
+    context, label = _failing_context(
+        tmp_path / "ctx", built_images["base"].reference, "RUN exit 3"
+    )
+    builder = ImageBuilder(source_tree, docker_engine)
+    builder.log_dir = tmp_path
+    with pytest.raises(ImageBuildError, match="RUN exit 3"):
+        builder._docker_build("broker", context, "qkdnet-test-failed:1", {}, network_mode="none")
+    assert _images_labelled(docker_engine, label) == []
+
+
+class _Interrupt(BaseException):
+    """What a Ctrl-C or a timeout raises in the middle of a build."""
+
+
+def test_an_interrupted_build_leaves_no_image_behind(
+    docker_engine: Any,
+    built_images: dict[str, ImageResult],
+    source_tree: SourceTree,
+    tmp_path: Path,
+) -> None:
+    base = built_images["base"].reference
+    context, label = _failing_context(tmp_path / "ctx", base, "RUN sleep 2")
+
+    def interrupt_at_the_sleep(event: ImageEvent) -> None:
+        if event.kind == "progress" and event.detail.startswith("RUN sleep"):
+            raise _Interrupt
+
+    builder = ImageBuilder(source_tree, docker_engine, on_event=interrupt_at_the_sleep)
+    builder.log_dir = tmp_path
+    with pytest.raises(_Interrupt):
+        builder._docker_build("broker", context, "qkdnet-test-stopped:1", {}, network_mode="none")
+    time.sleep(4)  # the engine would have committed the sleep step by now, had it gone on
+    assert _images_labelled(docker_engine, label) == []
 
 
 def test_node_image_reports_a_bad_configuration(
@@ -330,3 +404,67 @@ def test_image_list_shows_current_images(built_images: dict[str, ImageResult]) -
     venv, node_id = built_images["venv"].reference, built_images["node"].image_id or ""
     short = node_id.removeprefix("sha256:")[:12]
     assert f"node environment volume: {venv} (of node image {short})" in table.stdout
+
+
+# -- the test session's own image build (tests/container/conftest.py) --------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE_TEST = "tests/container/test_images.py::test_images_are_built_and_labelled"
+UNIT_TEST = (
+    "tests/unit/test_wheelhouse_closure.py::"
+    "test_closure_without_the_extra_leaves_its_requirements_out"
+)
+
+
+def _pytest(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A pytest session of its own over `args`: its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-v", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | env,
+    )
+
+
+def _line(lines: list[str], *parts: str) -> int:
+    """The index of the first line holding every one of `parts`."""
+    return next(i for i, line in enumerate(lines) if all(part in line for part in parts))
+
+
+def test_a_session_builds_the_images_before_its_container_tests(
+    built_images: dict[str, ImageResult],
+) -> None:
+    result = _pytest(IMAGE_TEST, UNIT_TEST)  # asked for in this order
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr
+    started = _line(lines, "[image build] started in the background")
+    node = _line(lines, "[image build] ✓ node image: ")  # up to date, or built after an edit
+    unit = _line(lines, "test_closure_without_the_extra", "PASSED")
+    container = _line(lines, "test_images_are_built_and_labelled", "PASSED")
+    assert started < unit < container  # container tests last, the build running meanwhile
+    assert node < container
+
+
+def test_a_session_without_tests_that_need_images_builds_none() -> None:
+    result = _pytest("tests/container/test_images.py", UNIT_TEST, "-k", "closure_without")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+    assert "[image build]" not in result.stdout
+
+
+def test_a_build_that_outruns_its_budget_is_stopped_and_the_tests_error(
+    docker_engine: Any, built_images: dict[str, ImageResult]
+) -> None:
+    def dangling() -> set[str]:
+        filters = {"dangling": True, "label": LABEL_COMPONENT}
+        return {image.id for image in docker_engine.images.list(filters=filters)}
+
+    before = dangling()
+    result = _pytest(IMAGE_TEST, QKDNET_TEST_IMAGE_BUILD_TIMEOUT="0.2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[image build] stopping it: ran out of its budget of 0.2 s" in result.stdout
+    assert "1 error" in result.stdout
+    assert "qkdnet image build ran out of its budget of 0.2 s" in result.stdout
+    assert dangling() <= before

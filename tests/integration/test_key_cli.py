@@ -248,7 +248,8 @@ def test_key_get_user_errors_exit_2_naming_the_problem(two_node: NetworkPlan) ->
         "--from", "sae-alice", "--to", "sae-bob",
     )  # fmt: skip
     assert result.returncode == 2
-    assert "not deployed" in result.stderr
+    # The registry knows where two-node runs: another state dir is refused, naming it.
+    assert f"two-node is deployed with state dir {two_node.state_dir}" in result.stderr
 
 
 def test_key_get_api_failure_exits_1_with_status_and_message(two_node: NetworkPlan) -> None:

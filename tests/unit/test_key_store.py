@@ -155,3 +155,59 @@ def test_a_frame_id_is_accepted_once_and_only_with_its_key(tmp_path: Path) -> No
     assert b.available(0) == 12  # the replayed ID consumed nothing
     assert b.forget_frames(older_than_s=3600) == 0
     assert b.forget_frames(older_than_s=0) == 1
+
+
+def test_a_used_up_block_keeps_its_row_not_its_bits(tmp_path: Path) -> None:
+    a = KeyStoreDb(tmp_path / "a.sqlite")
+    b = KeyStoreDb(tmp_path / "b.sqlite")
+    for store in (a, b):
+        store.add_block("l/1", 1, b"\xf0\x0f", 16, pending=False, refill={})
+        store.add_block("l/2", 2, b"\xaa", 8, pending=False, refill={})
+    ranges, bits = a.take_next(20)
+    assert b.take_ranges(ranges) == bits
+    for store in (a, b):
+        lengths = dict(store._db.execute("SELECT block_id, length(bits) FROM blocks").fetchall())
+        assert lengths == {"l/1": 0, "l/2": 1}  # l/1 used up: its row stays, without its bits
+        assert store.level() == (4, 1, 24, 2)  # all bits ever stored still count
+        assert store.held_blocks(["l/1"]) == ["l/1"]
+        with pytest.raises(KeyStoreError, match="already stored"):
+            store.add_block("l/1", 1, b"\x00\x00", 16, pending=False, refill={})
+    with pytest.raises(KeyStoreError, match="already consumed"):
+        b.take_ranges([KeyRange("l/1", 0, 1)])
+    # Both ends' used-up blocks still compare equal.
+    assert a.digests(b"n" * 16)[0] == b.digests(b"n" * 16)[0]
+
+
+def test_consuming_key_does_not_grow_the_file(tmp_path: Path) -> None:
+    """A store that fills and empties over and over stays at the size it had when it was
+    fullest, plus a small row per used-up block (blocks of 2 kB, as links distil them, used to
+    keep a page of 4 kB each)."""
+    path = tmp_path / "a.sqlite"
+    a = KeyStoreDb(path)
+    frame = 0
+
+    def fill_and_empty() -> int:
+        nonlocal frame
+        for _ in range(40):
+            frame += 1
+            bits = bytes(range(256)) * 8
+            a.add_block(f"l/{frame:08d}-0a1b2c3d", frame, bits, 2048 * 8, pending=False, refill={})
+        a.take_next(40 * 2048 * 8)
+        a.checkpoint()
+        return path.stat().st_size
+
+    first = fill_and_empty()
+    for _ in range(5):
+        last = fill_and_empty()
+    assert (last - first) / (5 * 40) < 400  # bytes per used-up block
+
+
+def test_a_store_of_an_earlier_version_drops_the_zeros_it_kept(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old = KeyStoreDb(path)
+    old.add_block("l/1", 1, b"\xff" * 64, 512, pending=False, refill={})
+    old._db.execute("UPDATE blocks SET consumed=512, bits=zeroblob(64)")  # as it used to
+    old.close()
+    again = KeyStoreDb(path)
+    assert again._db.execute("SELECT length(bits), consumed FROM blocks").fetchall() == [(0, 512)]
+    assert again.level() == (0, 0, 512, 1)

@@ -161,6 +161,6 @@ def test_markup_in_a_payload_is_shown_as_text(plan: NetworkPlan) -> None:
         console.print(part)
     text = console.export_text()
     assert "r1: [link=x]boom[/link]" in text
-    assert "5/5 nodes up" in text  # the forged sixth node counts for nothing
+    assert "5/5 nodes report up" in text  # the forged sixth node counts for nothing
     assert "1 refused" in text
     assert "a node not in this deployment (1)" in text

@@ -267,3 +267,185 @@ def test_cli_validate_refuses_an_sae_named_like_the_controller(tmp_path: Path) -
     assert result.returncode == 2
     assert f"{path}:4: nodes.a.saes[0]: SAE 'orchestrator'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- well-formed, but cannot work: refused with the reason and the fix ---------------------------
+
+UNWORKABLE = [
+    (
+        "a 200 km link",
+        "name: x\nnodes: {a: {saes: [s1]}, b: {saes: [s2]}}\nlinks:\n  - endpoints: [a, b]\n"
+        "    length_km: 200\n",
+        5,
+        [
+            "links[0].length_km: link a--b of 200 km yields no key: with these parameters the "
+            "model's secret key rate falls to zero beyond 143.",
+            "shorten the link (or relay through trusted nodes: 2 links of 100 km)",
+        ],
+    ),
+    (
+        "a lossier fibre (from the defaults) at 100 km",
+        "name: x\ndefaults: {fiber_loss_db_per_km: 0.35}\nnodes: {a: {saes: [s1]}, b: {saes: [s2]}}"
+        "\nlinks:\n  - {endpoints: [a, b], length_km: 100}\n",
+        5,
+        ["links[0].length_km: link a--b of 100 km yields no key", "beyond 8"],
+    ),
+    (
+        "no decoys beyond the GLLP reach",
+        "name: x\nnodes: {a: {saes: [s1]}, b: {saes: [s2]}}\nlinks:\n"
+        "  - {endpoints: [a, b], length_km: 60, decoy: false}\n",
+        4,
+        ["links[0].length_km: link a--b of 60 km yields no key", "beyond 4"],
+    ),
+    (
+        "an eavesdropper on most pulses",
+        "name: x\nnodes: {a: {saes: [s1]}, b: {saes: [s2]}}\nlinks:\n  - endpoints: [a, b]\n"
+        "    length_km: 10\n    eavesdrop_fraction: 0.6\n",
+        4,
+        ["links[0]: link a--b of 10 km yields no key", "zero at any length", "eavesdrop_fraction"],
+    ),
+    (
+        "no decoys at a signal intensity of 0.48",
+        "name: x\nnodes: {a: {saes: [s1]}, b: {saes: [s2]}}\nlinks:\n"
+        "  - {endpoints: [a, b], length_km: 5, decoy: false, mu: 0.48}\n",
+        4,
+        ["links[0]: link a--b of 5 km yields no key: without decoys", "leave mu unset"],
+    ),
+    (
+        "an SAE on a node without links",
+        "name: x\nnodes:\n  a: {saes: [s1]}\n  b: {saes: [s2]}\n  c: {saes: [s3]}\nlinks:\n"
+        "  - {endpoints: [a, b], length_km: 10}\n",
+        5,
+        [
+            "nodes.c.saes: SAE 's3' of node 'c' cannot reach any other SAE: node 'c' has no link "
+            "and serves no other SAE; link it to a node of the network"
+        ],
+    ),
+    (
+        "an SAE in a part of the network without another",
+        "name: x\nnodes:\n  a: {saes: [s1]}\n  b: {saes: [s2]}\n  c: {saes: [s3]}\n  r: {}\n"
+        "links:\n  - {endpoints: [a, b], length_km: 10}\n  - {endpoints: [r, c], length_km: 10}\n",
+        5,
+        ["nodes.c.saes: SAE 's3' of node 'c' cannot reach any other SAE: no node linked to 'c'"],
+    ),
+    (
+        "the network's only SAE",
+        "name: x\nnodes:\n  a: {saes: [s1]}\n  b: {}\nlinks:\n"
+        "  - {endpoints: [a, b], length_km: 10}\n",
+        3,
+        ["nodes.a.saes: SAE 's1' of node 'a' cannot reach any other SAE: it is the network's only"],
+    ),
+    (
+        "an unknown telemetry field",
+        "name: x\nnodes: {a: {}}\ntelemetry:\n  intervall_s: 2\n",
+        4,
+        ["telemetry.intervall_s: unknown field (did you mean 'interval_s'?)"],
+    ),
+    (
+        "an unknown key delivery field",
+        "name: x\nnodes: {a: {}}\nkey_delivery: {pool: 10}\n",
+        3,
+        ["key_delivery.pool: unknown field (did you mean 'pool_keys'?)"],
+    ),
+    (
+        "an unknown field without a close one",
+        "name: x\nnodes: {a: {}}\nlogs: {colour: red}\n",
+        3,
+        ["logs.colour: unknown field (the fields here: files, max_mb)"],
+    ),
+    (
+        "a misspelt link parameter",
+        "name: x\nnodes: {a: {}, b: {}}\nlinks:\n"
+        "  - {endpoints: [a, b], length_km: 1, spedup: 2}\n",
+        4,
+        ["links[0].spedup: unknown field (did you mean 'speedup'?)"],
+    ),
+    ("a single log file", "name: x\nnodes: {a: {}}\nlogs: {files: 1}\n", 3, ["logs.files: "]),
+    (
+        "a store cap below a frame",
+        "name: x\nnodes: {a: {}}\ndefaults: {store_max_bits: 10}\n",
+        3,
+        ["defaults.store_max_bits: Input should be greater than or equal to 100000"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "expected"),
+    [m[1:] for m in UNWORKABLE],
+    ids=[m[0] for m in UNWORKABLE],
+)
+def test_what_cannot_work_is_refused_with_reason_and_fix(
+    tmp_path: Path, text: str, line: int, expected: list[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_topology(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}:{line}: "), message
+    for part in expected:
+        assert part in message, message
+
+
+def test_every_problem_on_its_own_line_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: x\nnodes:\n  a: {saes: [s1]}\n  b: {saes: [s2]}\n  c: {saes: [s3]}\nlinks:\n"
+        "  - {endpoints: [a, b], length_km: 180}\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_topology(path)
+    lines = str(error.value).splitlines()
+    assert [line.split(": ")[0] for line in lines] == [f"{path}:5", f"{path}:7"]
+    assert "nodes.c.saes" in lines[0]
+    assert "links[0].length_km" in lines[1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # just below the cut-off of the GYS parameters
+        "name: x\nnodes: {a: {saes: [s1]}, b: {saes: [s2]}}\nlinks:\n"
+        "  - {endpoints: [a, b], length_km: 140}\n",
+        # two SAEs on one node need no link; a node without SAEs may stand alone
+        "name: x\nnodes: {a: {saes: [s1, s2]}, b: {}}\n",
+        # the best GLLP intensity, picked by the node for the length
+        "name: x\nnodes: {a: {saes: [s1]}, b: {saes: [s2]}}\nlinks:\n"
+        "  - {endpoints: [a, b], length_km: 30, decoy: false}\n",
+    ],
+    ids=["140 km", "two SAEs on one node", "no decoys at 30 km"],
+)
+def test_what_can_work_is_accepted(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(text)
+    load_topology(path)
+
+
+def test_log_rotation_and_store_cap_settings(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        GOOD.replace("  speedup: 10\n", "  speedup: 10\n  store_max_bits: 2000000\n")
+        + "logs: {max_mb: 0.5, files: 4}\n"
+    )
+    topology = load_topology(path)
+    assert (topology.logs.max_bytes, topology.logs.files) == (500_000, 4)
+    assert [link.processing.store_max_bits for link in topology.resolved_links()] == [2_000_000] * 2
+    path.write_text(GOOD)
+    default = load_topology(path)
+    assert (default.logs.max_bytes, default.logs.files) == (10_000_000, 3)
+    assert default.resolved_links()[0].processing.store_max_bits == 8_000_000
+
+
+def test_cli_validate_refuses_a_200_km_link(tmp_path: Path) -> None:
+    path = tmp_path / "long.yaml"
+    path.write_text(UNWORKABLE[0][1])
+    result = subprocess.run(
+        [sys.executable, "-m", "qkdnet.orchestrator", "validate", "-t", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{path}:5: links[0].length_km: link a--b of 200 km yields no key" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,6 +1,8 @@
-"""The wheelhouse's set of wheels: pyproject's dependencies and their closure, pinned by the lock.
+"""The wheelhouse's set of wheels: pyproject's dependencies and their closure, pinned by the lock;
+and what `ImageBuilder.build` does before its long steps.
 
-No Docker engine needed: wheels are small fakes that carry only their METADATA.
+No Docker engine needed: wheels are small fakes that carry only their METADATA, and the engine a
+fake that holds no image.
 """
 
 from __future__ import annotations
@@ -8,10 +10,20 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from docker.errors import ImageNotFound
 
-from qkdnet.orchestrator.images import ImageBuildError, resolve_runtime_closure
+from qkdnet.orchestrator import images
+from qkdnet.orchestrator.images import (
+    BASE_IMAGE,
+    ImageBuilder,
+    ImageBuildError,
+    ImageEvent,
+    SourceTree,
+    resolve_runtime_closure,
+)
 
 REQUIRES = {
     "app-core": ["helper>=1", "fastlib; extra == 'speed'", "winonly; sys_platform == 'win32'"],
@@ -81,3 +93,86 @@ def test_a_pin_outside_the_required_range_is_named(tmp_path: Path) -> None:
     lock = LOCK | {"helper": "helper==0.9"}
     with pytest.raises(ImageBuildError, match=r"pins helper==0.9, but App_Core==2.0 requires"):
         resolve_runtime_closure(["app-core"], lock, fake_fetch(tmp_path, []))
+
+
+# -- before the long steps ---------------------------------------------------------------------
+
+
+class _NoImages:
+    """A Docker client whose engine holds no image: every base has to be made."""
+
+    class images:
+        @staticmethod
+        def get(reference: str) -> Any:
+            raise ImageNotFound(f"no such image: {reference}")
+
+        @staticmethod
+        def list(**filters: Any) -> list[Any]:
+            return []
+
+
+def test_a_project_wheel_that_cannot_build_fails_before_the_long_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    long_steps: list[str] = []
+    monkeypatch.setattr(ImageBuilder, "_make_base", lambda *a, **k: long_steps.append("base"))
+    monkeypatch.setattr(
+        ImageBuilder, "ensure_wheelhouse", lambda *a, **k: long_steps.append("wheelhouse")
+    )
+
+    def broken_wheel(self: ImageBuilder, workdir: Path) -> Any:
+        raise ImageBuildError("the wheel of qkdnet did not build")
+
+    monkeypatch.setattr(ImageBuilder, "project_wheel", broken_wheel)
+    events: list[ImageEvent] = []
+    builder = ImageBuilder(SourceTree.find(), _NoImages(), on_event=events.append)
+    with pytest.raises(ImageBuildError, match="did not build"):
+        builder.build()
+    assert long_steps == []
+    assert [e.component for e in events if e.kind == "start"] == []
+
+
+class _Image:
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+
+
+def test_a_base_made_with_another_package_list_is_stale() -> None:
+    builder = ImageBuilder(SourceTree.find(), _NoImages())
+    script = (builder.source.root / "deploy" / "make-base-image.sh").read_text()
+    [include] = [
+        line.removeprefix("INCLUDE=") for line in script.splitlines() if line[:8] == "INCLUDE="
+    ]
+    assert {"curl", "iputils-ping", "iproute2"} <= set(include.split(","))
+    base = {"org.qkdnet.component": "base"}
+    assert not builder._base_is_stale(_Image(base | {"org.qkdnet.base.include": include}))
+    older = include.replace(",curl", "").replace(",iputils-ping", "")
+    assert builder._base_is_stale(_Image(base | {"org.qkdnet.base.include": older}))
+    # Not ours (another --base, or no label): never remade.
+    assert not builder._base_is_stale(_Image({"org.qkdnet.base.include": older}))
+    other = ImageBuilder(SourceTree.find(), _NoImages(), base="python:3.11-slim")
+    assert not other._base_is_stale(_Image(base | {"org.qkdnet.base.include": older}))
+    assert builder.base == BASE_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        (
+            [
+                "  error: subprocess-exited-with-error",
+                "      configuration error: `project.license` must be valid exactly by one",
+                "error: metadata-generation-failed",
+                "hint: See above for details.",
+            ],
+            "configuration error: `project.license` must be valid exactly by one",
+        ),
+        (["/tmp/x/bin/python: No module named pip"], "this Python environment has no pip"),
+        (
+            ["ERROR: No matching distribution found for setuptools>=80"],
+            "No matching distribution found for setuptools>=80: the isolated build fetches",
+        ),
+    ],
+)
+def test_a_failed_project_wheel_says_why(output: list[str], reason: str) -> None:
+    assert images._pip_failure(output).startswith(reason)

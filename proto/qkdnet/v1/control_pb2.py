@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17qkdnet/v1/control.proto\x12\tqkdnet.v1\"=\n\x0c\x46\x61ultRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"\x1b\n\nFaultReply\x12\r\n\x05\x61rmed\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\xd0\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12$\n\x05links\x18\x03 \x03(\x0b\x32\x15.qkdnet.v1.LinkStatus\x12%\n\x05relay\x18\x04 \x01(\x0b\x32\x16.qkdnet.v1.RelayStatus\x12\x13\n\x0bkey_api_url\x18\x05 \x01(\t\x12\x15\n\rrouting_nodes\x18\x06 \x03(\t\x12+\n\x08\x64\x65livery\x18\x07 \x01(\x0b\x32\x19.qkdnet.v1.DeliveryStatus\x12>\n\rcalls_refused\x18\x08 \x03(\x0b\x32\'.qkdnet.v1.NodeStatus.CallsRefusedEntry\x1a\x33\n\x11\x43\x61llsRefusedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x8d\x03\n\x0e\x44\x65liveryStatus\x12\x14\n\x0ckeys_waiting\x18\x01 \x01(\x04\x12\x14\n\x0ckeys_pending\x18\x02 \x01(\x04\x12\x11\n\tpool_keys\x18\x03 \x01(\x04\x12\x14\n\x0ckeys_expired\x18\x04 \x01(\x04\x12\x17\n\x0fpending_expired\x18\x05 \x01(\x04\x12\x19\n\x11pool_keys_expired\x18\x06 \x01(\x04\x12\x16\n\x0ekeys_abandoned\x18\x07 \x01(\x04\x12\x13\n\x0bkeys_voided\x18\x08 \x01(\x04\x12\x45\n\x0fkey_api_answers\x18\t \x03(\x0b\x32,.qkdnet.v1.DeliveryStatus.KeyApiAnswersEntry\x12#\n\x1bkey_api_connections_evicted\x18\n \x01(\x04\x12#\n\x1bkey_api_connections_refused\x18\x0b \x01(\x04\x1a\x34\n\x12KeyApiAnswersEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x86\x02\n\x0bRelayStatus\x12\x13\n\x0b\x66rames_sent\x18\x01 \x01(\x04\x12\x17\n\x0f\x66rames_received\x18\x02 \x01(\x04\x12\x41\n\x0e\x66rames_refused\x18\x03 \x03(\x0b\x32).qkdnet.v1.RelayStatus.FramesRefusedEntry\x12\x13\n\x0bwasted_bits\x18\x04 \x01(\x04\x12\x1e\n\x16transactions_committed\x18\x05 \x01(\x04\x12\x1b\n\x13transactions_failed\x18\x06 \x01(\x04\x1a\x34\n\x12\x46ramesRefusedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc1\x08\n\nLinkStatus\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x11\n\tframes_ok\x18\x05 \x01(\x04\x12\x16\n\x0e\x66rames_aborted\x18\x06 \x01(\x04\x12\x43\n\x10\x61\x62orts_by_reason\x18\x07 \x03(\x0b\x32).qkdnet.v1.LinkStatus.AbortsByReasonEntry\x12\x46\n\x11rejected_messages\x18\x08 \x03(\x0b\x32+.qkdnet.v1.LinkStatus.RejectedMessagesEntry\x12\x0e\n\x06pulses\x18\t \x01(\x04\x12\x12\n\ndetections\x18\n \x01(\x04\x12\x13\n\x0bsifted_bits\x18\x0b \x01(\x04\x12\x17\n\x0freconciled_bits\x18\x0c \x01(\x04\x12\x16\n\x0e\x64isclosed_bits\x18\r \x01(\x04\x12\x13\n\x0bsecret_bits\x18\x0e \x01(\x04\x12\x11\n\tauth_bits\x18\x0f \x01(\x04\x12\x0c\n\x04qber\x18\x10 \x01(\x01\x12\x11\n\tlast_qber\x18\x11 \x01(\x01\x12\x17\n\x0fsifted_rate_bps\x18\x12 \x01(\x01\x12\x17\n\x0fsecret_rate_bps\x18\x13 \x01(\x01\x12!\n\x19secret_fraction_per_pulse\x18\x14 \x01(\x01\x12\'\n\x1fmodel_secret_fraction_per_pulse\x18\x15 \x01(\x01\x12\x12\n\nmodel_qber\x18\x16 \x01(\x01\x12\x1d\n\x15model_secret_rate_bps\x18\x17 \x01(\x01\x12!\n\x19reconciliation_efficiency\x18\x18 \x01(\x01\x12\x12\n\nstore_bits\x18\x19 \x01(\x04\x12\x14\n\x0cstore_blocks\x18\x1a \x01(\x04\x12\x18\n\x10\x65mulated_seconds\x18\x1b \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x1c \x01(\x01\x12\x1d\n\x15model_sifted_rate_bps\x18\x1d \x01(\x01\x12>\n\rphase_seconds\x18\x1e \x03(\x0b\x32\'.qkdnet.v1.LinkStatus.PhaseSecondsEntry\x12\x13\n\x0bsample_qber\x18\x1f \x01(\x01\x12\x13\n\x0bsample_bits\x18  \x01(\x04\x12\x19\n\x11stored_bits_total\x18! \x01(\x04\x12\x12\n\nlast_frame\x18\" \x01(\x03\x1a\x35\n\x13\x41\x62ortsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x37\n\x15RejectedMessagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x33\n\x11PhaseSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\x10KeyDigestRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"}\n\x0b\x42lockDigest\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\x04\x12\x10\n\x08\x63onsumed\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\x12\x0c\n\x04ones\x18\x05 \x01(\x04\x12\r\n\x05\x66rame\x18\x06 \x01(\x04\x12\x0f\n\x07pending\x18\x07 \x01(\x08\"D\n\tKeyDigest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12&\n\x06\x62locks\x18\x02 \x03(\x0b\x32\x16.qkdnet.v1.BlockDigest2\xcd\x01\n\x0bNodeControl\x12<\n\tGetStatus\x12\x18.qkdnet.v1.StatusRequest\x1a\x15.qkdnet.v1.NodeStatus\x12\x41\n\x0cGetKeyDigest\x12\x1b.qkdnet.v1.KeyDigestRequest\x1a\x14.qkdnet.v1.KeyDigest\x12=\n\x0bInjectFault\x12\x17.qkdnet.v1.FaultRequest\x1a\x15.qkdnet.v1.FaultReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17qkdnet/v1/control.proto\x12\tqkdnet.v1\"W\n\x07Shaping\x12\x10\n\x08\x64\x65lay_ms\x18\x01 \x01(\x01\x12\x11\n\tjitter_ms\x18\x02 \x01(\x01\x12\x14\n\x0closs_percent\x18\x03 \x01(\x01\x12\x11\n\trate_kbit\x18\x04 \x01(\x01\"`\n\x11PeerFaultsRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x10\n\x03\x63ut\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12#\n\x07shaping\x18\x03 \x01(\x0b\x32\x12.qkdnet.v1.ShapingB\x06\n\x04_cut\"\x96\x01\n\rChannelChange\x12\x1f\n\x12\x65\x61vesdrop_fraction\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rextra_loss_db\x18\x02 \x01(\x01\x12\x1f\n\x12misalignment_error\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x15\n\x13_eavesdrop_fractionB\x15\n\x13_misalignment_error\"Q\n\x14\x43hannelChangeRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12(\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x18.qkdnet.v1.ChannelChange\"\x0f\n\rFaultsRequest\"H\n\x0bLinkChannel\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12(\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x18.qkdnet.v1.ChannelChange\"\xc2\x01\n\nNodeFaults\x12\x11\n\tcut_peers\x18\x01 \x03(\t\x12\x33\n\x07shaping\x18\x02 \x03(\x0b\x32\".qkdnet.v1.NodeFaults.ShapingEntry\x12(\n\x08\x63hannels\x18\x03 \x03(\x0b\x32\x16.qkdnet.v1.LinkChannel\x1a\x42\n\x0cShapingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.qkdnet.v1.Shaping:\x02\x38\x01\"=\n\x0c\x46\x61ultRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"\x1b\n\nFaultReply\x12\r\n\x05\x61rmed\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"\xd0\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x02 \x01(\x01\x12$\n\x05links\x18\x03 \x03(\x0b\x32\x15.qkdnet.v1.LinkStatus\x12%\n\x05relay\x18\x04 \x01(\x0b\x32\x16.qkdnet.v1.RelayStatus\x12\x13\n\x0bkey_api_url\x18\x05 \x01(\t\x12\x15\n\rrouting_nodes\x18\x06 \x03(\t\x12+\n\x08\x64\x65livery\x18\x07 \x01(\x0b\x32\x19.qkdnet.v1.DeliveryStatus\x12>\n\rcalls_refused\x18\x08 \x03(\x0b\x32\'.qkdnet.v1.NodeStatus.CallsRefusedEntry\x1a\x33\n\x11\x43\x61llsRefusedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x8d\x03\n\x0e\x44\x65liveryStatus\x12\x14\n\x0ckeys_waiting\x18\x01 \x01(\x04\x12\x14\n\x0ckeys_pending\x18\x02 \x01(\x04\x12\x11\n\tpool_keys\x18\x03 \x01(\x04\x12\x14\n\x0ckeys_expired\x18\x04 \x01(\x04\x12\x17\n\x0fpending_expired\x18\x05 \x01(\x04\x12\x19\n\x11pool_keys_expired\x18\x06 \x01(\x04\x12\x16\n\x0ekeys_abandoned\x18\x07 \x01(\x04\x12\x13\n\x0bkeys_voided\x18\x08 \x01(\x04\x12\x45\n\x0fkey_api_answers\x18\t \x03(\x0b\x32,.qkdnet.v1.DeliveryStatus.KeyApiAnswersEntry\x12#\n\x1bkey_api_connections_evicted\x18\n \x01(\x04\x12#\n\x1bkey_api_connections_refused\x18\x0b \x01(\x04\x1a\x34\n\x12KeyApiAnswersEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x86\x02\n\x0bRelayStatus\x12\x13\n\x0b\x66rames_sent\x18\x01 \x01(\x04\x12\x17\n\x0f\x66rames_received\x18\x02 \x01(\x04\x12\x41\n\x0e\x66rames_refused\x18\x03 \x03(\x0b\x32).qkdnet.v1.RelayStatus.FramesRefusedEntry\x12\x13\n\x0bwasted_bits\x18\x04 \x01(\x04\x12\x1e\n\x16transactions_committed\x18\x05 \x01(\x04\x12\x1b\n\x13transactions_failed\x18\x06 \x01(\x04\x1a\x34\n\x12\x46ramesRefusedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc4\t\n\nLinkStatus\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x11\n\tframes_ok\x18\x05 \x01(\x04\x12\x16\n\x0e\x66rames_aborted\x18\x06 \x01(\x04\x12\x43\n\x10\x61\x62orts_by_reason\x18\x07 \x03(\x0b\x32).qkdnet.v1.LinkStatus.AbortsByReasonEntry\x12\x46\n\x11rejected_messages\x18\x08 \x03(\x0b\x32+.qkdnet.v1.LinkStatus.RejectedMessagesEntry\x12\x0e\n\x06pulses\x18\t \x01(\x04\x12\x12\n\ndetections\x18\n \x01(\x04\x12\x13\n\x0bsifted_bits\x18\x0b \x01(\x04\x12\x17\n\x0freconciled_bits\x18\x0c \x01(\x04\x12\x16\n\x0e\x64isclosed_bits\x18\r \x01(\x04\x12\x13\n\x0bsecret_bits\x18\x0e \x01(\x04\x12\x11\n\tauth_bits\x18\x0f \x01(\x04\x12\x0c\n\x04qber\x18\x10 \x01(\x01\x12\x11\n\tlast_qber\x18\x11 \x01(\x01\x12\x17\n\x0fsifted_rate_bps\x18\x12 \x01(\x01\x12\x17\n\x0fsecret_rate_bps\x18\x13 \x01(\x01\x12!\n\x19secret_fraction_per_pulse\x18\x14 \x01(\x01\x12\'\n\x1fmodel_secret_fraction_per_pulse\x18\x15 \x01(\x01\x12\x12\n\nmodel_qber\x18\x16 \x01(\x01\x12\x1d\n\x15model_secret_rate_bps\x18\x17 \x01(\x01\x12!\n\x19reconciliation_efficiency\x18\x18 \x01(\x01\x12\x12\n\nstore_bits\x18\x19 \x01(\x04\x12\x14\n\x0cstore_blocks\x18\x1a \x01(\x04\x12\x18\n\x10\x65mulated_seconds\x18\x1b \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x1c \x01(\x01\x12\x1d\n\x15model_sifted_rate_bps\x18\x1d \x01(\x01\x12>\n\rphase_seconds\x18\x1e \x03(\x0b\x32\'.qkdnet.v1.LinkStatus.PhaseSecondsEntry\x12\x13\n\x0bsample_qber\x18\x1f \x01(\x01\x12\x13\n\x0bsample_bits\x18  \x01(\x04\x12\x19\n\x11stored_bits_total\x18! \x01(\x04\x12\x12\n\nlast_frame\x18\" \x01(\x03\x12\x18\n\x10last_sample_bits\x18# \x01(\x04\x12\x18\n\x10last_sample_qber\x18$ \x01(\x01\x12\x1a\n\x12\x65\x61vesdrop_fraction\x18% \x01(\x01\x12\x15\n\rextra_loss_db\x18& \x01(\x01\x12\x1a\n\x12misalignment_error\x18\' \x01(\x01\x1a\x35\n\x13\x41\x62ortsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x37\n\x15RejectedMessagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x33\n\x11PhaseSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\x10KeyDigestRequest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"}\n\x0b\x42lockDigest\x12\x10\n\x08\x62lock_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62its\x18\x02 \x01(\x04\x12\x10\n\x08\x63onsumed\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\x12\x0c\n\x04ones\x18\x05 \x01(\x04\x12\r\n\x05\x66rame\x18\x06 \x01(\x04\x12\x0f\n\x07pending\x18\x07 \x01(\x08\"D\n\tKeyDigest\x12\x0f\n\x07link_id\x18\x01 \x01(\t\x12&\n\x06\x62locks\x18\x02 \x03(\x0b\x32\x16.qkdnet.v1.BlockDigest2\xdd\x03\n\x0bNodeControl\x12<\n\tGetStatus\x12\x18.qkdnet.v1.StatusRequest\x1a\x15.qkdnet.v1.NodeStatus\x12\x41\n\x0cGetKeyDigest\x12\x1b.qkdnet.v1.KeyDigestRequest\x1a\x14.qkdnet.v1.KeyDigest\x12=\n\x0bInjectFault\x12\x17.qkdnet.v1.FaultRequest\x1a\x15.qkdnet.v1.FaultReply\x12\x44\n\rSetPeerFaults\x12\x1c.qkdnet.v1.PeerFaultsRequest\x1a\x15.qkdnet.v1.NodeFaults\x12J\n\x10SetChannelChange\x12\x1f.qkdnet.v1.ChannelChangeRequest\x1a\x15.qkdnet.v1.NodeFaults\x12<\n\tGetFaults\x12\x18.qkdnet.v1.FaultsRequest\x1a\x15.qkdnet.v1.NodeFaults\x12>\n\x0b\x43learFaults\x12\x18.qkdnet.v1.FaultsRequest\x1a\x15.qkdnet.v1.NodeFaultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qkdnet.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_NODEFAULTS_SHAPINGENTRY']._loaded_options = None
+  _globals['_NODEFAULTS_SHAPINGENTRY']._serialized_options = b'8\001'
   _globals['_NODESTATUS_CALLSREFUSEDENTRY']._loaded_options = None
   _globals['_NODESTATUS_CALLSREFUSEDENTRY']._serialized_options = b'8\001'
   _globals['_DELIVERYSTATUS_KEYAPIANSWERSENTRY']._loaded_options = None
@@ -43,38 +45,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LINKSTATUS_REJECTEDMESSAGESENTRY']._serialized_options = b'8\001'
   _globals['_LINKSTATUS_PHASESECONDSENTRY']._loaded_options = None
   _globals['_LINKSTATUS_PHASESECONDSENTRY']._serialized_options = b'8\001'
-  _globals['_FAULTREQUEST']._serialized_start=38
-  _globals['_FAULTREQUEST']._serialized_end=99
-  _globals['_FAULTREPLY']._serialized_start=101
-  _globals['_FAULTREPLY']._serialized_end=128
-  _globals['_STATUSREQUEST']._serialized_start=130
-  _globals['_STATUSREQUEST']._serialized_end=145
-  _globals['_NODESTATUS']._serialized_start=148
-  _globals['_NODESTATUS']._serialized_end=484
-  _globals['_NODESTATUS_CALLSREFUSEDENTRY']._serialized_start=433
-  _globals['_NODESTATUS_CALLSREFUSEDENTRY']._serialized_end=484
-  _globals['_DELIVERYSTATUS']._serialized_start=487
-  _globals['_DELIVERYSTATUS']._serialized_end=884
-  _globals['_DELIVERYSTATUS_KEYAPIANSWERSENTRY']._serialized_start=832
-  _globals['_DELIVERYSTATUS_KEYAPIANSWERSENTRY']._serialized_end=884
-  _globals['_RELAYSTATUS']._serialized_start=887
-  _globals['_RELAYSTATUS']._serialized_end=1149
-  _globals['_RELAYSTATUS_FRAMESREFUSEDENTRY']._serialized_start=1097
-  _globals['_RELAYSTATUS_FRAMESREFUSEDENTRY']._serialized_end=1149
-  _globals['_LINKSTATUS']._serialized_start=1152
-  _globals['_LINKSTATUS']._serialized_end=2241
-  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_start=2078
-  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_end=2131
-  _globals['_LINKSTATUS_REJECTEDMESSAGESENTRY']._serialized_start=2133
-  _globals['_LINKSTATUS_REJECTEDMESSAGESENTRY']._serialized_end=2188
-  _globals['_LINKSTATUS_PHASESECONDSENTRY']._serialized_start=2190
-  _globals['_LINKSTATUS_PHASESECONDSENTRY']._serialized_end=2241
-  _globals['_KEYDIGESTREQUEST']._serialized_start=2243
-  _globals['_KEYDIGESTREQUEST']._serialized_end=2293
-  _globals['_BLOCKDIGEST']._serialized_start=2295
-  _globals['_BLOCKDIGEST']._serialized_end=2420
-  _globals['_KEYDIGEST']._serialized_start=2422
-  _globals['_KEYDIGEST']._serialized_end=2490
-  _globals['_NODECONTROL']._serialized_start=2493
-  _globals['_NODECONTROL']._serialized_end=2698
+  _globals['_SHAPING']._serialized_start=38
+  _globals['_SHAPING']._serialized_end=125
+  _globals['_PEERFAULTSREQUEST']._serialized_start=127
+  _globals['_PEERFAULTSREQUEST']._serialized_end=223
+  _globals['_CHANNELCHANGE']._serialized_start=226
+  _globals['_CHANNELCHANGE']._serialized_end=376
+  _globals['_CHANNELCHANGEREQUEST']._serialized_start=378
+  _globals['_CHANNELCHANGEREQUEST']._serialized_end=459
+  _globals['_FAULTSREQUEST']._serialized_start=461
+  _globals['_FAULTSREQUEST']._serialized_end=476
+  _globals['_LINKCHANNEL']._serialized_start=478
+  _globals['_LINKCHANNEL']._serialized_end=550
+  _globals['_NODEFAULTS']._serialized_start=553
+  _globals['_NODEFAULTS']._serialized_end=747
+  _globals['_NODEFAULTS_SHAPINGENTRY']._serialized_start=681
+  _globals['_NODEFAULTS_SHAPINGENTRY']._serialized_end=747
+  _globals['_FAULTREQUEST']._serialized_start=749
+  _globals['_FAULTREQUEST']._serialized_end=810
+  _globals['_FAULTREPLY']._serialized_start=812
+  _globals['_FAULTREPLY']._serialized_end=839
+  _globals['_STATUSREQUEST']._serialized_start=841
+  _globals['_STATUSREQUEST']._serialized_end=856
+  _globals['_NODESTATUS']._serialized_start=859
+  _globals['_NODESTATUS']._serialized_end=1195
+  _globals['_NODESTATUS_CALLSREFUSEDENTRY']._serialized_start=1144
+  _globals['_NODESTATUS_CALLSREFUSEDENTRY']._serialized_end=1195
+  _globals['_DELIVERYSTATUS']._serialized_start=1198
+  _globals['_DELIVERYSTATUS']._serialized_end=1595
+  _globals['_DELIVERYSTATUS_KEYAPIANSWERSENTRY']._serialized_start=1543
+  _globals['_DELIVERYSTATUS_KEYAPIANSWERSENTRY']._serialized_end=1595
+  _globals['_RELAYSTATUS']._serialized_start=1598
+  _globals['_RELAYSTATUS']._serialized_end=1860
+  _globals['_RELAYSTATUS_FRAMESREFUSEDENTRY']._serialized_start=1808
+  _globals['_RELAYSTATUS_FRAMESREFUSEDENTRY']._serialized_end=1860
+  _globals['_LINKSTATUS']._serialized_start=1863
+  _globals['_LINKSTATUS']._serialized_end=3083
+  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_start=2920
+  _globals['_LINKSTATUS_ABORTSBYREASONENTRY']._serialized_end=2973
+  _globals['_LINKSTATUS_REJECTEDMESSAGESENTRY']._serialized_start=2975
+  _globals['_LINKSTATUS_REJECTEDMESSAGESENTRY']._serialized_end=3030
+  _globals['_LINKSTATUS_PHASESECONDSENTRY']._serialized_start=3032
+  _globals['_LINKSTATUS_PHASESECONDSENTRY']._serialized_end=3083
+  _globals['_KEYDIGESTREQUEST']._serialized_start=3085
+  _globals['_KEYDIGESTREQUEST']._serialized_end=3135
+  _globals['_BLOCKDIGEST']._serialized_start=3137
+  _globals['_BLOCKDIGEST']._serialized_end=3262
+  _globals['_KEYDIGEST']._serialized_start=3264
+  _globals['_KEYDIGEST']._serialized_end=3332
+  _globals['_NODECONTROL']._serialized_start=3335
+  _globals['_NODECONTROL']._serialized_end=3812
 # @@protoc_insertion_point(module_scope)

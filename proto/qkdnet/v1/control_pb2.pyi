@@ -21,6 +21,231 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class Shaping(_message.Message):
+    """Shaping of the classical messages this node sends (qkdnet.node.channel_shaping): each is
+    delayed by delay_ms, give or take up to jitter_ms (uniform), queued behind the others at
+    rate_kbit (0: no limit), and lost with loss_percent % — a loss on a reliable stream costs a
+    retransmission timeout (200 ms + 2 x (delay + jitter), doubling on every consecutive loss),
+    never the message. All zero: no shaping.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELAY_MS_FIELD_NUMBER: _builtins.int
+    JITTER_MS_FIELD_NUMBER: _builtins.int
+    LOSS_PERCENT_FIELD_NUMBER: _builtins.int
+    RATE_KBIT_FIELD_NUMBER: _builtins.int
+    delay_ms: _builtins.float
+    jitter_ms: _builtins.float
+    loss_percent: _builtins.float
+    rate_kbit: _builtins.float
+    def __init__(
+        self,
+        *,
+        delay_ms: _builtins.float = ...,
+        jitter_ms: _builtins.float = ...,
+        loss_percent: _builtins.float = ...,
+        rate_kbit: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay_ms", b"delay_ms", "jitter_ms", b"jitter_ms", "loss_percent", b"loss_percent", "rate_kbit", b"rate_kbit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Shaping: _TypeAlias = Shaping  # noqa: Y015
+
+@_typing.final
+class PeerFaultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    CUT_FIELD_NUMBER: _builtins.int
+    SHAPING_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    """A node ID; "" with shaping alone: every peer (a peer's own shaping takes precedence)."""
+    cut: _builtins.bool
+    """Cut (true) or restore (false) the link with `peer`, a neighbour: while cut the link runs no
+    session (state "cut"), and this node refuses the peer's link, relay and link-state calls
+    and fails its own calls to the peer, so that routing withdraws the link.
+    """
+    @_builtins.property
+    def shaping(self) -> Global___Shaping:
+        """Replaces the shaping toward `peer` (or every peer) when present."""
+
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        cut: _builtins.bool | None = ...,
+        shaping: Global___Shaping | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cut", b"_cut", "cut", b"cut", "shaping", b"shaping"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cut", b"_cut", "cut", b"cut", "peer", b"peer", "shaping", b"shaping"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cut: _TypeAlias = _typing.Literal["cut"]  # noqa: Y015
+    _WhichOneofArgType__cut: _TypeAlias = _typing.Literal["_cut", b"_cut"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cut) -> _WhichOneofReturnType__cut | None: ...
+
+Global___PeerFaultsRequest: _TypeAlias = PeerFaultsRequest  # noqa: Y015
+
+@_typing.final
+class ChannelChange(_message.Message):
+    """A live change of a link's quantum channel: unset fields keep the configured value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EAVESDROP_FRACTION_FIELD_NUMBER: _builtins.int
+    EXTRA_LOSS_DB_FIELD_NUMBER: _builtins.int
+    MISALIGNMENT_ERROR_FIELD_NUMBER: _builtins.int
+    eavesdrop_fraction: _builtins.float
+    """Replaces the intercept-resend eavesdropper's fraction of pulses."""
+    extra_loss_db: _builtins.float
+    """Loss added to the fibre's, in dB."""
+    misalignment_error: _builtins.float
+    """Replaces the optical error probability e_det (a photon hits the wrong detector)."""
+    def __init__(
+        self,
+        *,
+        eavesdrop_fraction: _builtins.float | None = ...,
+        extra_loss_db: _builtins.float = ...,
+        misalignment_error: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eavesdrop_fraction", b"_eavesdrop_fraction", "_misalignment_error", b"_misalignment_error", "eavesdrop_fraction", b"eavesdrop_fraction", "misalignment_error", b"misalignment_error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eavesdrop_fraction", b"_eavesdrop_fraction", "_misalignment_error", b"_misalignment_error", "eavesdrop_fraction", b"eavesdrop_fraction", "extra_loss_db", b"extra_loss_db", "misalignment_error", b"misalignment_error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__eavesdrop_fraction: _TypeAlias = _typing.Literal["eavesdrop_fraction"]  # noqa: Y015
+    _WhichOneofArgType__eavesdrop_fraction: _TypeAlias = _typing.Literal["_eavesdrop_fraction", b"_eavesdrop_fraction"]  # noqa: Y015
+    _WhichOneofReturnType__misalignment_error: _TypeAlias = _typing.Literal["misalignment_error"]  # noqa: Y015
+    _WhichOneofArgType__misalignment_error: _TypeAlias = _typing.Literal["_misalignment_error", b"_misalignment_error"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eavesdrop_fraction) -> _WhichOneofReturnType__eavesdrop_fraction | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__misalignment_error) -> _WhichOneofReturnType__misalignment_error | None: ...
+
+Global___ChannelChange: _TypeAlias = ChannelChange  # noqa: Y015
+
+@_typing.final
+class ChannelChangeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    link_id: _builtins.str
+    @_builtins.property
+    def change(self) -> Global___ChannelChange:
+        """absent or empty: back to the configured channel"""
+
+    def __init__(
+        self,
+        *,
+        link_id: _builtins.str = ...,
+        change: Global___ChannelChange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "link_id", b"link_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelChangeRequest: _TypeAlias = ChannelChangeRequest  # noqa: Y015
+
+@_typing.final
+class FaultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FaultsRequest: _TypeAlias = FaultsRequest  # noqa: Y015
+
+@_typing.final
+class LinkChannel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    link_id: _builtins.str
+    @_builtins.property
+    def change(self) -> Global___ChannelChange: ...
+    def __init__(
+        self,
+        *,
+        link_id: _builtins.str = ...,
+        change: Global___ChannelChange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "link_id", b"link_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkChannel: _TypeAlias = LinkChannel  # noqa: Y015
+
+@_typing.final
+class NodeFaults(_message.Message):
+    """Every live fault of a node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ShapingEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Shaping: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Shaping | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CUT_PEERS_FIELD_NUMBER: _builtins.int
+    SHAPING_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cut_peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def shaping(self) -> _containers.MessageMap[_builtins.str, Global___Shaping]:
+        """Shaping by peer; "*" for every peer."""
+
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkChannel]:
+        """Links whose channel is changed."""
+
+    def __init__(
+        self,
+        *,
+        cut_peers: _abc.Iterable[_builtins.str] | None = ...,
+        shaping: _abc.Mapping[_builtins.str, Global___Shaping] | None = ...,
+        channels: _abc.Iterable[Global___LinkChannel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "cut_peers", b"cut_peers", "shaping", b"shaping"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeFaults: _TypeAlias = NodeFaults  # noqa: Y015
+
+@_typing.final
 class FaultRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -403,12 +628,17 @@ class LinkStatus(_message.Message):
     SAMPLE_BITS_FIELD_NUMBER: _builtins.int
     STORED_BITS_TOTAL_FIELD_NUMBER: _builtins.int
     LAST_FRAME_FIELD_NUMBER: _builtins.int
+    LAST_SAMPLE_BITS_FIELD_NUMBER: _builtins.int
+    LAST_SAMPLE_QBER_FIELD_NUMBER: _builtins.int
+    EAVESDROP_FRACTION_FIELD_NUMBER: _builtins.int
+    EXTRA_LOSS_DB_FIELD_NUMBER: _builtins.int
+    MISALIGNMENT_ERROR_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
     peer: _builtins.str
     role: _builtins.str
     """"transmitter" or "receiver" """
     state: _builtins.str
-    """"connecting", "running", "backoff", "stopped" """
+    """"connecting", "running", "backoff", "waiting" (receiver), "cut" """
     frames_ok: _builtins.int
     frames_aborted: _builtins.int
     pulses: _builtins.int
@@ -445,6 +675,13 @@ class LinkStatus(_message.Message):
     block (-1 before the first): at the same last_frame both ends hold the same amount.
     """
     last_frame: _builtins.int
+    last_sample_bits: _builtins.int
+    """The disclosed signal sample of the last frame (aborted or not): size and QBER."""
+    last_sample_qber: _builtins.float
+    eavesdrop_fraction: _builtins.float
+    """The channel the next frames are emulated and modelled with (live changes included)."""
+    extra_loss_db: _builtins.float
+    misalignment_error: _builtins.float
     @_builtins.property
     def aborts_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -492,10 +729,15 @@ class LinkStatus(_message.Message):
         sample_bits: _builtins.int = ...,
         stored_bits_total: _builtins.int = ...,
         last_frame: _builtins.int = ...,
+        last_sample_bits: _builtins.int = ...,
+        last_sample_qber: _builtins.float = ...,
+        eavesdrop_fraction: _builtins.float = ...,
+        extra_loss_db: _builtins.float = ...,
+        misalignment_error: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborts_by_reason", b"aborts_by_reason", "auth_bits", b"auth_bits", "detections", b"detections", "disclosed_bits", b"disclosed_bits", "elapsed_seconds", b"elapsed_seconds", "emulated_seconds", b"emulated_seconds", "frames_aborted", b"frames_aborted", "frames_ok", b"frames_ok", "last_frame", b"last_frame", "last_qber", b"last_qber", "link_id", b"link_id", "model_qber", b"model_qber", "model_secret_fraction_per_pulse", b"model_secret_fraction_per_pulse", "model_secret_rate_bps", b"model_secret_rate_bps", "model_sifted_rate_bps", b"model_sifted_rate_bps", "peer", b"peer", "phase_seconds", b"phase_seconds", "pulses", b"pulses", "qber", b"qber", "reconciled_bits", b"reconciled_bits", "reconciliation_efficiency", b"reconciliation_efficiency", "rejected_messages", b"rejected_messages", "role", b"role", "sample_bits", b"sample_bits", "sample_qber", b"sample_qber", "secret_bits", b"secret_bits", "secret_fraction_per_pulse", b"secret_fraction_per_pulse", "secret_rate_bps", b"secret_rate_bps", "sifted_bits", b"sifted_bits", "sifted_rate_bps", b"sifted_rate_bps", "state", b"state", "store_bits", b"store_bits", "store_blocks", b"store_blocks", "stored_bits_total", b"stored_bits_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborts_by_reason", b"aborts_by_reason", "auth_bits", b"auth_bits", "detections", b"detections", "disclosed_bits", b"disclosed_bits", "eavesdrop_fraction", b"eavesdrop_fraction", "elapsed_seconds", b"elapsed_seconds", "emulated_seconds", b"emulated_seconds", "extra_loss_db", b"extra_loss_db", "frames_aborted", b"frames_aborted", "frames_ok", b"frames_ok", "last_frame", b"last_frame", "last_qber", b"last_qber", "last_sample_bits", b"last_sample_bits", "last_sample_qber", b"last_sample_qber", "link_id", b"link_id", "misalignment_error", b"misalignment_error", "model_qber", b"model_qber", "model_secret_fraction_per_pulse", b"model_secret_fraction_per_pulse", "model_secret_rate_bps", b"model_secret_rate_bps", "model_sifted_rate_bps", b"model_sifted_rate_bps", "peer", b"peer", "phase_seconds", b"phase_seconds", "pulses", b"pulses", "qber", b"qber", "reconciled_bits", b"reconciled_bits", "reconciliation_efficiency", b"reconciliation_efficiency", "rejected_messages", b"rejected_messages", "role", b"role", "sample_bits", b"sample_bits", "sample_qber", b"sample_qber", "secret_bits", b"secret_bits", "secret_fraction_per_pulse", b"secret_fraction_per_pulse", "secret_rate_bps", b"secret_rate_bps", "sifted_bits", b"sifted_bits", "sifted_rate_bps", b"sifted_rate_bps", "state", b"state", "store_bits", b"store_bits", "store_blocks", b"store_blocks", "stored_bits_total", b"stored_bits_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

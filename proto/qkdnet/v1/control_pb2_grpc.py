@@ -49,6 +49,26 @@ class NodeControlStub:
                 request_serializer=qkdnet_dot_v1_dot_control__pb2.FaultRequest.SerializeToString,
                 response_deserializer=qkdnet_dot_v1_dot_control__pb2.FaultReply.FromString,
                 _registered_method=True)
+        self.SetPeerFaults = channel.unary_unary(
+                '/qkdnet.v1.NodeControl/SetPeerFaults',
+                request_serializer=qkdnet_dot_v1_dot_control__pb2.PeerFaultsRequest.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_control__pb2.NodeFaults.FromString,
+                _registered_method=True)
+        self.SetChannelChange = channel.unary_unary(
+                '/qkdnet.v1.NodeControl/SetChannelChange',
+                request_serializer=qkdnet_dot_v1_dot_control__pb2.ChannelChangeRequest.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_control__pb2.NodeFaults.FromString,
+                _registered_method=True)
+        self.GetFaults = channel.unary_unary(
+                '/qkdnet.v1.NodeControl/GetFaults',
+                request_serializer=qkdnet_dot_v1_dot_control__pb2.FaultsRequest.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_control__pb2.NodeFaults.FromString,
+                _registered_method=True)
+        self.ClearFaults = channel.unary_unary(
+                '/qkdnet.v1.NodeControl/ClearFaults',
+                request_serializer=qkdnet_dot_v1_dot_control__pb2.FaultsRequest.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_control__pb2.NodeFaults.FromString,
+                _registered_method=True)
 
 
 class NodeControlServicer:
@@ -74,6 +94,35 @@ class NodeControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPeerFaults(self, request, context):
+        """Live faults, which the orchestrator sets at both ends of a link (see NodeFaults). Each
+        answers with every fault in force at this node; none carries key material.
+        Cut this node's link with a peer, or restore it; shape its traffic toward a peer or all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetChannelChange(self, request, context):
+        """Change a link's quantum channel live (replaces the link's earlier change).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFaults(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearFaults(self, request, context):
+        """Remove every live fault of this node: cuts, shaping, channel changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +140,26 @@ def add_NodeControlServicer_to_server(servicer, server):
                     servicer.InjectFault,
                     request_deserializer=qkdnet_dot_v1_dot_control__pb2.FaultRequest.FromString,
                     response_serializer=qkdnet_dot_v1_dot_control__pb2.FaultReply.SerializeToString,
+            ),
+            'SetPeerFaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPeerFaults,
+                    request_deserializer=qkdnet_dot_v1_dot_control__pb2.PeerFaultsRequest.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_control__pb2.NodeFaults.SerializeToString,
+            ),
+            'SetChannelChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChannelChange,
+                    request_deserializer=qkdnet_dot_v1_dot_control__pb2.ChannelChangeRequest.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_control__pb2.NodeFaults.SerializeToString,
+            ),
+            'GetFaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFaults,
+                    request_deserializer=qkdnet_dot_v1_dot_control__pb2.FaultsRequest.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_control__pb2.NodeFaults.SerializeToString,
+            ),
+            'ClearFaults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearFaults,
+                    request_deserializer=qkdnet_dot_v1_dot_control__pb2.FaultsRequest.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_control__pb2.NodeFaults.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +243,114 @@ class NodeControl:
             '/qkdnet.v1.NodeControl/InjectFault',
             qkdnet_dot_v1_dot_control__pb2.FaultRequest.SerializeToString,
             qkdnet_dot_v1_dot_control__pb2.FaultReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPeerFaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.NodeControl/SetPeerFaults',
+            qkdnet_dot_v1_dot_control__pb2.PeerFaultsRequest.SerializeToString,
+            qkdnet_dot_v1_dot_control__pb2.NodeFaults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChannelChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.NodeControl/SetChannelChange',
+            qkdnet_dot_v1_dot_control__pb2.ChannelChangeRequest.SerializeToString,
+            qkdnet_dot_v1_dot_control__pb2.NodeFaults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.NodeControl/GetFaults',
+            qkdnet_dot_v1_dot_control__pb2.FaultsRequest.SerializeToString,
+            qkdnet_dot_v1_dot_control__pb2.NodeFaults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearFaults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.NodeControl/ClearFaults',
+            qkdnet_dot_v1_dot_control__pb2.FaultsRequest.SerializeToString,
+            qkdnet_dot_v1_dot_control__pb2.NodeFaults.FromString,
             options,
             channel_credentials,
             insecure,

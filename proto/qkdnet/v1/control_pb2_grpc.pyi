@@ -38,6 +38,16 @@ class NodeControlStub:
     """Keyed digests of a link's stored blocks, for comparing both ends without revealing key."""
     InjectFault: _grpc.UnaryUnaryMultiCallable[_control_pb2.FaultRequest, _control_pb2.FaultReply]
     """Test and chaos aid: make this node tamper with one of its next classical messages on a link."""
+    SetPeerFaults: _grpc.UnaryUnaryMultiCallable[_control_pb2.PeerFaultsRequest, _control_pb2.NodeFaults]
+    """Live faults, which the orchestrator sets at both ends of a link (see NodeFaults). Each
+    answers with every fault in force at this node; none carries key material.
+    Cut this node's link with a peer, or restore it; shape its traffic toward a peer or all.
+    """
+    SetChannelChange: _grpc.UnaryUnaryMultiCallable[_control_pb2.ChannelChangeRequest, _control_pb2.NodeFaults]
+    """Change a link's quantum channel live (replaces the link's earlier change)."""
+    GetFaults: _grpc.UnaryUnaryMultiCallable[_control_pb2.FaultsRequest, _control_pb2.NodeFaults]
+    ClearFaults: _grpc.UnaryUnaryMultiCallable[_control_pb2.FaultsRequest, _control_pb2.NodeFaults]
+    """Remove every live fault of this node: cuts, shaping, channel changes."""
 
 @_typing.type_check_only
 class NodeControlAsyncStub(NodeControlStub):
@@ -47,6 +57,16 @@ class NodeControlAsyncStub(NodeControlStub):
     """Keyed digests of a link's stored blocks, for comparing both ends without revealing key."""
     InjectFault: _aio.UnaryUnaryMultiCallable[_control_pb2.FaultRequest, _control_pb2.FaultReply]  # type: ignore[assignment]
     """Test and chaos aid: make this node tamper with one of its next classical messages on a link."""
+    SetPeerFaults: _aio.UnaryUnaryMultiCallable[_control_pb2.PeerFaultsRequest, _control_pb2.NodeFaults]  # type: ignore[assignment]
+    """Live faults, which the orchestrator sets at both ends of a link (see NodeFaults). Each
+    answers with every fault in force at this node; none carries key material.
+    Cut this node's link with a peer, or restore it; shape its traffic toward a peer or all.
+    """
+    SetChannelChange: _aio.UnaryUnaryMultiCallable[_control_pb2.ChannelChangeRequest, _control_pb2.NodeFaults]  # type: ignore[assignment]
+    """Change a link's quantum channel live (replaces the link's earlier change)."""
+    GetFaults: _aio.UnaryUnaryMultiCallable[_control_pb2.FaultsRequest, _control_pb2.NodeFaults]  # type: ignore[assignment]
+    ClearFaults: _aio.UnaryUnaryMultiCallable[_control_pb2.FaultsRequest, _control_pb2.NodeFaults]  # type: ignore[assignment]
+    """Remove every live fault of this node: cuts, shaping, channel changes."""
 
 class NodeControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -71,5 +91,39 @@ class NodeControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.FaultReply, _abc.Awaitable[_control_pb2.FaultReply]]:
         """Test and chaos aid: make this node tamper with one of its next classical messages on a link."""
+
+    @_abc_1.abstractmethod
+    def SetPeerFaults(
+        self,
+        request: _control_pb2.PeerFaultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.NodeFaults, _abc.Awaitable[_control_pb2.NodeFaults]]:
+        """Live faults, which the orchestrator sets at both ends of a link (see NodeFaults). Each
+        answers with every fault in force at this node; none carries key material.
+        Cut this node's link with a peer, or restore it; shape its traffic toward a peer or all.
+        """
+
+    @_abc_1.abstractmethod
+    def SetChannelChange(
+        self,
+        request: _control_pb2.ChannelChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.NodeFaults, _abc.Awaitable[_control_pb2.NodeFaults]]:
+        """Change a link's quantum channel live (replaces the link's earlier change)."""
+
+    @_abc_1.abstractmethod
+    def GetFaults(
+        self,
+        request: _control_pb2.FaultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.NodeFaults, _abc.Awaitable[_control_pb2.NodeFaults]]: ...
+
+    @_abc_1.abstractmethod
+    def ClearFaults(
+        self,
+        request: _control_pb2.FaultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.NodeFaults, _abc.Awaitable[_control_pb2.NodeFaults]]:
+        """Remove every live fault of this node: cuts, shaping, channel changes."""
 
 def add_NodeControlServicer_to_server(servicer: NodeControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
