@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .channel_model import GYS_RECONCILIATION_EFFICIENCY, ChannelParameters, optimal_gllp_mu
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # the model imports numpy: only the methods that need it load it
+    from .channel_model import ChannelParameters
 
 __all__ = [
     "ChannelConfig",
@@ -80,6 +82,12 @@ class ChannelConfig(_Strict):
 
     def parameters(self) -> ChannelParameters:
         """The physics view of this configuration, with the signal intensity resolved."""
+        from .channel_model import (
+            GYS_RECONCILIATION_EFFICIENCY,
+            ChannelParameters,
+            optimal_gllp_mu,
+        )
+
         fields = self.model_dump()
         if self.mu is not None:
             return ChannelParameters(**fields)

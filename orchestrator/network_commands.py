@@ -89,14 +89,16 @@ def load_plan(opts: NetworkOptions) -> NetworkPlan:
         if entry is None:
             raise NotDeployed(f"no deployment named {opts.name!r} on this machine ({_LISTING})")
         source = entry.topology_copy if entry.topology_copy.exists() else entry.topology
-        topology = load_topology(source)
+        topology = load_topology(source, check_workable=False)
     else:
         source = opts.topology
-        topology = load_topology(source)
+        # What is deployed was checked when it was deployed: the model is not needed for it.
+        topology = load_topology(source, check_workable=False)
         if opts.name is not None and opts.name != topology.name:
             raise ConfigError(f"--name: {opts.topology} names its network {topology.name!r}")
         entry = registry.get(topology.name)
     if entry is None:
+        topology = load_topology(source)  # about to be deployed: everything is checked
         return NetworkPlan.build(
             topology, opts.state_dir, opts.broker, opts.runtime, subnet=opts.subnet, source=source
         )

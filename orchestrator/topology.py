@@ -61,7 +61,6 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from qkdnet.node.channel_model import max_distance, model_figures
 from qkdnet.node.config import ChannelConfig, ProcessingConfig
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.identity import RESERVED_NAMES
@@ -318,6 +317,8 @@ def _links_without_key(links: list[ResolvedLink]) -> list[_PathError]:
 
     The model is closed-form: a fraction of a millisecond a link (the cut-off, searched only
     for a link that is refused, takes a few milliseconds more)."""
+    from qkdnet.node.channel_model import max_distance, model_figures  # numpy: only here
+
     problems = []
     for link in links:
         params = link.channel.parameters()
@@ -360,6 +361,8 @@ def _why_no_key(link: ResolvedLink) -> str:
             "length (GLLP); leave mu unset (the node then picks the best one for the length) or "
             "turn decoy on"
         )
+    from qkdnet.node.channel_model import model_figures
+
     qber = model_figures(replace(channel.parameters(), length_km=0.0), _NO_KEY_EFFICIENCY).e_mu
     fixes = ["misalignment_error", "dark_count_yield"]
     if channel.eavesdrop_fraction > 0.0:
@@ -532,8 +535,12 @@ def _line(lines: dict[Path_, int], path: Path_) -> int:
     return 1
 
 
-def load_topology(path: Path) -> Topology:
-    """Read and validate a topology file; ConfigError says FILE:LINE: field: problem."""
+def load_topology(path: Path, *, check_workable: bool = True) -> Topology:
+    """Read and validate a topology file; ConfigError says FILE:LINE: field: problem.
+
+    `check_workable=False` skips the checks of what is well-formed but cannot work (links the
+    model gives no key, unreachable SAEs): for a network that was checked when it was deployed,
+    which saves the verbs that read it the channel model (and numpy)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -545,7 +552,7 @@ def load_topology(path: Path) -> Topology:
         raise ConfigError(f"{path}:1: (top level): expected a mapping with name, nodes, links")
     try:
         topology = Topology.model_validate(data)
-        problems = _unworkable(topology, topology.resolved_links())
+        problems = _unworkable(topology, topology.resolved_links()) if check_workable else []
     except ValidationError as exc:
         messages = []
         for item in exc.errors():
