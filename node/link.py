@@ -79,6 +79,7 @@ _FRAMES_BUFFERED = 4
 _EARLY_ABORT_F = 1.1  # reconciliation efficiency assumed when deciding to skip Cascade
 _VERIFY_LEAK = 64 + 32  # verification tag + the disclosed error count
 _INLINE_ELEMENTS = 20_000  # Cascade steps up to this many ranges run on the event loop
+_UNWIND_S = 10.0  # how long a cut waits for the cancelled session to end (see _unless_cut)
 # Every round spends authentication pads and only a round with key refills them: after this
 # many aborted rounds in a row (an eavesdropper, a channel too lossy), the transmitter waits
 # before each next one, twice as long each time up to the cap, so that a link under attack
@@ -185,6 +186,7 @@ class LinkEnd:
         self._cut = False
         self._cut_now = asyncio.Event()  # set while the link is cut
         self._uncut = asyncio.Event()  # set while it is not
+        self._unwinding: set[asyncio.Future[Any]] = set()  # cancelled sessions still ending
         self._uncut.set()
         self.processing = config.processing
         self.store = store
@@ -341,7 +343,11 @@ class TransmitterLink(LinkEnd):
             backoff = min(backoff * 2, 5.0)
 
     async def _unless_cut(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Await `work`, cancelling it as soon as the link is cut (its exception propagates)."""
+        """Await `work`, cancelling it as soon as the link is cut (its exception propagates).
+
+        A cancelled session gets `_UNWIND_S` to end; one that does not (a write its peer no
+        longer reads) is left to finish in the background, so that a restore is never kept
+        waiting behind it."""
         task = asyncio.ensure_future(work)
         cut = asyncio.ensure_future(self._cut_now.wait())
         try:
@@ -350,9 +356,19 @@ class TransmitterLink(LinkEnd):
             cut.cancel()
             if not task.done():
                 task.cancel()
-                await asyncio.wait({task})
+                await asyncio.wait({task}, timeout=_UNWIND_S)
+        if not task.done():
+            self._unwinding.add(task)
+            task.add_done_callback(self._unwound)
+            log_event(logger, logging.WARNING, "session_unwinding", link=self.link_id)
+            return
         if not task.cancelled():
             task.result()
+
+    def _unwound(self, task: asyncio.Future[Any]) -> None:
+        self._unwinding.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._session_failed(task.exception())  # type: ignore[arg-type]
 
     def _session_failed(self, exc: BaseException) -> None:
         if isinstance(exc, LinkError) and exc.reason in (

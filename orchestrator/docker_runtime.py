@@ -635,10 +635,18 @@ class DockerRuntime(Runtime):
         script = (
             f"ip -j route show type blackhole && echo {_SEPARATOR} && tc -j qdisc show dev {_IFACE}"
         )
-        code, output = self._exec(container, ["sh", "-c", script])
+        # An exec on a loaded engine now and then ends at once with nothing said: try again.
+        for attempt in range(3):
+            code, output = self._exec(container, ["sh", "-c", script])
+            if code == 0 or output:
+                break
+            time.sleep(1.0 + attempt)
         routes_text, separator, qdiscs_text = output.partition(_SEPARATOR)
         if code != 0 or not separator:
-            raise QkdnetError(f"reading routes and qdiscs failed in {container.name}: {output}")
+            raise QkdnetError(
+                f"reading routes and qdiscs failed in {container.name} (exit status {code}): "
+                f"{output or 'no output'}"
+            )
         try:
             routes = json.loads(routes_text.strip() or "[]")
             qdiscs = json.loads(qdiscs_text.strip() or "[]")
