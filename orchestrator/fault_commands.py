@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from qkdnet.node.channel_model import ChannelChange, ChannelParameters, model_figures
+from qkdnet.node.channel_change import ChannelChange
 from qkdnet.node.errors import ConfigError
 
 from .fault_scenario import (
@@ -35,6 +35,9 @@ from .faults import FaultReport, Impairment, change_as_json, describe_change
 from .network_commands import NetworkOptions, expand_targets, load_plan, require_deployed
 from .network_plan import NetworkPlan
 from .runtime import BROKER, Runtime, runtime_for
+
+if TYPE_CHECKING:  # the channel model imports numpy: only the verbs that model load it
+    from qkdnet.node.channel_model import ChannelParameters
 
 __all__ = [
     "cut",
@@ -221,6 +224,8 @@ _EFFICIENCY = 1.16
 
 def _model(plan: NetworkPlan, pair: tuple[str, str], change: ChannelChange) -> dict[str, float]:
     """The model's QBER and secret key rate of a link, configured and with `change`."""
+    from qkdnet.node.channel_model import model_figures
+
     item = next(item for item in plan.links if tuple(sorted(item.endpoints)) == pair)
     configured: ChannelParameters = item.channel.parameters()
     sample = item.processing.pe_sample_fraction

@@ -31,13 +31,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from qkdnet.node.channel_change import ChannelChange
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.file_modes import write_private
-
-if TYPE_CHECKING:  # the channel model imports numpy: only where a change is made
-    from qkdnet.node.channel_model import ChannelChange
 
 __all__ = [
     "FAULTS_FILE",
@@ -153,8 +151,6 @@ def channel_change(
     where: str = "",
 ) -> ChannelChange:
     """A ChannelChange, ConfigError (prefixed with `where`) when a value is out of range."""
-    from qkdnet.node.channel_model import ChannelChange
-
     try:
         return ChannelChange(eavesdrop_fraction, extra_loss_db, misalignment_error)
     except ValueError as exc:
@@ -187,8 +183,6 @@ def change_from_json(data: Any) -> ChannelChange:
     if not isinstance(data, dict) or set(data) - set(_CHANGE_OPTIONS):
         raise ValueError("a channel change is an object of " + ", ".join(_CHANGE_OPTIONS))
     eve, misalignment = data.get("eavesdrop_fraction"), data.get("misalignment_error")
-    from qkdnet.node.channel_model import ChannelChange
-
     return ChannelChange(
         None if eve is None else float(eve),
         float(data.get("extra_loss_db", 0)),

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import grpc
 
+from qkdnet.node.channel_change import ChannelChange
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.link_names import link_id_for
 from qkdnet.v1 import control_pb2
@@ -24,9 +25,6 @@ from .controller import NodeClient
 from .faults import FaultRecord, FaultReport, Impairment, link_pair
 from .network_plan import NetworkPlan
 from .runtime import BROKER, DeploymentInfo, Runtime
-
-if TYPE_CHECKING:  # the channel model imports numpy: only where a change is made
-    from qkdnet.node.channel_model import ChannelChange
 
 __all__ = [
     "ALL_PEERS",
@@ -75,8 +73,6 @@ class NodeFaultState:
             scope: Impairment(s.delay_ms, s.jitter_ms, s.loss_percent, s.rate_kbit)
             for scope, s in message.shaping.items()
         }
-        from qkdnet.node.channel_model import ChannelChange
-
         channels = {}
         for item in message.channels:
             a, _, b = item.link_id.partition("--")
@@ -138,8 +134,6 @@ async def _bring_in_line(client: FaultClient, plan: NetworkPlan, want: NodeFault
         target = want.shaping.get(scope, Impairment())
         if have.shaping.get(scope, Impairment()) != target:
             await client.set_peer("" if scope == ALL_PEERS else scope, shaping=target)
-    from qkdnet.node.channel_model import ChannelChange
-
     for pair in sorted(set(have.channels) | set(want.channels)):
         change = want.channels.get(pair, ChannelChange())
         if have.channels.get(pair, ChannelChange()) != change:
