@@ -7,13 +7,13 @@ silently ignored is worse than a refusal.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .addresses import parse_address
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # the model imports numpy: only the methods that need it load it
@@ -266,19 +266,6 @@ class NodeConfig(_Strict):
                     f"links[{index}].address is required: this node transmits to {link.peer}"
                 )
         return self
-
-
-def parse_address(value: str) -> tuple[str, int]:
-    """Split `host:port` (IPv6 as `[::1]:port`) and check the port; ValueError otherwise."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"address {value!r} is not host:port")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range in {value!r}")
-    if host.startswith("["):
-        ipaddress.IPv6Address(host.strip("[]"))
-    return host, port
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
+if TYPE_CHECKING:  # cryptography is imported where a certificate is read (orchestrator verbs
+    from cryptography import x509  # that only name identities stay cheap to start)
 
 __all__ = [
     "BROKER_NAME",
@@ -101,6 +102,8 @@ def peer_certificate_identity(peercert: dict[str, Any] | None) -> Identity | Non
 
 def certificate_identity(cert: x509.Certificate) -> Identity | None:
     """The identity in a certificate's URI SAN (None when it has no single qkdnet SPIFFE ID)."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

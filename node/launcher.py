@@ -2,13 +2,15 @@
 
 `python -m qkdnet.node.launcher --node CONFIG LOG [--node CONFIG LOG ...] [--log-max-bytes N]
 [--log-files K]` imports the agent and everything it needs, then forks one child per node. Each
-child starts its own session, sends stdin to /dev/null and stdout/stderr to its LOG (rotated when
-it reaches N bytes, K files kept: `structured_log.rotate_output`), names itself `qkdnet:<node>`
-and runs the agent exactly as `qkdnet node --config CONFIG` would. The launcher prints one JSON
-line per child (`{"config": ..., "pid": ...}`) as soon as it exists and exits once all exist:
-the nodes belong to no orchestrator process, so they outlive whoever started them. Their parent
-is a process of the launcher's own that turns into their reaper (`reaper.py`): it records how
-each node ends (exit status or signal) in `<config stem>.exit.json` beside its configuration.
+child becomes a process group of its own (in the session of the launcher's supervisor, one
+session per launch, so that the whole deployment is one scheduling group: see `_become_node`),
+sends stdin to /dev/null and stdout/stderr to its LOG (rotated when it reaches N bytes, K files
+kept: `structured_log.rotate_output`), names itself `qkdnet:<node>` and runs the agent exactly
+as `qkdnet node --config CONFIG` would. The launcher prints one JSON line per child
+(`{"config": ..., "pid": ...}`) as soon as it exists and exits once all exist: the nodes belong
+to no orchestrator process, so they outlive whoever started them. Their parent is a process of
+the launcher's own that turns into their reaper (`reaper.py`): it records how each node ends
+(exit status or signal) in `<config stem>.exit.json` beside its configuration.
 
 Why: importing numpy, grpc, cryptography and pydantic costs each fresh interpreter about 0.7 s of
 CPU and 40 MB of private memory. Forked children share those pages copy-on-write, so a hundred
@@ -21,6 +23,7 @@ object when it forks (it checks that it is single-threaded first).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -43,9 +46,15 @@ def _threads() -> int:
 
 
 def _become_node(config: Path, log: Path, rotation: tuple[int, int]) -> None:
-    """In the child: detach, make its files private, redirect output (to its log, rotated at
-    `rotation` = (max bytes, files)), name the process."""
-    os.setsid()
+    """In the child: a process group of its own, private files, output to its log (rotated at
+    `rotation` = (max bytes, files)), a name.
+
+    The node stays in its supervisor's session, the one `run()` started for the whole launch:
+    with the kernel's autogroup scheduling (on by default), a session is one group that gets a
+    fair share of the CPU against the user's other sessions. A session per node would give a
+    busy network one share per node, and a user's shell on a small machine would wait seconds
+    for every command while the network distils key."""
+    os.setpgid(0, 0)
     os.umask(PRIVATE_UMASK)
     log.parent.mkdir(parents=True, exist_ok=True)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -143,6 +152,7 @@ def run() -> int:
         try:
             os.close(ready)
             os.setsid()
+            _yield_to_the_user()
             pids = launch(nodes, args.log_max_bytes, args.log_files, close_in_children=(done,))
             os.write(done, b"ok")
             null = os.open(os.devnull, os.O_RDWR)
@@ -159,6 +169,19 @@ def run() -> int:
     while chunk := os.read(ready, 16):
         answer += chunk
     return 0 if answer == b"ok" else 1
+
+
+# The nice value of a launch's scheduling group (its session's autogroup, see `_become_node`).
+AUTOGROUP_NICE = 5
+
+
+def _yield_to_the_user() -> None:
+    """Give the new session's scheduling group a lower weight than the user's sessions (nice
+    `AUTOGROUP_NICE`): a network that keeps every core busy still gets every idle cycle, but a
+    command the user types while it runs gets most of a core rather than a third of one.
+    Without autogroup scheduling (disabled, or an older kernel) this does nothing."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(f"{AUTOGROUP_NICE}\n")
 
 
 def _child_args(pids: list[int], nodes: list[tuple[Path, Path]]) -> list[str]:

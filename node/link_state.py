@@ -1,10 +1,11 @@
 """Flooding of link-state advertisements between neighbouring nodes.
 
-Every `interval` seconds, and at once when one of its links goes up or down, a node advertises
-its links (up, key left in each direction) and its SAEs to its neighbours, with a sequence
-number taken from the wall clock. A node that receives an advertisement newer than the one it
-holds stores it in its `Router` and passes it on to its other neighbours; an older or repeated
-one stops there, so each advertisement crosses every link at most twice.
+Every `interval` seconds, and at once when one of its links goes up or down or stores its first
+key in either direction, a node advertises its links (up, key left in each direction) and its
+SAEs to its neighbours, with a sequence number taken from the wall clock. A node that receives
+an advertisement newer than the one it holds stores it in its `Router` and passes it on to its
+other neighbours; an older or repeated one stops there, so each advertisement crosses every
+link at most twice.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class LinkStateFlooder:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self._last_up: dict[str, bool] = {}
+        self._last_seen: dict[str, tuple[bool, int]] = {}
         self.refused_from_future = 0
 
     def start(self) -> None:
@@ -92,10 +93,17 @@ class LinkStateFlooder:
     async def _run(self) -> None:
         next_full = 0.0
         while True:
-            up = {peer: link.stats.state == "running" for peer, link in self._links.items()}
+            # (up, frames stored up to 2): a link's first key in each direction is news as
+            # much as its coming up, or a key request right after it would find no route until
+            # the next full advert. Frames alternate between the directions (key_store: frame
+            # parity), so the first two frames give each direction its first key.
+            seen = {
+                peer: (link.stats.state == "running", min(link.stats.frames_ok, 2))
+                for peer, link in self._links.items()
+            }
             now = time.monotonic()
-            if now >= next_full or up != self._last_up:
-                self._last_up = up
+            if now >= next_full or seen != self._last_seen:
+                self._last_seen = seen
                 next_full = now + self.interval
                 try:
                     advert = await self._own_advert()

@@ -53,7 +53,8 @@ import aiomqtt
 
 from qkdnet.v1 import control_pb2
 
-from .config import TelemetryConfig, parse_address
+from .addresses import parse_address
+from .config import TelemetryConfig
 from .structured_log import log_event
 
 __all__ = [

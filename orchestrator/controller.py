@@ -10,7 +10,7 @@ import grpc
 from qkdnet.node.grpc_options import CHANNEL_OPTIONS
 from qkdnet.v1 import control_pb2, control_pb2_grpc
 
-from .pki import CertificatePaths
+from .credentials import CertificatePaths
 
 __all__ = ["LinkComparison", "NodeClient", "compare_link_stores"]
 

@@ -49,7 +49,6 @@ from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.file_modes import private_dir, write_private
 from qkdnet.node.grpc_options import CHANNEL_OPTIONS
 
-from . import node_faults
 from .faults import (
     FAULTS_FILE,
     FaultRecord,
@@ -489,6 +488,8 @@ class DockerRuntime(Runtime):
     # -- per node ------------------------------------------------------------------------------
 
     def start(self, name: str, timeout: float = 60.0) -> None:
+        from . import node_faults  # grpc: only for faults
+
         self._check_broker(name)
         if name == BROKER:
             container = self._container(BROKER)
@@ -536,6 +537,8 @@ class DockerRuntime(Runtime):
         self.emit("paused", name)
 
     def unpause(self, name: str) -> None:
+        from . import node_faults  # grpc: only for faults
+
         container = self._live(name)
         if container.status == "paused":
             container.unpause()
@@ -574,6 +577,8 @@ class DockerRuntime(Runtime):
     def set_impairment(self, node: str, impairment: Impairment) -> None:
         """Kernel netem on the node's interface; where the kernel has no netem, the node's own
         shaping of its classical channels (qkdnet.node.channel_shaping) stands in for it."""
+        from . import node_faults  # grpc: only for faults
+
         container = self._live(node)
         if container.status == "paused":
             raise QkdnetError(f"{node} is paused: unpause it first")
@@ -598,6 +603,8 @@ class DockerRuntime(Runtime):
         """Cuts and netem as the running nodes' kernels have them, what the nodes hold
         themselves (shaping, channel changes), paused nodes and broker; a node that is not
         running is reported with what it gets when it starts."""
+        from . import node_faults  # grpc: only for faults
+
         record = FaultRecord.load(self.plan.state_dir)
         inside = node_faults.report(self, self.inspect(), record)
         containers = self._containers()

@@ -226,7 +226,8 @@ def _model(plan: NetworkPlan, pair: tuple[str, str], change: ChannelChange) -> d
     """The model's QBER and secret key rate of a link, configured and with `change`."""
     from qkdnet.node.channel_model import model_figures
 
-    item = next(item for item in plan.links if tuple(sorted(item.endpoints)) == pair)
+    links = plan.topology.resolved_links()
+    item = next(item for item in links if tuple(sorted(item.endpoints)) == pair)
     configured: ChannelParameters = item.channel.parameters()
     sample = item.processing.pe_sample_fraction
     before = model_figures(configured, _EFFICIENCY, pe_sample_fraction=sample)

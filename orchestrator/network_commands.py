@@ -36,11 +36,11 @@ from .network_plan import NetworkPlan
 from .network_view import links_table, nodes_json, nodes_table, rows_from_snapshot
 from .registry import NotDeployed, Registration, Registry, block_of_subnet
 from .runtime import BROKER, DeployError, DeploymentInfo, Runtime, RuntimeEvent, runtime_for
-from .topology import load_topology
 
 if TYPE_CHECKING:
     from .key_client import KeyContainer
     from .network_status import NetworkSnapshot
+    from .topology import Topology
 
 __all__ = [
     "NetworkOptions",
@@ -75,12 +75,32 @@ class NetworkOptions:
 _LISTING = "qkdnet inspect --all lists what is deployed"
 
 
+def _declared_name(path: Path) -> str | None:
+    """The `name:` a topology file declares, read without validating the file (None when it
+    cannot be read that way: the full load then says what is wrong)."""
+    import yaml
+
+    try:
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _load_topology(path: Path, *, check_workable: bool = True) -> Topology:
+    from .topology import load_topology  # pydantic: only when a topology is validated
+
+    return load_topology(path, check_workable=check_workable)
+
+
 def load_plan(opts: NetworkOptions) -> NetworkPlan:
     """Validate the topology file and lay out the deployment (ConfigError when it is wrong).
 
-    A registered deployment is laid out as it was deployed: its state directory, runtime and
-    address block come from the registry (and `--state-dir` or `--runtime` that say otherwise
-    are refused). Otherwise the runtime is `opts.runtime`, else the topology's."""
+    A registered deployment is laid out as it was deployed: its plan is read from its record
+    in the state directory (plan.json: no validation, no pydantic), and its state directory,
+    runtime and address block come from the registry (`--state-dir` or `--runtime` that say
+    otherwise are refused). Otherwise the runtime is `opts.runtime`, else the topology's."""
     registry = Registry()
     if opts.topology is None:
         if opts.name is None:
@@ -89,16 +109,14 @@ def load_plan(opts: NetworkOptions) -> NetworkPlan:
         if entry is None:
             raise NotDeployed(f"no deployment named {opts.name!r} on this machine ({_LISTING})")
         source = entry.topology_copy if entry.topology_copy.exists() else entry.topology
-        topology = load_topology(source, check_workable=False)
     else:
         source = opts.topology
-        # What is deployed was checked when it was deployed: the model is not needed for it.
-        topology = load_topology(source, check_workable=False)
-        if opts.name is not None and opts.name != topology.name:
-            raise ConfigError(f"--name: {opts.topology} names its network {topology.name!r}")
-        entry = registry.get(topology.name)
+        name = _declared_name(source) or _load_topology(source, check_workable=False).name
+        if opts.name is not None and opts.name != name:
+            raise ConfigError(f"--name: {opts.topology} names its network {name!r}")
+        entry = registry.get(name)
     if entry is None:
-        topology = load_topology(source)  # about to be deployed: everything is checked
+        topology = _load_topology(source)  # about to be deployed: everything is checked
         return NetworkPlan.build(
             topology, opts.state_dir, opts.broker, opts.runtime, subnet=opts.subnet, source=source
         )
@@ -114,6 +132,11 @@ def load_plan(opts: NetworkOptions) -> NetworkPlan:
         entry.block
     ):
         raise ConfigError(f"--subnet: {entry.name} is deployed in {entry.subnet}")
+    recorded = NetworkPlan.load(entry.state_dir, opts.broker)
+    if recorded is not None and recorded.name == entry.name and recorded.subnet == entry.block:
+        return recorded
+    # What is deployed was checked when it was deployed: the model is not needed for it.
+    topology = _load_topology(source, check_workable=False)
     return NetworkPlan.build(
         topology, entry.state_dir, opts.broker, entry.runtime, block=entry.block, source=source
     )
@@ -487,7 +510,7 @@ class _KeyRound:
     enc_keys_ms: float
 
 
-async def _key_round(
+def _key_round(
     plan: NetworkPlan,
     master: str,
     slaves: list[str],
@@ -495,12 +518,12 @@ async def _key_round(
     size: int,
     multipath: bool,
 ) -> _KeyRound:
-    from .key_client import KeyApiClient
+    from .key_client import BlockingKeyApiClient
 
-    async with KeyApiClient.for_sae(plan, master) as client:
-        await client.status(slaves[0])  # checks the pair and opens the TLS connection
+    with BlockingKeyApiClient.for_sae(plan, master) as client:
+        client.status(slaves[0])  # checks the pair and opens the TLS connection
         started = time.perf_counter()
-        issued = await client.enc_keys(
+        issued = client.enc_keys(
             slaves[0],
             number,
             size,
@@ -511,8 +534,8 @@ async def _key_round(
     fetched: dict[str, dict[str, bytes]] = {}
     ids = [key.key_id for key in issued.keys]
     for slave in slaves:
-        async with KeyApiClient.for_sae(plan, slave) as client:
-            answer = await client.dec_keys(master, ids)
+        with BlockingKeyApiClient.for_sae(plan, slave) as client:
+            answer = client.dec_keys(master, ids)
         fetched[slave] = {key.key_id: key.key for key in answer.keys}
     return _KeyRound(issued, fetched, enc_keys_ms)
 
@@ -577,7 +600,7 @@ def key_get(
     hint = deploy_command(opts) if opts.topology is not None else ""
     require_deployed(plan, [master, *slaves], hint)
     with Progress(console, f"enc_keys as {master}, dec_keys as {', '.join(slaves)}"):
-        result = asyncio.run(_key_round(plan, master, slaves, number, size, multipath))
+        result = _key_round(plan, master, slaves, number, size, multipath)
     extension = result.issued.extension or {}
     relay = extension.get("qkdnet_relay")
     matches = {

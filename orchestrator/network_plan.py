@@ -9,7 +9,14 @@ nodes/<id>.yaml the node's configuration
 nodes/<id>/     the node's state: key stores, ready.json
 logs/<id>.log   the node's output (JSON lines); logs/broker.log
 runtime.json    what the runtime started, and which runtime (see process_runtime.py)
+topology.yaml   the topology as deployed
+plan.json       this plan's record: what the verbs need to find the deployment's parts
 ```
+
+A verb aimed at a deployed network reads its plan from plan.json (`NetworkPlan.load`) rather
+than validating the topology again: the record is plain JSON, so a verb such as `inspect` or
+`key get` starts without the topology's pydantic models (the topology as deployed is loaded on
+first use of `NetworkPlan.topology`, by the few verbs that need it).
 
 The state directory and every directory in it are 0700, every file 0600 (`file_modes`): keys,
 private keys and link secrets are never readable by another local user.
@@ -34,22 +41,23 @@ import os
 import shutil
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.file_modes import private_dir, write_private
 from qkdnet.node.identity import trust_domain_for
 from qkdnet.node.link_names import link_id_for
 
+from .credentials import CertificatePaths
 from .mosquitto import mosquitto_conf
-from .pki import CertificatePaths, TopologyPki, provision_pki
 from .registry import Registry, block_of_subnet, network_prefix, state_home
 from .telemetry_access import TelemetryAccess
-from .topology import ResolvedLink, Topology
+
+if TYPE_CHECKING:  # pydantic models and the PKI: loaded by what needs them (deploy, graph)
+    from .pki import TopologyPki
+    from .topology import Topology
 
 __all__ = [
     "CONTAINER_STATE_DIR",
@@ -62,6 +70,7 @@ __all__ = [
     "ConfigLayout",
     "NetworkPlan",
     "NodePlan",
+    "PlannedLink",
     "default_state_dir",
     "recorded_runtime",
 ]
@@ -138,17 +147,62 @@ class NodePlan:
 
 
 @dataclass(frozen=True)
+class PlannedLink:
+    """A link of the plan: its two ends (in the topology's order) and its length."""
+
+    endpoints: tuple[str, str]
+    length_km: float
+
+    @property
+    def link_id(self) -> str:
+        return link_id_for(*self.endpoints)
+
+
+_RECORD = "plan.json"
+_RECORD_VERSION = 1
+
+
+def _node_plans(
+    saes_of: dict[str, tuple[str, ...]], root: Path, block: int, runtime: str
+) -> dict[str, NodePlan]:
+    """Every node's address and files: node number k (in topology order) gets host k + 1 of
+    the block (see the module's docstring)."""
+    prefix = network_prefix(runtime)
+    nodes = {}
+    for k, (node_id, saes) in enumerate(saes_of.items()):
+        host = f"{prefix}.{block}.{1 + k // 250}.{1 + k % 250}"
+        nodes[node_id] = NodePlan(
+            node_id=node_id,
+            address=f"{host}:{GRPC_PORT}",
+            saes=saes,
+            config_path=(
+                root / "nodes" / node_id / "node.yaml"
+                if runtime == "docker"
+                else root / "nodes" / f"{node_id}.yaml"
+            ),
+            state_dir=root / "nodes" / node_id,
+            log_path=root / "logs" / f"{node_id}.log",
+        )
+    return nodes
+
+
+@dataclass(frozen=True)
 class NetworkPlan:
     """Everything a runtime needs to start (and later find) a deployment."""
 
-    topology: Topology
+    name: str
     state_dir: Path
     subnet: int
     nodes: dict[str, NodePlan]
-    links: list[ResolvedLink]
+    links: list[PlannedLink]
     external_broker: str | None
     runtime: str = "process"
     source: Path | None = None  # the topology file, when it came from one
+    telemetry_interval_s: float = 1.0
+    log_max_bytes: int = 10_000_000
+    log_files: int = 3
+    # The validated topology; None in a plan read from its record until first asked for.
+    _topology: Topology | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -180,38 +234,97 @@ class NetworkPlan:
             block = block_of_subnet(topology.subnet, runtime, "subnet")
         if block is None:
             block = Registry().proposed_block(topology.name, root)
-        prefix = network_prefix(runtime)
-        nodes = {}
-        for k, node_id in enumerate(topology.nodes):
-            host = f"{prefix}.{block}.{1 + k // 250}.{1 + k % 250}"
-            in_container = runtime == "docker"
-            nodes[node_id] = NodePlan(
-                node_id=node_id,
-                address=f"{host}:{GRPC_PORT}",
-                saes=tuple(topology.nodes[node_id].saes),
-                config_path=(
-                    root / "nodes" / node_id / "node.yaml"
-                    if in_container
-                    else root / "nodes" / f"{node_id}.yaml"
-                ),
-                state_dir=root / "nodes" / node_id,
-                log_path=root / "logs" / f"{node_id}.log",
-            )
+        saes_of = {node_id: tuple(node.saes) for node_id, node in topology.nodes.items()}
         url = broker_url or topology.telemetry.broker
         return cls(
-            topology=topology,
+            name=topology.name,
             state_dir=root,
             subnet=block,
-            nodes=nodes,
-            links=topology.resolved_links(),
+            nodes=_node_plans(saes_of, root, block, runtime),
+            links=[
+                PlannedLink(link.endpoints, link.channel.length_km)
+                for link in topology.resolved_links()
+            ],
             external_broker=url.removeprefix("mqtt://") if url else None,
             runtime=runtime,
             source=source.absolute() if source is not None else None,
+            telemetry_interval_s=topology.telemetry.interval_s,
+            log_max_bytes=topology.logs.max_bytes,
+            log_files=topology.logs.files,
+            _topology=topology,
         )
 
+    @classmethod
+    def load(cls, state_dir: Path, broker_url: str | None = None) -> NetworkPlan | None:
+        """The plan a deployment in `state_dir` was deployed with (`save`), None when it has
+        no readable record; `broker_url` overrides the recorded broker."""
+        try:
+            record = json.loads((state_dir / _RECORD).read_text())
+            if record.get("version") != _RECORD_VERSION:
+                return None
+            root = state_dir.absolute()
+            saes_of = {node["id"]: tuple(node["saes"]) for node in record["nodes"]}
+            url = broker_url.removeprefix("mqtt://") if broker_url else None
+            return cls(
+                name=record["name"],
+                state_dir=root,
+                subnet=int(record["subnet"]),
+                nodes=_node_plans(saes_of, root, int(record["subnet"]), record["runtime"]),
+                links=[PlannedLink((a, b), float(km)) for a, b, km in record["links"]],
+                external_broker=url or record["external_broker"],
+                runtime=record["runtime"],
+                source=Path(record["source"]) if record["source"] else None,
+                telemetry_interval_s=float(record["telemetry_interval_s"]),
+                log_max_bytes=int(record["logs"]["max_bytes"]),
+                log_files=int(record["logs"]["files"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def save(self) -> None:
+        """Write this plan's record (plan.json) and the topology as deployed (topology.yaml)
+        into the state directory, for `load`."""
+        copy = self.topology_copy
+        if self.source is not None and self.source != copy:
+            write_private(copy, self.source.read_bytes())
+        elif self.source is None and self._topology is not None:
+            import yaml
+
+            dumped = self._topology.model_dump(mode="json", exclude_defaults=True)
+            write_private(copy, yaml.safe_dump(dumped, sort_keys=False))
+        record = {
+            "version": _RECORD_VERSION,
+            "name": self.name,
+            "subnet": self.subnet,
+            "runtime": self.runtime,
+            "source": str(self.source) if self.source else None,
+            "external_broker": self.external_broker,
+            "telemetry_interval_s": self.telemetry_interval_s,
+            "logs": {"max_bytes": self.log_max_bytes, "files": self.log_files},
+            "nodes": [{"id": n.node_id, "saes": list(n.saes)} for n in self.nodes.values()],
+            "links": [[*link.endpoints, link.length_km] for link in self.links],
+        }
+        write_private(self.state_dir / _RECORD, json.dumps(record, indent=1) + "\n")
+
     @property
-    def name(self) -> str:
-        return self.topology.name
+    def topology_copy(self) -> Path:
+        """Where the state directory keeps the topology as deployed."""
+        return self.state_dir / "topology.yaml"
+
+    @property
+    def topology(self) -> Topology:
+        """The validated topology (read from the deployed copy on first use when the plan came
+        from its record)."""
+        if self._topology is None:
+            from .topology import load_topology
+
+            if not self.topology_copy.exists():
+                raise ConfigError(f"{self.name}: no topology in {self.state_dir}")
+            object.__setattr__(
+                self, "_topology", load_topology(self.topology_copy, check_workable=False)
+            )
+        assert self._topology is not None
+        return self._topology
 
     @property
     def broker_address(self) -> str:
@@ -295,6 +408,8 @@ class NetworkPlan:
 
     def provision_pki(self) -> TopologyPki:
         """Create (or reuse) the deployment's CA, certificates and link secrets."""
+        from .pki import provision_pki
+
         return provision_pki(
             self.pki_dir,
             {node.node_id: list(node.saes) for node in self.nodes.values()},
@@ -308,7 +423,7 @@ class NetworkPlan:
         """Every node's configuration (the links it holds, TLS, telemetry, key delivery), with
         addresses and file paths as `layout` says the node sees them."""
         links_of: dict[str, list[dict[str, Any]]] = {node: [] for node in self.nodes}
-        for link in self.links:
+        for link in self.topology.resolved_links():
             a, b = link.endpoints
             link_id = link_id_for(a, b)
             for end, peer in ((a, b), (b, a)):
@@ -412,6 +527,8 @@ class NetworkPlan:
 
         In containers, the node's directory also receives copies of its credentials and link
         secrets, and the configuration names them by paths relative to itself."""
+        import yaml
+
         configs = self.node_configs(self.layout(pki))
         for node in self.nodes.values():
             config = configs[node.node_id]

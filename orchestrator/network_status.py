@@ -97,7 +97,7 @@ class NetworkStatus:
                     if status
                     else None
                 )
-            links.append(LinkView(link_id, a, b, link.channel.length_km, ends[a], ends[b]))
+            links.append(LinkView(link_id, a, b, link.length_km, ends[a], ends[b]))
         return NetworkSnapshot(nodes, links)
 
     async def compare_stores(self, link: LinkView) -> LinkComparison:

@@ -148,14 +148,14 @@ def rows_from_telemetry(plan: NetworkPlan, state: TelemetryState) -> list[LinkRo
         link_id = link_id_for(a, b)
         data = state.links.get(link_id)
         if data is None:
-            rows.append(LinkRow(link_id, a, b, view.channel.length_km, "no report"))
+            rows.append(LinkRow(link_id, a, b, view.length_km, "no report"))
             continue
         rows.append(
             LinkRow(
                 link=link_id,
                 transmitter=a,
                 receiver=b,
-                length_km=view.channel.length_km,
+                length_km=view.length_km,
                 state=str(data.get("state", "?")),
                 frames=data.get("frames_ok"),
                 qber=_live_qber(data.get("last_sample_qber"), data.get("qber"))
@@ -231,7 +231,7 @@ def _node_line(
 ) -> Text | None:
     """What is wrong with nodes and the broker: not running, or silent for long."""
     now = time.time()
-    silent_after = 3 * plan.topology.telemetry.interval_s
+    silent_after = 3 * plan.telemetry_interval_s
     notes = []
     for name in [*plan.nodes, BROKER]:
         component = components.get(name)

@@ -44,7 +44,7 @@ def watch_deployment(
     """Watch until Ctrl-C or `duration` seconds; `lines`: one line per update."""
     telemetry = TelemetryWatch.for_plan(plan)
     components: dict[str, ComponentState] = {}
-    period = min(_RUNTIME_POLL_S, plan.topology.telemetry.interval_s)
+    period = min(_RUNTIME_POLL_S, plan.telemetry_interval_s)
 
     def write(record: dict[str, Any], text: str) -> None:
         if as_json:

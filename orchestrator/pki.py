@@ -38,6 +38,8 @@ from qkdnet.node.identity import (
     trust_domain_for,
 )
 
+from .credentials import CertificatePaths
+
 __all__ = [
     "CertificateAuthority",
     "CertificatePaths",
@@ -57,15 +59,6 @@ def write_psk(path: Path, pads_per_direction: int = 4096) -> None:
     from qkdnet.node.authentication import PreSharedSecret  # numpy, protobuf: only here
 
     write_private(path, PreSharedSecret.generate(pads_per_direction).to_bytes())
-
-
-@dataclass(frozen=True)
-class CertificatePaths:
-    """Where a certificate, its key and the CA certificate are."""
-
-    cert: Path
-    key: Path
-    ca: Path
 
 
 def _name(common_name: str) -> x509.Name:

@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qkdnet.node.config import parse_address
+from qkdnet.node.addresses import parse_address
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.file_modes import open_private_log, private_dir, write_private
 from qkdnet.node.reaper import exit_record_path, read_exit_record
 
-from . import node_faults
 from .faults import FAULTS_FILE, FaultRecord, FaultReport, Impairment
 from .network_plan import NodePlan
 from .runtime import (
@@ -274,8 +273,8 @@ class ProcessRuntime(Runtime):
 
     def _log_options(self, log: Path | None = None) -> list[str]:
         """The topology's log rotation (and `--log LOG`), as the broker and launcher take it."""
-        logs = self.plan.topology.logs
-        rotation = ["--log-max-bytes", str(logs.max_bytes), "--log-files", str(logs.files)]
+        plan = self.plan
+        rotation = ["--log-max-bytes", str(plan.log_max_bytes), "--log-files", str(plan.log_files)]
         return rotation if log is None else ["--log", str(log), *rotation]
 
     def _launch(self, nodes: list[NodePlan]) -> None:
@@ -334,6 +333,8 @@ class ProcessRuntime(Runtime):
     # -- per node ------------------------------------------------------------------------------
 
     def start(self, name: str, timeout: float = 60.0) -> None:
+        from . import node_faults  # grpc: only for faults
+
         record = self._load()
         if name == BROKER:
             if self.plan.external_broker is not None:
@@ -381,6 +382,8 @@ class ProcessRuntime(Runtime):
         self._freeze(name, signal.SIGSTOP, "paused")
 
     def unpause(self, name: str) -> None:
+        from . import node_faults  # grpc: only for faults
+
         self._freeze(name, signal.SIGCONT, "unpaused")
         if name != BROKER:
             node_faults.sync_runtime(self, [name])  # what changed while it was frozen
@@ -403,6 +406,8 @@ class ProcessRuntime(Runtime):
     # traffic themselves, told over NodeControl (node_faults.py, qkdnet.node.peer_faults).
 
     def cut_link(self, a: str, b: str) -> None:
+        from . import node_faults  # grpc: only for faults
+
         pair = self.check_link(a, b)
         record = FaultRecord.load(self.plan.state_dir)
         record.cuts.add(pair)
@@ -415,6 +420,8 @@ class ProcessRuntime(Runtime):
         self.emit("link_cut", f"{a}--{b}", ", ".join(applied))
 
     def restore_link(self, a: str, b: str) -> None:
+        from . import node_faults  # grpc: only for faults
+
         pair = self.check_link(a, b)
         record = FaultRecord.load(self.plan.state_dir)
         record.cuts.discard(pair)
@@ -423,6 +430,8 @@ class ProcessRuntime(Runtime):
         self.emit("link_restored", f"{a}--{b}")
 
     def set_impairment(self, node: str, impairment: Impairment) -> None:
+        from . import node_faults  # grpc: only for faults
+
         self._node(node)
         state = self.inspect().nodes[node].state
         if state != "running":
@@ -441,6 +450,8 @@ class ProcessRuntime(Runtime):
     def faults(self) -> FaultReport:
         """Paused nodes (and broker), and what the running nodes hold; a node that is not
         running is reported with what it gets when it starts."""
+        from . import node_faults  # grpc: only for faults
+
         return node_faults.report(self, self.inspect(), FaultRecord.load(self.plan.state_dir))
 
     # -- destroy -------------------------------------------------------------------------------

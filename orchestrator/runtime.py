@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from qkdnet.node.errors import ConfigError, QkdnetError
-from qkdnet.node.file_modes import private_dir, write_private
+from qkdnet.node.file_modes import private_dir
 
 from .faults import FaultReport, FaultUnsupported, Impairment, link_pair
 from .network_plan import NetworkPlan
@@ -186,8 +186,7 @@ class Runtime(ABC):
         )
         try:
             private_dir(plan.state_dir)
-            if plan.source is not None and plan.source != plan.state_dir / "topology.yaml":
-                write_private(plan.state_dir / "topology.yaml", plan.source.read_bytes())
+            plan.save()
             return self._deploy(timeout)
         except BaseException:
             if new:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
-from qkdnet.node.config import parse_address
+from qkdnet.node.addresses import parse_address
 from qkdnet.node.telemetry import SCHEMA_VERSION
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from rich.console import Console
 
-from qkdnet.orchestrator.key_client import KeyApiClient, KeyApiError
+from qkdnet.orchestrator.key_client import BlockingKeyApiClient, KeyApiClient, KeyApiError
 from qkdnet.orchestrator.network_commands import wait_for_key
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.pki import CertificatePaths
@@ -215,6 +215,38 @@ def test_key_get_json_returns_matching_keys_of_the_asked_size(two_node: NetworkP
     error = asyncio.run(fetch_again())
     assert error.status == 400
     assert "not found" in error.message
+
+
+def test_the_blocking_client_gets_what_the_async_client_gets(two_node: NetworkPlan) -> None:
+    """Same calls, same answers, same errors, whichever transport (the CLI's is http.client)."""
+
+    async def asynchronous() -> tuple[dict[str, object], KeyApiError, list[bytes]]:
+        async with KeyApiClient.for_sae(two_node, "sae-alice") as alice:
+            status = await alice.status("sae-bob")
+            with pytest.raises(KeyApiError) as caught:
+                await alice.enc_keys("sae-bob", 1, 12)
+            issued = await alice.enc_keys("sae-bob", 2, 256)
+        with BlockingKeyApiClient.for_sae(two_node, "sae-bob") as bob:
+            fetched = bob.dec_keys("sae-alice", [key.key_id for key in issued.keys])
+        assert [k.key_id for k in fetched.keys] == [k.key_id for k in issued.keys]
+        return status, caught.value, [key.key for key in issued.keys]
+
+    status, async_error, issued = asyncio.run(asynchronous())
+    with BlockingKeyApiClient.for_sae(two_node, "sae-alice") as alice:
+        assert alice.status("sae-bob").keys() == status.keys()
+        with pytest.raises(KeyApiError) as caught:
+            alice.enc_keys("sae-bob", 1, 12)
+        issued_here = alice.enc_keys("sae-bob", 1, 256)
+    assert (caught.value.status, caught.value.message) == (async_error.status, async_error.message)
+    assert caught.value.status == 400
+    assert len(issued_here.keys[0].key) == 32
+    assert issued_here.keys[0].key not in issued
+
+    unreachable = BlockingKeyApiClient("https://127.0.0.1:9", two_node.sae_credentials("sae-alice"))
+    with pytest.raises(KeyApiError) as caught:
+        unreachable.status("sae-bob")
+    assert caught.value.status is None
+    assert "cannot reach the KME" in caught.value.message
 
 
 def test_key_get_table_shows_fingerprints_never_keys(two_node: NetworkPlan) -> None:

@@ -188,7 +188,8 @@ def test_a_scenario_applies_faults_that_show_survive_a_restart_and_reset(
     assert report.peer_impairments == {"a": {"r1": Impairment(rate_kbit=20_000)}}
     assert report.channels == {("b", "r1"): ChannelChange(extra_loss_db=3)}
     ends = asyncio.run(_ends(plan, "b--r1"))
-    configured = next(link for link in plan.links if set(link.endpoints) == {"b", "r1"})
+    links = plan.topology.resolved_links()
+    configured = next(link for link in links if set(link.endpoints) == {"b", "r1"})
     changed = ChannelChange(extra_loss_db=3).apply(configured.channel.parameters())
     for end in ends.values():
         assert end.extra_loss_db == 3

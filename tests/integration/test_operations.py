@@ -60,6 +60,26 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, 
         _run("destroy", "--name", "ops-pair")
 
 
+def test_a_deployment_is_one_scheduling_group_that_yields_to_the_user(
+    pair: tuple[str, Path, Path],
+) -> None:
+    """The nodes of a launch share one session (one autogroup, at a lower weight than the
+    user's), each in a process group of its own, none in the session of whoever deployed.
+    (A node started again later is a launch of its own: this test runs before any restart.)"""
+    _, _, state = pair
+    nodes = json.loads((state / "runtime.json").read_text())["nodes"]
+    pids = [int(entry["pid"]) for entry in nodes.values()]
+    assert len(pids) == 2
+    sessions = {os.getsid(pid) for pid in pids}
+    assert len(sessions) == 1
+    assert sessions != {os.getsid(0)}
+    assert all(os.getpgid(pid) == pid for pid in pids)
+    autogroup = Path(f"/proc/{pids[0]}/autogroup")
+    if autogroup.exists():  # kernels with autogroup scheduling
+        assert autogroup.read_text().split()[-1] == "5"
+        assert Path("/proc/self/autogroup").read_text() != autogroup.read_text()
+
+
 def test_a_deployment_is_found_by_name_and_one_name_is_one_deployment(
     pair: tuple[str, Path, Path], tmp_path: Path
 ) -> None:
