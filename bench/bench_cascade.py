@@ -3,7 +3,7 @@
 Usage: ``python bench/bench_cascade.py [--quick]``
 
 For each key length and QBER it reconciles independent frames (Alice's key uniform, Bob's with
-each bit flipped with probability QBER) through `qkdnet.node.cascade.reconcile`, which carries
+each bit flipped with probability QBER) through `qkdnet.node.core.cascade.reconcile`, which carries
 every message through its wire encoding, and prints:
 
 * ``f``: mean efficiency disclosed / (n H2(q)), q each frame's actual error rate;
@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from qkdnet.node.cascade import (
+from qkdnet.node.core.cascade import (
     CascadeAlice,
     CascadeBob,
     CascadePlan,
@@ -33,7 +33,7 @@ from qkdnet.node.cascade import (
     reconcile,
     unpack_parities,
 )
-from qkdnet.node.polynomial_hash import PolynomialHash
+from qkdnet.node.core.polynomial_hash import PolynomialHash
 
 FULL = {10_000: 1000, 100_000: 50, 1_000_000: 10}
 QUICK = {10_000: 30, 100_000: 4, 1_000_000: 1}

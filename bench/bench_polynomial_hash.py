@@ -1,4 +1,4 @@
-"""Speed of GF(2^64) polynomial hashing (qkdnet.node.polynomial_hash).
+"""Speed of GF(2^64) polynomial hashing (qkdnet.node.core.polynomial_hash).
 
 For several message sizes prints the median digest time with a warm instance (key kept, as
 for Wegman-Carter authentication), the time of a fresh instance's first digest (new key, as
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from qkdnet.node.polynomial_hash import PolynomialHash, wegman_carter_tag
+from qkdnet.node.core.polynomial_hash import PolynomialHash, wegman_carter_tag
 
 
 def _median_seconds(fn: Callable[[], object], min_time: float = 0.2, max_runs: int = 2000) -> float:

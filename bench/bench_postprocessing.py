@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from qkdnet.node.cascade import CascadeAlice, CascadeBob, ParityQuery, binary_entropy
-from qkdnet.node.channel_model import ChannelParameters, model_figures
 from qkdnet.node.config import ChannelConfig, ProcessingConfig
-from qkdnet.node.decoy import DecoyEstimate, secret_key_length
-from qkdnet.node.polynomial_hash import PolynomialHash
-from qkdnet.node.toeplitz import toeplitz_hash
-from qkdnet.node.wire import decode_bits, encode_bits
+from qkdnet.node.core.cascade import CascadeAlice, CascadeBob, ParityQuery, binary_entropy
+from qkdnet.node.core.channel_model import ChannelParameters, model_figures
+from qkdnet.node.core.decoy import DecoyEstimate, secret_key_length
+from qkdnet.node.core.polynomial_hash import PolynomialHash
+from qkdnet.node.core.toeplitz import toeplitz_hash
+from qkdnet.node.core.wire import decode_bits, encode_bits
 from qkdnet.orchestrator.link_demo import LinkPair
 
 N = 1_000_000

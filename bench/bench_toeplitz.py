@@ -1,4 +1,4 @@
-"""Throughput of Toeplitz privacy amplification (qkdnet.node.toeplitz).
+"""Throughput of Toeplitz privacy amplification (qkdnet.node.core.toeplitz).
 
 Prints, for n in {1e5, 1e6, 2e6} and compression m/n in {0.2, 0.5, 0.8}, the median time per
 call and the throughput in Mbit/s of *input* for the one-shot ``toeplitz_hash`` (default
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from qkdnet.node import toeplitz
+from qkdnet.node.core import toeplitz
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -21,14 +21,14 @@ import time
 
 import numpy as np
 
-from qkdnet.node.channel_model import (
+from qkdnet.node.core.channel_model import (
     GYS_RECONCILIATION_EFFICIENCY,
     ChannelParameters,
     max_distance,
     model_figures,
     optimal_gllp_mu,
 )
-from qkdnet.node.quantum_channel import measure, transmit
+from qkdnet.node.core.quantum_channel import measure, transmit
 
 
 def print_table(f: float, pe_sample_fraction: float) -> None:

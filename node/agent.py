@@ -38,11 +38,11 @@ from qkdnet.v1 import (
 )
 
 from .authentication import LinkAuthenticator, read_psk
-from .channel_model import ChannelChange
 from .channel_shaping import ALL_PEERS, Shaping
 from .config import KeyApiConfig, NodeConfig, load_node_config
 from .conversation import TamperFault
-from .delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
+from .core.channel_model import ChannelChange
+from .core.toeplitz import configure_fftw
 from .errors import ConfigError, KeyStoreError, LinkError, QkdnetError
 from .etsi014 import KeyDeliveryServer
 from .file_modes import PRIVATE_UMASK, private_dir, tighten
@@ -50,17 +50,17 @@ from .grpc_authorization import RoleAuthorization, peer_name
 from .grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .https_server import HttpLimits, raise_file_limit, server_ssl_context
 from .key_manager import DeliveryPolicy, KeyLimits, KeyManager
-from .key_store import KeyStore
 from .link import LinkEnd, ReceiverLink, TransmitterLink
 from .link_names import link_id_for
 from .link_state import LinkStateFlooder
 from .peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
 from .relay import KeyRelay, RelayService
 from .routing import Router
+from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
+from .store.key_store import KeyStore
 from .structured_log import configure_logging, log_event
 from .telemetry import TelemetryPublisher
 from .tls import NodeCredentials, client_tls_context, load_credentials
-from .toeplitz import configure_fftw
 
 __all__ = ["PARENT_PID_ENV", "NodeAgent", "main"]
 

@@ -22,9 +22,9 @@ from google.protobuf.message import DecodeError
 
 from qkdnet.v1 import link_pb2
 
+from .core.polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
 from .errors import AuthenticationError, ConfigError, ProtocolError
-from .key_store import PAD_BYTES, KeyStore, KeyStoreDb
-from .polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
+from .store.key_store import PAD_BYTES, KeyStore, KeyStoreDb
 
 __all__ = [
     "LinkAuthenticator",

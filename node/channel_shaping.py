@@ -23,9 +23,10 @@ path:
   `Flow`: a delayed or retransmitted message holds up those behind it (head-of-line blocking).
 
 Not emulated: the photon stream (it stands for the fibre, whose losses are the quantum
-channel's: `qkdnet.node.channel_change.ChannelChange`), the orchestrator's control calls and the
-ETSI key API (kernel netem on Docker delays those too), segmentation (a message is one unit: its
-loss costs one RTO whatever its size), congestion control (no window shrinks after a loss).
+channel's: `qkdnet.node.core.channel_change.ChannelChange`), the orchestrator's control calls
+and the ETSI key API (kernel netem on Docker delays those too), segmentation (a message is one
+unit: its loss costs one RTO whatever its size), congestion control (no window shrinks after a
+loss).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from .addresses import parse_address
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # the model imports numpy: only the methods that need it load it
-    from .channel_model import ChannelParameters
+    from .core.channel_model import ChannelParameters
 
 __all__ = [
     "ChannelConfig",
@@ -82,7 +82,7 @@ class ChannelConfig(_Strict):
 
     def parameters(self) -> ChannelParameters:
         """The physics view of this configuration, with the signal intensity resolved."""
-        from .channel_model import (
+        from .core.channel_model import (
             GYS_RECONCILIATION_EFFICIENCY,
             ChannelParameters,
             optimal_gllp_mu,

@@ -46,11 +46,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .delivered_keys import KeyNotFound, KeyNotYours
 from .errors import KeyStoreError, RelayError
 from .https_server import BodyTimeout, HttpLimits, HttpsServer
 from .identity import Role, peer_certificate_identity
 from .key_manager import KeyManager
+from .store.delivered_keys import KeyNotFound, KeyNotYours
 from .structured_log import log_event
 
 __all__ = [

@@ -43,16 +43,16 @@ from typing import Any
 
 from qkdnet.v1 import relay_pb2
 
-from .delivered_keys import (
+from .errors import KeyStoreError, RelayError
+from .relay import KeyRelay, link_key_bits
+from .routing import Router
+from .store.delivered_keys import (
     DEFAULT_KEY_TTL_S,
     DeliveredKeys,
     DeliveredKeysDb,
     NewKeys,
     PoolKey,
 )
-from .errors import KeyStoreError, RelayError
-from .relay import KeyRelay, link_key_bits
-from .routing import Router
 from .structured_log import log_event
 
 __all__ = [

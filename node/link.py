@@ -51,22 +51,22 @@ from numpy.typing import NDArray
 from qkdnet.v1 import link_pb2, link_pb2_grpc
 
 from .authentication import LinkAuthenticator
-from .cascade import CascadeAlice, CascadeBob, ParityQuery, binary_entropy
-from .channel_model import ChannelChange, ChannelParameters, model_figures
 from .channel_shaping import ChannelShaping, Flow, ShapedStream
 from .config import LinkConfig
 from .conversation import Conversation, Duplex, TamperFault
-from .decoy import ClassCounts, DecoyEstimate, estimate, gllp_estimate, secret_key_length
+from .core.cascade import CascadeAlice, CascadeBob, ParityQuery, binary_entropy
+from .core.channel_model import ChannelChange, ChannelParameters, model_figures
+from .core.decoy import ClassCounts, DecoyEstimate, estimate, gllp_estimate, secret_key_length
+from .core.polynomial_hash import PolynomialHash
+from .core.quantum_channel import ChannelOutput, measure, transmit
+from .core.toeplitz import toeplitz_hash
+from .core.wire import decode_bits, decode_classes, decode_slots, encode_bits, encode_slots
 from .errors import LinkError, ProtocolError, RoundAborted
 from .grpc_options import CHANNEL_OPTIONS
-from .key_store import KeyStore, KeyStoreDb
 from .link_names import link_id_for
 from .link_stats import LinkStats
-from .polynomial_hash import PolynomialHash
-from .quantum_channel import ChannelOutput, measure, transmit
+from .store.key_store import KeyStore, KeyStoreDb
 from .structured_log import log_event
-from .toeplitz import toeplitz_hash
-from .wire import decode_bits, decode_classes, decode_slots, encode_bits, encode_slots
 
 __all__ = ["LinkEnd", "ReceiverLink", "TransmitterLink", "link_id_for"]
 

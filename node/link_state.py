@@ -21,10 +21,10 @@ import grpc
 
 from qkdnet.v1 import relay_pb2
 
-from .key_store import KeyStoreDb
 from .link import LinkEnd
 from .relay import PeerChannels
 from .routing import Router
+from .store.key_store import KeyStoreDb
 from .structured_log import log_event
 
 __all__ = ["MAX_CLOCK_AHEAD_NS", "LinkStateFlooder"]

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from qkdnet.v1 import control_pb2
 
-from .channel_model import ChannelParameters, ModelFigures, model_figures
-from .key_store import StoreLevel
+from .core.channel_model import ChannelParameters, ModelFigures, model_figures
+from .store.key_store import StoreLevel
 
 __all__ = ["LinkStats"]
 

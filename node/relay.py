@@ -38,13 +38,13 @@ from google.protobuf.message import DecodeError
 
 from qkdnet.v1 import relay_pb2, relay_pb2_grpc
 
-from .delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, NewKeys, NotTheOrigin
+from .core.polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
 from .errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError, RelayError
 from .grpc_authorization import peer_name
 from .grpc_options import CHANNEL_OPTIONS
-from .key_store import KeyRange, KeyStoreDb
 from .link import LinkEnd
-from .polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
+from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, NewKeys, NotTheOrigin
+from .store.key_store import KeyRange, KeyStoreDb
 from .structured_log import log_event
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from qkdnet.node.channel_change import ChannelChange
+from qkdnet.node.core.channel_change import ChannelChange
 from qkdnet.node.errors import ConfigError
 
 from .fault_scenario import (
@@ -37,7 +37,7 @@ from .network_plan import NetworkPlan
 from .runtime import BROKER, Runtime, runtime_for
 
 if TYPE_CHECKING:  # the channel model imports numpy: only the verbs that model load it
-    from qkdnet.node.channel_model import ChannelParameters
+    from qkdnet.node.core.channel_model import ChannelParameters
 
 __all__ = [
     "cut",
@@ -224,7 +224,7 @@ _EFFICIENCY = 1.16
 
 def _model(plan: NetworkPlan, pair: tuple[str, str], change: ChannelChange) -> dict[str, float]:
     """The model's QBER and secret key rate of a link, configured and with `change`."""
-    from qkdnet.node.channel_model import model_figures
+    from qkdnet.node.core.channel_model import model_figures
 
     links = plan.topology.resolved_links()
     item = next(item for item in links if tuple(sorted(item.endpoints)) == pair)

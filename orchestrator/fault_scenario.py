@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from qkdnet.node.channel_change import ChannelChange
+from qkdnet.node.core.channel_change import ChannelChange
 from qkdnet.node.errors import ConfigError, QkdnetError
 
 from . import node_faults

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qkdnet.node.channel_change import ChannelChange
+from qkdnet.node.core.channel_change import ChannelChange
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.file_modes import write_private
 

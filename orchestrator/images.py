@@ -240,9 +240,7 @@ class SourceTree:
             version=str(project["version"]),
             dependencies=tuple(project.get("dependencies", [])),
             readme=readme if isinstance(readme, str) else None,
-            package_dirs=tuple(
-                (name, Path(package_dir.get(name, name.replace(".", "/")))) for name in packages
-            ),
+            package_dirs=tuple((name, _package_directory(name, package_dir)) for name in packages),
             package_data=tuple((name, tuple(p)) for name, p in data_patterns.items()),
             build_requires=tuple(build_requires),
         )
@@ -293,6 +291,18 @@ class SourceTree:
         ):
             digest.update(hashlib.sha256(part).digest())
         return digest.hexdigest()[:16]
+
+
+def _package_directory(package: str, package_dir: dict[str, str]) -> Path:
+    """Where setuptools finds `package`, relative to the root: its own `package-dir` entry, else
+    the directory of its nearest mapped parent with the rest of its name below it (as
+    `qkdnet.node.core` is node/core), else its name as a path."""
+    parts = package.split(".")
+    for cut in range(len(parts), 0, -1):
+        mapped = package_dir.get(".".join(parts[:cut]))
+        if mapped is not None:
+            return Path(mapped, *parts[cut:])
+    return Path(package_dir.get("", ""), *parts)
 
 
 def _hash_files(digest: Any, root: Path, files: Iterable[Path]) -> None:

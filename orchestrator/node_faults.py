@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import grpc
 
-from qkdnet.node.channel_change import ChannelChange
+from qkdnet.node.core.channel_change import ChannelChange
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.link_names import link_id_for
 from qkdnet.v1 import control_pb2

@@ -34,7 +34,7 @@ a clash would let an application's certificate speak for a node or for the contr
 `load_topology(path)` validates the file into typed models. Every problem is reported as
 `FILE:LINE: field.path: message`, and the loader refuses duplicate keys (YAML itself would keep
 the last one silently) and unknown fields (naming the closest known one). It also refuses what
-is well-formed but cannot work: a link on which the analytic model (`node/channel_model.py`)
+is well-formed but cannot work: a link on which the analytic model (`node/core/channel_model.py`)
 distils no key with the link's parameters (the message gives the model's cut-off length), and
 an SAE that no other SAE can reach (no other SAE on its node or on any node linked to it,
 directly or through relays). `topology_json_schema()` is the JSON schema editors can use.
@@ -317,7 +317,7 @@ def _links_without_key(links: list[ResolvedLink]) -> list[_PathError]:
 
     The model is closed-form: a fraction of a millisecond a link (the cut-off, searched only
     for a link that is refused, takes a few milliseconds more)."""
-    from qkdnet.node.channel_model import max_distance, model_figures  # numpy: only here
+    from qkdnet.node.core.channel_model import max_distance, model_figures  # numpy: only here
 
     problems = []
     for link in links:
@@ -361,7 +361,7 @@ def _why_no_key(link: ResolvedLink) -> str:
             "length (GLLP); leave mu unset (the node then picks the best one for the length) or "
             "turn decoy on"
         )
-    from qkdnet.node.channel_model import model_figures
+    from qkdnet.node.core.channel_model import model_figures
 
     qber = model_figures(replace(channel.parameters(), length_km=0.0), _NO_KEY_EFFICIENCY).e_mu
     fixes = ["misalignment_error", "dark_count_yield"]

@@ -13,7 +13,7 @@ import aiohttp
 import grpc
 import pytest
 
-from qkdnet.node.channel_model import ChannelChange
+from qkdnet.node.core.channel_model import ChannelChange
 from qkdnet.orchestrator.cli import main
 from qkdnet.orchestrator.controller import NodeClient
 from qkdnet.orchestrator.faults import FaultRecord, Impairment

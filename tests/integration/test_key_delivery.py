@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from qkdnet.node.delivered_keys import DeliveredKeys
 from qkdnet.node.identity import Role
-from qkdnet.node.key_store import KeyStore
 from qkdnet.node.relay import KeyRelay, PeerChannels
+from qkdnet.node.store.delivered_keys import DeliveredKeys
+from qkdnet.node.store.key_store import KeyStore
 from qkdnet.orchestrator.controller import NodeClient
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.pki import CertificateAuthority

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from qkdnet.node.channel_model import ChannelParameters, max_distance, model_figures
+from qkdnet.node.core.channel_model import ChannelParameters, max_distance, model_figures
 
 from .conftest import PairFactory
 from .test_link_keys import wait_for

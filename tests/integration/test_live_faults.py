@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.node.channel_model import ChannelChange, model_figures, qber_with_eavesdropper
+from qkdnet.node.core.channel_model import ChannelChange, model_figures, qber_with_eavesdropper
 from qkdnet.orchestrator.cli import main
 from qkdnet.orchestrator.faults import FaultRecord, Impairment
 from qkdnet.orchestrator.network_plan import NetworkPlan

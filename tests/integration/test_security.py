@@ -29,10 +29,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qkdnet.node.delivered_keys import DeliveredKeys
 from qkdnet.node.grpc_options import CHANNEL_OPTIONS
-from qkdnet.node.key_store import KeyStore
 from qkdnet.node.relay import KeyRelay, PeerChannels
+from qkdnet.node.store.delivered_keys import DeliveredKeys
+from qkdnet.node.store.key_store import KeyStore
 from qkdnet.node.tls import client_tls_context
 from qkdnet.orchestrator.controller import NodeClient
 from qkdnet.orchestrator.network_plan import NetworkPlan

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from qkdnet.node.key_store import KeyStoreDb
+from qkdnet.node.store.key_store import KeyStoreDb
 from qkdnet.orchestrator.controller import compare_link_stores
 from qkdnet.orchestrator.link_demo import RECEIVER, TRANSMITTER, LinkPair
 

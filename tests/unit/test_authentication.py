@@ -8,7 +8,7 @@ import pytest
 
 from qkdnet.node.authentication import LinkAuthenticator, PreSharedSecret
 from qkdnet.node.errors import AuthenticationError, ConfigError, ProtocolError
-from qkdnet.node.key_store import KeyStore
+from qkdnet.node.store.key_store import KeyStore
 from qkdnet.v1 import link_pb2
 
 

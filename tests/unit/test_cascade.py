@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from qkdnet.node.cascade import (
+from qkdnet.node.core.cascade import (
     QBER_FLOOR,
     CascadeAlice,
     CascadeBob,

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from qkdnet.node import channel_model as cm
-from qkdnet.node.channel_model import (
+from qkdnet.node.core import channel_model as cm
+from qkdnet.node.core.channel_model import (
     GYS_RECONCILIATION_EFFICIENCY,
     ChannelParameters,
     binary_entropy,

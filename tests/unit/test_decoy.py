@@ -10,13 +10,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from qkdnet.node.channel_model import (
+from qkdnet.node.core.channel_model import (
     ChannelParameters,
     ModelFigures,
     binary_entropy,
     model_figures,
 )
-from qkdnet.node.decoy import (
+from qkdnet.node.core.decoy import (
     ClassCounts,
     DecoyEstimate,
     count_classes,
@@ -24,7 +24,7 @@ from qkdnet.node.decoy import (
     gllp_estimate,
     secret_key_length,
 )
-from qkdnet.node.quantum_channel import measure, transmit
+from qkdnet.node.core.quantum_channel import measure, transmit
 
 F = 1.22
 PE = 0.05

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.node.delivered_keys import (
+from qkdnet.node.errors import KeyStoreError
+from qkdnet.node.store.delivered_keys import (
     DeliveredKeysDb,
     ExpiredKeys,
     KeyNotFound,
@@ -17,7 +18,6 @@ from qkdnet.node.delivered_keys import (
     NewKeys,
     NotTheOrigin,
 )
-from qkdnet.node.errors import KeyStoreError
 
 
 def _keys(n: int = 3, size: int = 32, blob: bytes | None = None, **fields: object) -> NewKeys:

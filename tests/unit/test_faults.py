@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.node.channel_model import ChannelChange
+from qkdnet.node.core.channel_model import ChannelChange
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.orchestrator.cli import main
 from qkdnet.orchestrator.fault_scenario import load_scenario, run_scenario

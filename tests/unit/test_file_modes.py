@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.node.delivered_keys import DeliveredKeysDb
 from qkdnet.node.file_modes import private_dir, tighten, write_private
-from qkdnet.node.key_store import KeyStoreDb
+from qkdnet.node.store.delivered_keys import DeliveredKeysDb
+from qkdnet.node.store.key_store import KeyStoreDb
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.topology import load_topology
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qkdnet.node.errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError
-from qkdnet.node.key_store import KeyRange, KeyStoreDb
+from qkdnet.node.store.key_store import KeyRange, KeyStoreDb
 
 
 @pytest.fixture

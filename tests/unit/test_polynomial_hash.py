@@ -1,4 +1,4 @@
-"""Tests for qkdnet.node.polynomial_hash (GF(2^64) polynomial hashing)."""
+"""Tests for qkdnet.node.core.polynomial_hash (GF(2^64) polynomial hashing)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from qkdnet.node import polynomial_hash as ph
-from qkdnet.node.polynomial_hash import (
+from qkdnet.node.core import polynomial_hash as ph
+from qkdnet.node.core.polynomial_hash import (
     GF64_MODULUS,
     PolynomialHash,
     collision_bound,

@@ -10,12 +10,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from qkdnet.node.channel_model import (
+from qkdnet.node.core.channel_model import (
     ChannelParameters,
     model_figures,
     qber_with_eavesdropper,
 )
-from qkdnet.node.quantum_channel import (
+from qkdnet.node.core.quantum_channel import (
     AliceRecords,
     ChannelOutput,
     ClassTotals,

@@ -1,4 +1,4 @@
-"""Tests for qkdnet.node.toeplitz (Toeplitz privacy amplification)."""
+"""Tests for qkdnet.node.core.toeplitz (Toeplitz privacy amplification)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from qkdnet.node import toeplitz
-from qkdnet.node.toeplitz import (
+from qkdnet.node.core import toeplitz
+from qkdnet.node.core.toeplitz import (
     ToeplitzHasher,
     fft_length,
     seed_length,

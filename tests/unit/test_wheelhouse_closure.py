@@ -7,6 +7,7 @@ fake that holds no image.
 
 from __future__ import annotations
 
+import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -176,3 +177,21 @@ def test_a_base_made_with_another_package_list_is_stale() -> None:
 )
 def test_a_failed_project_wheel_says_why(output: list[str], reason: str) -> None:
     assert images._pip_failure(output).startswith(reason)
+
+
+def test_the_project_files_are_every_module_of_every_package_subpackages_included() -> None:
+    """What the image's wheel is built from: every tracked module of the packages, those of
+    subpackages (qkdnet.node.core in node/core, by its parent's package-dir) included."""
+    root = Path(__file__).parents[2]
+    tracked = subprocess.run(
+        ["git", "ls-files", "node", "orchestrator", "proto/qkdnet/v1", "examples"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    modules = {Path(name) for name in tracked if name.endswith(".py")}
+    files = set(SourceTree.load(root).project_files())
+    assert Path("node/core/cascade.py") in files
+    assert modules <= files
+    assert all((root / path).is_file() for path in files)

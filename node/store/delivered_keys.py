@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from .errors import KeyStoreError
+from ..errors import KeyStoreError
 from .sqlite_store import StoreThread, Transaction, add_missing_columns, checkpoint, open_sqlite
 
 __all__ = [

@@ -5,20 +5,20 @@ detects, with exactly the statistics of independent pulses:
 
 * every slot is independently of class ``c`` (signal ``mu``, weak decoy ``nu``, vacuum) with
   probability ``p_c`` and detected with the model gain ``Q_c`` of that class
-  (:func:`qkdnet.node.channel_model.gain`; vacuum: ``Y0``) — Lo, Ma, Chen, PRL 94, 230504 (2005);
-  Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005);
+  (:func:`qkdnet.node.core.channel_model.gain`; vacuum: ``Y0``) — Lo, Ma, Chen, PRL 94, 230504
+  (2005); Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005);
 * so detections form a Bernoulli process of rate ``P = sum_c p_c Q_c`` over the slots: the gaps
   between detected slots are geometric (drawn as ``floor(Exp(1) / -ln(1 - P)) + 1``, no sort, no
   duplicates), the class of a detected slot is ``c`` with probability ``p_c Q_c / P``, and the
   undetected pulses are split among the classes multinomially with weights ``p_c (1 - Q_c)``,
   which gives Alice's pulse totals per class;
 * Alice's basis and bit are uniform; the state reaching Bob is hers, flipped with the class's model
-  QBER ``E_c`` (misalignment and dark counts, :func:`qkdnet.node.channel_model.error_rate`);
+  QBER ``E_c`` (misalignment and dark counts, :func:`qkdnet.node.core.channel_model.error_rate`);
 * an intercept-resend eavesdropper attacks each detected pulse with probability ``p``: she measures
   in a random basis (a uniform bit when it differs from Alice's) and resends her basis and result,
   then the channel noise applies. Eve is loss-transparent (gains unchanged), so the sifted QBER of a
   class is ``E_c + p (1/4 - E_c / 2)``
-  (:func:`qkdnet.node.channel_model.qber_with_eavesdropper`).
+  (:func:`qkdnet.node.core.channel_model.qber_with_eavesdropper`).
 
 :func:`measure` is Bob's detector: a uniform basis; the state's value when it matches the state's
 basis, a uniform bit otherwise.

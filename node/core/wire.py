@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 __all__ = [
     "decode_bits",

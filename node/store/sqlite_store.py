@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from .errors import KeyStoreError, StoreUnavailable
-from .file_modes import create_private
+from ..errors import KeyStoreError, StoreUnavailable
+from ..file_modes import create_private
 
 __all__ = ["StoreThread", "Transaction", "add_missing_columns", "checkpoint", "open_sqlite"]
 

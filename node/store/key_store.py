@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from .errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError
+from ..errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError
 from .sqlite_store import StoreThread, Transaction, checkpoint, open_sqlite
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Analytic model of a decoy-state BB84 link over optical fibre.
 
 Everything here is a plain function of the channel parameters: no I/O, no randomness. The
-emulated quantum channel (:mod:`qkdnet.node.quantum_channel`) draws its statistics from these
+emulated quantum channel (:mod:`qkdnet.node.core.quantum_channel`) draws its statistics from these
 formulas and the link's reported figures are checked against them.
 
 Formulas (see ``qkd-physics.md``):

@@ -7,8 +7,8 @@ and its error rate, and sizes privacy amplification.
 
 * Vacuum + weak decoy bounds ``Y1^L``, ``e1^U``, ``Q1^L = Y1^L mu e^-mu``: X. Ma, B. Qi, Y. Zhao,
   H.-K. Lo, "Practical decoy state for quantum key distribution", PRA 72, 012326 (2005), section IV
-  (formulas in :func:`qkdnet.node.channel_model.vacuum_weak_decoy_bounds`, shared with the analytic
-  model); without a vacuum class, the one-decoy bound of the same section.
+  (formulas in :func:`qkdnet.node.core.channel_model.vacuum_weak_decoy_bounds`, shared with the
+  analytic model); without a vacuum class, the one-decoy bound of the same section.
 * Without decoys: GLLP tagging (D. Gottesman, H.-K. Lo, N. Lütkenhaus, J. Preskill, QIC 4, 325
   (2004)), ``Delta = (1 - (1 + mu) e^-mu) / Q_mu``, ``e1 = E_mu / (1 - Delta)``.
 * Key length (asymptotic, with a privacy-amplification margin, cf. Tomamichel et al., Nat. Commun.
@@ -16,9 +16,10 @@ and its error rate, and sizes privacy amplification.
 
 The estimates are point estimates from the observed frequencies (no finite-size confidence
 intervals), so over many rounds they average to the analytic practical bound of
-:func:`qkdnet.node.channel_model.model_figures`. Statistics never raise: a bound that makes no sense
-(``Y1^L <= 0``, ``e1^U >= 1/2``, no detections) gives ``valid=False`` and a zero key length.
-Malformed arguments (negative counts, more detections than pulses, ...) raise ``ValueError``.
+:func:`qkdnet.node.core.channel_model.model_figures`. Statistics never raise: a bound that makes
+no sense (``Y1^L <= 0``, ``e1^U >= 1/2``, no detections) gives ``valid=False`` and a zero key
+length. Malformed arguments (negative counts, more detections than pulses, ...) raise
+``ValueError``.
 """
 
 from __future__ import annotations
