@@ -62,7 +62,7 @@ from .core.quantum_channel import ChannelOutput, measure, transmit
 from .core.toeplitz import toeplitz_hash
 from .core.wire import decode_bits, decode_classes, decode_slots, encode_bits, encode_slots
 from .errors import LinkError, ProtocolError, RoundAborted
-from .grpc_options import CHANNEL_OPTIONS
+from .grpc_dial import dial
 from .link_names import link_id_for
 from .link_stats import LinkStats
 from .store.key_store import KeyStore, KeyStoreDb
@@ -389,9 +389,7 @@ class TransmitterLink(LinkEnd):
         log_event(logger, logging.WARNING, "session_ended", link=self.link_id, detail=detail)
 
     async def _session(self) -> None:
-        target = self.peer
-        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", target)]
-        async with grpc.aio.secure_channel(self._address, self._credentials, options) as channel:
+        async with dial(self._address, self.peer, self._credentials) as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=10)
             classical = link_pb2_grpc.ClassicalChannelStub(channel).Session()
             photons = link_pb2_grpc.QuantumChannelStub(channel).Transmit()

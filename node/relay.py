@@ -41,7 +41,7 @@ from qkdnet.v1 import relay_pb2, relay_pb2_grpc
 from .core.polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
 from .errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError, RelayError
 from .grpc_authorization import peer_name
-from .grpc_options import CHANNEL_OPTIONS
+from .grpc_dial import dial
 from .link import LinkEnd
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, NewKeys, NotTheOrigin
 from .store.key_store import KeyRange, KeyStoreDb
@@ -111,11 +111,8 @@ class PeerChannels:
             address = self._addresses.get(node)
             if address is None:
                 raise RelayError(f"no address known for node {node}", reason="unknown_route")
-            options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node)]
             interceptors = list(self._interceptors(node)) if self._interceptors else None
-            channel = grpc.aio.secure_channel(
-                address, self._credentials, options, interceptors=interceptors
-            )
+            channel = dial(address, node, self._credentials, interceptors=interceptors)
             self._channels[node] = channel
         return relay_pb2_grpc.KeyRelayStub(channel)
 

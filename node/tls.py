@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from .config import TlsConfig
 from .errors import ConfigError
+from .grpc_dial import credentials
 from .identity import Identity, Role, certificate_identity
 
 __all__ = ["NodeCredentials", "client_tls_context", "common_name", "load_credentials"]
@@ -44,11 +45,7 @@ class NodeCredentials:
 
     def channel(self) -> grpc.ChannelCredentials:
         """Client credentials presenting this node's certificate."""
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_pem,
-            private_key=self.key_pem,
-            certificate_chain=self.cert_pem,
-        )
+        return credentials(self.ca_pem, self.cert_pem, self.key_pem)
 
 
 def client_tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import grpc
-
-from qkdnet.node.grpc_options import CHANNEL_OPTIONS
+from qkdnet.node.grpc_dial import credentials_from_files, dial
 from qkdnet.v1 import control_pb2, control_pb2_grpc
 
 from .credentials import CertificatePaths
@@ -19,14 +17,10 @@ class NodeClient:
     """Talks to one node's NodeControl service."""
 
     def __init__(self, node_id: str, address: str, paths: CertificatePaths) -> None:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=paths.ca.read_bytes(),
-            private_key=paths.key.read_bytes(),
-            certificate_chain=paths.cert.read_bytes(),
-        )
-        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node_id)]
         self.node_id = node_id
-        self._channel = grpc.aio.secure_channel(address, creds, options)
+        self._channel = dial(
+            address, node_id, credentials_from_files(paths.ca, paths.cert, paths.key)
+        )
         self._stub = control_pb2_grpc.NodeControlStub(self._channel)
 
     async def status(self, timeout: float = 5.0) -> control_pb2.NodeStatus:

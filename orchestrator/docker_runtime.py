@@ -47,7 +47,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.node.file_modes import private_dir, write_private
-from qkdnet.node.grpc_options import CHANNEL_OPTIONS
+from qkdnet.node.grpc_dial import credentials_from_files, dial_blocking
 
 from .faults import (
     FAULTS_FILE,
@@ -441,13 +441,8 @@ class DockerRuntime(Runtime):
     def _healthy(self, node: NodePlan) -> bool:
         """Whether the node's gRPC health service answers SERVING (mTLS, orchestrator cert)."""
         paths = self.plan.controller_credentials
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=paths.ca.read_bytes(),
-            private_key=paths.key.read_bytes(),
-            certificate_chain=paths.cert.read_bytes(),
-        )
-        options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node.node_id)]
-        with grpc.secure_channel(node.address, creds, options) as channel:
+        creds = credentials_from_files(paths.ca, paths.cert, paths.key)
+        with dial_blocking(node.address, node.node_id, creds) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
+from qkdnet.node.grpc_dial import credentials_from_files
 from qkdnet.node.identity import Role
 from qkdnet.node.relay import KeyRelay, PeerChannels
 from qkdnet.node.store.delivered_keys import DeliveredKeys
@@ -261,12 +263,8 @@ async def test_forged_replayed_and_misrouted_frames_are_refused(plan: NetworkPla
     """Act as r3 towards b with r3's own certificate and r3's half of the r3--b store."""
     r3 = plan.nodes["r3"]
     creds = plan.pki_dir / "nodes" / "r3"
-    import grpc  # local: only this test talks gRPC directly
-
-    channel_creds = grpc.ssl_channel_credentials(
-        root_certificates=(plan.pki_dir / "ca.pem").read_bytes(),
-        private_key=(creds / "key.pem").read_bytes(),
-        certificate_chain=(creds / "cert.pem").read_bytes(),
+    channel_creds = credentials_from_files(
+        plan.pki_dir / "ca.pem", creds / "cert.pem", creds / "key.pem"
     )
     store = await KeyStore.open(r3.state_dir / "links" / "b--r3.sqlite")
     scratch = await DeliveredKeys.open(plan.state_dir / "scratch-delivered.sqlite")

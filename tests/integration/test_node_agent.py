@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from qkdnet.node.grpc_options import CHANNEL_OPTIONS
+from qkdnet.node.grpc_dial import credentials_from_files, dial
 from qkdnet.node.identity import Role
 from qkdnet.orchestrator.link_demo import RECEIVER, TRANSMITTER
 from qkdnet.orchestrator.pki import CertificateAuthority, CertificatePaths
@@ -22,13 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def _channel(address: str, paths: CertificatePaths, target: str) -> grpc.aio.Channel:
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=paths.ca.read_bytes(),
-        private_key=paths.key.read_bytes(),
-        certificate_chain=paths.cert.read_bytes(),
-    )
-    options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", target)]
-    return grpc.aio.secure_channel(address, creds, options)
+    return dial(address, target, credentials_from_files(paths.ca, paths.cert, paths.key))
 
 
 def _address(pair_root: Path, node: str) -> str:

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qkdnet.node.grpc_options import CHANNEL_OPTIONS
+from qkdnet.node.grpc_dial import credentials_from_files, dial
 from qkdnet.node.relay import KeyRelay, PeerChannels
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
@@ -95,11 +95,8 @@ def _credentials(plan: NetworkPlan, who: str) -> CertificatePaths:
 @contextlib.asynccontextmanager
 async def _channel(plan: NetworkPlan, who: str, node: str) -> AsyncIterator[grpc.aio.Channel]:
     paths = _credentials(plan, who)
-    credentials = grpc.ssl_channel_credentials(
-        paths.ca.read_bytes(), paths.key.read_bytes(), paths.cert.read_bytes()
-    )
-    options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", node)]
-    async with grpc.aio.secure_channel(plan.nodes[node].address, credentials, options) as channel:
+    credentials = credentials_from_files(paths.ca, paths.cert, paths.key)
+    async with dial(plan.nodes[node].address, node, credentials) as channel:
         yield channel
 
 
@@ -219,9 +216,7 @@ async def test_only_the_origin_of_a_transaction_settles_it(plan: NetworkPlan) ->
     try to settle it with another node's certificate."""
     r = plan.nodes["r"]
     paths = _credentials(plan, "r")
-    credentials = grpc.ssl_channel_credentials(
-        paths.ca.read_bytes(), paths.key.read_bytes(), paths.cert.read_bytes()
-    )
+    credentials = credentials_from_files(paths.ca, paths.cert, paths.key)
     store = await KeyStore.open(r.state_dir / "links" / "b--r.sqlite")
     scratch = await DeliveredKeys.open(plan.state_dir / "scratch-delivered.sqlite")
     peers = PeerChannels({"b": plan.nodes["b"].address}, credentials)

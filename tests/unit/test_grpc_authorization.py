@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from qkdnet.node.grpc_authorization import RoleAuthorization, peer_name
+from qkdnet.node.grpc_dial import credentials_from_files, dial
 from qkdnet.node.identity import Role
 from qkdnet.orchestrator.pki import CertificateAuthority, CertificatePaths
 from qkdnet.v1 import control_pb2, control_pb2_grpc, relay_pb2, relay_pb2_grpc
@@ -101,11 +102,8 @@ async def server(
 
 
 async def _call(port: int, paths: CertificatePaths, method: str) -> grpc.StatusCode:
-    credentials = grpc.ssl_channel_credentials(
-        paths.ca.read_bytes(), paths.key.read_bytes(), paths.cert.read_bytes()
-    )
-    options = [("grpc.ssl_target_name_override", "n1")]
-    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
+    credentials = credentials_from_files(paths.ca, paths.cert, paths.key)
+    async with dial(f"127.0.0.1:{port}", "n1", credentials) as channel:
         try:
             if method == "control":
                 await control_pb2_grpc.NodeControlStub(channel).GetStatus(
