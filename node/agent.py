@@ -51,6 +51,7 @@ from .grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .https_server import HttpLimits, raise_file_limit, server_ssl_context
 from .key_manager import DeliveryPolicy, KeyLimits, KeyManager
 from .link import LinkEnd, ReceiverLink, TransmitterLink
+from .link_grpc import GrpcLinkConnector, GrpcStream
 from .link_names import link_id_for
 from .link_state import LinkStateFlooder
 from .peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
@@ -108,7 +109,7 @@ class _LinkServices(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.Classica
     ) -> None:
         link = await self._receiver(context)
         try:
-            await link.serve(context)
+            await link.serve(GrpcStream(context))
         except LinkError as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"{exc.reason}: {exc}")
 
@@ -289,7 +290,10 @@ class NodeAgent:
             }
             link: LinkEnd
             if transmits:
-                link = TransmitterLink(credentials=self.credentials.channel(), **common)
+                connector = GrpcLinkConnector(
+                    link_cfg.address or "", link_cfg.peer, self.credentials.channel()
+                )
+                link = TransmitterLink(connector=connector, **common)
             else:
                 link = ReceiverLink(**common)
             await link.refresh_store_level()  # a restarted node reports its stores at once

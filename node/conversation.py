@@ -16,8 +16,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import grpc
-
 from qkdnet.v1 import link_pb2
 
 from .authentication import LinkAuthenticator
@@ -29,7 +27,8 @@ TAMPER_KINDS = ("bad_tag", "replay", "truncate", "garble")
 
 
 class Duplex(Protocol):
-    """What both a grpc.aio stream-stream call and a server context offer."""
+    """A message stream both ways: `read` returns None once the peer has closed it. (A gRPC
+    call or server context is one through `link_grpc.GrpcStream`, which reads EOF as None.)"""
 
     async def read(self) -> Any: ...
 
@@ -109,7 +108,7 @@ class Conversation:
             envelope = await (read if idle else asyncio.wait_for(read, self._timeout))
         except TimeoutError:
             raise LinkError("peer sent nothing in time", reason="timeout") from None
-        if envelope is grpc.aio.EOF or envelope is None:
+        if envelope is None:
             raise LinkError("peer closed the classical channel", reason="closed")
         if not isinstance(envelope, link_pb2.Envelope):
             raise ProtocolError("unexpected object on the classical channel")

@@ -48,7 +48,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from qkdnet.v1 import link_pb2, link_pb2_grpc
+from qkdnet.v1 import link_pb2
 
 from .authentication import LinkAuthenticator
 from .channel_shaping import ChannelShaping, Flow, ShapedStream
@@ -62,9 +62,9 @@ from .core.quantum_channel import ChannelOutput, measure, transmit
 from .core.toeplitz import toeplitz_hash
 from .core.wire import decode_bits, decode_classes, decode_slots, encode_bits, encode_slots
 from .errors import LinkError, ProtocolError, RoundAborted
-from .grpc_dial import dial
 from .link_names import link_id_for
 from .link_stats import LinkStats
+from .link_transport import LinkConnector, PhotonSink
 from .store.key_store import KeyStore, KeyStoreDb
 from .structured_log import log_event
 
@@ -310,10 +310,10 @@ class TransmitterLink(LinkEnd):
 
     role = "transmitter"
 
-    def __init__(self, *, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
+    def __init__(self, *, connector: LinkConnector, **kwargs: Any) -> None:
+        """`connector` opens each session's streams to the receiver (link_transport.py)."""
         super().__init__(**kwargs)
-        self._credentials = credentials
-        self._address = self.config.address or ""
+        self._connect = connector
         self._next_frame = 0
 
     async def run(self) -> None:
@@ -389,10 +389,7 @@ class TransmitterLink(LinkEnd):
         log_event(logger, logging.WARNING, "session_ended", link=self.link_id, detail=detail)
 
     async def _session(self) -> None:
-        async with dial(self._address, self.peer, self._credentials) as channel:
-            await asyncio.wait_for(channel.channel_ready(), timeout=10)
-            classical = link_pb2_grpc.ClassicalChannelStub(channel).Session()
-            photons = link_pb2_grpc.QuantumChannelStub(channel).Transmit()
+        async with self._connect() as (classical, photons):
             conv = self._conversation_for(classical)
             try:
                 await self._hello(conv)
@@ -404,8 +401,6 @@ class TransmitterLink(LinkEnd):
                     group.create_task(self._rounds(conv, frames))
             finally:
                 self._end_conversation()
-                classical.cancel()
-                photons.cancel()
 
     async def _hello(self, conv: Conversation) -> None:
         pending = await self.store.run(lambda db: db.pending_blocks())
@@ -474,9 +469,7 @@ class TransmitterLink(LinkEnd):
             store_bits=self.stats.store.bits,
         )
 
-    async def _produce(
-        self, photons: grpc.aio.StreamUnaryCall[Any, Any], frames: asyncio.Queue[_TxFrame]
-    ) -> None:
+    async def _produce(self, photons: PhotonSink, frames: asyncio.Queue[_TxFrame]) -> None:
         rate = self.params.pulse_rate_hz * self.processing.speedup
         clock = time.monotonic()
         while True:

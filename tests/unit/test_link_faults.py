@@ -251,7 +251,7 @@ def _end(cls: type[Any], tmp_path: Path) -> Any:
         store=none,
         auth=none,
         executor=none,
-        **({"credentials": none} if cls is TransmitterLink else {}),
+        **({"connector": none} if cls is TransmitterLink else {}),
     )
 
 
