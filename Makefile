@@ -59,6 +59,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/architecture_graph.py --check
 
 typecheck: install
 	$(BIN)/mypy -p qkdnet.node -p qkdnet.orchestrator
