@@ -55,7 +55,8 @@ from .link_grpc import GrpcLinkConnector, GrpcStream
 from .link_names import link_id_for
 from .link_state import LinkStateFlooder
 from .peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
-from .relay import KeyRelay, RelayService
+from .relay import KeyRelay
+from .relay_grpc import RelayService
 from .routing import Router
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
 from .store.key_store import KeyStore

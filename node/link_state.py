@@ -17,12 +17,11 @@ import time
 from collections.abc import Mapping
 from functools import partial
 
-import grpc
-
 from qkdnet.v1 import relay_pb2
 
+from .errors import RelayError
 from .link import LinkEnd
-from .relay import PeerChannels
+from .relay_peers import RelayPeers
 from .routing import Router
 from .store.key_store import KeyStoreDb
 from .structured_log import log_event
@@ -48,7 +47,7 @@ class LinkStateFlooder:
         saes: list[str],
         links: Mapping[str, LinkEnd],
         router: Router,
-        peers: PeerChannels,
+        peers: RelayPeers,
         interval: float = 2.0,
     ) -> None:
         self.node_id = node_id
@@ -145,5 +144,5 @@ class LinkStateFlooder:
                 task.add_done_callback(self._pending.discard)
 
     async def _send(self, peer: str, advert: relay_pb2.LinkStateAdvert) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._peers.stub(peer).Advertise(advert, timeout=2.0)
+        with contextlib.suppress(RelayError):  # the next advert goes the same way soon
+            await self._peers.advertise(peer, advert)

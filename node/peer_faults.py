@@ -25,7 +25,7 @@ import grpc
 
 from .channel_shaping import ChannelShaping, Flow
 from .grpc_authorization import guarded_handler, peer_name
-from .relay import PeerChannels
+from .relay_grpc import PeerChannels
 
 __all__ = ["PEER_SERVICES", "PeerFaultInterceptor", "PeerFaults", "shaped_peer_channels"]
 

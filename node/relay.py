@@ -28,22 +28,19 @@ import struct
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
-import grpc
 from google.protobuf.message import DecodeError
 
-from qkdnet.v1 import relay_pb2, relay_pb2_grpc
+from qkdnet.v1 import relay_pb2
 
 from .core.polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
 from .errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError, RelayError
-from .grpc_authorization import peer_name
-from .grpc_dial import dial
 from .link import LinkEnd
-from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, NewKeys, NotTheOrigin
+from .relay_peers import RelayPeers
+from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, NewKeys
 from .store.key_store import KeyRange, KeyStoreDb
 from .structured_log import log_event
 
@@ -52,9 +49,7 @@ __all__ = [
     "HOP_TIMEOUT_S",
     "PENDING_EXPIRY_S",
     "KeyRelay",
-    "PeerChannels",
     "RelayCounters",
-    "RelayService",
     "link_key_bits",
 ]
 
@@ -90,38 +85,6 @@ class RelayCounters:
     keys_voided: int = 0
 
 
-class PeerChannels:
-    """Lazily opened mutual-TLS gRPC channels to other nodes (by node ID); each channel gets
-    the client interceptors `interceptors(node)` gives (none by default)."""
-
-    def __init__(
-        self,
-        addresses: Mapping[str, str],
-        credentials: grpc.ChannelCredentials,
-        interceptors: Callable[[str], Sequence[grpc.aio.ClientInterceptor]] | None = None,
-    ) -> None:
-        self._addresses = dict(addresses)
-        self._credentials = credentials
-        self._interceptors = interceptors
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def stub(self, node: str) -> relay_pb2_grpc.KeyRelayAsyncStub:
-        channel = self._channels.get(node)
-        if channel is None:
-            address = self._addresses.get(node)
-            if address is None:
-                raise RelayError(f"no address known for node {node}", reason="unknown_route")
-            interceptors = list(self._interceptors(node)) if self._interceptors else None
-            channel = dial(address, node, self._credentials, interceptors=interceptors)
-            self._channels[node] = channel
-        return relay_pb2_grpc.KeyRelayStub(channel)
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-
-
 def _xor(data: bytes, pad: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(pad, "big")).to_bytes(len(data), "big")
 
@@ -147,7 +110,7 @@ class KeyRelay:
         node_id: str,
         links: Mapping[str, LinkEnd],
         delivered: DeliveredKeys,
-        peers: PeerChannels,
+        peers: RelayPeers,
         local_saes: frozenset[str],
         key_ttl_s: float = DEFAULT_KEY_TTL_S,
     ) -> None:
@@ -203,13 +166,10 @@ class KeyRelay:
         bits = link_key_bits(len(keys))
         self.counters.frames_sent += 1
         try:
-            return await self._peers.stub(route[hop + 1]).Relay(frame, timeout=HOP_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
+            return await self._peers.relay(route[hop + 1], frame)
+        except RelayError:
             self.counters.wasted_bits += bits
-            reason, _, message = (exc.details() or "").partition(": ")
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                reason, message = "unreachable", f"{route[hop + 1]} did not answer"
-            raise RelayError(message or str(exc.code()), reason=reason or "relay_failed") from None
+            raise
 
     async def relay(self, route: list[str], payload: relay_pb2.RelayPayload) -> relay_pb2.RelayAck:
         """Send `payload` from this node (route[0]) to route[-1]; answers once it is stored."""
@@ -230,7 +190,7 @@ class KeyRelay:
         """Commit or discard a transaction at `target` (which must have stored it)."""
         request = relay_pb2.SettleRequest(transaction_id=transaction_id, commit=commit)
         what = f"{target} did not settle transaction {transaction_id}"
-        return await self._to_target(target, "Settle", request, what, "settle_failed")
+        return await self._to_target(self._peers.settle(target, request), what, "settle_failed")
 
     async def void(self, target: str, key_ids: list[str], reason: str) -> int:
         """Withdraw committed keys this node relayed to `target`; returns how many were there."""
@@ -238,17 +198,15 @@ class KeyRelay:
             key_uuids=b"".join(uuid.UUID(key_id).bytes for key_id in key_ids), reason=reason
         )
         what = f"{target} did not withdraw {len(key_ids)} keys"
-        return await self._to_target(target, "Void", request, what, "void_failed")
+        return await self._to_target(self._peers.void(target, request), what, "void_failed")
 
-    async def _to_target(
-        self, target: str, method: str, request: Any, what: str, reason: str
-    ) -> int:
-        """Call `method` of `target`'s KeyRelay directly; its reply's key count (RelayError)."""
+    @staticmethod
+    async def _to_target(call: Awaitable[int], what: str, reason: str) -> int:
+        """A call to a target's relay; RelayError(`reason`) saying `what` when it fails."""
         try:
-            reply = await getattr(self._peers.stub(target), method)(request, timeout=HOP_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise RelayError(f"{what}: {exc.details()}", reason=reason) from None
-        return int(reply.keys)
+            return await call
+        except RelayError as exc:
+            raise RelayError(f"{what}: {exc}", reason=reason) from None
 
     # -- receiving ---------------------------------------------------------------------------
     def _refuse(self, reason: str, message: str) -> RelayError:
@@ -394,48 +352,3 @@ class KeyRelay:
             logger, logging.INFO, "keys_voided", origin=origin, keys=removed, reason=request.reason
         )
         return removed
-
-
-class RelayService(relay_pb2_grpc.KeyRelayServicer):
-    """The KeyRelay gRPC service; the caller is identified by its node certificate."""
-
-    def __init__(self, relay: KeyRelay, on_advert: Any) -> None:
-        self._relay = relay
-        self._on_advert = on_advert
-
-    async def Relay(
-        self, request: relay_pb2.RelayFrame, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> relay_pb2.RelayAck:
-        try:
-            return await self._relay.receive(request, peer_name(context))
-        except RelayError as exc:
-            await context.abort(grpc.StatusCode.ABORTED, f"{exc.reason}: {exc}")
-            raise
-
-    async def Settle(
-        self, request: relay_pb2.SettleRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> relay_pb2.SettleReply:
-        try:
-            keys = await self._relay.settle_here(
-                request.transaction_id, peer_name(context), request.commit
-            )
-        except NotTheOrigin as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-            raise
-        return relay_pb2.SettleReply(keys=keys)
-
-    async def Void(
-        self, request: relay_pb2.VoidRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> relay_pb2.VoidReply:
-        try:
-            keys = await self._relay.void_here(peer_name(context), request)
-        except RelayError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.reason}: {exc}")
-            raise
-        return relay_pb2.VoidReply(keys=keys)
-
-    async def Advertise(
-        self, request: relay_pb2.LinkStateAdvert, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> relay_pb2.AdvertAck:
-        await self._on_advert(request, peer_name(context))
-        return relay_pb2.AdvertAck()

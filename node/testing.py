@@ -1,5 +1,5 @@
-"""Test doubles shipped with the node, as trio and grpclib ship theirs: two link ends joined in
-memory, with the channel between them as faithful or as hostile as a test wants.
+"""Test doubles shipped with the node, as trio and grpclib ship theirs: link ends and relays
+joined in memory, with what is between them as faithful or as hostile as a test wants.
 
 `InMemoryLink(receiver)` is a `LinkConnector` (link_transport.py) for a `TransmitterLink`: each
 session gets a classical stream and a photon pipe that lead straight into `receiver` (its
@@ -13,6 +13,11 @@ the end of the stream, as it would from gRPC.
 receiver = ReceiverLink(...)
 transmitter = TransmitterLink(connector=InMemoryLink(receiver), ...)
 ```
+
+`InMemoryRelayNetwork` joins the `KeyRelay` of several nodes: `peers_of(node)` is the
+`RelayPeers` (relay_peers.py) of one of them, calling the others' relays directly as their
+gRPC service would, with the same errors; a node in `down` answers nothing, as a node that
+died (reason `unreachable`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,23 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from qkdnet.v1 import relay_pb2
+
+from .errors import RelayError
 from .link_transport import Duplex, PhotonSink
 
 if TYPE_CHECKING:
     from .link import ReceiverLink
+    from .relay import KeyRelay
 
-__all__ = ["Direction", "InMemoryLink", "MemoryStream", "MessageFilter", "stream_pair"]
+__all__ = [
+    "Direction",
+    "InMemoryLink",
+    "InMemoryRelayNetwork",
+    "MemoryStream",
+    "MessageFilter",
+    "stream_pair",
+]
 
 Direction = str  # "to_receiver" or "to_transmitter"
 MessageFilter = Callable[[Direction, Any], Sequence[Any]]
@@ -138,3 +154,59 @@ class InMemoryLink:
             self.ended.append(None)
         finally:
             receiver_end.close()
+
+
+@dataclass
+class InMemoryRelayNetwork:
+    """The relays of several nodes, joined in memory (see the module's docstring)."""
+
+    relays: dict[str, KeyRelay] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+    adverts: list[tuple[str, str, relay_pb2.LinkStateAdvert]] = field(default_factory=list)
+
+    def add(self, relay: KeyRelay) -> None:
+        self.relays[relay.node_id] = relay
+
+    def peers_of(self, node: str) -> _MemoryRelayPeers:
+        """The `RelayPeers` of `node`."""
+        return _MemoryRelayPeers(self, node)
+
+
+class _MemoryRelayPeers:
+    """One node's `RelayPeers` in an `InMemoryRelayNetwork`."""
+
+    def __init__(self, network: InMemoryRelayNetwork, node: str) -> None:
+        self._network = network
+        self.node = node
+
+    def _reach(self, node: str) -> KeyRelay:
+        relay = self._network.relays.get(node)
+        if relay is None or node in self._network.down or self.node in self._network.down:
+            raise RelayError(f"{node} did not answer", reason="unreachable")
+        return relay
+
+    async def relay(self, node: str, frame: relay_pb2.RelayFrame) -> relay_pb2.RelayAck:
+        return await self._reach(node).receive(frame, self.node)
+
+    async def settle(self, node: str, request: relay_pb2.SettleRequest) -> int:
+        from .store.delivered_keys import NotTheOrigin
+
+        target = self._reach(node)
+        try:
+            return await target.settle_here(request.transaction_id, self.node, request.commit)
+        except NotTheOrigin as exc:  # as RelayService answers: PERMISSION_DENIED
+            raise RelayError(str(exc), reason="peer_failed") from None
+
+    async def void(self, node: str, request: relay_pb2.VoidRequest) -> int:
+        target = self._reach(node)
+        try:
+            return await target.void_here(self.node, request)
+        except RelayError as exc:  # as RelayService answers: "reason: message"
+            raise RelayError(f"{exc.reason}: {exc}", reason="peer_failed") from None
+
+    async def advertise(self, node: str, advert: relay_pb2.LinkStateAdvert) -> None:
+        self._reach(node)
+        self._network.adverts.append((self.node, node, advert))
+
+    async def close(self) -> None:
+        """Nothing to let go of."""

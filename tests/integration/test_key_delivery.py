@@ -19,7 +19,8 @@ import pytest
 
 from qkdnet.node.grpc_dial import credentials_from_files
 from qkdnet.node.identity import Role
-from qkdnet.node.relay import KeyRelay, PeerChannels
+from qkdnet.node.relay import KeyRelay
+from qkdnet.node.relay_grpc import PeerChannels
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
 from qkdnet.orchestrator.controller import NodeClient

@@ -30,7 +30,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qkdnet.node.grpc_dial import credentials_from_files, dial
-from qkdnet.node.relay import KeyRelay, PeerChannels
+from qkdnet.node.relay import KeyRelay
+from qkdnet.node.relay_grpc import PeerChannels
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
 from qkdnet.node.tls import client_tls_context
