@@ -103,9 +103,11 @@ class Conversation:
 
         `idle`: between rounds, where the peer may be silent for long (a transmitter whose
         store is full): no timeout, the stream's keepalive notices a peer that vanished."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+        # arrives as the read completes, and a session being ended would read on.
         try:
-            read = self._stream.read()
-            envelope = await (read if idle else asyncio.wait_for(read, self._timeout))
+            async with asyncio.timeout(None if idle else self._timeout):
+                envelope = await self._stream.read()
         except TimeoutError:
             raise LinkError("peer sent nothing in time", reason="timeout") from None
         if envelope is None:

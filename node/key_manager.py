@@ -580,8 +580,11 @@ class KeyManager:
                 filled = False
             if not filled:
                 self._pool_wake.clear()
+                # asyncio.timeout, not wait_for (see Conversation.receive): a cancellation
+                # while woken must end the loop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._pool_wake.wait(), idle_s)
+                    async with asyncio.timeout(idle_s):
+                        await self._pool_wake.wait()
 
     async def fill_once(self) -> bool:
         """Relay one batch into the emptiest pool that needs and can get one; True if done."""

@@ -458,9 +458,14 @@ class TransmitterLink(LinkEnd):
             store_bits=self.stats.store.bits,
             store_max_bits=cap,
         )
-        while self.stats.store.bits > cap - cap // 8:
-            await asyncio.sleep(_STORE_POLL_S)
-            await self.refresh_store_level()
+        self.stats.state = "full"
+        try:
+            while self.stats.store.bits > cap - cap // 8:
+                await asyncio.sleep(_STORE_POLL_S)
+                await self.refresh_store_level()
+        finally:
+            if self.stats.state == "full":  # not cut meanwhile
+                self.stats.state = "running"
         log_event(
             logger,
             logging.INFO,
@@ -813,7 +818,8 @@ class ReceiverLink(LinkEnd):
         if frame is None:
             frame = self._frames[number] = _RxFrame(number)
         try:
-            await asyncio.wait_for(frame.complete.wait(), timeout=60)
+            async with asyncio.timeout(60):  # not wait_for: see Conversation.receive
+                await frame.complete.wait()
         except TimeoutError:
             raise LinkError(f"photons of frame {number} never arrived", reason="timeout") from None
         return frame, np.concatenate(frame.slots) if frame.slots else np.zeros(0, np.uint64)

@@ -47,7 +47,8 @@ class GrpcLinkConnector:
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[tuple[Duplex, PhotonSink]]:
         async with dial(self.address, self.peer, self._credentials) as channel:
-            await asyncio.wait_for(channel.channel_ready(), timeout=10)
+            async with asyncio.timeout(10):  # not wait_for: see Conversation.receive
+                await channel.channel_ready()
             classical = link_pb2_grpc.ClassicalChannelStub(channel).Session()
             photons = link_pb2_grpc.QuantumChannelStub(channel).Transmit()
             try:

@@ -21,6 +21,7 @@ from qkdnet.v1 import relay_pb2
 
 from .errors import RelayError
 from .link import LinkEnd
+from .link_stats import UP_STATES
 from .relay_peers import RelayPeers
 from .routing import Router
 from .store.key_store import KeyStoreDb
@@ -80,7 +81,7 @@ class LinkStateFlooder:
             states.append(
                 relay_pb2.LinkState(
                     peer=peer,
-                    up=link.stats.state == "running",
+                    up=link.stats.state in UP_STATES,
                     bits_out=bits_out,
                     bits_in=bits_in,
                 )
@@ -97,7 +98,7 @@ class LinkStateFlooder:
             # the next full advert. Frames alternate between the directions (key_store: frame
             # parity), so the first two frames give each direction its first key.
             seen = {
-                peer: (link.stats.state == "running", min(link.stats.frames_ok, 2))
+                peer: (link.stats.state in UP_STATES, min(link.stats.frames_ok, 2))
                 for peer, link in self._links.items()
             }
             now = time.monotonic()

@@ -11,7 +11,10 @@ from qkdnet.v1 import control_pb2
 from .core.channel_model import ChannelParameters, ModelFigures, model_figures
 from .store.key_store import StoreLevel
 
-__all__ = ["LinkStats"]
+__all__ = ["UP_STATES", "LinkStats"]
+
+# Link states in which the link is up for routing: a session runs, relays can draw on it.
+UP_STATES = frozenset({"running", "full"})
 
 _WINDOW_SECONDS = 10.0
 
@@ -25,6 +28,8 @@ class LinkStats:
     role: str
     params: ChannelParameters
     pe_sample_fraction: float
+    # "connecting", "running", "full" (transmitter: the store is at its cap, distilling paused,
+    # the session up), "backoff", "waiting" (receiver: no session), "cut"; see UP_STATES.
     state: str = "connecting"
     frames_ok: int = 0
     frames_aborted: int = 0

@@ -23,7 +23,6 @@ died (reason `unreachable`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -139,9 +138,8 @@ class InMemoryLink:
             photons.close()
             for task in (serve, measure):
                 task.cancel()
-            for task in (serve, measure):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Their own ends, not swallowing a cancellation of the session that is leaving.
+            await asyncio.gather(serve, measure, return_exceptions=True)
 
     async def _serve(self, receiver_end: MemoryStream) -> None:
         try:

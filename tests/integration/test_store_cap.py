@@ -43,7 +43,7 @@ async def test_the_store_stops_at_its_cap_and_resumes_when_key_is_taken(
     still = await pair.status()
     assert still.frames_ok == full.frames_ok, "distilled on with a full store"
     assert still.store_bits == full.store_bits
-    assert still.state == "running"  # the session stays up: the link serves relays
+    assert still.state == "full"  # the session stays up: the link serves relays
     per_frame = full.secret_bits / full.frames_ok
     assert CAP <= full.store_bits <= CAP + 4 * per_frame  # three frames in flight at most
     # Applications take key: below seven eighths of the cap the link distils again, up to the cap.

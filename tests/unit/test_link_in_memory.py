@@ -30,26 +30,28 @@ class Ends:
     stores: tuple[KeyStore, KeyStore]
 
 
-def _config(peer: str, psk: Path) -> LinkConfig:
+def _config(peer: str, psk: Path, **processing: Any) -> LinkConfig:
     return LinkConfig.model_validate(
         {
             "peer": peer,
             "psk_file": str(psk),
             "channel": {"length_km": 10},
-            "processing": {"frame_bits": 20_000, "speedup": 1e6, "seed": 7},
+            "processing": {"frame_bits": 20_000, "speedup": 1e6, "seed": 7, **processing},
         }
     )
 
 
 @asynccontextmanager
-async def _link(tmp_path: Path, message_filter: MessageFilter | None = None) -> AsyncIterator[Ends]:
-    psk = PreSharedSecret.generate(256)
+async def _link(
+    tmp_path: Path, message_filter: MessageFilter | None = None, **processing: Any
+) -> AsyncIterator[Ends]:
+    psk = PreSharedSecret.generate()
     a_store = await KeyStore.open(tmp_path / "a.sqlite")
     b_store = await KeyStore.open(tmp_path / "b.sqlite")
     with ThreadPoolExecutor(2) as executor:
         receiver = ReceiverLink(
             node_id="b",
-            config=_config("a", tmp_path / "psk"),
+            config=_config("a", tmp_path / "psk", **processing),
             store=b_store,
             auth=await LinkAuthenticator.load(b_store, psk, 1),
             executor=executor,
@@ -57,7 +59,7 @@ async def _link(tmp_path: Path, message_filter: MessageFilter | None = None) -> 
         connector = InMemoryLink(receiver, message_filter)
         transmitter = TransmitterLink(
             node_id="a",
-            config=_config("b", tmp_path / "psk"),
+            config=_config("b", tmp_path / "psk", **processing),
             store=a_store,
             auth=await LinkAuthenticator.load(a_store, psk, 0),
             executor=executor,
@@ -101,6 +103,16 @@ async def test_two_ends_in_memory_distil_identical_key(tmp_path: Path) -> None:
     assert stats.secret_bits > 0
     assert 0.0 < stats.last_sample_errors / max(stats.last_sample_bits, 1) < 0.11
     assert ends.connector.sessions == 1
+
+
+async def test_a_full_store_pauses_distilling_with_the_link_up(tmp_path: Path) -> None:
+    async with _link(tmp_path, store_max_bits=100_000) as ends:
+        await _until(lambda: ends.transmitter.stats.state == "full")
+        frames = ends.transmitter.stats.frames_ok
+        await asyncio.sleep(0.5)
+        assert ends.transmitter.stats.frames_ok <= frames + 3  # the frames in flight land
+        assert ends.transmitter.stats.store.bits >= 100_000
+        assert ends.connector.sessions == 1  # the session stays up: the link serves relays
 
 
 def _tamper_once(kind: str) -> MessageFilter:

@@ -638,7 +638,7 @@ class LinkStatus(_message.Message):
     role: _builtins.str
     """"transmitter" or "receiver" """
     state: _builtins.str
-    """"connecting", "running", "backoff", "waiting" (receiver), "cut" """
+    """"connecting", "running", "full" (store at its cap), "backoff", "waiting" (receiver), "cut" """
     frames_ok: _builtins.int
     frames_aborted: _builtins.int
     pulses: _builtins.int
