@@ -47,6 +47,7 @@ __all__ = ["LABEL_ENV", "ProcessRuntime", "labelled_processes", "process_start_t
 
 LABEL_ENV = "QKDNET_DEPLOYMENT"
 _POLL = 0.05
+_EXIT_RECORD_WAIT_S = 2.0  # how long a stop or kill waits for the reaper's exit record
 
 
 def process_start_time(pid: int) -> int | None:
@@ -361,7 +362,14 @@ class ProcessRuntime(Runtime):
         entry = self._entry(name)
         if entry is None:
             return
-        _terminate({name: (int(entry["pid"]), int(entry["start"]))}, sig, timeout)
+        pid, start = int(entry["pid"]), int(entry["start"])
+        _terminate({name: (pid, start)}, sig, timeout)
+        # The reaper writes the exit record just after it has reaped the process: wait for it,
+        # so that a state asked for right after this call says how the process ended.
+        deadline = time.monotonic() + _EXIT_RECORD_WAIT_S
+        path = self._exit_record_path(name)
+        while read_exit_record(path, pid, start) is None and time.monotonic() < deadline:
+            time.sleep(_POLL)
         self.emit("node_stopped" if name != BROKER else "broker_stopped", name, sig.name)
 
     def _entry(self, name: str) -> dict[str, Any] | None:
