@@ -68,15 +68,15 @@ class PeerChannels:
         return ack
 
     async def settle(self, node: str, request: relay_pb2.SettleRequest) -> int:
-        try:
-            reply = await self.stub(node).Settle(request, timeout=HOP_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise RelayError(exc.details() or str(exc.code()), reason="peer_failed") from None
-        return int(reply.keys)
+        return await self._keys_call(node, "Settle", request)
 
     async def void(self, node: str, request: relay_pb2.VoidRequest) -> int:
+        return await self._keys_call(node, "Void", request)
+
+    async def _keys_call(self, node: str, method: str, request: Any) -> int:
+        """Call `method` of `node`'s KeyRelay; the key count of its reply."""
         try:
-            reply = await self.stub(node).Void(request, timeout=HOP_TIMEOUT_S)
+            reply = await getattr(self.stub(node), method)(request, timeout=HOP_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             raise RelayError(exc.details() or str(exc.code()), reason="peer_failed") from None
         return int(reply.keys)

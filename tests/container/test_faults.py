@@ -21,21 +21,11 @@ from qkdnet.orchestrator.images import ImageResult
 from qkdnet.orchestrator.network_plan import NetworkPlan
 from qkdnet.orchestrator.network_status import NetworkStatus
 from qkdnet.orchestrator.runtime import Runtime, runtime_for
-from tests.integration.sae import Sae, deployed
+from tests.integration.sae import Sae, deployed, ring_topology
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
 
-TOPOLOGY = {
-    "name": "fault-ring",
-    "defaults": {"speedup": 20, "frame_bits": 100_000},
-    "nodes": {"a": {"saes": ["sae-a"]}, "r1": {}, "r2": {}, "b": {"saes": ["sae-b"]}},
-    "links": [
-        {"endpoints": ["a", "r1"], "length_km": 5},
-        {"endpoints": ["r1", "b"], "length_km": 6},
-        {"endpoints": ["a", "r2"], "length_km": 4},
-        {"endpoints": ["r2", "b"], "length_km": 7},
-    ],
-}
+TOPOLOGY = ring_topology("fault-ring", 100_000)
 NO_POOL = {"qkdnet_pool": False}
 
 

@@ -116,6 +116,23 @@ async def _link_key_use(plan: NetworkPlan) -> tuple[dict[str, int], str | None]:
     return used_by_link, None
 
 
+def ring_topology(name: str, frame_bits: int, **extra: Any) -> dict[str, Any]:
+    """A ring of four nodes at speed-up 20: a and b (serving sae-a and sae-b) joined over r1
+    and over r2, so that a relay can go round a link or node that fails."""
+    return {
+        "name": name,
+        "defaults": {"speedup": 20, "frame_bits": frame_bits},
+        "nodes": {"a": {"saes": ["sae-a"]}, "r1": {}, "r2": {}, "b": {"saes": ["sae-b"]}},
+        "links": [
+            {"endpoints": ["a", "r1"], "length_km": 5},
+            {"endpoints": ["r1", "b"], "length_km": 6},
+            {"endpoints": ["a", "r2"], "length_km": 4},
+            {"endpoints": ["r2", "b"], "length_km": 7},
+        ],
+        **extra,
+    }
+
+
 @contextlib.contextmanager
 def deployed(
     topology: Path | dict[str, Any], root: Path, runtime: str | None = None

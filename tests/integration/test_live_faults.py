@@ -32,22 +32,11 @@ from qkdnet.orchestrator.node_faults import read
 from qkdnet.orchestrator.runtime import BROKER, runtime_for
 from qkdnet.v1 import control_pb2
 
-from .sae import deployed, sae_clients
+from .sae import deployed, ring_topology, sae_clients
 
 pytestmark = pytest.mark.integration
 
-TOPOLOGY = {
-    "name": "live-faults",
-    "defaults": {"speedup": 20, "frame_bits": 50_000},
-    "nodes": {"a": {"saes": ["sae-a"]}, "r1": {}, "r2": {}, "b": {"saes": ["sae-b"]}},
-    "links": [
-        {"endpoints": ["a", "r1"], "length_km": 5},
-        {"endpoints": ["r1", "b"], "length_km": 6},
-        {"endpoints": ["a", "r2"], "length_km": 4},
-        {"endpoints": ["r2", "b"], "length_km": 7},
-    ],
-    "key_delivery": {"pool_keys": 0},
-}
+TOPOLOGY = ring_topology("live-faults", 50_000, key_delivery={"pool_keys": 0})
 NO_POOL = {"qkdnet_pool": False}
 POLL_S = 0.25
 ROUNDS = 240  # polls before giving up: a bound on waiting, not a time anything must take
