@@ -48,7 +48,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import KeyStoreError, RelayError
 from .https_server import BodyTimeout, HttpLimits, HttpsServer
-from .identity import Role, peer_certificate_identity
+from .identity import Identity, Role, peer_certificate_identity
 from .key_manager import KeyManager
 from .store.delivered_keys import KeyNotFound, KeyNotYours
 from .structured_log import log_event
@@ -167,6 +167,12 @@ def _query(request: web.Request, allowed: set[str], what: str) -> dict[str, str]
     return {key: query[key] for key in allowed if key in query}
 
 
+def _certificate_identity(request: web.Request) -> Identity | None:
+    """The identity in the request's TLS client certificate."""
+    cert = request.transport.get_extra_info("peercert") if request.transport else None
+    return peer_certificate_identity(cert)
+
+
 class KeyDeliveryServer:
     """The HTTPS server of one node's KME."""
 
@@ -177,8 +183,12 @@ class KeyDeliveryServer:
         all_saes: Mapping[str, str],
         trust_domain: str,
         limits: HttpLimits | None = None,
+        identify: Callable[[web.Request], Identity | None] | None = None,
     ) -> None:
+        """`identify` names the caller of a request; by default the identity in its TLS client
+        certificate (tests in memory give the caller another way)."""
         self._manager = manager
+        self._identify = identify or _certificate_identity
         self._kme_id = kme_id
         self._all_saes = dict(all_saes)  # SAE ID -> node (KME) ID, for the whole network
         self._trust_domain = trust_domain
@@ -265,8 +275,7 @@ class KeyDeliveryServer:
 
     def _caller(self, request: web.Request) -> str:
         """The SAE ID of the client certificate; 401 for any other identity."""
-        cert = request.transport.get_extra_info("peercert") if request.transport else None
-        identity = peer_certificate_identity(cert)
+        identity = self._identify(request)
         if identity is None:
             raise _ApiError(401, "the client certificate names no SAE")
         if identity.trust_domain != self._trust_domain or identity.role is not Role.SAE:

@@ -151,9 +151,12 @@ class HttpsServer:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         """Marks the connection busy while a request is in progress; a body that is too slow
-        gets 408 and the connection is closed."""
+        gets 408 and the connection is closed. (Only connections this server accepted are
+        tracked: the application also runs under aiohttp's test server, in unit tests.)"""
         protocol = request.protocol
-        self._busy.add(protocol)
+        tracked = isinstance(protocol, _ApiRequestHandler)
+        if tracked:
+            self._busy.add(protocol)
         try:
             return await handler(request)
         except BodyTimeout as exc:
@@ -161,7 +164,8 @@ class HttpsServer:
             response.force_close()
             return response
         finally:
-            self._busy.discard(protocol)
+            if tracked:
+                self._busy.discard(protocol)
 
     async def read_body(self, request: web.Request) -> bytes:
         """The whole body, within `body_timeout_s` (BodyTimeout) and `max_body_bytes` (aiohttp's

@@ -1,0 +1,149 @@
+"""The ETSI GS QKD 014 API through aiohttp's test client: two KMEs whose relays, routers and
+stores are joined in memory (qkdnet.node.testing), the caller named by a test header instead
+of a TLS client certificate."""
+
+from __future__ import annotations
+
+import os
+import time
+import types
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from qkdnet.node.etsi014 import KeyDeliveryServer
+from qkdnet.node.identity import Identity, Role
+from qkdnet.node.key_manager import DeliveryPolicy, KeyManager
+from qkdnet.node.relay import KeyRelay
+from qkdnet.node.routing import Router
+from qkdnet.node.store.delivered_keys import DeliveredKeys
+from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
+from qkdnet.node.testing import InMemoryRelayNetwork
+from qkdnet.v1 import relay_pb2
+
+DOMAIN = "etsi.qkdnet"
+DIRECTORY = {"sae-a": "a", "sae-b": "b"}
+PREFIX = "/api/v1/keys"
+
+
+def _identify(request: web.Request) -> Identity | None:
+    """The caller, as the test header says: "sae/sae-a", "node/b"; none without the header."""
+    who = request.headers.get("X-Test-Caller")
+    if who is None:
+        return None
+    role, _, name = who.partition("/")
+    return Identity(DOMAIN, Role(role), name)
+
+
+def _advert(node: str, peer: str, bits: int) -> relay_pb2.LinkStateAdvert:
+    state = relay_pb2.LinkState(peer=peer, up=True, bits_out=bits, bits_in=bits)
+    return relay_pb2.LinkStateAdvert(
+        origin=node, sequence=time.time_ns(), links=[state], saes=[f"sae-{node}"]
+    )
+
+
+@asynccontextmanager
+async def _kmes(
+    tmp_path: Path,
+) -> AsyncIterator[dict[str, TestClient[web.Request, web.Application]]]:
+    """Nodes a and b, one link between them holding the same key at both ends; a test client
+    for each node's API."""
+    network = InMemoryRelayNetwork()
+    clients = {}
+    async with AsyncExitStack() as stack:
+        blocks = [(uuid.uuid4().hex, frame, os.urandom(8_000)) for frame in range(4)]
+        stores = {}
+        for node, peer in (("a", "b"), ("b", "a")):
+            store = await KeyStore.open(tmp_path / f"{node}.sqlite")
+            stack.push_async_callback(store.close)
+            for block_id, frame, bits in blocks:
+                add = partial(
+                    KeyStoreDb.add_block,
+                    block_id=block_id,
+                    frame=frame,
+                    bits=bits,
+                    nbits=64_000,
+                    pending=False,
+                    refill={},
+                )
+                await store.run(add)
+            stores[node] = (peer, store)
+        for node, (peer, store) in stores.items():
+            delivered = await DeliveredKeys.open(tmp_path / f"{node}-delivered.sqlite")
+            stack.push_async_callback(delivered.close)
+            links: dict[str, Any] = {peer: types.SimpleNamespace(store=store)}
+            saes = frozenset({f"sae-{node}"})
+            relay = KeyRelay(node, links, delivered, network.peers_of(node), saes)
+            network.add(relay)
+            router = Router(node)
+            for origin, other in ((node, peer), (peer, node)):
+                router.accept(_advert(origin, other, 128_000))
+            manager = KeyManager(
+                node, [f"sae-{node}"], DIRECTORY, relay, router, delivered,
+                policy=DeliveryPolicy(pool_keys=0),
+            )  # fmt: skip
+            server = KeyDeliveryServer(manager, node, DIRECTORY, DOMAIN, identify=_identify)
+            client: TestClient[web.Request, web.Application] = TestClient(TestServer(server.app))
+            await client.start_server()
+            stack.push_async_callback(client.close)
+            clients[node] = client
+        yield clients
+
+
+async def test_keys_asked_at_one_kme_are_fetched_at_the_other(tmp_path: Path) -> None:
+    async with _kmes(tmp_path) as kme:
+        a, b = kme["a"], kme["b"]
+        status = await a.get(f"{PREFIX}/sae-b/status", headers={"X-Test-Caller": "sae/sae-a"})
+        assert status.status == 200
+        assert (await status.json())["slave_SAE_ID"] == "sae-b"
+        issued = await a.post(
+            f"{PREFIX}/sae-b/enc_keys",
+            json={"number": 3, "size": 256},
+            headers={"X-Test-Caller": "sae/sae-a"},
+        )
+        assert issued.status == 200, await issued.text()
+        keys = (await issued.json())["keys"]
+        assert len(keys) == 3
+        ids = [{"key_ID": key["key_ID"]} for key in keys]
+        # Only the slave may fetch them, once.
+        stranger = await b.post(
+            f"{PREFIX}/sae-a/dec_keys", json={"key_IDs": ids}, headers={"X-Test-Caller": "node/b"}
+        )
+        assert stranger.status == 401
+        fetched = await b.post(
+            f"{PREFIX}/sae-a/dec_keys",
+            json={"key_IDs": ids},
+            headers={"X-Test-Caller": "sae/sae-b"},
+        )
+        assert fetched.status == 200, await fetched.text()
+        assert (await fetched.json())["keys"] == keys
+        again = await b.post(
+            f"{PREFIX}/sae-a/dec_keys",
+            json={"key_IDs": ids},
+            headers={"X-Test-Caller": "sae/sae-b"},
+        )
+        assert again.status == 400
+        assert "not found" in (await again.json())["message"]
+
+
+async def test_errors_are_etsi_error_bodies(tmp_path: Path) -> None:
+    async with _kmes(tmp_path) as kme:
+        a = kme["a"]
+        anonymous = await a.get(f"{PREFIX}/sae-b/status")
+        assert anonymous.status == 401
+        assert "message" in await anonymous.json()
+        too_big = await a.post(
+            f"{PREFIX}/sae-b/enc_keys",
+            json={"number": 1, "size": 12},
+            headers={"X-Test-Caller": "sae/sae-a"},
+        )
+        assert too_big.status == 400
+        unknown = await a.get("/api/v1/nothing", headers={"X-Test-Caller": "sae/sae-a"})
+        assert unknown.status == 404
+        assert "message" in await unknown.json()
