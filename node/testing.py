@@ -36,6 +36,7 @@ from .link_transport import Duplex, PhotonSink
 if TYPE_CHECKING:
     from .link import ReceiverLink
     from .relay import KeyRelay
+    from .store.key_store import KeyStore
 
 __all__ = [
     "Direction",
@@ -43,6 +44,7 @@ __all__ = [
     "InMemoryRelayNetwork",
     "MemoryStream",
     "MessageFilter",
+    "store_same_key",
     "stream_pair",
 ]
 
@@ -208,3 +210,28 @@ class _MemoryRelayPeers:
 
     async def close(self) -> None:
         """Nothing to let go of."""
+
+
+async def store_same_key(
+    ends: Sequence[KeyStore], blocks: int = 4, block_bits: int = 64_000
+) -> None:
+    """Give the stores of a link's two ends the same random key, as distillation would: `blocks`
+    ready blocks of `block_bits` (frames 0, 1, ...: both directions get key)."""
+    import os
+    import uuid
+    from functools import partial
+
+    from .store.key_store import KeyStoreDb
+
+    for frame in range(blocks):
+        add = partial(
+            KeyStoreDb.add_block,
+            block_id=uuid.uuid4().hex,
+            frame=frame,
+            bits=os.urandom(block_bits // 8),
+            nbits=block_bits,
+            pending=False,
+            refill={},
+        )
+        for store in ends:
+            await store.run(add)

@@ -4,13 +4,10 @@ of a TLS client certificate."""
 
 from __future__ import annotations
 
-import os
 import time
 import types
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +20,8 @@ from qkdnet.node.key_manager import DeliveryPolicy, KeyManager
 from qkdnet.node.relay import KeyRelay
 from qkdnet.node.routing import Router
 from qkdnet.node.store.delivered_keys import DeliveredKeys
-from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
-from qkdnet.node.testing import InMemoryRelayNetwork
+from qkdnet.node.store.key_store import KeyStore
+from qkdnet.node.testing import InMemoryRelayNetwork, store_same_key
 from qkdnet.v1 import relay_pb2
 
 DOMAIN = "etsi.qkdnet"
@@ -57,23 +54,12 @@ async def _kmes(
     network = InMemoryRelayNetwork()
     clients = {}
     async with AsyncExitStack() as stack:
-        blocks = [(uuid.uuid4().hex, frame, os.urandom(8_000)) for frame in range(4)]
         stores = {}
         for node, peer in (("a", "b"), ("b", "a")):
             store = await KeyStore.open(tmp_path / f"{node}.sqlite")
             stack.push_async_callback(store.close)
-            for block_id, frame, bits in blocks:
-                add = partial(
-                    KeyStoreDb.add_block,
-                    block_id=block_id,
-                    frame=frame,
-                    bits=bits,
-                    nbits=64_000,
-                    pending=False,
-                    refill={},
-                )
-                await store.run(add)
             stores[node] = (peer, store)
+        await store_same_key([store for _, store in stores.values()])
         for node, (peer, store) in stores.items():
             delivered = await DeliveredKeys.open(tmp_path / f"{node}-delivered.sqlite")
             stack.push_async_callback(delivered.close)

@@ -8,7 +8,6 @@ import types
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from qkdnet.node.errors import RelayError
 from qkdnet.node.relay import KeyRelay, link_key_bits
 from qkdnet.node.store.delivered_keys import DeliveredKeys, DeliveredKeysDb
 from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
-from qkdnet.node.testing import InMemoryRelayNetwork
+from qkdnet.node.testing import InMemoryRelayNetwork, store_same_key
 from qkdnet.v1 import relay_pb2
 
 CHAIN = ["a", "r1", "r2", "r3", "b"]
@@ -33,22 +32,11 @@ async def _chain(tmp_path: Path) -> AsyncIterator[tuple[InMemoryRelayNetwork, di
     stores: dict[tuple[str, str], KeyStore] = {}  # (this end, peer) -> this end's store
     async with AsyncExitStack() as stack:
         for x, y in pairwise(CHAIN):
-            blocks = [(uuid.uuid4().hex, frame, os.urandom(BLOCK_BITS // 8)) for frame in range(4)]
             for end, peer in ((x, y), (y, x)):
                 store = await KeyStore.open(tmp_path / f"{end}-{peer}.sqlite")
                 stack.push_async_callback(store.close)
-                for block_id, frame, bits in blocks:
-                    add = partial(
-                        KeyStoreDb.add_block,
-                        block_id=block_id,
-                        frame=frame,
-                        bits=bits,
-                        nbits=BLOCK_BITS,
-                        pending=False,
-                        refill={},
-                    )
-                    await store.run(add)
                 stores[(end, peer)] = store
+            await store_same_key([stores[(x, y)], stores[(y, x)]], block_bits=BLOCK_BITS)
         delivered: dict[str, DeliveredKeys] = {}
         for node in CHAIN:
             delivered[node] = await DeliveredKeys.open(tmp_path / f"{node}-delivered.sqlite")
