@@ -27,7 +27,7 @@ from typing import Any
 
 from docker.errors import APIError, ImageNotFound
 
-from qkdnet.orchestrator.images import (
+from qkdnet.orchestrator.runtime.images import (
     BASE_IMAGE,
     LABEL_COMPONENT,
     DockerUnavailable,

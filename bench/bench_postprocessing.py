@@ -29,7 +29,7 @@ from qkdnet.node.core.decoy import DecoyEstimate, secret_key_length
 from qkdnet.node.core.polynomial_hash import PolynomialHash
 from qkdnet.node.core.toeplitz import toeplitz_hash
 from qkdnet.node.core.wire import decode_bits, encode_bits
-from qkdnet.orchestrator.link_demo import LinkPair
+from qkdnet.orchestrator.cli.link_demo import LinkPair
 
 N = 1_000_000
 QBER = 0.02

@@ -57,12 +57,12 @@ import aiohttp
 import yaml
 
 from qkdnet.node.link_names import link_id_for
-from qkdnet.node.relay import link_key_bits
-from qkdnet.orchestrator.network_commands import wait_for_key
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.network_status import NetworkStatus
-from qkdnet.orchestrator.runtime import runtime_for
-from qkdnet.orchestrator.topology import load_topology
+from qkdnet.node.protocol.relay import link_key_bits
+from qkdnet.orchestrator.cli.network_commands import wait_for_key
+from qkdnet.orchestrator.client.network_status import NetworkStatus
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime.seam import runtime_for
 
 KEY_BITS = 256
 BATCH = 256

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import aiohttp
 
-from qkdnet.orchestrator.controller import NodeClient
-from qkdnet.orchestrator.network_commands import wait_for_key
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.runtime import runtime_for
-from qkdnet.orchestrator.topology import load_topology
+from qkdnet.orchestrator.cli.network_commands import wait_for_key
+from qkdnet.orchestrator.client.controller import NodeClient
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime.seam import runtime_for
 from qkdnet.v1 import control_pb2
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -37,32 +37,32 @@ from qkdnet.v1 import (
     relay_pb2_grpc,
 )
 
-from .authentication import LinkAuthenticator, read_psk
-from .channel_shaping import ALL_PEERS, Shaping
 from .config import KeyApiConfig, NodeConfig, load_node_config
-from .conversation import TamperFault
 from .core.channel_model import ChannelChange
 from .core.toeplitz import configure_fftw
+from .edge.channel_shaping import ALL_PEERS, Shaping
+from .edge.etsi014 import KeyDeliveryServer
+from .edge.grpc_authorization import RoleAuthorization, peer_name
+from .edge.grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
+from .edge.https_server import HttpLimits, raise_file_limit, server_ssl_context
+from .edge.link_grpc import GrpcLinkConnector, GrpcStream
+from .edge.peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
+from .edge.relay_grpc import RelayService
+from .edge.telemetry import TelemetryPublisher
+from .edge.tls import NodeCredentials, client_tls_context, load_credentials
 from .errors import ConfigError, KeyStoreError, LinkError, QkdnetError
-from .etsi014 import KeyDeliveryServer
 from .file_modes import PRIVATE_UMASK, private_dir, tighten
-from .grpc_authorization import RoleAuthorization, peer_name
-from .grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
-from .https_server import HttpLimits, raise_file_limit, server_ssl_context
-from .key_manager import DeliveryPolicy, KeyLimits, KeyManager
-from .link import LinkEnd, ReceiverLink, TransmitterLink
-from .link_grpc import GrpcLinkConnector, GrpcStream
 from .link_names import link_id_for
-from .link_state import LinkStateFlooder
-from .peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
-from .relay import KeyRelay
-from .relay_grpc import RelayService
-from .routing import Router
+from .protocol.authentication import LinkAuthenticator, read_psk
+from .protocol.conversation import TamperFault
+from .protocol.key_manager import DeliveryPolicy, KeyLimits, KeyManager
+from .protocol.link import LinkEnd, ReceiverLink, TransmitterLink
+from .protocol.link_state import LinkStateFlooder
+from .protocol.relay import KeyRelay
+from .protocol.routing import Router
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
 from .store.key_store import KeyStore
 from .structured_log import configure_logging, log_event
-from .telemetry import TelemetryPublisher
-from .tls import NodeCredentials, client_tls_context, load_credentials
 
 __all__ = ["PARENT_PID_ENV", "NodeAgent", "main"]
 

@@ -151,7 +151,7 @@ class LinkConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
-    """Where the node publishes its state and link figures (MQTT); see node/telemetry.py."""
+    """Where the node publishes its state and link figures (MQTT); see node/edge/telemetry.py."""
 
     broker: str = Field(description="MQTT broker as host:port")
     tls: bool = Field(

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from qkdnet.v1 import relay_pb2
 
 from .errors import RelayError
-from .link_transport import Duplex, PhotonSink
+from .protocol.link_transport import Duplex, PhotonSink
 
 if TYPE_CHECKING:
-    from .link import ReceiverLink
-    from .relay import KeyRelay
+    from .protocol.link import ReceiverLink
+    from .protocol.relay import KeyRelay
     from .store.key_store import KeyStore
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 The suite keeps its deployments out of the user's: `XDG_STATE_HOME` and `XDG_CACHE_HOME` point
 into a directory of the session's own before any test runs, so the registry of deployments
-(orchestrator/registry.py), default state directories and cached graph layouts of the tests
+(orchestrator/plan/registry.py), default state directories and cached graph layouts of the tests
 never mix with those of a network the user has deployed, and every `qkdnet` the tests start
 as a subprocess inherits the same.
 """

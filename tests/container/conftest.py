@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from qkdnet.node.errors import QkdnetError
-from qkdnet.orchestrator.images import (
+from qkdnet.orchestrator.runtime.images import (
     BaseImageUnavailable,
     DockerUnavailable,
     ImageBuilder,

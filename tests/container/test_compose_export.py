@@ -18,12 +18,12 @@ import aiohttp
 import aiomqtt
 import pytest
 
-from qkdnet.node.tls import client_tls_context
-from qkdnet.orchestrator.cli import main
-from qkdnet.orchestrator.images import ImageResult
-from qkdnet.orchestrator.key_client import KeyApiClient, KeyApiError
-from qkdnet.orchestrator.pki import CertificatePaths
-from qkdnet.orchestrator.telemetry_watch import TelemetryWatch
+from qkdnet.node.edge.tls import client_tls_context
+from qkdnet.orchestrator.cli.main import main
+from qkdnet.orchestrator.client.key_client import KeyApiClient, KeyApiError
+from qkdnet.orchestrator.client.telemetry_watch import TelemetryWatch
+from qkdnet.orchestrator.plan.pki import CertificatePaths
+from qkdnet.orchestrator.runtime.images import ImageResult
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
 

@@ -16,23 +16,23 @@ import aiohttp
 import aiomqtt
 import pytest
 
-from qkdnet.node.tls import client_tls_context
-from qkdnet.orchestrator.controller import NodeClient
-from qkdnet.orchestrator.docker_runtime import (
+from qkdnet.node.edge.tls import client_tls_context
+from qkdnet.orchestrator.cli.network_commands import wait_for_key
+from qkdnet.orchestrator.client.controller import NodeClient
+from qkdnet.orchestrator.client.network_status import NetworkStatus
+from qkdnet.orchestrator.client.telemetry_watch import TelemetryWatch
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime.docker_runtime import (
     LABEL_DEPLOYMENT,
     LABEL_NODE,
     LABEL_ROLE,
     LABEL_STATE_DIR,
     DockerRuntime,
 )
-from qkdnet.orchestrator.images import ImageResult
-from qkdnet.orchestrator.network_commands import wait_for_key
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.network_status import NetworkStatus
-from qkdnet.orchestrator.runtime import BROKER, runtime_for
-from qkdnet.orchestrator.telemetry_watch import TelemetryWatch
-from qkdnet.orchestrator.topology import load_topology
-from qkdnet.orchestrator.venv_volume import VENV_DIR
+from qkdnet.orchestrator.runtime.images import ImageResult
+from qkdnet.orchestrator.runtime.seam import BROKER, runtime_for
+from qkdnet.orchestrator.runtime.venv_volume import VENV_DIR
 from tests.integration.sae import Sae
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]

@@ -14,13 +14,13 @@ import grpc
 import pytest
 
 from qkdnet.node.core.channel_model import ChannelChange
-from qkdnet.orchestrator.cli import main
-from qkdnet.orchestrator.controller import NodeClient
-from qkdnet.orchestrator.faults import FaultRecord, Impairment
-from qkdnet.orchestrator.images import ImageResult
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.network_status import NetworkStatus
-from qkdnet.orchestrator.runtime import Runtime, runtime_for
+from qkdnet.orchestrator.cli.main import main
+from qkdnet.orchestrator.client.controller import NodeClient
+from qkdnet.orchestrator.client.network_status import NetworkStatus
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.runtime.faults import FaultRecord, Impairment
+from qkdnet.orchestrator.runtime.images import ImageResult
+from qkdnet.orchestrator.runtime.seam import Runtime, runtime_for
 from tests.integration.sae import Sae, deployed, ring_topology
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]

@@ -20,9 +20,12 @@ import pytest
 import yaml
 from docker.errors import ContainerError
 
+from qkdnet.node.edge.tls import client_tls_context
 from qkdnet.node.identity import Role
-from qkdnet.node.tls import client_tls_context
-from qkdnet.orchestrator.images import (
+from qkdnet.orchestrator.plan.mosquitto import mosquitto_conf
+from qkdnet.orchestrator.plan.pki import CertificateAuthority
+from qkdnet.orchestrator.plan.telemetry_access import TelemetryAccess
+from qkdnet.orchestrator.runtime.images import (
     BROKER_PORT,
     LABEL_COMPONENT,
     LABEL_INPUT_HASH,
@@ -35,10 +38,7 @@ from qkdnet.orchestrator.images import (
     ImageResult,
     SourceTree,
 )
-from qkdnet.orchestrator.mosquitto import mosquitto_conf
-from qkdnet.orchestrator.pki import CertificateAuthority
-from qkdnet.orchestrator.telemetry_access import TelemetryAccess
-from qkdnet.orchestrator.venv_volume import (
+from qkdnet.orchestrator.runtime.venv_volume import (
     LABEL_IMAGE_ID,
     VENV_DIR,
     ensure_venv_volume,

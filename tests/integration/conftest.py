@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from qkdnet.node.config import ChannelConfig, ProcessingConfig
-from qkdnet.orchestrator.link_demo import LinkPair
+from qkdnet.orchestrator.cli.link_demo import LinkPair
 
 PairFactory = Callable[..., LinkPair]
 

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis import Case, CheckContext, Response
 
-from qkdnet.node.etsi014 import INTERNAL_ERROR, openapi_document
-from qkdnet.orchestrator.network_plan import NetworkPlan
+from qkdnet.node.edge.etsi014 import INTERNAL_ERROR, openapi_document
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 
 from .sae import deployed, sae_clients
 

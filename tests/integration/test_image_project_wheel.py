@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.orchestrator.images import SourceTree
+from qkdnet.orchestrator.runtime.images import SourceTree
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD_WHEEL = """
 import sys
 from pathlib import Path
-from qkdnet.orchestrator.images import ImageBuilder, SourceTree
+from qkdnet.orchestrator.runtime.images import ImageBuilder, SourceTree
 builder = ImageBuilder(SourceTree.load(Path(sys.argv[1])), None)
 builder.log_dir = Path(sys.argv[2])
 wheel, result = builder.project_wheel(Path(sys.argv[2]) / "work")

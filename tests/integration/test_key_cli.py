@@ -20,20 +20,20 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from rich.console import Console
 
-from qkdnet.orchestrator.key_client import BlockingKeyApiClient, KeyApiClient, KeyApiError
-from qkdnet.orchestrator.network_commands import wait_for_key
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.pki import CertificatePaths
-from qkdnet.orchestrator.process_runtime import labelled_processes
-from qkdnet.orchestrator.relay_demo import RelayStats, _route_table, hop_times, percentile
-from qkdnet.orchestrator.runtime import runtime_for
-from qkdnet.orchestrator.topology import load_topology
+from qkdnet.orchestrator.cli.network_commands import wait_for_key
+from qkdnet.orchestrator.cli.relay_demo import RelayStats, _route_table, hop_times, percentile
+from qkdnet.orchestrator.client.key_client import BlockingKeyApiClient, KeyApiClient, KeyApiError
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.pki import CertificatePaths
+from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime.process_runtime import labelled_processes
+from qkdnet.orchestrator.runtime.seam import runtime_for
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 TWO_NODE = EXAMPLES / "two-node.yaml"
-CLI = [sys.executable, "-m", "qkdnet.orchestrator.cli"]
+CLI = [sys.executable, "-m", "qkdnet.orchestrator.cli.main"]
 ENV = os.environ | {"COLUMNS": "200"}
 
 

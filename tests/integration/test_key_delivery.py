@@ -17,15 +17,15 @@ import aiohttp
 import grpc
 import pytest
 
-from qkdnet.node.grpc_dial import credentials_from_files
+from qkdnet.node.edge.grpc_dial import credentials_from_files
+from qkdnet.node.edge.relay_grpc import PeerChannels
 from qkdnet.node.identity import Role
-from qkdnet.node.relay import KeyRelay
-from qkdnet.node.relay_grpc import PeerChannels
+from qkdnet.node.protocol.relay import KeyRelay
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
-from qkdnet.orchestrator.controller import NodeClient
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.pki import CertificateAuthority
+from qkdnet.orchestrator.client.controller import NodeClient
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.pki import CertificateAuthority
 from qkdnet.v1 import relay_pb2
 
 from .sae import Sae, assert_link_keys_used_alike, deployed, sae_clients, sae_context

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.orchestrator.node_process import pid_alive
+from qkdnet.orchestrator.runtime.node_process import pid_alive
 
 pytestmark = pytest.mark.integration
 

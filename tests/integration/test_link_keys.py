@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.orchestrator.controller import compare_link_stores
-from qkdnet.orchestrator.link_demo import RECEIVER, TRANSMITTER, LinkPair
+from qkdnet.orchestrator.cli.link_demo import RECEIVER, TRANSMITTER, LinkPair
+from qkdnet.orchestrator.client.controller import compare_link_stores
 from qkdnet.v1 import control_pb2
 
 from .conftest import PairFactory

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.orchestrator.network_commands import wait_for_key
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.network_status import NetworkStatus
-from qkdnet.orchestrator.process_runtime import labelled_processes, process_start_time
-from qkdnet.orchestrator.runtime import BROKER, Runtime, runtime_for
-from qkdnet.orchestrator.telemetry_watch import TelemetryWatch
-from qkdnet.orchestrator.topology import load_topology
+from qkdnet.orchestrator.cli.network_commands import wait_for_key
+from qkdnet.orchestrator.client.network_status import NetworkStatus
+from qkdnet.orchestrator.client.telemetry_watch import TelemetryWatch
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime.process_runtime import labelled_processes, process_start_time
+from qkdnet.orchestrator.runtime.seam import BROKER, Runtime, runtime_for
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,7 @@ def test_every_link_distils_identical_key_and_destroy_leaves_nothing(
 def test_nodes_outlive_a_killed_orchestrator_and_destroy_still_cleans_up(tmp_path: Path) -> None:
     topology = EXAMPLES / "chain5.yaml"
     state = tmp_path / "state"
-    cli = [sys.executable, "-m", "qkdnet.orchestrator.cli"]
+    cli = [sys.executable, "-m", "qkdnet.orchestrator.cli.main"]
     deploy = subprocess.Popen(
         [*cli, "deploy", "-t", str(topology), "--state-dir", str(state)],
         stdout=subprocess.DEVNULL,
@@ -226,7 +226,7 @@ def test_watch_shows_live_link_figures_from_mqtt(
 ) -> None:
     plan = _deploy(deployment, "two-node", tmp_path)
     asyncio.run(wait_for_key(plan, timeout=60))
-    cli = [sys.executable, "-m", "qkdnet.orchestrator.cli"]
+    cli = [sys.executable, "-m", "qkdnet.orchestrator.cli.main"]
     result = subprocess.run(
         [
             *cli,
@@ -261,7 +261,7 @@ def test_watch_shows_live_link_figures_from_mqtt(
 def test_deploy_refuses_a_second_deployment_of_the_same_topology(
     tmp_path: Path, deployment: dict[str, tuple[NetworkPlan, Runtime]]
 ) -> None:
-    from qkdnet.orchestrator.cli import main
+    from qkdnet.orchestrator.cli.main import main
 
     plan = _deploy(deployment, "two-node", tmp_path)
     status = main(

@@ -10,10 +10,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from qkdnet.node.grpc_dial import credentials_from_files, dial
+from qkdnet.node.edge.grpc_dial import credentials_from_files, dial
 from qkdnet.node.identity import Role
-from qkdnet.orchestrator.link_demo import RECEIVER, TRANSMITTER
-from qkdnet.orchestrator.pki import CertificateAuthority, CertificatePaths
+from qkdnet.orchestrator.cli.link_demo import RECEIVER, TRANSMITTER
+from qkdnet.orchestrator.plan.pki import CertificateAuthority, CertificatePaths
 from qkdnet.v1 import control_pb2, control_pb2_grpc, link_pb2_grpc
 
 from .conftest import PairFactory

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qkdnet.orchestrator.process_runtime import labelled_processes
-from qkdnet.orchestrator.registry import Registry
+from qkdnet.orchestrator.plan.registry import Registry
+from qkdnet.orchestrator.runtime.process_runtime import labelled_processes
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
-CLI = [sys.executable, "-m", "qkdnet.orchestrator.cli"]
+CLI = [sys.executable, "-m", "qkdnet.orchestrator.cli.main"]
 
 
 def _run(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.orchestrator.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 
 from .sae import Sae, assert_link_keys_used_alike, deployed, sae_clients
 

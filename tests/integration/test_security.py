@@ -29,17 +29,17 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from qkdnet.node.grpc_dial import credentials_from_files, dial
-from qkdnet.node.relay import KeyRelay
-from qkdnet.node.relay_grpc import PeerChannels
+from qkdnet.node.edge.grpc_dial import credentials_from_files, dial
+from qkdnet.node.edge.relay_grpc import PeerChannels
+from qkdnet.node.edge.tls import client_tls_context
+from qkdnet.node.protocol.relay import KeyRelay
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
-from qkdnet.node.tls import client_tls_context
-from qkdnet.orchestrator.controller import NodeClient
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.pki import CertificatePaths
-from qkdnet.orchestrator.runtime import runtime_for
-from qkdnet.orchestrator.telemetry_watch import TelemetryWatch
+from qkdnet.orchestrator.client.controller import NodeClient
+from qkdnet.orchestrator.client.telemetry_watch import TelemetryWatch
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.pki import CertificatePaths
+from qkdnet.orchestrator.runtime.seam import runtime_for
 from qkdnet.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -394,7 +394,7 @@ def test_watch_shows_markup_as_text_and_counts_what_it_refused(plan: NetworkPlan
         [
             sys.executable,
             "-m",
-            "qkdnet.orchestrator.cli",
+            "qkdnet.orchestrator.cli.main",
             "watch",
             "-t",
             str(topology),

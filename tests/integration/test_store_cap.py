@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from qkdnet.node.store.key_store import KeyStoreDb
-from qkdnet.orchestrator.controller import compare_link_stores
-from qkdnet.orchestrator.link_demo import RECEIVER, TRANSMITTER, LinkPair
+from qkdnet.orchestrator.cli.link_demo import RECEIVER, TRANSMITTER, LinkPair
+from qkdnet.orchestrator.client.controller import compare_link_stores
 
 from .conftest import PairFactory
 from .test_link_keys import wait_for

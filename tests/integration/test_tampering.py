@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from qkdnet.orchestrator.controller import compare_link_stores
-from qkdnet.orchestrator.link_demo import RECEIVER, TRANSMITTER
+from qkdnet.orchestrator.cli.link_demo import RECEIVER, TRANSMITTER
+from qkdnet.orchestrator.client.controller import compare_link_stores
 
 from .conftest import PairFactory
 from .test_link_keys import read_blocks, wait_for

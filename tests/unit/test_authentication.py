@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from qkdnet.node.authentication import LinkAuthenticator, PreSharedSecret
 from qkdnet.node.errors import AuthenticationError, ConfigError, ProtocolError
+from qkdnet.node.protocol.authentication import LinkAuthenticator, PreSharedSecret
 from qkdnet.node.store.key_store import KeyStore
 from qkdnet.v1 import link_pb2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qkdnet.orchestrator.controller import NodeClient, compare_link_stores
+from qkdnet.orchestrator.client.controller import NodeClient, compare_link_stores
 from qkdnet.v1 import control_pb2
 
 

@@ -12,9 +12,9 @@ from cryptography import x509
 
 from qkdnet.node.config import NodeConfig
 from qkdnet.node.errors import ConfigError
-from qkdnet.orchestrator.compose_export import export_compose
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.topology import Topology, load_topology
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.topology import Topology, load_topology
+from qkdnet.orchestrator.runtime.compose_export import export_compose
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

@@ -14,11 +14,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from qkdnet.node.etsi014 import KeyDeliveryServer
+from qkdnet.node.edge.etsi014 import KeyDeliveryServer
 from qkdnet.node.identity import Identity, Role
-from qkdnet.node.key_manager import DeliveryPolicy, KeyManager
-from qkdnet.node.relay import KeyRelay
-from qkdnet.node.routing import Router
+from qkdnet.node.protocol.key_manager import DeliveryPolicy, KeyManager
+from qkdnet.node.protocol.relay import KeyRelay
+from qkdnet.node.protocol.routing import Router
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
 from qkdnet.node.testing import InMemoryRelayNetwork, store_same_key

@@ -11,9 +11,11 @@ import pytest
 
 from qkdnet.node.core.channel_model import ChannelChange
 from qkdnet.node.errors import ConfigError, QkdnetError
-from qkdnet.orchestrator.cli import main
-from qkdnet.orchestrator.fault_scenario import load_scenario, run_scenario
-from qkdnet.orchestrator.faults import (
+from qkdnet.orchestrator.cli.main import main
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.topology import Topology
+from qkdnet.orchestrator.runtime.fault_scenario import load_scenario, run_scenario
+from qkdnet.orchestrator.runtime.faults import (
     FaultRecord,
     Impairment,
     netem_from_tc,
@@ -21,10 +23,8 @@ from qkdnet.orchestrator.faults import (
     parse_percent,
     parse_rate_kbit,
 )
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.process_runtime import ProcessRuntime
-from qkdnet.orchestrator.runtime import BROKER, UnknownComponent, runtime_for
-from qkdnet.orchestrator.topology import Topology
+from qkdnet.orchestrator.runtime.process_runtime import ProcessRuntime
+from qkdnet.orchestrator.runtime.seam import BROKER, UnknownComponent, runtime_for
 
 
 def test_impairment_to_tc_arguments() -> None:

@@ -13,8 +13,8 @@ import pytest
 from qkdnet.node.file_modes import private_dir, tighten, write_private
 from qkdnet.node.store.delivered_keys import DeliveredKeysDb
 from qkdnet.node.store.key_store import KeyStoreDb
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.topology import load_topology
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.topology import load_topology
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from qkdnet.node.errors import ConfigError
-from qkdnet.orchestrator.graph import format_rate, render_graph
-from qkdnet.orchestrator.topology import Topology, load_topology
+from qkdnet.orchestrator.cli.graph import format_rate, render_graph
+from qkdnet.orchestrator.plan.topology import Topology, load_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -114,7 +114,7 @@ def test_format_rate_refuses(rate: float) -> None:
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, qkdnet.orchestrator.graph; "
+        "import sys, qkdnet.orchestrator.cli.graph; "
         "print(sorted(m for m in ('matplotlib', 'networkx', 'grpc') if m in sys.modules))"
     )
     result = subprocess.run(

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from qkdnet.node.grpc_authorization import RoleAuthorization, peer_name
-from qkdnet.node.grpc_dial import credentials_from_files, dial
+from qkdnet.node.edge.grpc_authorization import RoleAuthorization, peer_name
+from qkdnet.node.edge.grpc_dial import credentials_from_files, dial
 from qkdnet.node.identity import Role
-from qkdnet.orchestrator.pki import CertificateAuthority, CertificatePaths
+from qkdnet.orchestrator.plan.pki import CertificateAuthority, CertificatePaths
 from qkdnet.v1 import control_pb2, control_pb2_grpc, relay_pb2, relay_pb2_grpc
 
 DOMAIN = "unit.qkdnet"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from qkdnet.node.etsi014 import error_response
-from qkdnet.node.https_server import HttpLimits, HttpsServer, server_ssl_context
+from qkdnet.node.edge.etsi014 import error_response
+from qkdnet.node.edge.https_server import HttpLimits, HttpsServer, server_ssl_context
 from qkdnet.node.identity import Role
-from qkdnet.orchestrator.pki import CertificateAuthority
+from qkdnet.orchestrator.plan.pki import CertificateAuthority
 
 LIMITS = HttpLimits(
     handshake_timeout_s=0.5, header_timeout_s=0.5, body_timeout_s=0.5, max_connections=4

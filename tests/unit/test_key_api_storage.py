@@ -16,14 +16,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from qkdnet.node.etsi014 import KeyDeliveryServer
-from qkdnet.node.https_server import server_ssl_context
+from qkdnet.node.edge.etsi014 import KeyDeliveryServer
+from qkdnet.node.edge.https_server import server_ssl_context
 from qkdnet.node.identity import Role
-from qkdnet.node.key_manager import DeliveryPolicy, KeyManager
-from qkdnet.node.relay import RelayCounters
-from qkdnet.node.routing import Router
+from qkdnet.node.protocol.key_manager import DeliveryPolicy, KeyManager
+from qkdnet.node.protocol.relay import RelayCounters
+from qkdnet.node.protocol.routing import Router
 from qkdnet.node.store.delivered_keys import DeliveredKeys
-from qkdnet.orchestrator.pki import CertificateAuthority
+from qkdnet.orchestrator.plan.pki import CertificateAuthority
 
 DOMAIN = "disk.qkdnet"
 

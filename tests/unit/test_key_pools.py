@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from qkdnet.node.errors import RelayError
-from qkdnet.node.key_manager import DeliveryPolicy, KeyLimits, KeyManager
-from qkdnet.node.relay import RelayCounters
-from qkdnet.node.routing import Router
+from qkdnet.node.protocol.key_manager import DeliveryPolicy, KeyLimits, KeyManager
+from qkdnet.node.protocol.relay import RelayCounters
+from qkdnet.node.protocol.routing import Router
 from qkdnet.node.store.delivered_keys import DeliveredKeys, KeyNotFound, NewKeys
 from qkdnet.v1 import relay_pb2
 

@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 
 from qkdnet.node.agent import _ControlService
-from qkdnet.node.channel_shaping import (
+from qkdnet.node.config import LinkConfig
+from qkdnet.node.core.channel_model import (
+    ChannelChange,
+    ChannelParameters,
+    model_figures,
+    qber_with_eavesdropper,
+)
+from qkdnet.node.core.quantum_channel import measure, transmit
+from qkdnet.node.edge.channel_shaping import (
     ALL_PEERS,
     MAX_RETRANSMISSIONS,
     MAX_RTO_S,
@@ -26,18 +34,10 @@ from qkdnet.node.channel_shaping import (
     ShapedStream,
     Shaping,
 )
-from qkdnet.node.config import LinkConfig
-from qkdnet.node.core.channel_model import (
-    ChannelChange,
-    ChannelParameters,
-    model_figures,
-    qber_with_eavesdropper,
-)
-from qkdnet.node.core.quantum_channel import measure, transmit
-from qkdnet.node.grpc_authorization import POLICY
+from qkdnet.node.edge.grpc_authorization import POLICY
+from qkdnet.node.edge.peer_faults import PeerFaults, shaped_peer_channels
 from qkdnet.node.identity import Role
-from qkdnet.node.link import ReceiverLink, TransmitterLink, _params_digest
-from qkdnet.node.peer_faults import PeerFaults, shaped_peer_channels
+from qkdnet.node.protocol.link import ReceiverLink, TransmitterLink, _params_digest
 from qkdnet.v1 import control_pb2, relay_pb2
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from qkdnet.node.authentication import LinkAuthenticator, PreSharedSecret
 from qkdnet.node.config import LinkConfig
-from qkdnet.node.link import ReceiverLink, TransmitterLink
+from qkdnet.node.protocol.authentication import LinkAuthenticator, PreSharedSecret
+from qkdnet.node.protocol.link import ReceiverLink, TransmitterLink
 from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
 from qkdnet.node.testing import Direction, InMemoryLink, MessageFilter
 from qkdnet.v1 import link_pb2

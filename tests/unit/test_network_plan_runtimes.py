@@ -9,8 +9,8 @@ from pathlib import Path
 from cryptography import x509
 
 from qkdnet.node.config import load_node_config
-from qkdnet.orchestrator.network_plan import NetworkPlan, recorded_runtime
-from qkdnet.orchestrator.topology import load_topology
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan, recorded_runtime
+from qkdnet.orchestrator.plan.topology import load_topology
 
 CHAIN5 = Path(__file__).parents[2] / "examples" / "chain5.yaml"
 

@@ -13,7 +13,7 @@ import yaml
 from qkdnet.node.config import load_node_config
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.identity import Role
-from qkdnet.orchestrator.pki import CertificateAuthority, write_psk
+from qkdnet.orchestrator.plan.pki import CertificateAuthority, write_psk
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.topology import Topology, load_topology
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.topology import Topology, load_topology
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -82,10 +82,10 @@ def test_verbs_on_a_deployed_network_import_nothing_heavy(tmp_path: Path) -> Non
     probe = f"""
 import sys
 from pathlib import Path
-import qkdnet.orchestrator.cli, qkdnet.orchestrator.console_output
-import qkdnet.orchestrator.network_commands, qkdnet.orchestrator.process_runtime
-import qkdnet.orchestrator.key_client, qkdnet.orchestrator.network_view
-from qkdnet.orchestrator.network_plan import NetworkPlan
+import qkdnet.orchestrator.cli.main, qkdnet.orchestrator.cli.console_output
+import qkdnet.orchestrator.cli.network_commands, qkdnet.orchestrator.runtime.process_runtime
+import qkdnet.orchestrator.client.key_client, qkdnet.orchestrator.cli.network_view
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 plan = NetworkPlan.load(Path({str(plan.state_dir)!r}))
 assert plan is not None and plan.sae_credentials("sae-a").cert.name == "cert.pem"
 heavy = ["pydantic", "yaml", "numpy", "cryptography", "grpc", "aiohttp", "matplotlib"]

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from qkdnet.node.errors import ConfigError
-from qkdnet.orchestrator import registry as registry_module
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.registry import Registry, block_of_subnet, blocks_in_use
-from qkdnet.orchestrator.runtime import ended
-from qkdnet.orchestrator.topology import load_topology
+from qkdnet.orchestrator.plan import registry as registry_module
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.registry import Registry, block_of_subnet, blocks_in_use
+from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime.seam import ended
 
 
 @pytest.fixture

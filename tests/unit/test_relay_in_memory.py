@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from qkdnet.node.errors import RelayError
-from qkdnet.node.relay import KeyRelay, link_key_bits
+from qkdnet.node.protocol.relay import KeyRelay, link_key_bits
 from qkdnet.node.store.delivered_keys import DeliveredKeys, DeliveredKeysDb
 from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
 from qkdnet.node.testing import InMemoryRelayNetwork, store_same_key

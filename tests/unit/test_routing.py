@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qkdnet.node.routing import COMFORT_BITS, Router
+from qkdnet.node.protocol.routing import COMFORT_BITS, Router
 from qkdnet.v1 import relay_pb2
 
 # a - r1 - b and a - r2 - b: two node-disjoint routes between a and b; c hangs off b.
@@ -100,7 +100,7 @@ async def test_an_advert_from_the_future_is_dropped_by_the_flooder() -> None:
     origin for good: the flooder drops it before the router sees it."""
     import time
 
-    from qkdnet.node.link_state import MAX_CLOCK_AHEAD_NS, LinkStateFlooder
+    from qkdnet.node.protocol.link_state import MAX_CLOCK_AHEAD_NS, LinkStateFlooder
 
     router = Router("b")
     flooder = LinkStateFlooder("b", [], {"r": object()}, router, peers=None)  # type: ignore[dict-item,arg-type]

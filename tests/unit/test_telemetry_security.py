@@ -10,11 +10,11 @@ import pytest
 from rich.console import Console
 
 from qkdnet.node.identity import Role
-from qkdnet.orchestrator.network_plan import NetworkPlan
-from qkdnet.orchestrator.network_view import telemetry_view
-from qkdnet.orchestrator.telemetry_access import TelemetryAccess, filter_covers, topic_matches
-from qkdnet.orchestrator.telemetry_watch import TelemetryState
-from qkdnet.orchestrator.topology import load_topology
+from qkdnet.orchestrator.cli.network_view import telemetry_view
+from qkdnet.orchestrator.client.telemetry_watch import TelemetryState
+from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.telemetry_access import TelemetryAccess, filter_covers, topic_matches
+from qkdnet.orchestrator.plan.topology import load_topology
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 P = "qkdnet/chain5"

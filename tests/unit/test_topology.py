@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qkdnet.node.errors import ConfigError
-from qkdnet.orchestrator.topology import load_topology, topology_json_schema
+from qkdnet.orchestrator.plan.topology import load_topology, topology_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from docker.errors import ImageNotFound
 
-from qkdnet.orchestrator import images
-from qkdnet.orchestrator.images import (
+from qkdnet.orchestrator.runtime import images
+from qkdnet.orchestrator.runtime.images import (
     BASE_IMAGE,
     ImageBuilder,
     ImageBuildError,

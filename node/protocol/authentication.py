@@ -1,0 +1,206 @@
+"""Wegman-Carter authentication of a link's classical messages.
+
+tag = h_k(body) XOR r, where h_k is the polynomial hash over GF(2^64) of `polynomial_hash.py`
+with a hash key k kept for the life of the link, and r an 8-byte one-time pad used for exactly
+one message. Each direction of a link has its own pad index space; the sender uses its pads in
+order and the receiver refuses any pad index at or below the last it accepted, which makes a
+replayed message fail. The first pads and the hash key come from the pre-shared secret the
+orchestrator provisions; later pads come from distilled key (see `key_store.py`).
+
+Sender and receiver counters are persisted, the sender's ahead of use (in leases), so that a
+restarted node never uses a pad twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from qkdnet.v1 import link_pb2
+
+from ..core.polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
+from ..errors import AuthenticationError, ConfigError, ProtocolError
+from ..store.key_store import PAD_BYTES, KeyStore, KeyStoreDb
+
+__all__ = [
+    "LinkAuthenticator",
+    "PreSharedSecret",
+    "read_psk",
+]
+
+_PSK_MAGIC = b"QKDPSK01"
+_LEASE = 256
+
+
+@dataclass(frozen=True)
+class PreSharedSecret:
+    """The secret both ends of a link start from: a hash key and pads for each direction."""
+
+    hash_key: int
+    forward_pads: bytes
+    backward_pads: bytes
+
+    @classmethod
+    def generate(cls, pads_per_direction: int = 4096) -> PreSharedSecret:
+        size = pads_per_direction * PAD_BYTES
+        return cls(
+            hash_key=secrets.randbits(64),
+            forward_pads=secrets.token_bytes(size),
+            backward_pads=secrets.token_bytes(size),
+        )
+
+    def to_bytes(self) -> bytes:
+        count = len(self.forward_pads) // PAD_BYTES
+        header = _PSK_MAGIC + struct.pack(">QI", self.hash_key, count)
+        return header + self.forward_pads + self.backward_pads
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "pre-shared secret") -> PreSharedSecret:
+        if len(data) < 20 or data[:8] != _PSK_MAGIC:
+            raise ConfigError(f"{source}: not a qkdnet pre-shared secret file")
+        hash_key, count = struct.unpack(">QI", data[8:20])
+        body = data[20:]
+        if count < 16 or len(body) != 2 * count * PAD_BYTES:
+            raise ConfigError(f"{source}: truncated or corrupt pre-shared secret")
+        half = count * PAD_BYTES
+        return cls(hash_key=hash_key, forward_pads=body[:half], backward_pads=body[half:])
+
+
+def read_psk(path: Path) -> PreSharedSecret:
+    """Read a pre-shared secret file; ConfigError names the file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: pre-shared secret file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read pre-shared secret ({exc.strerror})") from None
+    return PreSharedSecret.from_bytes(data, str(path))
+
+
+class LinkAuthenticator:
+    """Seals outgoing and opens incoming classical messages for one end of one link.
+
+    `direction` is the index space this end sends in: 0 for the transmitter, 1 for the receiver.
+    """
+
+    def __init__(self, store: KeyStore, hash_key: int, direction: int) -> None:
+        self._store = store
+        self._hash = PolynomialHash(hash_key)
+        self._send_dir = direction
+        self._recv_dir = 1 - direction
+        self._send_next = 0
+        self._lease_end = 0
+        self._recv_next = 0
+        # Ready pads per direction as (first index, bytes) runs, so that sealing and opening a
+        # message needs no trip to the store's thread; refreshed whenever pads change.
+        self._pads: dict[int, list[tuple[int, bytes]]] = {0: [], 1: []}
+
+    @classmethod
+    async def load(cls, store: KeyStore, psk: PreSharedSecret, direction: int) -> LinkAuthenticator:
+        """Initialise the store from the pre-shared secret on first use, then load counters."""
+
+        def load(db: KeyStoreDb) -> tuple[int, int, int]:
+            if not db.initialised():
+                db.initialise(psk.hash_key, {0: psk.forward_pads, 1: psk.backward_pads})
+            send_lease = db.get_meta(f"send_lease_{direction}")
+            recv_next = db.get_meta(f"recv_next_{1 - direction}")
+            return db.hash_key(), send_lease, recv_next
+
+        hash_key, lease, recv_next = await store.run(load)
+        auth = cls(store, hash_key, direction)
+        # Start after everything that may have been leased before a restart.
+        auth._send_next = auth._lease_end = lease
+        auth._recv_next = recv_next
+        await auth.reload_pads()
+        return auth
+
+    async def reload_pads(self) -> None:
+        """Refresh the in-memory copy of the ready pads (after blocks were stored or settled)."""
+
+        def read(db: KeyStoreDb) -> dict[int, list[tuple[int, bytes]]]:
+            return {d: db.ready_pad_runs(d) for d in (0, 1)}
+
+        self._pads = await self._store.run(read)
+
+    def _pad(self, direction: int, index: int) -> bytes | None:
+        for start, data in self._pads[direction]:
+            if start <= index < start + len(data) // PAD_BYTES:
+                offset = (index - start) * PAD_BYTES
+                return data[offset : offset + PAD_BYTES]
+        return None
+
+    @property
+    def send_next(self) -> int:
+        return self._send_next
+
+    async def available_pads(self) -> tuple[int, int]:
+        """Ready pads left (send direction, receive direction)."""
+
+        def end(direction: int) -> int:
+            runs = self._pads[direction]
+            return max((s + len(d) // PAD_BYTES for s, d in runs), default=0)
+
+        return (
+            max(0, end(self._send_dir) - self._send_next),
+            max(0, end(self._recv_dir) - self._recv_next),
+        )
+
+    async def seal(self, message: link_pb2.ClassicalMessage) -> link_pb2.Envelope:
+        """Give `message` the next pad index, serialise it and tag it."""
+        index = self._send_next
+        if index >= self._lease_end:
+            new_end = index + _LEASE
+
+            def lease(db: KeyStoreDb) -> None:
+                db.set_meta(f"send_lease_{self._send_dir}", new_end)
+
+            await self._store.run(lease)
+            self._lease_end = new_end
+        pad = self._pad(self._send_dir, index)
+        if pad is None:
+            raise AuthenticationError(
+                f"no authentication pad left to send (index {index})", reason="no_pad"
+            )
+        self._send_next = index + 1
+        message.pad_index = index
+        body = message.SerializeToString()
+        return link_pb2.Envelope(body=body, tag=wegman_carter_tag(self._hash, pad, body))
+
+    async def open(self, envelope: link_pb2.Envelope) -> link_pb2.ClassicalMessage:
+        """Parse and authenticate an envelope; raises ProtocolError or AuthenticationError."""
+        message = link_pb2.ClassicalMessage()
+        try:
+            message.ParseFromString(envelope.body)
+        except DecodeError:
+            raise ProtocolError("classical message is not a valid protobuf") from None
+        if len(envelope.tag) != PAD_BYTES:
+            raise ProtocolError(f"tag of {len(envelope.tag)} bytes (expected {PAD_BYTES})")
+        index = message.pad_index
+        if index < self._recv_next:
+            raise AuthenticationError(
+                f"replayed message (pad index {index}, expected at least {self._recv_next})",
+                reason="replay",
+            )
+        pad = self._pad(self._recv_dir, index)
+        if pad is None:
+            raise AuthenticationError(f"no pad for index {index}", reason="no_pad")
+        if not tags_equal(wegman_carter_tag(self._hash, pad, envelope.body), envelope.tag):
+            raise AuthenticationError("wrong authentication tag", reason="bad_tag")
+        self._recv_next = index + 1
+        return message
+
+    async def persist(self) -> None:
+        """Save the receive counter, forget used pads and reload the ready ones."""
+        recv_next, send_next = self._recv_next, self._send_next
+
+        def save(db: KeyStoreDb) -> dict[int, list[tuple[int, bytes]]]:
+            db.set_meta(f"recv_next_{self._recv_dir}", recv_next)
+            db.forget_pads_below(self._recv_dir, recv_next)
+            db.forget_pads_below(self._send_dir, send_next)
+            return {d: db.ready_pad_runs(d) for d in (0, 1)}
+
+        self._pads = await self._store.run(save)

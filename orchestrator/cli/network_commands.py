@@ -1,0 +1,662 @@
+"""The deployment verbs of the CLI: deploy, destroy, inspect (one deployment or --all),
+start/stop/kill/restart, watch, graph, and `key get` (keys through a deployed network's ETSI GS
+QKD 014 API, as applications get them).
+
+Each function takes parsed options and a console and returns the exit status; errors are raised
+(`ConfigError` for user errors, other `QkdnetError`s for failures) and turned into messages by
+`cli.main`. The runtimes know nothing of the terminal: their events are drawn here.
+
+A deployment is found through the registry (registry.py) by its topology's name, whatever its
+state directory; a verb aimed at a deployment the registry does not hold raises `NotDeployed`
+(exit status 2). Modules that cost time to import (grpc, aiohttp, aiomqtt, matplotlib) are
+imported by the verbs that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from qkdnet.node.errors import ConfigError, QkdnetError
+
+from ..durations import format_age
+from ..plan.network_plan import NetworkPlan
+from ..plan.registry import NotDeployed, Registration, Registry, block_of_subnet
+from ..runtime.seam import BROKER, DeployError, DeploymentInfo, Runtime, RuntimeEvent, runtime_for
+from .console_output import Progress
+from .network_view import links_table, nodes_json, nodes_table, rows_from_snapshot
+
+if TYPE_CHECKING:
+    from ..client.key_client import KeyContainer
+    from ..client.network_status import NetworkSnapshot
+    from ..plan.topology import Topology
+
+__all__ = [
+    "NetworkOptions",
+    "deploy",
+    "destroy",
+    "expand_targets",
+    "graph",
+    "inspect",
+    "inspect_all",
+    "key_get",
+    "lifecycle",
+    "load_plan",
+    "require_deployed",
+    "wait_for_key",
+    "watch",
+]
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """Options every deployment verb shares: the deployment is named by its topology file
+    (`topology`) or by its name (`name`, for a registered deployment)."""
+
+    topology: Path | None
+    state_dir: Path | None = None
+    broker: str | None = None
+    runtime: str | None = None  # overrides the topology's (and the recorded) runtime
+    name: str | None = None
+    subnet: str | None = None  # deploy: the address block, e.g. 127.42.0.0/16
+
+
+_LISTING = "qkdnet inspect --all lists what is deployed"
+
+
+def _declared_name(path: Path) -> str | None:
+    """The `name:` a topology file declares, read without validating the file (None when it
+    cannot be read that way: the full load then says what is wrong)."""
+    import yaml
+
+    try:
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _load_topology(path: Path, *, check_workable: bool = True) -> Topology:
+    from ..plan.topology import load_topology  # pydantic: only when a topology is validated
+
+    return load_topology(path, check_workable=check_workable)
+
+
+def load_plan(opts: NetworkOptions) -> NetworkPlan:
+    """Validate the topology file and lay out the deployment (ConfigError when it is wrong).
+
+    A registered deployment is laid out as it was deployed: its plan is read from its record
+    in the state directory (plan.json: no validation, no pydantic), and its state directory,
+    runtime and address block come from the registry (`--state-dir` or `--runtime` that say
+    otherwise are refused). Otherwise the runtime is `opts.runtime`, else the topology's."""
+    registry = Registry()
+    if opts.topology is None:
+        if opts.name is None:
+            raise ConfigError("name the deployment: -t FILE or --name NAME")
+        entry = registry.get(opts.name)
+        if entry is None:
+            raise NotDeployed(f"no deployment named {opts.name!r} on this machine ({_LISTING})")
+        source = entry.topology_copy if entry.topology_copy.exists() else entry.topology
+    else:
+        source = opts.topology
+        name = _declared_name(source) or _load_topology(source, check_workable=False).name
+        if opts.name is not None and opts.name != name:
+            raise ConfigError(f"--name: {opts.topology} names its network {name!r}")
+        entry = registry.get(name)
+    if entry is None:
+        topology = _load_topology(source)  # about to be deployed: everything is checked
+        return NetworkPlan.build(
+            topology, opts.state_dir, opts.broker, opts.runtime, subnet=opts.subnet, source=source
+        )
+    if opts.state_dir is not None and opts.state_dir.absolute() != entry.state_dir:
+        raise ConfigError(
+            f"--state-dir: {entry.name} is deployed with state dir {entry.state_dir}, not "
+            f"{opts.state_dir}; a name is one deployment on a machine (rename the topology to "
+            "run another)"
+        )
+    if opts.runtime is not None and opts.runtime != entry.runtime:
+        raise ConfigError(f"--runtime: {entry.name} is deployed on the {entry.runtime} runtime")
+    if opts.subnet is not None and block_of_subnet(opts.subnet, entry.runtime, "--subnet") != (
+        entry.block
+    ):
+        raise ConfigError(f"--subnet: {entry.name} is deployed in {entry.subnet}")
+    recorded = NetworkPlan.load(entry.state_dir, opts.broker)
+    if recorded is not None and recorded.name == entry.name and recorded.subnet == entry.block:
+        return recorded
+    # What is deployed was checked when it was deployed: the model is not needed for it.
+    topology = _load_topology(source, check_workable=False)
+    return NetworkPlan.build(
+        topology, entry.state_dir, opts.broker, entry.runtime, block=entry.block, source=source
+    )
+
+
+def registration(plan: NetworkPlan) -> Registration | None:
+    """The registry's entry of this plan's deployment (None when it is not deployed)."""
+    entry = Registry().get(plan.name)
+    return entry if entry is not None and entry.state_dir == plan.state_dir else None
+
+
+def _require_registered(plan: NetworkPlan, deploy_hint: str = "") -> None:
+    if registration(plan) is None:
+        raise NotDeployed(
+            f"{plan.name} is not deployed on this machine ({_LISTING})"
+            + (f"; deploy it with: {deploy_hint}" if deploy_hint else "")
+        )
+
+
+def _command(verb: str, plan: NetworkPlan, *rest: str) -> str:
+    """A command that works when pasted: `qkdnet VERB --name NAME ...`."""
+    return shlex.join(["qkdnet", *verb.split(), "--name", plan.name, *rest])
+
+
+def deploy_command(opts: NetworkOptions) -> str:
+    """The command that deploys what `opts` names (for hints)."""
+    words = ["qkdnet", "deploy", "-t", str(opts.topology)]
+    if opts.state_dir is not None:
+        words += ["--state-dir", str(opts.state_dir)]
+    return shlex.join(words)
+
+
+class _Progress:
+    """Draws runtime events: lines for what is done, the progress line for what goes on."""
+
+    def __init__(self, console: Console, progress: Progress, total: int) -> None:
+        self.console = console
+        self.progress = progress
+        self.total = total
+        self.ready = 0
+
+    def __call__(self, event: RuntimeEvent) -> None:
+        if event.kind == "node_ready":
+            self.ready += 1
+            self.progress.update(f"nodes ready: {self.ready}/{self.total}")
+        elif event.kind == "broker_started":
+            self.console.print(f"[green]✓[/] MQTT broker on {event.detail}")
+        elif event.kind == "pki_ready":
+            self.console.print(f"[green]✓[/] PKI in {event.detail}")
+        elif event.kind in ("node_stopped", "broker_stopped", "stopped"):
+            self.console.print(f"[green]✓[/] stopped {event.subject}")
+
+
+async def wait_for_key(
+    plan: NetworkPlan,
+    timeout: float,
+    on_progress: Callable[[NetworkSnapshot], None] | None = None,
+) -> NetworkSnapshot:
+    """Poll the nodes until every link has distilled key at both ends (DeployError on timeout)."""
+    from ..client.network_status import NetworkStatus
+
+    deadline = time.monotonic() + timeout
+    async with NetworkStatus(plan) as status:
+        while True:
+            snapshot = await status.snapshot()
+            if on_progress is not None:
+                on_progress(snapshot)
+            if snapshot.every_link_has_key:
+                return snapshot
+            if time.monotonic() > deadline:
+                missing = [link.link_id for link in snapshot.links if not link.has_key]
+                raise DeployError(
+                    f"no key after {timeout:.0f} s on {len(missing)} link(s): "
+                    + ", ".join(missing[:10])
+                )
+            await asyncio.sleep(0.5)
+
+
+def deploy(
+    opts: NetworkOptions, console: Console, *, wait_key: bool, timeout: float, as_json: bool
+) -> int:
+    plan = load_plan(opts)
+    started = time.monotonic()
+    logs = plan.state_dir / "logs"
+    with Progress(console, f"deploying {plan.name} ({plan.network_cidr})") as progress:
+        runtime = runtime_for(plan, _Progress(console, progress, len(plan.nodes)))
+        try:
+            info = runtime.deploy(timeout)
+        except DeployError as exc:
+            raise DeployError(
+                f"deploy of {plan.name} failed while starting it: {exc}. Everything it started "
+                f"is stopped; the logs are in {logs}"
+            ) from None
+        ready_s = time.monotonic() - started
+        console.print(f"[green]✓[/] {len(info.nodes)} nodes ready in {ready_s:.1f} s")
+        key_s = None
+        if wait_key and plan.links:
+
+            def show(snapshot: NetworkSnapshot) -> None:
+                done = sum(link.has_key for link in snapshot.links)
+                progress.update(f"links with distilled key: {done}/{len(snapshot.links)}")
+
+            try:
+                asyncio.run(wait_for_key(plan, timeout, show))
+            except DeployError as exc:
+                runtime.destroy(keep_state=True)
+                raise DeployError(
+                    f"deploy of {plan.name} failed while waiting for key: {exc}. Everything it "
+                    f"started is stopped; the logs are in {logs} (--no-wait keeps a network "
+                    "running before its links have key)"
+                ) from None
+            key_s = time.monotonic() - started
+            console.print(
+                f"[green]✓[/] every link ({len(plan.links)}) distilled key "
+                f"{key_s:.1f} s after deploy"
+            )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "name": plan.name,
+                    "runtime": plan.runtime,
+                    "state_dir": str(plan.state_dir),
+                    "subnet": plan.network_cidr,
+                    "broker": plan.broker_address,
+                    "nodes": nodes_json(plan, info),
+                    "ready_seconds": ready_s,
+                    "key_seconds": key_s,
+                },
+                indent=2,
+            )
+        )
+    else:
+        console.print(nodes_table(plan, info))
+        console.print(
+            f"telemetry: mqtts://{plan.broker_address} topics {plan.topic_prefix}/#\n"
+            f"  {_command('inspect', plan)}\n  {_command('watch', plan)}\n"
+            f"  {_command('destroy', plan)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return 0
+
+
+def destroy(opts: NetworkOptions, console: Console, *, keep_state: bool) -> int:
+    plan = load_plan(opts)
+    if registration(plan) is None and not plan.state_dir.exists():
+        raise NotDeployed(f"{plan.name} is not deployed on this machine ({_LISTING})")
+    with Progress(console, f"destroying {plan.name}"):
+        report = runtime_for(plan).destroy(keep_state=keep_state)
+    gone = [*report.stopped, *report.killed]
+    unit = "container(s)" if plan.runtime == "docker" else "process(es)"
+    killed = f" ({len(report.killed)} needed SIGKILL: {', '.join(report.killed)})"
+    console.print(
+        f"[green]✓[/] {plan.name}: stopped {len(gone)} {unit}"
+        + (killed if report.killed else "")
+        + (f"; removed {plan.state_dir}" if report.state_removed else "")
+        + f"; released {plan.network_cidr}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _unreachable(info: DeploymentInfo, snapshot: NetworkSnapshot | None) -> set[str]:
+    """Running nodes that did not answer the status call."""
+    if snapshot is None:
+        return set()
+    return {
+        name
+        for name, node in info.nodes.items()
+        if node.state == "running" and snapshot.nodes.get(name) is None
+    }
+
+
+def inspect(opts: NetworkOptions, console: Console, *, as_json: bool) -> int:
+    plan = load_plan(opts)
+    _require_registered(plan)
+    info = runtime_for(plan).inspect()
+    snapshot = asyncio.run(_snapshot(plan, _running(info))) if info.running else None
+    unreachable = _unreachable(info, snapshot)
+    rows = rows_from_snapshot(plan, snapshot, info) if snapshot else []
+    entry = registration(plan)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "name": plan.name,
+                    "runtime": info.runtime,
+                    "state_dir": info.state_dir,
+                    "subnet": plan.network_cidr,
+                    "deployed_at": entry.created if entry else None,
+                    "as_of": time.time(),
+                    "broker": {
+                        "address": info.broker_address,
+                        "state": info.broker.state if info.broker else "external",
+                        "detail": info.broker.detail if info.broker else "",
+                        "since": info.broker.since if info.broker else None,
+                        "pid": info.broker.pid if info.broker else None,
+                        "topics": f"{plan.topic_prefix}/#",
+                    },
+                    "nodes": nodes_json(plan, info, unreachable),
+                    "links": [row.as_json() for row in rows],
+                    "ca": str(plan.pki_dir / "ca.pem"),
+                },
+                indent=2,
+            )
+        )
+    else:
+        console.print(nodes_table(plan, info, unreachable))
+        if rows:
+            console.print(links_table(rows))
+    if not info.running:
+        console.print(
+            f"{plan.name} is deployed but none of it runs (state dir {plan.state_dir}); "
+            f"start nodes with {_command('start', plan, '--all')}, or remove it with "
+            f"{_command('destroy', plan)}",
+            style="yellow",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return 0
+
+
+def inspect_all(console: Console, *, as_json: bool) -> int:
+    """Every deployment on this machine: name, runtime, state dir, addresses, nodes up, age."""
+    rows: list[dict[str, Any]] = []
+    now = time.time()
+    for entry in Registry().all():
+        row: dict[str, Any] = {
+            "name": entry.name,
+            "runtime": entry.runtime,
+            "state_dir": str(entry.state_dir),
+            "subnet": entry.subnet,
+            "topology": str(entry.topology),
+            "deployed_at": entry.created,
+            "age_seconds": round(now - entry.created, 1),
+            "nodes_up": None,
+            "nodes": None,
+            "broker": None,
+            "error": None,
+        }
+        try:
+            plan = load_plan(NetworkOptions(None, name=entry.name))
+            info = runtime_for(plan).inspect()
+            row["nodes_up"] = sum(node.state == "running" for node in info.nodes.values())
+            row["nodes"] = len(info.nodes)
+            row["broker"] = info.broker.describe() if info.broker else "external"
+        except QkdnetError as exc:
+            row["error"] = str(exc)
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        console.print("no deployment on this machine")
+        return 0
+    table = Table(title="deployments on this machine", title_justify="left")
+    for column in ("name", "runtime", "nodes up", "broker", "addresses", "age", "state dir"):
+        table.add_column(column, no_wrap=column in ("name", "addresses", "state dir"))
+    for row in rows:
+        nodes = "?" if row["nodes"] is None else f"{row['nodes_up']}/{row['nodes']}"
+        table.add_row(
+            Text(row["name"]),
+            row["runtime"],
+            nodes,
+            Text(row["broker"] or (row["error"] or "?")),
+            row["subnet"],
+            format_age(row["age_seconds"]),
+            Text(row["state_dir"]),
+        )
+    console.print(table)
+    return 0
+
+
+def _running(info: DeploymentInfo) -> set[str]:
+    return {name for name, node in info.nodes.items() if node.state == "running"}
+
+
+async def _snapshot(plan: NetworkPlan, only: set[str] | None = None) -> NetworkSnapshot:
+    """Every running node's status (paused or ended nodes are not asked: they cannot answer)."""
+    from ..client.network_status import NetworkStatus
+
+    async with NetworkStatus(plan) as status:
+        return await status.snapshot(only=only)
+
+
+def expand_targets(plan: NetworkPlan, names: list[str]) -> list[str]:
+    """The targets with "*" (`--all`) replaced by every node of the deployment."""
+    if "*" not in names:
+        return names
+    rest = [name for name in names if name != "*" and name not in plan.nodes]
+    return [*plan.nodes, *rest]
+
+
+def lifecycle(opts: NetworkOptions, console: Console, action: str, names: list[str]) -> int:
+    """start, stop, kill or restart nodes (or the broker, named `BROKER`)."""
+    plan = load_plan(opts)
+    _require_registered(plan)
+    runtime: Runtime = runtime_for(plan)
+    names = expand_targets(plan, names)
+    for name in names:
+        if name != BROKER:
+            runtime.check_node(name)
+    for name in names:
+        label = "the broker" if name == BROKER else name
+        with Progress(console, f"{action} {label}"):
+            getattr(runtime, action)(name)
+        console.print(f"[green]✓[/] {action} {label}")
+    return 0
+
+
+def watch(
+    opts: NetworkOptions, console: Console, *, duration: float | None, as_json: bool = False
+) -> int:
+    """A live table fed by MQTT until Ctrl-C (or `duration` seconds); to a pipe (or with
+    `--json`), one line per update."""
+    from .network_watch import watch_deployment
+
+    plan = load_plan(opts)
+    _require_registered(plan)
+    lines = as_json or not console.is_terminal
+    watch_deployment(
+        plan, runtime_for(plan), console, duration=duration, lines=lines, as_json=as_json
+    )
+    return 0
+
+
+def graph(opts: NetworkOptions, console: Console, *, output: Path | None) -> int:
+    """Draw the topology (with live secret key rates when it is deployed)."""
+    from .graph import render_graph
+
+    plan = load_plan(opts)
+    rates: dict[str, float] | None = None
+    info = runtime_for(plan).inspect() if registration(plan) is not None else None
+    if info is not None and info.running:
+        snapshot = asyncio.run(_snapshot(plan, _running(info)))
+        rates = {
+            row.link: row.secret_rate_bps
+            for row in rows_from_snapshot(plan, snapshot)
+            if row.secret_rate_bps is not None
+        }
+    path = render_graph(plan.topology, output or Path(f"{plan.name}.png"), rates)
+    console.print(f"[green]✓[/] wrote {path}" + (" with live key rates" if rates else ""))
+    return 0
+
+
+def require_deployed(plan: NetworkPlan, saes: list[str], deploy_hint: str = "") -> None:
+    """NotDeployed (a ConfigError) when the registry does not hold the deployment
+    (`deploy_hint`: the command that would deploy it) or nothing of it runs; QkdnetError when
+    a node serving one of `saes` is not running."""
+    _require_registered(plan, deploy_hint)
+    info = runtime_for(plan).inspect()
+    if not info.running:
+        raise NotDeployed(
+            f"{plan.name} is deployed but none of it runs; start it with "
+            f"{_command('start', plan, '--all')}"
+        )
+    for sae in saes:
+        node = plan.node_of_sae(sae).node_id
+        state = info.nodes[node]
+        if state.state != "running":
+            raise QkdnetError(f"node {node}, which serves {sae}, is {state.describe()}")
+
+
+@dataclass(frozen=True)
+class _KeyRound:
+    issued: KeyContainer
+    fetched: dict[str, dict[str, bytes]]  # slave -> key ID -> key
+    enc_keys_ms: float
+
+
+def _key_round(
+    plan: NetworkPlan,
+    master: str,
+    slaves: list[str],
+    number: int,
+    size: int,
+    multipath: bool,
+) -> _KeyRound:
+    from ..client.key_client import BlockingKeyApiClient
+
+    with BlockingKeyApiClient.for_sae(plan, master) as client:
+        client.status(slaves[0])  # checks the pair and opens the TLS connection
+        started = time.perf_counter()
+        issued = client.enc_keys(
+            slaves[0],
+            number,
+            size,
+            additional_slaves=slaves[1:],
+            extension_mandatory=[{"qkdnet_multipath": True}] if multipath else None,
+        )
+        enc_keys_ms = (time.perf_counter() - started) * 1e3
+    fetched: dict[str, dict[str, bytes]] = {}
+    ids = [key.key_id for key in issued.keys]
+    for slave in slaves:
+        with BlockingKeyApiClient.for_sae(plan, slave) as client:
+            answer = client.dec_keys(master, ids)
+        fetched[slave] = {key.key_id: key.key for key in answer.keys}
+    return _KeyRound(issued, fetched, enc_keys_ms)
+
+
+_SOURCES = {
+    "local": "master and slaves on one node, no relay",
+    "pool": "from the pool the KME relayed ahead of demand",
+    "relay": "relayed on demand",
+    "pool+relay": "partly from the pool, partly relayed on demand",
+}
+
+
+def _route_text(relay: Any) -> str | None:
+    """'relayed on demand over a → r1 → b, 4.2 ms at the KME' from a qkdnet_relay extension."""
+    if not isinstance(relay, dict):
+        return None
+    source = relay.get("source")
+    parts = [_SOURCES.get(source, str(source))] if source else []
+    routes = [r for r in relay.get("routes") or [] if isinstance(r, dict) and r.get("route")]
+    if routes:
+        shown = []
+        for route in routes:
+            text = " → ".join(map(str, route["route"]))
+            if isinstance(route.get("shares"), int) and route["shares"] > 1:
+                text += f" (share {int(route.get('share', 0)) + 1}/{route['shares']})"
+            shown.append(text)
+        parts.append("over " + "; ".join(shown))
+    ms = relay.get("ms")
+    if isinstance(ms, int | float):
+        parts.append(f"{ms:.1f} ms at the KME")
+    return ", ".join(parts) or None
+
+
+def key_get(
+    opts: NetworkOptions,
+    console: Console,
+    *,
+    master: str,
+    slaves: list[str],
+    number: int,
+    size: int,
+    multipath: bool,
+    as_json: bool,
+) -> int:
+    """enc_keys as `master`, dec_keys as every slave; 0 when every key matches everywhere."""
+    from ..client.key_client import fingerprint
+
+    if number < 1:
+        raise ConfigError(f"--number: must be at least 1, not {number}")
+    if size < 8 or size % 8:
+        raise ConfigError(f"--size: must be a positive multiple of 8 bits, not {size}")
+    if master in slaves:
+        raise ConfigError(f"--to: {master} is the master (--from) itself")
+    if len(set(slaves)) != len(slaves):
+        raise ConfigError("--to: an SAE is named twice")
+    plan = load_plan(opts)
+    for option, sae in [("--from", master), *(("--to", slave) for slave in slaves)]:
+        try:
+            plan.node_of_sae(sae)
+        except ConfigError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
+    hint = deploy_command(opts) if opts.topology is not None else ""
+    require_deployed(plan, [master, *slaves], hint)
+    with Progress(console, f"enc_keys as {master}, dec_keys as {', '.join(slaves)}"):
+        result = _key_round(plan, master, slaves, number, size, multipath)
+    extension = result.issued.extension or {}
+    relay = extension.get("qkdnet_relay")
+    matches = {
+        key.key_id: {slave: result.fetched[slave].get(key.key_id) == key.key for slave in slaves}
+        for key in result.issued.keys
+    }
+    ok = len(result.issued.keys) == number and all(
+        all(per_slave.values()) for per_slave in matches.values()
+    )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "master": master,
+                    "slaves": slaves,
+                    "keys": [
+                        {
+                            "key_ID": key.key_id,
+                            "key": base64.b64encode(key.key).decode(),
+                            "match": matches[key.key_id],
+                        }
+                        for key in result.issued.keys
+                    ],
+                    "enc_keys_ms": result.enc_keys_ms,
+                    "relay": relay if isinstance(relay, dict) else None,
+                },
+                indent=2,
+            )
+        )
+    else:
+        master_node = plan.node_of_sae(master).node_id
+        table = Table(
+            title=f"{len(result.issued.keys)} key(s) of {size} bits: {master} (KME "
+            f"{master_node}) → {', '.join(slaves)}",
+            title_justify="left",
+        )
+        table.add_column("key ID", no_wrap=True)
+        table.add_column("SHA-256", no_wrap=True)
+        for slave in slaves:
+            table.add_column(slave, no_wrap=True)
+        for key in result.issued.keys:
+            table.add_row(
+                key.key_id,
+                fingerprint(key.key),
+                *(
+                    "[green]match[/]" if matches[key.key_id][slave] else "[red]MISMATCH[/]"
+                    for slave in slaves
+                ),
+            )
+        console.print(table)
+        console.print(f"enc_keys took {result.enc_keys_ms:.1f} ms", highlight=False)
+        route = _route_text(relay)
+        if route:
+            console.print(f"relay: {route}", highlight=False)
+    if len(result.issued.keys) != number:
+        console.print(f"[red]✗[/] asked for {number} key(s), got {len(result.issued.keys)}")
+    elif not ok:
+        console.print("[red]✗[/] the slaves' keys differ from the master's")
+    return 0 if ok else 1
