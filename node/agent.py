@@ -41,25 +41,31 @@ from .config import KeyApiConfig, NodeConfig, load_node_config
 from .core.channel_model import ChannelChange
 from .core.toeplitz import configure_fftw
 from .edge.channel_shaping import ALL_PEERS, Shaping
+from .edge.classical_faults import ClassicalFaults, TamperFault
 from .edge.etsi014 import KeyDeliveryServer
 from .edge.grpc_authorization import RoleAuthorization, peer_name
+from .edge.grpc_errors import abort_with
 from .edge.grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .edge.https_server import HttpLimits, raise_file_limit, server_ssl_context
-from .edge.link_grpc import GrpcLinkConnector, GrpcStream
+from .edge.link_codec import LINK_CODEC
+from .edge.link_grpc import GrpcLinkConnector, classical_session, photons_arriving
 from .edge.peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
+from .edge.relay_codec import RELAY_CODEC
 from .edge.relay_grpc import RelayService
+from .edge.status_codec import status_to_wire
 from .edge.telemetry import TelemetryPublisher
 from .edge.tls import NodeCredentials, client_tls_context, load_credentials
 from .errors import ConfigError, KeyStoreError, LinkError, QkdnetError
 from .file_modes import PRIVATE_UMASK, private_dir, tighten
 from .link_names import link_id_for
-from .protocol.authentication import LinkAuthenticator, read_psk
-from .protocol.conversation import TamperFault
+from .link_secret import read_psk
+from .protocol.authentication import LinkAuthenticator
 from .protocol.key_manager import DeliveryPolicy, KeyLimits, KeyManager
 from .protocol.link import LinkEnd, ReceiverLink, TransmitterLink
 from .protocol.link_state import LinkStateFlooder
 from .protocol.relay import KeyRelay
 from .protocol.routing import Router
+from .status import DeliveryStatus, NodeStatus, RelayStatus
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
 from .store.key_store import KeyStore
 from .structured_log import configure_logging, log_event
@@ -97,9 +103,9 @@ class _LinkServices(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.Classica
     ) -> link_pb2.TransmitSummary:
         link = await self._receiver(context)
         try:
-            frames = await link.receive_photons(request_iterator)
+            frames = await link.receive_photons(photons_arriving(request_iterator))
         except LinkError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort_with(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
             raise
         return link_pb2.TransmitSummary(frames=frames)
 
@@ -110,9 +116,15 @@ class _LinkServices(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.Classica
     ) -> None:
         link = await self._receiver(context)
         try:
-            await link.serve(GrpcStream(context))
+            async with classical_session(
+                context,
+                peer=link.peer,
+                shaping=self._agent.faults.shaping,
+                faults=self._agent.classical_faults[link.peer],
+            ) as stream:
+                await link.serve(stream)
         except LinkError as exc:
-            await context.abort(grpc.StatusCode.ABORTED, f"{exc.reason}: {exc}")
+            await abort_with(context, grpc.StatusCode.ABORTED, exc)
 
 
 class _ControlService(control_pb2_grpc.NodeControlServicer):
@@ -138,7 +150,7 @@ class _ControlService(control_pb2_grpc.NodeControlServicer):
     ) -> control_pb2.NodeStatus:
         await self._authorise(context)
         await self._agent.refresh_delivery_levels()
-        return self._agent.status()
+        return status_to_wire(self._agent.status())
 
     async def GetKeyDigest(
         self, request: control_pb2.KeyDigestRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -175,7 +187,7 @@ class _ControlService(control_pb2_grpc.NodeControlServicer):
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
-        link.arm_fault(fault)
+        self._agent.classical_faults[link.peer].arm(fault)
         log_event(logger, logging.WARNING, "fault_armed", link=link.link_id, kind=fault.kind)
         return control_pb2.FaultReply(armed=True)
 
@@ -261,6 +273,7 @@ class NodeAgent:
         self.port = 0
         self.router = Router(config.node_id)
         self.faults = PeerFaults(config.node_id)
+        self.classical_faults: dict[str, ClassicalFaults] = {}  # by peer: armed tampering
         self.peers = shaped_peer_channels(config.nodes, credentials.channel(), self.faults)
         self.delivered: DeliveredKeys | None = None
         self.relay: KeyRelay | None = None
@@ -280,19 +293,23 @@ class NodeAgent:
             link_id = link_id_for(cfg.node_id, link_cfg.peer)
             store = await KeyStore.open(cfg.state_dir / "links" / f"{link_id}.sqlite")
             transmits = cfg.node_id < link_cfg.peer
-            auth = await LinkAuthenticator.load(store, psk, 0 if transmits else 1)
+            auth = await LinkAuthenticator.load(store, psk, 0 if transmits else 1, LINK_CODEC)
             common: dict[str, Any] = {
                 "node_id": cfg.node_id,
                 "config": link_cfg,
                 "store": store,
                 "auth": auth,
                 "executor": self._executor,
-                "shaping": self.faults.shaping,
             }
+            self.classical_faults[link_cfg.peer] = ClassicalFaults()
             link: LinkEnd
             if transmits:
                 connector = GrpcLinkConnector(
-                    link_cfg.address or "", link_cfg.peer, self.credentials.channel()
+                    link_cfg.address or "",
+                    link_cfg.peer,
+                    self.credentials.channel(),
+                    shaping=self.faults.shaping,
+                    faults=self.classical_faults[link_cfg.peer],
                 )
                 link = TransmitterLink(connector=connector, **common)
             else:
@@ -305,7 +322,13 @@ class NodeAgent:
             cfg.state_dir / "delivered_keys.sqlite", default_ttl_s=ttl
         )
         self.relay = KeyRelay(
-            cfg.node_id, self.links, self.delivered, self.peers, frozenset(cfg.saes), ttl
+            cfg.node_id,
+            self.links,
+            self.delivered,
+            self.peers,
+            frozenset(cfg.saes),
+            codec=RELAY_CODEC,
+            key_ttl_s=ttl,
         )
         self.flooder = LinkStateFlooder(
             cfg.node_id, list(cfg.saes), self.links, self.router, self.peers
@@ -547,12 +570,12 @@ class NodeAgent:
             ],
         )
 
-    def status(self) -> control_pb2.NodeStatus:
+    def status(self) -> NodeStatus:
         relay = None
         delivery = None
         if self.relay is not None:
             c = self.relay.counters
-            relay = control_pb2.RelayStatus(
+            relay = RelayStatus(
                 frames_sent=c.frames_sent,
                 frames_received=c.frames_received,
                 frames_refused=dict(c.frames_refused),
@@ -561,28 +584,28 @@ class NodeAgent:
                 transactions_failed=c.transactions_failed,
             )
             levels = self._delivery_levels
-            delivery = control_pb2.DeliveryStatus(
+            manager = self.key_manager.counters if self.key_manager is not None else None
+            api = self.key_api
+            delivery = DeliveryStatus(
                 keys_waiting=levels.waiting,
                 keys_pending=levels.pending,
                 pool_keys=levels.pool,
                 keys_expired=c.keys_expired,
                 pending_expired=c.pending_expired,
                 keys_voided=c.keys_voided,
+                pool_keys_expired=manager.pool_keys_expired if manager else 0,
+                keys_abandoned=manager.keys_abandoned if manager else 0,
+                key_api_answers=dict(api.answers) if api else {},
+                key_api_connections_evicted=api.server.evicted if api else 0,
+                key_api_connections_refused=api.server.refused if api else 0,
             )
-            if self.key_manager is not None:
-                delivery.pool_keys_expired = self.key_manager.counters.pool_keys_expired
-                delivery.keys_abandoned = self.key_manager.counters.keys_abandoned
-            if self.key_api is not None:
-                delivery.key_api_answers.update(self.key_api.answers)
-                delivery.key_api_connections_evicted = self.key_api.server.evicted
-                delivery.key_api_connections_refused = self.key_api.server.refused
-        return control_pb2.NodeStatus(
+        return NodeStatus(
             node_id=self.config.node_id,
             uptime_seconds=time.monotonic() - self.started,
-            links=[link.stats.to_proto() for link in self.links.values()],
+            links=tuple(link.stats.snapshot() for link in self.links.values()),
             relay=relay,
             key_api_url=self.key_api_url,
-            routing_nodes=self.router.nodes(),
+            routing_nodes=tuple(self.router.nodes()),
             delivery=delivery,
             calls_refused=dict(self.authorization.refused),
         )

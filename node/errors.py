@@ -18,6 +18,8 @@ Messages never contain key material, pads or private keys.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
     "AuthenticationError",
     "ConfigError",
@@ -28,10 +30,55 @@ __all__ = [
     "LinkError",
     "ProtocolError",
     "QkdnetError",
+    "Reason",
     "RelayError",
     "RoundAborted",
     "StoreUnavailable",
 ]
+
+
+class Reason(StrEnum):
+    """Why a link session, a round or a relay failed: the machine-readable code a `LinkError`
+    or `RelayError` carries, counted in statistics and telemetry and sent across gRPC as the
+    `reason` of a typed error detail (`qkdnet.node.edge.grpc_errors`)."""
+
+    # A link session or its transport.
+    LINK_ERROR = "link_error"
+    CLOSED = "closed"
+    TIMEOUT = "timeout"
+    CUT = "cut"
+    TRANSPORT = "transport"
+    # A classical message refused.
+    BAD_TAG = "bad_tag"
+    REPLAY = "replay"
+    MALFORMED = "malformed"
+    NO_PAD = "no_pad"
+    # A round that ended without key.
+    ABORTED = "aborted"
+    QBER = "qber"
+    TOO_FEW_BITS = "too_few_bits"
+    NO_KEY = "no_key"
+    VERIFICATION = "verification"
+    # Relay and routing.
+    RELAY_FAILED = "relay_failed"
+    UNREACHABLE = "unreachable"
+    UNKNOWN_ROUTE = "unknown_route"
+    NO_ROUTE = "no_route"
+    NO_DISJOINT_ROUTES = "no_disjoint_routes"
+    SETTLE_FAILED = "settle_failed"
+    VOID_FAILED = "void_failed"
+    PEER_FAILED = "peer_failed"
+    ADVERT_FAILED = "advert_failed"
+    NOT_THE_ORIGIN = "not_the_origin"
+
+    @classmethod
+    def of(cls, code: str, default: Reason) -> Reason:
+        """The reason `code` names, or `default` for a code this version does not know (from
+        a peer of another version)."""
+        try:
+            return cls(code)
+        except ValueError:
+            return default
 
 
 class QkdnetError(Exception):
@@ -48,30 +95,30 @@ class LinkError(QkdnetError):
     `reason` is a short machine-readable code used for counters and telemetry.
     """
 
-    reason = "link_error"
+    reason: Reason = Reason.LINK_ERROR
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         if reason is not None:
-            self.reason = reason
+            self.reason = Reason(reason)  # ValueError for a code that is not a Reason
 
 
 class AuthenticationError(LinkError):
     """A classical message failed authentication (wrong tag, replayed, no pad left)."""
 
-    reason = "bad_tag"
+    reason = Reason.BAD_TAG
 
 
 class ProtocolError(LinkError):
     """A classical message was malformed, truncated or out of order."""
 
-    reason = "malformed"
+    reason = Reason.MALFORMED
 
 
 class RoundAborted(LinkError):
     """A round ended without distilling key; nothing from it is stored."""
 
-    reason = "aborted"
+    reason = Reason.ABORTED
 
 
 class KeyStoreError(QkdnetError):
@@ -98,9 +145,9 @@ class StoreUnavailable(KeyStoreError):
 class RelayError(QkdnetError):
     """A relay could not be completed. `reason` is a short code for counters and telemetry."""
 
-    reason = "relay_failed"
+    reason: Reason = Reason.RELAY_FAILED
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         if reason is not None:
-            self.reason = reason
+            self.reason = Reason(reason)  # ValueError for a code that is not a Reason

@@ -1,23 +1,31 @@
 """Test doubles shipped with the node, as trio and grpclib ship theirs: link ends and relays
-joined in memory, with what is between them as faithful or as hostile as a test wants.
+joined in memory, a fake clock, and what is between the ends as faithful or as hostile as a
+test wants.
 
-`InMemoryLink(receiver)` is a `LinkConnector` (link_transport.py) for a `TransmitterLink`: each
-session gets a classical stream and a photon pipe that lead straight into `receiver` (its
-`serve` and `receive_photons`, as the agent's gRPC servicer would call them), with no socket,
-no process and no TLS. A `MessageFilter` sees every classical message on its way and says what
-arrives instead: the message itself, nothing (loss), a changed one (tampering), several
-(replay). When the receiver ends a session (it refuses a message, say), the transmitter reads
-the end of the stream, as it would from gRPC.
+`InMemoryLink(receiver)` is a `LinkConnector` (protocol/link_transport.py) for a
+`TransmitterLink`: each session gets a classical stream and a photon pipe that lead straight
+into `receiver` (its `serve` and `receive_photons`, as the agent's gRPC servicer would call
+them), with no socket, no process and no TLS. A `MessageFilter` sees every classical message on
+its way and says what arrives instead; ready-made ones: `Lose`, `Tamper` (a wrong tag, a
+replayed, truncated or garbled envelope), `Duplicate`, `Reorder`, and `chain` to combine them;
+`delay_s` holds every message back (in order, as a stream does). When the receiver ends a
+session (it refuses a message, say), the transmitter reads the end of the stream, as it would
+from gRPC.
 
 ```python
 receiver = ReceiverLink(...)
-transmitter = TransmitterLink(connector=InMemoryLink(receiver), ...)
+transmitter = TransmitterLink(connector=InMemoryLink(receiver, Tamper("bad_tag")), ...)
 ```
 
+`FakeClock` is a `Clock` (protocol/clock.py) on which every sleep passes at once, advancing the
+clock and being recorded.
+
 `InMemoryRelayNetwork` joins the `KeyRelay` of several nodes: `peers_of(node)` is the
-`RelayPeers` (relay_peers.py) of one of them, calling the others' relays directly as their
-gRPC service would, with the same errors; a node in `down` answers nothing, as a node that
-died (reason `unreachable`).
+`RelayPeers` (protocol/relay_peers.py) of one of them, calling the others' relays directly as
+their gRPC service would, with the same errors; a node in `down` answers nothing, as a node
+that died (reason `unreachable`).
+
+The module imports no gRPC, aiohttp or aiomqtt.
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from qkdnet.v1 import relay_pb2
-
+from .edge.classical_faults import TAMPER_KINDS, tampered
+from .edge.link_codec import LINK_CODEC
 from .errors import RelayError
+from .protocol.link_messages import Envelope, PhotonChunk
 from .protocol.link_transport import Duplex, PhotonSink
+from .protocol.relay_messages import LinkStateAdvert, RelayAck, RelayFrame
 
 if TYPE_CHECKING:
     from .protocol.link import ReceiverLink
@@ -40,59 +50,209 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Direction",
+    "Duplicate",
+    "FakeClock",
     "InMemoryLink",
     "InMemoryRelayNetwork",
+    "Lose",
     "MemoryStream",
     "MessageFilter",
+    "Reorder",
+    "Tamper",
+    "chain",
+    "payload_of",
     "store_same_key",
     "stream_pair",
 ]
 
-Direction = str  # "to_receiver" or "to_transmitter"
-MessageFilter = Callable[[Direction, Any], Sequence[Any]]
+Direction = Literal["to_receiver", "to_transmitter"]
+MessageFilter = Callable[[Direction, Envelope], Sequence[Envelope]]
 """(direction, message) -> the messages that arrive instead (none: lost)."""
 
 _CLOSED = object()
 
 
+def payload_of(envelope: Envelope) -> str:
+    """The wire name of the payload an envelope carries (`sift_reply`, ...), or "" when its
+    body is not a message."""
+    try:
+        return LINK_CODEC.payload_name(LINK_CODEC.decode(envelope.body).payload)
+    except Exception:
+        return ""
+
+
+@dataclass
+class _Match:
+    """Which messages a filter acts on: in `direction`, carrying `payload` (any when empty),
+    the first `count` of them."""
+
+    payload: str = ""
+    direction: Direction = "to_receiver"
+    count: int = 1
+    done: int = 0
+
+    def __call__(self, direction: Direction, envelope: Envelope) -> bool:
+        if self.done >= self.count or direction != self.direction:
+            return False
+        if self.payload and payload_of(envelope) != self.payload:
+            return False
+        self.done += 1
+        return True
+
+
+class Lose:
+    """The first `count` messages in `direction` carrying `payload` (any when empty) never
+    arrive."""
+
+    def __init__(self, payload: str = "", direction: Direction = "to_receiver", count: int = 1):
+        self.matches = _Match(payload, direction, count)
+
+    def __call__(self, direction: Direction, envelope: Envelope) -> Sequence[Envelope]:
+        return [] if self.matches(direction, envelope) else [envelope]
+
+
+class Duplicate:
+    """The matching messages (as for `Lose`) arrive twice: the second copy is a replay."""
+
+    def __init__(self, payload: str = "", direction: Direction = "to_receiver", count: int = 1):
+        self.matches = _Match(payload, direction, count)
+
+    def __call__(self, direction: Direction, envelope: Envelope) -> Sequence[Envelope]:
+        return [envelope, envelope] if self.matches(direction, envelope) else [envelope]
+
+
+class Reorder:
+    """Each matching message (as for `Lose`) arrives after the next one in its direction."""
+
+    def __init__(self, payload: str = "", direction: Direction = "to_receiver", count: int = 1):
+        self.matches = _Match(payload, direction, count)
+        self._held: Envelope | None = None
+
+    def __call__(self, direction: Direction, envelope: Envelope) -> Sequence[Envelope]:
+        if direction == self.matches.direction and self._held is not None:
+            held, self._held = self._held, None
+            return [envelope, held]
+        if self.matches(direction, envelope):
+            self._held = envelope
+            return []
+        return [envelope]
+
+
+class Tamper:
+    """The matching messages (as for `Lose`) arrive changed, as an attacker on the classical
+    channel would change them (`edge/classical_faults.py`): `kind` is bad_tag (a flipped tag
+    bit), replay (the previous message in its place), truncate or garble (the body)."""
+
+    def __init__(
+        self,
+        kind: str,
+        payload: str = "",
+        direction: Direction = "to_receiver",
+        count: int = 1,
+    ) -> None:
+        if kind not in TAMPER_KINDS:
+            raise ValueError(f"unknown tampering {kind!r}; one of {', '.join(TAMPER_KINDS)}")
+        self.kind = kind
+        self.matches = _Match(payload, direction, count)
+        self._previous: Envelope | None = None
+
+    def __call__(self, direction: Direction, envelope: Envelope) -> Sequence[Envelope]:
+        if self.matches(direction, envelope):
+            return [tampered(envelope, self.kind, self._previous)]
+        if direction == self.matches.direction:
+            self._previous = envelope
+        return [envelope]
+
+
+def chain(*filters: MessageFilter) -> MessageFilter:
+    """Apply `filters` in turn: what one lets through, the next sees."""
+
+    def apply(direction: Direction, envelope: Envelope) -> Sequence[Envelope]:
+        messages = [envelope]
+        for each in filters:
+            messages = [out for m in messages for out in each(direction, m)]
+        return messages
+
+    return apply
+
+
+class FakeClock:
+    """A `Clock` on which every sleep passes at once: it moves the clock on by the time slept
+    and records it in `slept`, so that a test sees what a protocol waited for without waiting."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.now += seconds
+            self.slept.append(seconds)
+        await asyncio.sleep(0)
+
+
 @dataclass
 class MemoryStream:
-    """One end of an in-memory duplex stream: `write` goes to the peer's `read`; `read`
-    returns None once the peer closed (as gRPC's EOF)."""
+    """One end of an in-memory duplex stream: `write` goes to the peer's `read`, after
+    `delay_s` (in order); `read` returns None once the peer closed (as gRPC's EOF)."""
 
     _inbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     _peer: MemoryStream | None = None
-    _filter: Callable[[Any], Sequence[Any]] | None = None
+    _filter: Callable[[Envelope], Sequence[Envelope]] | None = None
+    delay_s: float = 0.0
     closed: bool = False
+    _in_flight: asyncio.Queue[tuple[float, Envelope]] | None = None
+    _courier: asyncio.Task[None] | None = None
 
-    async def read(self) -> Any:
+    async def read(self) -> Envelope | None:
         item = await self._inbox.get()
         if item is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # every later read sees the end too
             return None
+        assert isinstance(item, Envelope)
         return item
 
-    async def write(self, message: Any) -> None:
+    async def write(self, message: Envelope) -> None:
         if self.closed or self._peer is None or self._peer.closed:
             raise ConnectionResetError("the in-memory stream is closed")
         delivered = [message] if self._filter is None else self._filter(message)
         for item in delivered:
-            self._peer._inbox.put_nowait(item)
+            if self.delay_s <= 0:
+                self._peer._inbox.put_nowait(item)
+                continue
+            if self._in_flight is None:
+                self._in_flight = asyncio.Queue()
+                self._courier = asyncio.create_task(self._carry(self._in_flight))
+            arrival = asyncio.get_running_loop().time() + self.delay_s
+            self._in_flight.put_nowait((arrival, item))
+
+    async def _carry(self, in_flight: asyncio.Queue[tuple[float, Envelope]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            arrival, item = await in_flight.get()
+            await asyncio.sleep(max(0.0, arrival - loop.time()))
+            if self._peer is not None:
+                self._peer._inbox.put_nowait(item)
 
     def close(self) -> None:
         """End the stream: the peer's reads return None from now on."""
         if not self.closed:
             self.closed = True
+            if self._courier is not None:
+                self._courier.cancel()
             if self._peer is not None:
                 self._peer._inbox.put_nowait(_CLOSED)
 
 
 def stream_pair(
-    message_filter: MessageFilter | None = None,
+    message_filter: MessageFilter | None = None, delay_s: float = 0.0
 ) -> tuple[MemoryStream, MemoryStream]:
     """(transmitter's end, receiver's end) of a duplex stream; `message_filter` sees every
-    message either end writes."""
-    transmitter, receiver = MemoryStream(), MemoryStream()
+    message either end writes, and each arrives `delay_s` after it was written."""
+    transmitter, receiver = MemoryStream(delay_s=delay_s), MemoryStream(delay_s=delay_s)
     transmitter._peer, receiver._peer = receiver, transmitter
     if message_filter is not None:
         transmitter._filter = lambda m: message_filter("to_receiver", m)
@@ -106,13 +266,13 @@ class _PhotonPipe:
     def __init__(self) -> None:
         self._chunks: asyncio.Queue[Any] = asyncio.Queue()
 
-    async def write(self, message: Any) -> None:
+    async def write(self, message: PhotonChunk) -> None:
         self._chunks.put_nowait(message)
 
     def close(self) -> None:
         self._chunks.put_nowait(_CLOSED)
 
-    async def chunks(self) -> AsyncIterator[Any]:
+    async def chunks(self) -> AsyncIterator[PhotonChunk]:
         while (chunk := await self._chunks.get()) is not _CLOSED:
             yield chunk
 
@@ -120,16 +280,23 @@ class _PhotonPipe:
 class InMemoryLink:
     """A `LinkConnector` whose sessions lead into `receiver` in this event loop."""
 
-    def __init__(self, receiver: ReceiverLink, message_filter: MessageFilter | None = None):
+    def __init__(
+        self,
+        receiver: ReceiverLink,
+        message_filter: MessageFilter | None = None,
+        *,
+        delay_s: float = 0.0,
+    ) -> None:
         self.receiver = receiver
         self.message_filter = message_filter
+        self.delay_s = delay_s
         self.sessions = 0
         self.ended: list[BaseException | None] = []  # how the receiver ended each session
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[tuple[Duplex, PhotonSink]]:
         self.sessions += 1
-        transmitter_end, receiver_end = stream_pair(self.message_filter)
+        transmitter_end, receiver_end = stream_pair(self.message_filter, self.delay_s)
         photons = _PhotonPipe()
         serve = asyncio.create_task(self._serve(receiver_end))
         measure = asyncio.create_task(self.receiver.receive_photons(photons.chunks()))
@@ -162,7 +329,7 @@ class InMemoryRelayNetwork:
 
     relays: dict[str, KeyRelay] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
-    adverts: list[tuple[str, str, relay_pb2.LinkStateAdvert]] = field(default_factory=list)
+    adverts: list[tuple[str, str, LinkStateAdvert]] = field(default_factory=list)
 
     def add(self, relay: KeyRelay) -> None:
         self.relays[relay.node_id] = relay
@@ -173,7 +340,8 @@ class InMemoryRelayNetwork:
 
 
 class _MemoryRelayPeers:
-    """One node's `RelayPeers` in an `InMemoryRelayNetwork`."""
+    """One node's `RelayPeers` in an `InMemoryRelayNetwork`: the same errors, with the same
+    reasons, as `qkdnet.node.edge.relay_grpc.PeerChannels` raises."""
 
     def __init__(self, network: InMemoryRelayNetwork, node: str) -> None:
         self._network = network
@@ -185,26 +353,26 @@ class _MemoryRelayPeers:
             raise RelayError(f"{node} did not answer", reason="unreachable")
         return relay
 
-    async def relay(self, node: str, frame: relay_pb2.RelayFrame) -> relay_pb2.RelayAck:
+    async def relay(self, node: str, frame: RelayFrame) -> RelayAck:
         return await self._reach(node).receive(frame, self.node)
 
-    async def settle(self, node: str, request: relay_pb2.SettleRequest) -> int:
+    async def settle(self, node: str, transaction_id: str, commit: bool) -> int:
         from .store.delivered_keys import NotTheOrigin
 
         target = self._reach(node)
         try:
-            return await target.settle_here(request.transaction_id, self.node, request.commit)
-        except NotTheOrigin as exc:  # as RelayService answers: PERMISSION_DENIED
+            return await target.settle_here(transaction_id, self.node, commit)
+        except NotTheOrigin as exc:  # as PeerChannels raises a refused settlement
             raise RelayError(str(exc), reason="peer_failed") from None
 
-    async def void(self, node: str, request: relay_pb2.VoidRequest) -> int:
+    async def void(self, node: str, key_uuids: bytes, reason: str) -> int:
         target = self._reach(node)
         try:
-            return await target.void_here(self.node, request)
-        except RelayError as exc:  # as RelayService answers: "reason: message"
-            raise RelayError(f"{exc.reason}: {exc}", reason="peer_failed") from None
+            return await target.void_here(self.node, key_uuids, reason)
+        except RelayError as exc:  # as PeerChannels raises a refused void
+            raise RelayError(str(exc), reason="peer_failed") from None
 
-    async def advertise(self, node: str, advert: relay_pb2.LinkStateAdvert) -> None:
+    async def advertise(self, node: str, advert: LinkStateAdvert) -> None:
         self._reach(node)
         self._network.adverts.append((self.node, node, advert))
 

@@ -40,8 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..protocol.conversation import Duplex
-
 __all__ = [
     "ALL_PEERS",
     "MAX_RETRANSMISSIONS",
@@ -202,7 +200,7 @@ class ShapedStream:
     `close()` drops what is still on its way (the session is over). A write that failed in the
     background is raised by the next write."""
 
-    def __init__(self, stream: Duplex, shaping: ChannelShaping, peer: str, flow: Flow) -> None:
+    def __init__(self, stream: Any, shaping: ChannelShaping, peer: str, flow: Flow) -> None:
         self._stream = stream
         self._shaping = shaping
         self._peer = peer

@@ -1,8 +1,12 @@
-"""A link session over gRPC: the transmitter's `LinkConnector` in the node.
+"""A link session over gRPC: the transmitter's `LinkConnector` and the receiver's streams.
 
-It dials the receiver with mutual TLS (`grpc_dial.dial`), waits up to 10 s for the connection,
-and opens the two streams of the `QuantumChannel` and `ClassicalChannel` services; the
-receiver's side of them is the agent's link servicer, which hands them to `ReceiverLink`.
+The transmitter dials the receiver with mutual TLS (`grpc_dial.dial`), waits up to 10 s for
+the connection, and opens the two streams of the `QuantumChannel` and `ClassicalChannel`
+services; the receiver's side of them is the agent's link servicer, which hands them to
+`ReceiverLink`. Messages cross as protobuf (`link_codec`); what stands between the two ends in
+the node — shaping (`channel_shaping.ShapedStream`) and tampering
+(`classical_faults.TamperingStream`) — is wrapped around the classical stream here, by
+`classical_session`, so the link sees only domain messages and `LinkError`s.
 """
 
 from __future__ import annotations
@@ -14,45 +18,129 @@ from typing import Any
 
 import grpc
 
-from qkdnet.v1 import link_pb2_grpc
+from qkdnet.v1 import link_pb2, link_pb2_grpc
 
+from ..errors import LinkError
+from ..protocol.link_messages import Envelope, PhotonChunk
 from ..protocol.link_transport import Duplex, PhotonSink
+from .channel_shaping import ChannelShaping, Flow, ShapedStream
+from .classical_faults import ClassicalFaults, TamperingStream
 from .grpc_dial import dial
+from .link_codec import (
+    LINK_CODEC,
+    envelope_from_wire,
+    envelope_to_wire,
+    photons_from_wire,
+    photons_to_wire,
+)
 
-__all__ = ["GrpcLinkConnector", "GrpcStream"]
+__all__ = ["GrpcLinkConnector", "GrpcStream", "classical_session", "photons_arriving"]
+
+
+def _link_error(exc: grpc.aio.AioRpcError) -> LinkError:
+    return LinkError(f"{exc.code().name}: {exc.details()}", reason="transport")
 
 
 class GrpcStream:
-    """A gRPC stream-stream call, or a server's context, as a `Duplex`: EOF reads as None."""
+    """A gRPC stream-stream call, or a server's context, as a `Duplex` of domain envelopes:
+    EOF reads as None, a failed call raises LinkError."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
-    async def read(self) -> Any:
-        message = await self._stream.read()
-        return None if message is grpc.aio.EOF else message
+    async def read(self) -> Envelope | None:
+        try:
+            message = await self._stream.read()
+        except grpc.aio.AioRpcError as exc:
+            raise _link_error(exc) from None
+        if message is grpc.aio.EOF or message is None:
+            return None
+        return envelope_from_wire(message)
 
-    async def write(self, message: Any) -> None:
-        await self._stream.write(message)
+    async def write(self, message: Envelope) -> None:
+        try:
+            await self._stream.write(envelope_to_wire(message))
+        except grpc.aio.AioRpcError as exc:
+            raise _link_error(exc) from None
+
+
+class _PhotonStream:
+    """A `PhotonSink` over the client stream of `QuantumChannel.Transmit`."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def write(self, message: PhotonChunk) -> None:
+        try:
+            await self._call.write(photons_to_wire(message))
+        except grpc.aio.AioRpcError as exc:
+            raise _link_error(exc) from None
+
+
+async def photons_arriving(
+    chunks: AsyncIterator[link_pb2.PhotonChunk],
+) -> AsyncIterator[PhotonChunk]:
+    """The receiver's side of `Transmit`: the request stream as domain chunks."""
+    async for chunk in chunks:
+        yield photons_from_wire(chunk)
+
+
+@asynccontextmanager
+async def classical_session(
+    stream: Any,
+    *,
+    peer: str,
+    shaping: ChannelShaping | None = None,
+    faults: ClassicalFaults | None = None,
+) -> AsyncIterator[Duplex]:
+    """The classical `stream` (a call or a server context) as the link's `Duplex`, with the
+    node's shaping toward `peer` and its armed tampering around it, for one session."""
+    shaped = ShapedStream(stream, shaping, peer, Flow()) if shaping is not None else None
+    duplex: Duplex = GrpcStream(shaped if shaped is not None else stream)
+    if faults is not None:
+        duplex = TamperingStream(duplex, faults, LINK_CODEC)
+    try:
+        yield duplex
+    finally:
+        if shaped is not None:
+            shaped.close()
 
 
 class GrpcLinkConnector:
     """Connects a transmitter to the receiver `peer` at `address` (host:port)."""
 
-    def __init__(self, address: str, peer: str, credentials: grpc.ChannelCredentials) -> None:
+    def __init__(
+        self,
+        address: str,
+        peer: str,
+        credentials: grpc.ChannelCredentials,
+        *,
+        shaping: ChannelShaping | None = None,
+        faults: ClassicalFaults | None = None,
+    ) -> None:
         self.address = address
         self.peer = peer
         self._credentials = credentials
+        self._shaping = shaping
+        self._faults = faults
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[tuple[Duplex, PhotonSink]]:
         async with dial(self.address, self.peer, self._credentials) as channel:
-            async with asyncio.timeout(10):  # not wait_for: see Conversation.receive
-                await channel.channel_ready()
+            try:
+                async with asyncio.timeout(10):  # not wait_for: see Conversation.receive
+                    await channel.channel_ready()
+            except TimeoutError:
+                raise LinkError(
+                    f"{self.peer} at {self.address} did not answer", reason="unreachable"
+                ) from None
             classical = link_pb2_grpc.ClassicalChannelStub(channel).Session()
             photons = link_pb2_grpc.QuantumChannelStub(channel).Transmit()
             try:
-                yield GrpcStream(classical), photons
+                async with classical_session(
+                    classical, peer=self.peer, shaping=self._shaping, faults=self._faults
+                ) as duplex:
+                    yield duplex, _PhotonStream(photons)
             finally:
                 classical.cancel()
                 photons.cancel()

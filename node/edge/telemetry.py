@@ -1,31 +1,6 @@
 """Telemetry: a node's state, its links' figures and its events, published over MQTT.
 
-The topic tree (every payload is a JSON object with `"schema": 1`; `<prefix>` is
-`qkdnet/<topology>`):
-
-- `<prefix>/node/<id>/status` (retained): `state` ("up", then "stopped" on a clean exit, or
-  "lost", the broker's last will, when the node vanished), `pid`, `address`, `links`, `uptime_s`,
-  and `delivery`: delivered keys it holds (`keys_waiting`, `keys_pending`, `pool_keys`) and has
-  discarded (`keys_expired`, `pending_expired`, `pool_keys_expired`, `keys_abandoned`,
-  `keys_voided`).
-- `<prefix>/link/<a>--<b>/stats` (retained, from the transmitting end `a`): QBER (cumulative
-  `qber`, and `last_sample_qber`, the last frame's disclosed sample, once there is one), sifted and
-  secret key rates next to the model's, frame counters, reconciliation efficiency. Rates are
-  per emulated second (what the model predicts; a link with `speedup: 10` emulates ten seconds
-  per wall second) except `wall_secret_rate_bps`, key stored per wall second lately.
-- `<prefix>/link/<a>--<b>/store/<id>` (retained, from each end): unconsumed bits and blocks, all
-  bits ever stored and the frame of the newest block. At the same `last_frame` both ends must
-  report the same `total_bits`; no key material or digest of it is ever published.
-- `<prefix>/node/<id>/events` (not retained): `event` is one of "node_started",
-  "node_stopping", "link_state" (`from`, `to`), "frames_aborted" (`reasons`),
-  "messages_rejected" (`reasons`).
-- `<prefix>/relay/events/<id>` (not retained), from the master SAE's node: "key_delivered"
-  (`master`, `slaves`, `keys`, `key_bits`, `source`: local/pool/relay/pool+relay, `pooled`,
-  `relayed`, `ms`, `routes`: [{`target`, `route`, `hop_ms`, `share`, `shares`}]),
-  "pool_filled" (the same plus `pool`, the pool's size after the fill) and "relay_failed"
-  (`reason`, `message`), and "keys_abandoned" (`master`, `slaves`, `keys`: keys withdrawn
-  because the master hung up before its answer was written). `hop_ms[i]` is the time node
-  `route[i]` spent, including every later hop. Key IDs and keys are never published.
+The topics and payloads are those of `qkdnet.node.telemetry_schema`.
 
 A node publishes only under its own topics (the brokers of a deployment enforce it, see
 `qkdnet.orchestrator.plan.telemetry_access`); with `tls`, it connects over TLS with its own
@@ -51,27 +26,25 @@ from typing import Any
 
 import aiomqtt
 
-from qkdnet.v1 import control_pb2
-
 from ..addresses import parse_address
 from ..config import TelemetryConfig
+from ..status import DeliveryStatus, LinkStatus, NodeStatus
 from ..structured_log import log_event
+from ..telemetry_schema import SCHEMA_VERSION
 
 __all__ = [
-    "SCHEMA_VERSION",
     "TelemetryPublisher",
     "link_payloads",
     "node_payload",
 ]
 
-SCHEMA_VERSION = 1
 _RETRY_SECONDS = 1.0
 _MAX_EVENTS = 1000
 
 logger = logging.getLogger("qkdnet.node.edge.telemetry")
 
 
-def node_payload(status: control_pb2.NodeStatus, state: str, address: str) -> dict[str, Any]:
+def node_payload(status: NodeStatus, state: str, address: str) -> dict[str, Any]:
     """The retained `node/<id>/status` payload."""
     return {
         "schema": SCHEMA_VERSION,
@@ -82,7 +55,7 @@ def node_payload(status: control_pb2.NodeStatus, state: str, address: str) -> di
         "links": [link.link_id for link in status.links],
         "uptime_s": round(status.uptime_seconds, 3),
         "ts": time.time(),
-    } | ({"delivery": _delivery(status.delivery)} if status.HasField("delivery") else {})
+    } | ({"delivery": _delivery(status.delivery)} if status.delivery is not None else {})
 
 
 _DELIVERY_FIGURES = (
@@ -97,7 +70,7 @@ _DELIVERY_FIGURES = (
 )
 
 
-def _delivery(delivery: control_pb2.DeliveryStatus) -> dict[str, int]:
+def _delivery(delivery: DeliveryStatus) -> dict[str, int]:
     return {name: int(getattr(delivery, name)) for name in _DELIVERY_FIGURES}
 
 
@@ -105,7 +78,7 @@ def _per_second(bits: int, seconds: float) -> float:
     return bits / seconds if seconds > 0 else 0.0
 
 
-def link_payloads(node_id: str, link: control_pb2.LinkStatus) -> dict[str, dict[str, Any]]:
+def link_payloads(node_id: str, link: LinkStatus) -> dict[str, dict[str, Any]]:
     """Topic suffix -> payload for one link end: `store/<id>` always, `stats` at the transmitter."""
     now = time.time()
     out: dict[str, dict[str, Any]] = {
@@ -161,7 +134,7 @@ class TelemetryPublisher:
         config: TelemetryConfig,
         node_id: str,
         address: str,
-        status: Callable[[], control_pb2.NodeStatus],
+        status: Callable[[], NodeStatus],
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config
@@ -173,7 +146,7 @@ class TelemetryPublisher:
         # (topic suffix, payload); the oldest are dropped while the broker is away too long
         self._events: deque[tuple[str, dict[str, Any]]] = deque(maxlen=_MAX_EVENTS)
         self._wake = asyncio.Event()
-        self._previous: dict[str, control_pb2.LinkStatus] = {}
+        self._previous: dict[str, LinkStatus] = {}
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -300,7 +273,7 @@ class TelemetryPublisher:
             await self._publish(client, f"{self._prefix}/{suffix}", payload, False)
             self._events.popleft()
 
-    def _note_changes(self, link: control_pb2.LinkStatus) -> None:
+    def _note_changes(self, link: LinkStatus) -> None:
         """Events for what changed on a link since the last report."""
         before = self._previous.get(link.link_id)
         self._previous[link.link_id] = link

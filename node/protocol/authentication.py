@@ -13,82 +13,28 @@ restarted node never uses a pad twice.
 
 from __future__ import annotations
 
-import secrets
-import struct
-from dataclasses import dataclass
-from pathlib import Path
-
-from google.protobuf.message import DecodeError
-
-from qkdnet.v1 import link_pb2
+from dataclasses import replace
 
 from ..core.polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
-from ..errors import AuthenticationError, ConfigError, ProtocolError
-from ..store.key_store import PAD_BYTES, KeyStore, KeyStoreDb
+from ..errors import AuthenticationError, ProtocolError
+from ..link_secret import PAD_BYTES, PreSharedSecret
+from ..store.key_store import KeyStore, KeyStoreDb
+from .link_messages import ClassicalMessage, Envelope, MessageCodec
 
-__all__ = [
-    "LinkAuthenticator",
-    "PreSharedSecret",
-    "read_psk",
-]
-
-_PSK_MAGIC = b"QKDPSK01"
+__all__ = ["LinkAuthenticator"]
 _LEASE = 256
-
-
-@dataclass(frozen=True)
-class PreSharedSecret:
-    """The secret both ends of a link start from: a hash key and pads for each direction."""
-
-    hash_key: int
-    forward_pads: bytes
-    backward_pads: bytes
-
-    @classmethod
-    def generate(cls, pads_per_direction: int = 4096) -> PreSharedSecret:
-        size = pads_per_direction * PAD_BYTES
-        return cls(
-            hash_key=secrets.randbits(64),
-            forward_pads=secrets.token_bytes(size),
-            backward_pads=secrets.token_bytes(size),
-        )
-
-    def to_bytes(self) -> bytes:
-        count = len(self.forward_pads) // PAD_BYTES
-        header = _PSK_MAGIC + struct.pack(">QI", self.hash_key, count)
-        return header + self.forward_pads + self.backward_pads
-
-    @classmethod
-    def from_bytes(cls, data: bytes, source: str = "pre-shared secret") -> PreSharedSecret:
-        if len(data) < 20 or data[:8] != _PSK_MAGIC:
-            raise ConfigError(f"{source}: not a qkdnet pre-shared secret file")
-        hash_key, count = struct.unpack(">QI", data[8:20])
-        body = data[20:]
-        if count < 16 or len(body) != 2 * count * PAD_BYTES:
-            raise ConfigError(f"{source}: truncated or corrupt pre-shared secret")
-        half = count * PAD_BYTES
-        return cls(hash_key=hash_key, forward_pads=body[:half], backward_pads=body[half:])
-
-
-def read_psk(path: Path) -> PreSharedSecret:
-    """Read a pre-shared secret file; ConfigError names the file."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pre-shared secret file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read pre-shared secret ({exc.strerror})") from None
-    return PreSharedSecret.from_bytes(data, str(path))
 
 
 class LinkAuthenticator:
     """Seals outgoing and opens incoming classical messages for one end of one link.
 
     `direction` is the index space this end sends in: 0 for the transmitter, 1 for the receiver.
+    `codec` turns messages into the bytes the tags cover (the wire contract).
     """
 
-    def __init__(self, store: KeyStore, hash_key: int, direction: int) -> None:
+    def __init__(self, store: KeyStore, hash_key: int, direction: int, codec: MessageCodec) -> None:
         self._store = store
+        self._codec = codec
         self._hash = PolynomialHash(hash_key)
         self._send_dir = direction
         self._recv_dir = 1 - direction
@@ -100,7 +46,9 @@ class LinkAuthenticator:
         self._pads: dict[int, list[tuple[int, bytes]]] = {0: [], 1: []}
 
     @classmethod
-    async def load(cls, store: KeyStore, psk: PreSharedSecret, direction: int) -> LinkAuthenticator:
+    async def load(
+        cls, store: KeyStore, psk: PreSharedSecret, direction: int, codec: MessageCodec
+    ) -> LinkAuthenticator:
         """Initialise the store from the pre-shared secret on first use, then load counters."""
 
         def load(db: KeyStoreDb) -> tuple[int, int, int]:
@@ -111,7 +59,7 @@ class LinkAuthenticator:
             return db.hash_key(), send_lease, recv_next
 
         hash_key, lease, recv_next = await store.run(load)
-        auth = cls(store, hash_key, direction)
+        auth = cls(store, hash_key, direction, codec)
         # Start after everything that may have been leased before a restart.
         auth._send_next = auth._lease_end = lease
         auth._recv_next = recv_next
@@ -149,7 +97,7 @@ class LinkAuthenticator:
             max(0, end(self._recv_dir) - self._recv_next),
         )
 
-    async def seal(self, message: link_pb2.ClassicalMessage) -> link_pb2.Envelope:
+    async def seal(self, message: ClassicalMessage) -> Envelope:
         """Give `message` the next pad index, serialise it and tag it."""
         index = self._send_next
         if index >= self._lease_end:
@@ -166,17 +114,12 @@ class LinkAuthenticator:
                 f"no authentication pad left to send (index {index})", reason="no_pad"
             )
         self._send_next = index + 1
-        message.pad_index = index
-        body = message.SerializeToString()
-        return link_pb2.Envelope(body=body, tag=wegman_carter_tag(self._hash, pad, body))
+        body = self._codec.encode(replace(message, pad_index=index))
+        return Envelope(body=body, tag=wegman_carter_tag(self._hash, pad, body))
 
-    async def open(self, envelope: link_pb2.Envelope) -> link_pb2.ClassicalMessage:
+    async def open(self, envelope: Envelope) -> ClassicalMessage:
         """Parse and authenticate an envelope; raises ProtocolError or AuthenticationError."""
-        message = link_pb2.ClassicalMessage()
-        try:
-            message.ParseFromString(envelope.body)
-        except DecodeError:
-            raise ProtocolError("classical message is not a valid protobuf") from None
+        message = self._codec.decode(envelope.body)
         if len(envelope.tag) != PAD_BYTES:
             raise ProtocolError(f"tag of {len(envelope.tag)} bytes (expected {PAD_BYTES})")
         index = message.pad_index

@@ -37,11 +37,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
-
-from qkdnet.v1 import relay_pb2
 
 from ..errors import KeyStoreError, RelayError
 from ..store.delivered_keys import (
@@ -53,6 +51,7 @@ from ..store.delivered_keys import (
 )
 from ..structured_log import log_event
 from .relay import KeyRelay, link_key_bits
+from .relay_messages import RelayPayload
 from .routing import Router
 
 __all__ = [
@@ -335,13 +334,13 @@ class KeyManager:
         key_ids = [str(u) for u in uuids]
         transaction_id = uuid.uuid4().hex
 
-        def payload(target_saes: list[str]) -> relay_pb2.RelayPayload:
-            return relay_pb2.RelayPayload(
+        def payload(target_saes: list[str]) -> RelayPayload:
+            return RelayPayload(
                 transaction_id=transaction_id,
                 origin=self.node_id,
                 master_sae=master,
-                slave_saes=list(slaves),
-                target_saes=target_saes,
+                slave_saes=tuple(slaves),
+                target_saes=tuple(target_saes),
                 key_bits=size,
                 key_uuids=b"".join(u.bytes for u in uuids),
                 keys=b"".join(keys),
@@ -427,7 +426,7 @@ class KeyManager:
         return routes
 
     async def _deliver(
-        self, target: str, payload: relay_pb2.RelayPayload, multipath: bool
+        self, target: str, payload: RelayPayload, multipath: bool
     ) -> list[RouteReport]:
         """Relay to `target`, trying other routes when a hop fails; RelayError at the end."""
         need = link_key_bits(len(payload.keys))
@@ -452,10 +451,10 @@ class KeyManager:
         )
 
     async def _send_shares(
-        self, target: str, routes: list[list[str]], payload: relay_pb2.RelayPayload
+        self, target: str, routes: list[list[str]], payload: RelayPayload
     ) -> list[RouteReport]:
         """Send the keys over `routes`: as they are over one, as XOR shares over several."""
-        parts: list[relay_pb2.RelayPayload] = []
+        parts: list[RelayPayload] = []
         if len(routes) == 1:
             parts.append(payload)
         else:
@@ -466,11 +465,9 @@ class KeyManager:
             blobs = [*pads, last.to_bytes(len(payload.keys), "big")]
             share_set = uuid.uuid4().hex
             for index, blob in enumerate(blobs):
-                part = relay_pb2.RelayPayload()
-                part.CopyFrom(payload)
-                part.keys = blob
-                part.share, part.shares, part.share_set = index, len(blobs), share_set
-                parts.append(part)
+                parts.append(
+                    replace(payload, keys=blob, share=index, shares=len(blobs), share_set=share_set)
+                )
         acks = await asyncio.gather(
             *(self._relay.relay(route, part) for route, part in zip(routes, parts, strict=True)),
             return_exceptions=True,

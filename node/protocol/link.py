@@ -1,8 +1,9 @@
 """The QKD link engine: both ends of decoy-state BB84 with full post-processing.
 
-The transmitter (Alice, the node whose ID sorts first) opens two gRPC streams to the receiver:
-the emulated quantum channel (`Transmit`, photons of frame after frame, paced in real time from
-the pulse rate and the speed-up factor) and the authenticated classical channel (`Session`).
+The transmitter (Alice, the node whose ID sorts first) opens two streams to the receiver
+through its `LinkConnector` (link_transport.py): the emulated quantum channel (photons of frame
+after frame, paced in real time from the pulse rate and the speed-up factor) and the
+authenticated classical channel. The messages are those of `link_messages.py`.
 For every frame the classical conversation runs:
 
     T -> R  RoundStart            R -> T  SiftAnnouncement (detected slots, receiver's bases)
@@ -24,8 +25,10 @@ Live faults, which the controller sets at both ends (through the agent): a cut (
 ends the session and starts none until restored (state "cut"); a channel change
 (`change_channel`) applies to every frame the transmitter starts emulating after it — those
 already emulated keep the channel they were made with — and the model figures of both ends
-follow it at once, while the parameters checked at Hello stay the configured ones; shaping
-(channel_shaping.py) delays what each end writes on the classical stream.
+follow it at once, while the parameters checked at Hello stay the configured ones. What
+stands between the ends (delay, loss, tampering: `qkdnet.node.edge.channel_shaping` and
+`classical_faults` in the node, `qkdnet.node.testing` under test) is the transport's business:
+the link only sees the messages that arrive.
 """
 
 from __future__ import annotations
@@ -44,11 +47,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 from numpy.typing import NDArray
-
-from qkdnet.v1 import link_pb2
 
 from ..config import LinkConfig
 from ..core.cascade import CascadeAlice, CascadeBob, ParityQuery, binary_entropy
@@ -58,15 +58,32 @@ from ..core.polynomial_hash import PolynomialHash
 from ..core.quantum_channel import ChannelOutput, measure, transmit
 from ..core.toeplitz import toeplitz_hash
 from ..core.wire import decode_bits, decode_classes, decode_slots, encode_bits, encode_slots
-from ..edge.channel_shaping import ChannelShaping, Flow, ShapedStream
-from ..errors import LinkError, ProtocolError, RoundAborted
+from ..errors import LinkError, ProtocolError, Reason, RoundAborted
 from ..link_names import link_id_for
 from ..store.key_store import KeyStore, KeyStoreDb
 from ..structured_log import log_event
 from .authentication import LinkAuthenticator
-from .conversation import Conversation, Duplex, TamperFault
+from .clock import SYSTEM_CLOCK, Clock
+from .conversation import Conversation
+from .link_messages import (
+    Abort,
+    Amplification,
+    EstimationData,
+    EstimationResult,
+    Hello,
+    HelloReply,
+    ParityReply,
+    ParityRequest,
+    PhotonChunk,
+    RoundStart,
+    SiftAnnouncement,
+    SiftReply,
+    Stored,
+    Verification,
+    VerificationResult,
+)
 from .link_stats import LinkStats
-from .link_transport import LinkConnector, PhotonSink
+from .link_transport import Duplex, LinkConnector, PhotonSink
 
 __all__ = ["LinkEnd", "ReceiverLink", "TransmitterLink", "link_id_for"]
 
@@ -170,9 +187,14 @@ class LinkEnd:
         store: KeyStore,
         auth: LinkAuthenticator,
         executor: Executor,
-        shaping: ChannelShaping | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        message_timeout_s: float = 120.0,
     ) -> None:
+        """`clock` paces photons and times back-off and pauses; `message_timeout_s` is how long
+        a session waits for the peer's next message in a round before it ends."""
         self.node_id = node_id
+        self.clock = clock
+        self.message_timeout_s = message_timeout_s
         self.peer = config.peer
         self.link_id = link_id_for(node_id, config.peer)
         self.config = config
@@ -181,8 +203,6 @@ class LinkEnd:
         self.configured = config.channel.parameters()
         self.change = ChannelChange()
         self.params = self.configured
-        self.shaping = shaping
-        self._shaped: ShapedStream | None = None
         self._cut = False
         self._cut_now = asyncio.Event()  # set while the link is cut
         self._uncut = asyncio.Event()  # set while it is not
@@ -199,19 +219,11 @@ class LinkEnd:
             params=self.params,
             pe_sample_fraction=self.processing.pe_sample_fraction,
         )
-        self.fault: TamperFault | None = None
-        self._conversation: Conversation | None = None
         self._frame_sifted = 0
         seed = self.processing.seed
         self._rng = np.random.default_rng(
             None if seed is None else [seed, 0 if self.role == "transmitter" else 1]
         )
-
-    def arm_fault(self, fault: TamperFault) -> None:
-        """Tamper with one of the next outgoing classical messages (tests, chaos)."""
-        self.fault = fault
-        if self._conversation is not None:
-            self._conversation.fault = fault
 
     @property
     def cut(self) -> bool:
@@ -261,18 +273,13 @@ class LinkEnd:
         )
 
     def _conversation_for(self, stream: Duplex) -> Conversation:
-        if self.shaping is not None:
-            stream = self._shaped = ShapedStream(stream, self.shaping, self.peer, Flow())
-        conv = Conversation(stream, self.auth, link_id=self.link_id, sender=self.node_id)
-        conv.fault, self.fault = self.fault, None
-        self._conversation = conv
-        return conv
-
-    def _end_conversation(self) -> None:
-        self._conversation = None
-        if self._shaped is not None:
-            self._shaped.close()
-            self._shaped = None
+        return Conversation(
+            stream,
+            self.auth,
+            link_id=self.link_id,
+            sender=self.node_id,
+            timeout=self.message_timeout_s,
+        )
 
     async def _compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run numpy-heavy work off the event loop."""
@@ -328,7 +335,7 @@ class TransmitterLink(LinkEnd):
                 backoff = 0.2
                 continue
             self.stats.state = "connecting"
-            started = time.monotonic()
+            started = self.clock.monotonic()
             try:
                 await self._unless_cut(self._session())
             except* Exception as group:
@@ -336,10 +343,10 @@ class TransmitterLink(LinkEnd):
                     self._session_failed(exc)
             if not self._uncut.is_set():  # cut: the session was ended for it
                 continue
-            if time.monotonic() - started > 10:
+            if self.clock.monotonic() - started > 10:
                 backoff = 0.2
             self.stats.state = "backoff"
-            await self._unless_cut(asyncio.sleep(backoff))
+            await self._unless_cut(self.clock.sleep(backoff))
             backoff = min(backoff * 2, 5.0)
 
     async def _unless_cut(self, work: Coroutine[Any, Any, Any]) -> None:
@@ -378,9 +385,7 @@ class TransmitterLink(LinkEnd):
             "no_pad",
         ):
             self._reject(exc)
-        if isinstance(exc, grpc.aio.AioRpcError):
-            detail = f"{exc.code().name}: {exc.details()}"
-        elif isinstance(exc, LinkError | OSError):
+        if isinstance(exc, LinkError | OSError):
             detail = str(exc) or type(exc).__name__
         else:  # a bug: keep the traceback in the log
             fields = {"link": self.link_id}
@@ -391,27 +396,24 @@ class TransmitterLink(LinkEnd):
     async def _session(self) -> None:
         async with self._connect() as (classical, photons):
             conv = self._conversation_for(classical)
-            try:
-                await self._hello(conv)
-                self.stats.state = "running"
-                log_event(logger, logging.INFO, "session_started", link=self.link_id)
-                frames: asyncio.Queue[_TxFrame] = asyncio.Queue(maxsize=1)
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._produce(photons, frames))
-                    group.create_task(self._rounds(conv, frames))
-            finally:
-                self._end_conversation()
+            await self._hello(conv)
+            self.stats.state = "running"
+            log_event(logger, logging.INFO, "session_started", link=self.link_id)
+            frames: asyncio.Queue[_TxFrame] = asyncio.Queue(maxsize=1)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._produce(photons, frames))
+                group.create_task(self._rounds(conv, frames))
 
     async def _hello(self, conv: Conversation) -> None:
         pending = await self.store.run(lambda db: db.pending_blocks())
         conv.frame = 0
         await conv.send(
-            hello=link_pb2.Hello(
-                pending_blocks=pending,
+            Hello(
+                pending_blocks=tuple(pending),
                 parameters_digest=_params_digest(self.link_id, self.configured, self.config),
             )
         )
-        reply = await conv.expect("hello_reply")
+        reply = await conv.expect(HelloReply)
         held = set(reply.held_blocks)
         if not held <= set(pending):
             raise ProtocolError("receiver claims blocks that were never pending here")
@@ -461,7 +463,7 @@ class TransmitterLink(LinkEnd):
         self.stats.state = "full"
         try:
             while self.stats.store.bits > cap - cap // 8:
-                await asyncio.sleep(_STORE_POLL_S)
+                await self.clock.sleep(_STORE_POLL_S)
                 await self.refresh_store_level()
         finally:
             if self.stats.state == "full":  # not cut meanwhile
@@ -476,7 +478,7 @@ class TransmitterLink(LinkEnd):
 
     async def _produce(self, photons: PhotonSink, frames: asyncio.Queue[_TxFrame]) -> None:
         rate = self.params.pulse_rate_hz * self.processing.speedup
-        clock = time.monotonic()
+        clock = self.clock.monotonic()
         while True:
             await self._while_store_full()
             # A frame is emulated with the channel in force when it starts (a live change
@@ -501,13 +503,13 @@ class TransmitterLink(LinkEnd):
                 )
                 # Pace: these pulses take pulses / (rate * speed-up) of wall time to emit.
                 clock += pulses / rate
-                delay = clock - time.monotonic()
+                delay = clock - self.clock.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await self.clock.sleep(delay)
                 else:
-                    clock = time.monotonic()  # running late: do not build up a debt
+                    clock = self.clock.monotonic()  # running late: do not build up a debt
                 await photons.write(
-                    link_pb2.PhotonChunk(
+                    PhotonChunk(
                         link_id=self.link_id,
                         frame=frame,
                         first_slot=sent,
@@ -551,10 +553,10 @@ class TransmitterLink(LinkEnd):
             self.stats.record_frame(frame.pulses, int(frame.slots.size), self._frame_sifted)
             if aborted > _ABORTS_AT_FULL_SPEED:
                 slower = 2 ** min(aborted - _ABORTS_AT_FULL_SPEED - 1, 10)
-                await asyncio.sleep(min(_ABORT_PAUSE_S * slower, _ABORT_PAUSE_MAX_S))
+                await self.clock.sleep(min(_ABORT_PAUSE_S * slower, _ABORT_PAUSE_MAX_S))
 
     async def _abort(self, conv: Conversation, reason: str) -> RoundAborted:
-        await conv.send(abort=link_pb2.Abort(reason=reason))
+        await conv.send(Abort(reason=reason))
         return RoundAborted(reason, reason=reason)
 
     def _estimate(self, counts: list[ClassCounts], signal_qber: float) -> DecoyEstimate:
@@ -571,8 +573,8 @@ class TransmitterLink(LinkEnd):
     async def _round(self, conv: Conversation, fr: _TxFrame) -> None:
         clock = time.perf_counter()
         n_det = int(fr.slots.size)
-        await conv.send(round_start=link_pb2.RoundStart(pulses=fr.pulses, detections=n_det))
-        sift = await conv.expect("sift")
+        await conv.send(RoundStart(pulses=fr.pulses, detections=n_det))
+        sift = await conv.expect(SiftAnnouncement)
         if sift.detections != n_det:
             raise ProtocolError(f"receiver announced {sift.detections} detections, sent {n_det}")
         slots = decode_slots(sift.slot_deltas, n_det, 0)
@@ -582,7 +584,7 @@ class TransmitterLink(LinkEnd):
         sample_seed = secrets.randbits(63)
         fraction = self.processing.pe_sample_fraction
         await conv.send(
-            sift_reply=link_pb2.SiftReply(
+            SiftReply(
                 basis=encode_bits(fr.basis),
                 intensity_class=fr.intensity_class.tobytes(),
                 sample_seed=sample_seed,
@@ -593,7 +595,7 @@ class TransmitterLink(LinkEnd):
         self._frame_sifted = sum(sifted.sifted_per_class)
 
         clock = self._phase("sifting", clock)
-        est_msg = await conv.expect("estimation")
+        est_msg = await conv.expect(EstimationData)
         n_disc = int(sifted.disclosed_idx.size)
         bob_bits = decode_bits(est_msg.bits, n_disc, "estimation bits")
         wrong = bob_bits != fr.bit[sifted.disclosed_idx]
@@ -615,7 +617,7 @@ class TransmitterLink(LinkEnd):
         sigma = math.sqrt(max(sample_qber, 1e-3) * (1 - sample_qber) / sifted.sample_count)
         cascade_qber = min(sample_qber + 2 * sigma, 0.25)
         await conv.send(
-            estimation_result=link_pb2.EstimationResult(
+            EstimationResult(
                 proceed=True,
                 qber_estimate=cascade_qber,
                 cascade_seed=cascade_seed,
@@ -627,7 +629,7 @@ class TransmitterLink(LinkEnd):
         alice = await self._compute(CascadeAlice, key, cascade_qber, cascade_seed)
         disclosed = 0
         while True:
-            request = await conv.expect("parity_request")
+            request = await conv.expect(ParityRequest)
             if request.done:
                 break
             try:
@@ -636,16 +638,12 @@ class TransmitterLink(LinkEnd):
             except ValueError as exc:
                 raise ProtocolError(f"parity request: {exc}") from None
             disclosed += int(parities.size)
-            await conv.send(
-                parity_reply=link_pb2.ParityReply(
-                    parities=encode_bits(parities), count=int(parities.size)
-                )
-            )
+            await conv.send(ParityReply(parities=encode_bits(parities), count=int(parities.size)))
         clock = self._phase("reconciliation", clock)
         hash_key = secrets.randbits(64)
         tag = await self._compute(PolynomialHash(hash_key).digest_bits, key)
-        await conv.send(verification=link_pb2.Verification(hash_key=hash_key, tag=tag))
-        result = await conv.expect("verification_result")
+        await conv.send(Verification(hash_key=hash_key, tag=tag))
+        result = await conv.expect(VerificationResult)
         if not result.match:
             raise RoundAborted("keys differ after reconciliation", reason="verification")
         clock = self._phase("verification", clock)
@@ -669,7 +667,7 @@ class TransmitterLink(LinkEnd):
         block_id = f"{self.link_id}/{fr.frame:08d}-{uuid.uuid4().hex[:8]}"
         await _store_block(self.store, block_id, fr.frame, final, refill, pending=True)
         await conv.send(
-            amplification=link_pb2.Amplification(
+            Amplification(
                 toeplitz_seed=encode_bits(seed_bits),
                 output_bits=m,
                 block_id=block_id,
@@ -677,7 +675,7 @@ class TransmitterLink(LinkEnd):
                 refill_pads_backward=refill[1],
             )
         )
-        stored = await conv.expect("stored")
+        stored = await conv.expect(Stored)
         if stored.block_id != block_id:
             raise ProtocolError("receiver acknowledged another block")
         await self.store.run(lambda db: db.confirm_blocks([block_id]))
@@ -785,7 +783,7 @@ class ReceiverLink(LinkEnd):
             self.stats.state = "waiting"
 
     # -- the emulated quantum channel ------------------------------------------------------------
-    async def receive_photons(self, chunks: AsyncIterator[link_pb2.PhotonChunk]) -> int:
+    async def receive_photons(self, chunks: AsyncIterator[PhotonChunk]) -> int:
         """Measure every arriving chunk; returns the number of frames completed."""
         if self.cut:
             raise LinkError("the link is cut", reason="cut")
@@ -840,36 +838,35 @@ class ReceiverLink(LinkEnd):
             await self._hello(conv)
             while True:
                 start = await conv.receive(idle=True)  # the transmitter may pause (store full)
-                if start.WhichOneof("payload") != "round_start":
-                    raise ProtocolError(f"expected round_start, got {start.WhichOneof('payload')}")
+                r = start.payload
+                if not isinstance(r, RoundStart):
+                    raise ProtocolError(f"expected RoundStart, got {type(r).__name__}")
                 conv.frame = start.frame
                 self._frame_sifted = 0
                 try:
-                    await self._round(conv, start.frame, start.round_start)
+                    await self._round(conv, start.frame, r)
                 except RoundAborted as exc:
                     self._aborted(start.frame, exc)
                 finally:
                     self._frames.pop(start.frame, None)
-                r = start.round_start
                 self.stats.record_frame(r.pulses, r.detections, self._frame_sifted)
         except LinkError as exc:
             if exc.reason in ("bad_tag", "replay", "malformed", "no_pad"):
                 self._reject(exc)
             raise
         finally:
-            self._end_conversation()
             self.stats.state = "cut" if self.cut else "waiting"
 
     async def _hello(self, conv: Conversation) -> None:
-        hello = await conv.expect("hello")
+        hello = await conv.expect(Hello)
         if hello.parameters_digest != _params_digest(self.link_id, self.configured, self.config):
             raise ProtocolError("the two ends of the link are configured differently")
         pending = list(hello.pending_blocks)
         held = await self.store.run(lambda db: db.held_blocks(pending))
-        await conv.send(hello_reply=link_pb2.HelloReply(held_blocks=held))
+        await conv.send(HelloReply(held_blocks=tuple(held)))
         await self.refresh_store_level()
 
-    async def _round(self, conv: Conversation, number: int, start: link_pb2.RoundStart) -> None:
+    async def _round(self, conv: Conversation, number: int, start: RoundStart) -> None:
         frame, slots = await self._frame(number)
         n_det = int(slots.size)
         if n_det != start.detections or frame.pulses != start.pulses:
@@ -877,11 +874,11 @@ class ReceiverLink(LinkEnd):
         basis = np.concatenate(frame.basis) if frame.basis else np.zeros(0, np.uint8)
         bits = np.concatenate(frame.bit) if frame.bit else np.zeros(0, np.uint8)
         await conv.send(
-            sift=link_pb2.SiftAnnouncement(
+            SiftAnnouncement(
                 slot_deltas=encode_slots(slots, 0), basis=encode_bits(basis), detections=n_det
             )
         )
-        reply = await conv.expect("sift_reply")
+        reply = await conv.expect(SiftReply)
         alice_basis = decode_bits(reply.basis, n_det, "transmitter bases")
         classes = decode_classes(reply.intensity_class, n_det)
         if not 0.0 < reply.sample_fraction < 0.5:
@@ -889,14 +886,13 @@ class ReceiverLink(LinkEnd):
         sifted = _sift(alice_basis, basis, classes, reply.sample_seed, reply.sample_fraction)
         self._frame_sifted = sum(sifted.sifted_per_class)
         disclosed = bits[sifted.disclosed_idx]
-        await conv.send(
-            estimation=link_pb2.EstimationData(
-                bits=encode_bits(disclosed), count=int(disclosed.size)
-            )
-        )
-        result = await conv.expect("estimation_result")
+        await conv.send(EstimationData(bits=encode_bits(disclosed), count=int(disclosed.size)))
+        result = await conv.expect(EstimationResult)
         if not result.proceed:
-            raise RoundAborted(result.abort_reason or "aborted", reason=result.abort_reason)
+            raise RoundAborted(
+                result.abort_reason or "aborted",
+                reason=Reason.of(result.abort_reason, Reason.ABORTED),
+            )
         if result.key_bits != sifted.key_idx.size:
             raise ProtocolError("key length differs between the two ends")
         if not 0.0 <= result.qber_estimate < 0.5:
@@ -909,10 +905,10 @@ class ReceiverLink(LinkEnd):
             query = await self._compute(bob.next_query) if first else bob.next_query()
             first = False
             if query is None:
-                await conv.send(parity_request=link_pb2.ParityRequest(done=True))
+                await conv.send(ParityRequest(done=True))
                 break
-            await conv.send(parity_request=link_pb2.ParityRequest(query=query.to_bytes()))
-            reply_parities = await conv.expect("parity_reply")
+            await conv.send(ParityRequest(query=query.to_bytes()))
+            reply_parities = await conv.expect(ParityReply)
             count = int(query.start.size)
             if reply_parities.count != count:
                 raise ProtocolError("parity reply does not answer the query")
@@ -921,19 +917,17 @@ class ReceiverLink(LinkEnd):
                 await self._maybe_compute(count, bob.receive, parities)
             except ValueError as exc:
                 raise ProtocolError(f"parity reply: {exc}") from None
-        verification = await conv.expect("verification")
+        verification = await conv.expect(Verification)
         n_key = int(key.size)
         corrected = bob.key
         tag = await self._compute(PolynomialHash(verification.hash_key).digest_bits, corrected)
         match = tag == verification.tag
         await conv.send(
-            verification_result=link_pb2.VerificationResult(
-                match=match, corrected_bits=min(bob.corrected_bits, n_key)
-            )
+            VerificationResult(match=match, corrected_bits=min(bob.corrected_bits, n_key))
         )
         if not match:
             raise RoundAborted("keys differ after reconciliation", reason="verification")
-        amp = await conv.expect("amplification")
+        amp = await conv.expect(Amplification)
         m = int(amp.output_bits)
         refill = (int(amp.refill_pads_forward), int(amp.refill_pads_backward))
         if not 0 < m <= n_key or 64 * sum(refill) > m:
@@ -943,7 +937,7 @@ class ReceiverLink(LinkEnd):
         if not amp.block_id.startswith(f"{self.link_id}/"):
             raise ProtocolError("block ID of another link")
         await _store_block(self.store, amp.block_id, number, final, refill, pending=False)
-        await conv.send(stored=link_pb2.Stored(block_id=amp.block_id))
+        await conv.send(Stored(block_id=amp.block_id))
         await self.auth.persist()
         await self.refresh_store_level()
         errors = min(bob.corrected_bits, n_key)

@@ -17,13 +17,12 @@ import time
 from collections.abc import Mapping
 from functools import partial
 
-from qkdnet.v1 import relay_pb2
-
 from ..errors import RelayError
 from ..store.key_store import KeyStoreDb
 from ..structured_log import log_event
 from .link import LinkEnd
 from .link_stats import UP_STATES
+from .relay_messages import LinkState, LinkStateAdvert
 from .relay_peers import RelayPeers
 from .routing import Router
 
@@ -73,21 +72,24 @@ class LinkStateFlooder:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _own_advert(self) -> relay_pb2.LinkStateAdvert:
+    async def _own_advert(self) -> LinkStateAdvert:
         states = []
         for peer, link in self._links.items():
             out_dir = 0 if self.node_id < peer else 1
             bits_out, bits_in = await link.store.run(partial(_levels, out_dir=out_dir))
             states.append(
-                relay_pb2.LinkState(
+                LinkState(
                     peer=peer,
                     up=link.stats.state in UP_STATES,
                     bits_out=bits_out,
                     bits_in=bits_in,
                 )
             )
-        return relay_pb2.LinkStateAdvert(
-            origin=self.node_id, sequence=time.time_ns(), links=states, saes=self._saes
+        return LinkStateAdvert(
+            origin=self.node_id,
+            sequence=time.time_ns(),
+            links=tuple(states),
+            saes=tuple(self._saes),
         )
 
     async def _run(self) -> None:
@@ -114,7 +116,7 @@ class LinkStateFlooder:
                     self._flood(advert, exclude=None)
             await asyncio.sleep(0.2)
 
-    async def received(self, advert: relay_pb2.LinkStateAdvert, sender: str) -> None:
+    async def received(self, advert: LinkStateAdvert, sender: str) -> None:
         """An advertisement from neighbour `sender`: keep and pass on what is new.
 
         One whose sequence lies more than `MAX_CLOCK_AHEAD_NS` ahead of this node's clock is
@@ -137,13 +139,13 @@ class LinkStateFlooder:
         if self._router.accept(advert):
             self._flood(advert, exclude=sender)
 
-    def _flood(self, advert: relay_pb2.LinkStateAdvert, exclude: str | None) -> None:
+    def _flood(self, advert: LinkStateAdvert, exclude: str | None) -> None:
         for peer in self._links:
             if peer != exclude and peer != advert.origin:
                 task = asyncio.create_task(self._send(peer, advert))
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
 
-    async def _send(self, peer: str, advert: relay_pb2.LinkStateAdvert) -> None:
+    async def _send(self, peer: str, advert: LinkStateAdvert) -> None:
         with contextlib.suppress(RelayError):  # the next advert goes the same way soon
             await self._peers.advertise(peer, advert)

@@ -6,12 +6,10 @@ import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
-from qkdnet.v1 import control_pb2
-
 from ..core.channel_model import ChannelParameters, ModelFigures, model_figures
 from ..store.key_store import StoreLevel
 
-__all__ = ["UP_STATES", "LinkStats"]
+__all__ = ["UP_STATES", "LinkStats", "LinkStatus"]
 
 # Link states in which the link is up for routing: a session runs, relays can draw on it.
 UP_STATES = frozenset({"running", "full"})
@@ -19,9 +17,56 @@ UP_STATES = frozenset({"running", "full"})
 _WINDOW_SECONDS = 10.0
 
 
+@dataclass(frozen=True)
+class LinkStatus:
+    """A snapshot of one link end: its counters, live figures and the model's beside them
+    (rates in bits per second; `*_rate_bps` over the last seconds of wall time, the model's in
+    emulated time). The NodeControl view carries the same fields (`control.proto`)."""
+
+    link_id: str
+    peer: str
+    role: str
+    state: str
+    frames_ok: int
+    frames_aborted: int
+    aborts_by_reason: dict[str, int]
+    rejected_messages: dict[str, int]
+    pulses: int
+    detections: int
+    sifted_bits: int
+    reconciled_bits: int
+    disclosed_bits: int
+    secret_bits: int
+    auth_bits: int
+    qber: float
+    last_qber: float
+    sifted_rate_bps: float
+    secret_rate_bps: float
+    secret_fraction_per_pulse: float
+    model_secret_fraction_per_pulse: float
+    model_qber: float
+    model_secret_rate_bps: float
+    model_sifted_rate_bps: float
+    reconciliation_efficiency: float
+    store_bits: int
+    store_blocks: int
+    stored_bits_total: int
+    last_frame: int
+    phase_seconds: dict[str, float]
+    sample_bits: int
+    sample_qber: float
+    last_sample_bits: int
+    last_sample_qber: float
+    eavesdrop_fraction: float
+    extra_loss_db: float
+    misalignment_error: float
+    emulated_seconds: float
+    elapsed_seconds: float
+
+
 @dataclass
 class LinkStats:
-    """Everything a link end counts; `to_proto` gives the NodeControl view."""
+    """Everything a link end counts; `snapshot` gives what it shows."""
 
     link_id: str
     peer: str
@@ -129,10 +174,11 @@ class LinkStats:
             self._model = (efficiency, self.params, figures)
         return self._model[2]
 
-    def to_proto(self) -> control_pb2.LinkStatus:
+    def snapshot(self) -> LinkStatus:
+        """What the link end shows now."""
         model = self._model_figures()
         sifted_rate, secret_rate = self.rates()
-        return control_pb2.LinkStatus(
+        return LinkStatus(
             link_id=self.link_id,
             peer=self.peer,
             role=self.role,

@@ -29,19 +29,16 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-
-from google.protobuf.message import DecodeError
-
-from qkdnet.v1 import relay_pb2
 
 from ..core.polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
 from ..errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError, RelayError
 from ..store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, NewKeys
-from ..store.key_store import KeyRange, KeyStoreDb
+from ..store.key_store import KeyStoreDb
 from ..structured_log import log_event
 from .link import LinkEnd
+from .relay_messages import RelayAck, RelayCodec, RelayFrame, RelayHeader, RelayPayload
 from .relay_peers import RelayPeers
 
 __all__ = [
@@ -94,14 +91,6 @@ def _authenticated(header: bytes, payload: bytes, ciphertext: bytes) -> bytes:
     return struct.pack(">II", len(header), len(payload)) + header + payload + ciphertext
 
 
-def _split(payload: relay_pb2.RelayPayload) -> tuple[bytes, bytes]:
-    """(the payload without its keys, the keys): only the keys need the one-time pad."""
-    bare = relay_pb2.RelayPayload()
-    bare.CopyFrom(payload)
-    bare.ClearField("keys")
-    return bare.SerializeToString(), payload.keys
-
-
 class KeyRelay:
     """The relay logic of one node: sending, forwarding, receiving and settling."""
 
@@ -112,9 +101,14 @@ class KeyRelay:
         delivered: DeliveredKeys,
         peers: RelayPeers,
         local_saes: frozenset[str],
+        *,
+        codec: RelayCodec,
         key_ttl_s: float = DEFAULT_KEY_TTL_S,
     ) -> None:
+        """`codec` encodes the headers and payloads that frames authenticate (the wire
+        contract); `peers` reaches the relays of other nodes."""
         self.node_id = node_id
+        self._codec = codec
         self._links = links
         self._delivered = delivered
         self._peers = peers
@@ -128,7 +122,7 @@ class KeyRelay:
     # -- sending -----------------------------------------------------------------------------
     async def _seal(
         self, route: list[str], hop: int, transaction_id: str, payload: bytes, keys: bytes
-    ) -> relay_pb2.RelayFrame:
+    ) -> RelayFrame:
         peer = route[hop + 1]
         link = self._links.get(peer)
         if link is None:
@@ -144,24 +138,23 @@ class KeyRelay:
                 f"link {self.node_id}--{peer} has less than {need} bits of key to send",
                 reason="no_key",
             ) from None
-        header = relay_pb2.RelayHeader(
-            frame_id=uuid.uuid4().hex,
-            transaction_id=transaction_id,
-            route=route,
-            hop=hop,
-            link_key=[
-                relay_pb2.KeyBits(block_id=r.block_id, offset=r.offset, length=r.length)
-                for r in ranges
-            ],
-        ).SerializeToString()
+        header = self._codec.encode_header(
+            RelayHeader(
+                frame_id=uuid.uuid4().hex,
+                transaction_id=transaction_id,
+                route=tuple(route),
+                hop=hop,
+                link_key=tuple(ranges),
+            )
+        )
         ciphertext = _xor(keys, bits[16:])
         hasher = PolynomialHash(int.from_bytes(bits[:8], "big"))
         tag = wegman_carter_tag(hasher, bits[8:16], _authenticated(header, payload, ciphertext))
-        return relay_pb2.RelayFrame(header=header, payload=payload, ciphertext=ciphertext, tag=tag)
+        return RelayFrame(header=header, payload=payload, ciphertext=ciphertext, tag=tag)
 
     async def _send(
         self, route: list[str], hop: int, transaction_id: str, payload: bytes, keys: bytes
-    ) -> relay_pb2.RelayAck:
+    ) -> RelayAck:
         frame = await self._seal(route, hop, transaction_id, payload, keys)
         bits = link_key_bits(len(keys))
         self.counters.frames_sent += 1
@@ -171,34 +164,34 @@ class KeyRelay:
             self.counters.wasted_bits += bits
             raise
 
-    async def relay(self, route: list[str], payload: relay_pb2.RelayPayload) -> relay_pb2.RelayAck:
+    async def relay(self, route: list[str], payload: RelayPayload) -> RelayAck:
         """Send `payload` from this node (route[0]) to route[-1]; answers once it is stored."""
         if len(route) < 2 or route[0] != self.node_id:
             raise RelayError(
                 f"route {route} does not start at {self.node_id}", reason="unknown_route"
             )
         start = time.perf_counter()
-        ack = await self._send(route, 0, payload.transaction_id, *_split(payload))
+        # Only the keys need the one-time pad: the rest travels in clear, under the tag.
+        bare = self._codec.encode_payload(payload)
+        ack = await self._send(route, 0, payload.transaction_id, bare, payload.keys)
         micros = int((time.perf_counter() - start) * 1e6)
-        return relay_pb2.RelayAck(
+        return RelayAck(
             transaction_id=ack.transaction_id,
-            route=[self.node_id, *ack.route],
-            hop_micros=[micros, *ack.hop_micros],
+            route=(self.node_id, *ack.route),
+            hop_micros=(micros, *ack.hop_micros),
         )
 
     async def settle(self, target: str, transaction_id: str, commit: bool) -> int:
         """Commit or discard a transaction at `target` (which must have stored it)."""
-        request = relay_pb2.SettleRequest(transaction_id=transaction_id, commit=commit)
         what = f"{target} did not settle transaction {transaction_id}"
-        return await self._to_target(self._peers.settle(target, request), what, "settle_failed")
+        call = self._peers.settle(target, transaction_id, commit)
+        return await self._to_target(call, what, "settle_failed")
 
     async def void(self, target: str, key_ids: list[str], reason: str) -> int:
         """Withdraw committed keys this node relayed to `target`; returns how many were there."""
-        request = relay_pb2.VoidRequest(
-            key_uuids=b"".join(uuid.UUID(key_id).bytes for key_id in key_ids), reason=reason
-        )
+        blob = b"".join(uuid.UUID(key_id).bytes for key_id in key_ids)
         what = f"{target} did not withdraw {len(key_ids)} keys"
-        return await self._to_target(self._peers.void(target, request), what, "void_failed")
+        return await self._to_target(self._peers.void(target, blob, reason), what, "void_failed")
 
     @staticmethod
     async def _to_target(call: Awaitable[int], what: str, reason: str) -> int:
@@ -213,15 +206,14 @@ class KeyRelay:
         self.counters.frames_refused[reason] += 1
         return RelayError(message, reason=reason)
 
-    async def receive(self, frame: relay_pb2.RelayFrame, sender: str) -> relay_pb2.RelayAck:
+    async def receive(self, frame: RelayFrame, sender: str) -> RelayAck:
         """Handle a frame from neighbour `sender`; forward it or store it at the target."""
         start = time.perf_counter()
-        header = relay_pb2.RelayHeader()
         try:
-            header.ParseFromString(frame.header)
-        except DecodeError:
-            raise self._refuse("malformed", "relay header is not a valid protobuf") from None
-        route, hop = list(header.route), int(header.hop)
+            header = self._codec.decode_header(frame.header)
+        except ValueError as exc:
+            raise self._refuse("malformed", str(exc)) from None
+        route, hop = list(header.route), header.hop
         if (
             len(route) < 2
             or len(set(route)) != len(route)
@@ -231,7 +223,7 @@ class KeyRelay:
             or sender not in self._links
         ):
             raise self._refuse("unknown_route", f"frame from {sender} is not for a route via here")
-        ranges = [KeyRange(k.block_id, int(k.offset), int(k.length)) for k in header.link_key]
+        ranges = list(header.link_key)
         if len(frame.tag) != 8 or sum(r.length for r in ranges) != link_key_bits(
             len(frame.ciphertext)
         ):
@@ -263,24 +255,22 @@ class KeyRelay:
         if hop + 2 < len(route):
             ack = await self._send(route, hop + 1, header.transaction_id, frame.payload, keys)
             micros = int((time.perf_counter() - start) * 1e6)
-            return relay_pb2.RelayAck(
+            return RelayAck(
                 transaction_id=ack.transaction_id,
-                route=[self.node_id, *ack.route],
-                hop_micros=[micros, *ack.hop_micros],
+                route=(self.node_id, *ack.route),
+                hop_micros=(micros, *ack.hop_micros),
             )
         await self._store(frame.payload, keys, origin=route[0])
         micros = int((time.perf_counter() - start) * 1e6)
-        return relay_pb2.RelayAck(
-            transaction_id=header.transaction_id, route=[self.node_id], hop_micros=[micros]
+        return RelayAck(
+            transaction_id=header.transaction_id, route=(self.node_id,), hop_micros=(micros,)
         )
 
     async def _store(self, body: bytes, keys: bytes, origin: str) -> None:
-        payload = relay_pb2.RelayPayload()
         try:
-            payload.ParseFromString(body)
-        except DecodeError:
-            raise self._refuse("malformed", "relay payload is not a valid protobuf") from None
-        payload.keys = keys
+            payload = replace(self._codec.decode_payload(body), keys=keys)
+        except ValueError as exc:
+            raise self._refuse("malformed", str(exc)) from None
         size = payload.key_bits // 8
         count = len(payload.key_uuids) // 16
         local = tuple(s for s in payload.target_saes if s in self._local_saes)
@@ -340,15 +330,13 @@ class KeyRelay:
         another node's)."""
         return await self._delivered.run(lambda db: db.settle(transaction_id, origin, commit))
 
-    async def void_here(self, origin: str, request: relay_pb2.VoidRequest) -> int:
-        """A Void call from `origin`: withdraw the keys it relayed here."""
-        blob = request.key_uuids
+    async def void_here(self, origin: str, blob: bytes, reason: str) -> int:
+        """A Void call from `origin`: withdraw the keys it relayed here (`blob`: their 16-byte
+        UUIDs, concatenated)."""
         if len(blob) % 16:
             raise self._refuse("malformed", "key IDs of a void request are not 16 bytes each")
         ids = [str(uuid.UUID(bytes=blob[i : i + 16])) for i in range(0, len(blob), 16)]
         removed = await self._delivered.run(lambda db: db.void(origin, ids))
         self.counters.keys_voided += removed
-        log_event(
-            logger, logging.INFO, "keys_voided", origin=origin, keys=removed, reason=request.reason
-        )
+        log_event(logger, logging.INFO, "keys_voided", origin=origin, keys=removed, reason=reason)
         return removed

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from qkdnet.v1 import relay_pb2
+from .relay_messages import LinkStateAdvert
 
 __all__ = ["LinkView", "Router", "hop_cost"]
 
@@ -65,7 +65,7 @@ class Router:
         self._db: dict[str, _Entry] = {}
 
     # -- the database ------------------------------------------------------------------------
-    def accept(self, advert: relay_pb2.LinkStateAdvert) -> bool:
+    def accept(self, advert: LinkStateAdvert) -> bool:
         """Store an advertisement if it is newer than what is known; True when it was."""
         known = self._db.get(advert.origin)
         if known is not None and advert.sequence <= known.sequence and not self._stale(known):

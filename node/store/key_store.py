@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from ..errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError
+from ..link_secret import PAD_BYTES
 from .sqlite_store import StoreThread, Transaction, checkpoint, open_sqlite
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "StoreLevel",
 ]
 
-PAD_BYTES = 8
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (

@@ -1,7 +1,8 @@
 """The orchestrator's side of telemetry: subscribe to a deployment's topics, keep the latest.
 
 `TelemetryWatch` keeps the newest payload of every retained topic of the tree documented in
-`qkdnet.node.edge.telemetry` (node status, link stats, link store levels) and the recent events. It
+`qkdnet.node.telemetry_schema` (node status, link stats, link store levels) and the recent
+events. It
 reads as the controller, over TLS with the controller's certificate, from the deployment's own
 broker (`TelemetryWatch.for_plan`).
 
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 
 from qkdnet.node.addresses import parse_address
-from qkdnet.node.edge.telemetry import SCHEMA_VERSION
+from qkdnet.node.telemetry_schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from ..plan.network_plan import NetworkPlan

@@ -56,7 +56,7 @@ _CLIENT_ROLES = frozenset({Role.NODE, Role.SAE, Role.CONTROLLER})  # and for TLS
 
 def write_psk(path: Path, pads_per_direction: int = 4096) -> None:
     """A fresh pre-shared authentication secret for one link."""
-    from qkdnet.node.protocol.authentication import PreSharedSecret  # numpy, protobuf: only here
+    from qkdnet.node.link_secret import PreSharedSecret
 
     write_private(path, PreSharedSecret.generate(pads_per_direction).to_bytes())
 

@@ -2,7 +2,7 @@
 
 Both brokers authenticate clients by their TLS client certificate, issued by the deployment's
 PKI, and refuse every client without one. What an authenticated client may then do follows this
-list, which names no more than it must (the topic tree is in `qkdnet.node.edge.telemetry`):
+list, which names no more than it must (the topic tree is in `qkdnet.node.telemetry_schema`):
 
 - a node publishes only its own topics: `<prefix>/node/<id>/status` (also its last will),
   `<prefix>/node/<id>/events`, `<prefix>/relay/events/<id>`, `<prefix>/link/<l>/store/<id>` for

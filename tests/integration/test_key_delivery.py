@@ -10,6 +10,7 @@ import ssl
 import types
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,18 @@ import grpc
 import pytest
 
 from qkdnet.node.edge.grpc_dial import credentials_from_files
+from qkdnet.node.edge.grpc_errors import reason_of
+from qkdnet.node.edge.relay_codec import RELAY_CODEC, frame_to_wire
 from qkdnet.node.edge.relay_grpc import PeerChannels
+from qkdnet.node.errors import Reason
 from qkdnet.node.identity import Role
 from qkdnet.node.protocol.relay import KeyRelay
+from qkdnet.node.protocol.relay_messages import RelayFrame, RelayPayload
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
 from qkdnet.orchestrator.client.controller import NodeClient
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.pki import CertificateAuthority
-from qkdnet.v1 import relay_pb2
 
 from .sae import Sae, assert_link_keys_used_alike, deployed, sae_clients, sae_context
 
@@ -271,52 +275,47 @@ async def test_forged_replayed_and_misrouted_frames_are_refused(plan: NetworkPla
     scratch = await DeliveredKeys.open(plan.state_dir / "scratch-delivered.sqlite")
     peers = PeerChannels({"b": plan.nodes["b"].address}, channel_creds)
     link = types.SimpleNamespace(store=store)
-    relay = KeyRelay("r3", {"b": link}, scratch, peers, frozenset())  # type: ignore[dict-item]
-    payload = relay_pb2.RelayPayload(
-        transaction_id="forged-test",
-        origin="r3",
-        master_sae="sae-a",
-        slave_saes=["sae-b"],
-        target_saes=["sae-b"],
-        key_bits=256,
-        key_uuids=uuid.uuid4().bytes,
-        shares=1,
-    ).SerializeToString()
+    relay = KeyRelay("r3", {"b": link}, scratch, peers, frozenset(), codec=RELAY_CODEC)  # type: ignore[dict-item]
+    payload = RELAY_CODEC.encode_payload(
+        RelayPayload(
+            transaction_id="forged-test",
+            origin="r3",
+            master_sae="sae-a",
+            slave_saes=("sae-b",),
+            target_saes=("sae-b",),
+            key_bits=256,
+            key_uuids=uuid.uuid4().bytes,
+            shares=1,
+        )
+    )
     b = NodeClient("b", plan.nodes["b"].address, plan.controller_credentials)
+
+    async def refusal_of(frame: RelayFrame) -> Reason:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Relay(frame_to_wire(frame), timeout=10)
+        return reason_of(caught.value, Reason.RELAY_FAILED)
+
     try:
         stub = peers.stub("b")
         # A frame whose tag is wrong: refused, and its link key is not burnt...
         genuine = await relay._seal(["r3", "b"], 0, "forged-test", payload, bytes(32))
-        forged = relay_pb2.RelayFrame()
-        forged.CopyFrom(genuine)
-        forged.tag = bytes(b ^ 0xFF for b in genuine.tag)
-        with pytest.raises(grpc.aio.AioRpcError, match="bad_tag"):
-            await stub.Relay(forged, timeout=10)
+        assert await refusal_of(replace(genuine, tag=bytes(b ^ 0xFF for b in genuine.tag))) == (
+            Reason.BAD_TAG
+        )
         # The payload travels in clear but under the tag: changing who the keys are for is
         # caught the same way.
-        retargeted = relay_pb2.RelayFrame()
-        retargeted.CopyFrom(genuine)
-        meta = relay_pb2.RelayPayload()
-        meta.ParseFromString(genuine.payload)
-        meta.slave_saes[:] = ["sae-c"]
-        retargeted.payload = meta.SerializeToString()
-        with pytest.raises(grpc.aio.AioRpcError, match="bad_tag"):
-            await stub.Relay(retargeted, timeout=10)
+        meta = RELAY_CODEC.decode_payload(genuine.payload)
+        retargeted = RELAY_CODEC.encode_payload(replace(meta, slave_saes=("sae-c",)))
+        assert await refusal_of(replace(genuine, payload=retargeted)) == Reason.BAD_TAG
         # ...so the genuine frame with the same key still goes through,
-        await stub.Relay(genuine, timeout=10)
+        await stub.Relay(frame_to_wire(genuine), timeout=10)
         assert _pending_at(plan, "b", "forged-test") == 1
         # and sending it again is a replay.
-        with pytest.raises(grpc.aio.AioRpcError, match="replay"):
-            await stub.Relay(genuine, timeout=10)
+        assert await refusal_of(genuine) == Reason.REPLAY
         # A frame for a route that does not pass through b from r3 (checked before any key).
-        misrouted = relay_pb2.RelayFrame()
-        misrouted.CopyFrom(genuine)
-        header = relay_pb2.RelayHeader()
-        header.ParseFromString(misrouted.header)
-        header.route[:] = ["r3", "r2"]
-        misrouted.header = header.SerializeToString()
-        with pytest.raises(grpc.aio.AioRpcError, match="unknown_route"):
-            await stub.Relay(misrouted, timeout=10)
+        header = RELAY_CODEC.decode_header(genuine.header)
+        misrouted = RELAY_CODEC.encode_header(replace(header, route=("r3", "r2")))
+        assert await refusal_of(replace(genuine, header=misrouted)) == Reason.UNKNOWN_ROUTE
         assert _pending_at(plan, "b", "forged-test") == 1  # nothing stored from refused frames
         refused = (await b.status()).relay.frames_refused
         assert refused["bad_tag"] >= 1

@@ -30,9 +30,11 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from qkdnet.node.edge.grpc_dial import credentials_from_files, dial
+from qkdnet.node.edge.relay_codec import RELAY_CODEC, frame_to_wire
 from qkdnet.node.edge.relay_grpc import PeerChannels
 from qkdnet.node.edge.tls import client_tls_context
 from qkdnet.node.protocol.relay import KeyRelay
+from qkdnet.node.protocol.relay_messages import RelayPayload
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
 from qkdnet.orchestrator.client.controller import NodeClient
@@ -222,21 +224,23 @@ async def test_only_the_origin_of_a_transaction_settles_it(plan: NetworkPlan) ->
     scratch = await DeliveredKeys.open(plan.state_dir / "scratch-delivered.sqlite")
     peers = PeerChannels({"b": plan.nodes["b"].address}, credentials)
     link = types.SimpleNamespace(store=store)
-    relay = KeyRelay("r", {"b": link}, scratch, peers, frozenset())  # type: ignore[dict-item]
+    relay = KeyRelay("r", {"b": link}, scratch, peers, frozenset(), codec=RELAY_CODEC)  # type: ignore[dict-item]
     transaction = uuid.uuid4().hex
-    payload = relay_pb2.RelayPayload(
-        transaction_id=transaction,
-        origin="r",
-        master_sae="sae-x",
-        slave_saes=["sae-y"],
-        target_saes=["sae-y"],
-        key_bits=256,
-        key_uuids=uuid.uuid4().bytes,
-        shares=1,
-    ).SerializeToString()
+    payload = RELAY_CODEC.encode_payload(
+        RelayPayload(
+            transaction_id=transaction,
+            origin="r",
+            master_sae="sae-x",
+            slave_saes=("sae-y",),
+            target_saes=("sae-y",),
+            key_bits=256,
+            key_uuids=uuid.uuid4().bytes,
+            shares=1,
+        )
+    )
     try:
         frame = await relay._seal(["r", "b"], 0, transaction, payload, bytes(32))
-        await peers.stub("b").Relay(frame, timeout=10)
+        await peers.stub("b").Relay(frame_to_wire(frame), timeout=10)
         assert _keys_at(plan, "b", transaction_id=transaction) == 1
         # Node a holds a valid node certificate, but the transaction is r's.
         for commit in (True, False):

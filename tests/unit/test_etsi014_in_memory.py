@@ -15,14 +15,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from qkdnet.node.edge.etsi014 import KeyDeliveryServer
+from qkdnet.node.edge.relay_codec import RELAY_CODEC
 from qkdnet.node.identity import Identity, Role
 from qkdnet.node.protocol.key_manager import DeliveryPolicy, KeyManager
 from qkdnet.node.protocol.relay import KeyRelay
+from qkdnet.node.protocol.relay_messages import LinkState, LinkStateAdvert
 from qkdnet.node.protocol.routing import Router
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.node.store.key_store import KeyStore
 from qkdnet.node.testing import InMemoryRelayNetwork, store_same_key
-from qkdnet.v1 import relay_pb2
 
 DOMAIN = "etsi.qkdnet"
 DIRECTORY = {"sae-a": "a", "sae-b": "b"}
@@ -38,10 +39,10 @@ def _identify(request: web.Request) -> Identity | None:
     return Identity(DOMAIN, Role(role), name)
 
 
-def _advert(node: str, peer: str, bits: int) -> relay_pb2.LinkStateAdvert:
-    state = relay_pb2.LinkState(peer=peer, up=True, bits_out=bits, bits_in=bits)
-    return relay_pb2.LinkStateAdvert(
-        origin=node, sequence=time.time_ns(), links=[state], saes=[f"sae-{node}"]
+def _advert(node: str, peer: str, bits: int) -> LinkStateAdvert:
+    state = LinkState(peer=peer, up=True, bits_out=bits, bits_in=bits)
+    return LinkStateAdvert(
+        origin=node, sequence=time.time_ns(), links=(state,), saes=(f"sae-{node}",)
     )
 
 
@@ -65,7 +66,9 @@ async def _kmes(
             stack.push_async_callback(delivered.close)
             links: dict[str, Any] = {peer: types.SimpleNamespace(store=store)}
             saes = frozenset({f"sae-{node}"})
-            relay = KeyRelay(node, links, delivered, network.peers_of(node), saes)
+            relay = KeyRelay(
+                node, links, delivered, network.peers_of(node), saes, codec=RELAY_CODEC
+            )
             network.add(relay)
             router = Router(node)
             for origin, other in ((node, peer), (peer, node)):

@@ -17,9 +17,9 @@ import pytest
 from qkdnet.node.errors import RelayError
 from qkdnet.node.protocol.key_manager import DeliveryPolicy, KeyLimits, KeyManager
 from qkdnet.node.protocol.relay import RelayCounters
+from qkdnet.node.protocol.relay_messages import LinkState, LinkStateAdvert, RelayAck, RelayPayload
 from qkdnet.node.protocol.routing import Router
 from qkdnet.node.store.delivered_keys import DeliveredKeys, KeyNotFound, NewKeys
-from qkdnet.v1 import relay_pb2
 
 POOL, BATCH = 8, 4
 
@@ -37,15 +37,17 @@ class StandInRelay:
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def relay(self, route: list[str], payload: relay_pb2.RelayPayload) -> relay_pb2.RelayAck:
+    async def relay(self, route: list[str], payload: RelayPayload) -> RelayAck:
         self.ttls.append(payload.ttl_seconds)
         self.relayed[payload.transaction_id] = len(payload.key_uuids) // 16
         if len(payload.key_uuids) // 16 == self.hold_keys:
             self.holding.set()
             await self.release.wait()
             raise RelayError(f"{route[1]} did not answer", reason="unreachable")
-        return relay_pb2.RelayAck(
-            transaction_id=payload.transaction_id, route=route, hop_micros=[100] * len(route)
+        return RelayAck(
+            transaction_id=payload.transaction_id,
+            route=tuple(route),
+            hop_micros=(100,) * len(route),
         )
 
     async def settle(self, target: str, transaction_id: str, commit: bool) -> int:
@@ -60,11 +62,11 @@ def _router() -> Router:
     router = Router("a")
     for origin, peer in (("a", "b"), ("b", "a")):
         router.accept(
-            relay_pb2.LinkStateAdvert(
+            LinkStateAdvert(
                 origin=origin,
                 sequence=1,
-                links=[relay_pb2.LinkState(peer=peer, up=True, bits_out=1 << 24, bits_in=1 << 24)],
-                saes=[f"sae-{origin}"],
+                links=(LinkState(peer=peer, up=True, bits_out=1 << 24, bits_in=1 << 24),),
+                saes=(f"sae-{origin}",),
             )
         )
     return router

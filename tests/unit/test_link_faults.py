@@ -260,9 +260,9 @@ def test_a_link_end_models_the_changed_channel_and_still_agrees_with_its_peer(
 ) -> None:
     link = _end(ReceiverLink, tmp_path)
     digest = _params_digest(link.link_id, link.configured, link.config)
-    before = link.stats.to_proto()
+    before = link.stats.snapshot()
     link.change_channel(ChannelChange(eavesdrop_fraction=0.5, misalignment_error=0.05))
-    after = link.stats.to_proto()
+    after = link.stats.snapshot()
     assert (after.eavesdrop_fraction, after.misalignment_error) == (0.5, 0.05)
     expected = model_figures(link.params, 1.16).e_mu
     assert after.model_qber == pytest.approx(expected, rel=1e-3)
@@ -271,7 +271,7 @@ def test_a_link_end_models_the_changed_channel_and_still_agrees_with_its_peer(
     # A session starting now (either end restarted) checks the configuration alone.
     assert _params_digest(link.link_id, link.configured, link.config) == digest
     link.change_channel(ChannelChange())
-    assert link.stats.to_proto().model_qber == pytest.approx(before.model_qber)
+    assert link.stats.snapshot().model_qber == pytest.approx(before.model_qber)
 
 
 async def test_a_cut_ends_the_session_in_progress_and_shows(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,11 +15,21 @@ from typing import Any
 import pytest
 
 from qkdnet.node.config import LinkConfig
-from qkdnet.node.protocol.authentication import LinkAuthenticator, PreSharedSecret
+from qkdnet.node.edge.link_codec import LINK_CODEC
+from qkdnet.node.link_secret import PreSharedSecret
+from qkdnet.node.protocol.authentication import LinkAuthenticator
+from qkdnet.node.protocol.clock import SYSTEM_CLOCK, Clock
 from qkdnet.node.protocol.link import ReceiverLink, TransmitterLink
 from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
-from qkdnet.node.testing import Direction, InMemoryLink, MessageFilter
-from qkdnet.v1 import link_pb2
+from qkdnet.node.testing import (
+    Duplicate,
+    FakeClock,
+    InMemoryLink,
+    Lose,
+    MessageFilter,
+    Reorder,
+    Tamper,
+)
 
 
 @dataclass
@@ -30,12 +40,14 @@ class Ends:
     stores: tuple[KeyStore, KeyStore]
 
 
-def _config(peer: str, psk: Path, **processing: Any) -> LinkConfig:
+def _config(
+    peer: str, psk: Path, channel: dict[str, Any] | None = None, **processing: Any
+) -> LinkConfig:
     return LinkConfig.model_validate(
         {
             "peer": peer,
             "psk_file": str(psk),
-            "channel": {"length_km": 10},
+            "channel": {"length_km": 10, **(channel or {})},
             "processing": {"frame_bits": 20_000, "speedup": 1e6, "seed": 7, **processing},
         }
     )
@@ -43,7 +55,13 @@ def _config(peer: str, psk: Path, **processing: Any) -> LinkConfig:
 
 @asynccontextmanager
 async def _link(
-    tmp_path: Path, message_filter: MessageFilter | None = None, **processing: Any
+    tmp_path: Path,
+    message_filter: MessageFilter | None = None,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    delay_s: float = 0.0,
+    channel: dict[str, Any] | None = None,
+    **processing: Any,
 ) -> AsyncIterator[Ends]:
     psk = PreSharedSecret.generate()
     a_store = await KeyStore.open(tmp_path / "a.sqlite")
@@ -51,17 +69,20 @@ async def _link(
     with ThreadPoolExecutor(2) as executor:
         receiver = ReceiverLink(
             node_id="b",
-            config=_config("a", tmp_path / "psk", **processing),
+            config=_config("a", tmp_path / "psk", channel, **processing),
             store=b_store,
-            auth=await LinkAuthenticator.load(b_store, psk, 1),
+            auth=await LinkAuthenticator.load(b_store, psk, 1, LINK_CODEC),
+            message_timeout_s=1.0,
             executor=executor,
         )
-        connector = InMemoryLink(receiver, message_filter)
+        connector = InMemoryLink(receiver, message_filter, delay_s=delay_s)
         transmitter = TransmitterLink(
             node_id="a",
-            config=_config("b", tmp_path / "psk", **processing),
+            config=_config("b", tmp_path / "psk", channel, **processing),
             store=a_store,
-            auth=await LinkAuthenticator.load(a_store, psk, 0),
+            auth=await LinkAuthenticator.load(a_store, psk, 0, LINK_CODEC),
+            clock=clock,
+            message_timeout_s=1.0,
             executor=executor,
             connector=connector,
         )
@@ -115,45 +136,77 @@ async def test_a_full_store_pauses_distilling_with_the_link_up(tmp_path: Path) -
         assert ends.connector.sessions == 1  # the session stays up: the link serves relays
 
 
-def _tamper_once(kind: str) -> MessageFilter:
-    """Change the first SiftReply the transmitter sends: a flipped tag bit, or the message
-    before it sent again in its place (a replay)."""
-    state: dict[str, Any] = {"done": False, "previous": None}
-
-    def tamper(direction: Direction, message: Any) -> Sequence[Any]:
-        if direction != "to_receiver" or state["done"]:
-            state["previous"] = message if direction == "to_receiver" else state["previous"]
-            return [message]
-        body = link_pb2.ClassicalMessage()
-        body.ParseFromString(message.body)
-        if body.WhichOneof("payload") != "sift_reply":
-            state["previous"] = message
-            return [message]
-        state["done"] = True
-        if kind == "bad_tag":
-            tag = bytearray(message.tag)
-            tag[0] ^= 0x01
-            return [link_pb2.Envelope(body=message.body, tag=bytes(tag))]
-        return [state["previous"]]
-
-    return tamper
-
-
-@pytest.mark.parametrize("kind", ["bad_tag", "replay"])
-async def test_a_tampered_message_is_refused_and_the_stores_stay_equal(
-    tmp_path: Path, kind: str
-) -> None:
-    async with _link(tmp_path, _tamper_once(kind)) as ends:
-        await _until(lambda: ends.receiver.stats.rejected[kind] == 1)
-        # The session ended there; the transmitter connects again and key flows on.
-        await _until(lambda: ends.receiver.stats.frames_ok >= 2 and ends.connector.sessions >= 2)
-        await asyncio.sleep(0.05)
-        a, b = [await _ready_blocks(store) for store in ends.stores]
-    assert ends.connector.ended[0] is not None
-    assert kind in str(ends.connector.ended[0]) or ends.receiver.stats.rejected[kind] == 1
+async def _recovers_with_equal_stores(ends: Ends) -> None:
+    """The session the fault ended is followed by another, key flows on, and both ends hold
+    the same blocks: nothing of a frame in flight was kept at one end only."""
+    await _until(lambda: ends.connector.sessions >= 2)
+    await _until(lambda: ends.receiver.stats.frames_ok >= 2)
+    await asyncio.sleep(0.05)
+    a, b = [await _ready_blocks(store) for store in ends.stores]
     common = set(a) & set(b)
     assert common
     assert all(a[block] == b[block] for block in common)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("bad_tag", "bad_tag"), ("replay", "replay"), ("truncate", None), ("garble", None)],
+)
+async def test_a_tampered_message_is_refused_and_the_stores_stay_equal(
+    tmp_path: Path, kind: str, reason: str | None
+) -> None:
+    async with _link(tmp_path, Tamper(kind, payload="sift_reply")) as ends:
+        await _until(lambda: bool(ends.connector.ended))
+        await _recovers_with_equal_stores(ends)
+    if reason is not None:
+        assert ends.receiver.stats.rejected[reason] == 1
+    else:  # a changed body: refused as malformed, or its tag fails
+        assert sum(ends.receiver.stats.rejected.values()) == 1
+
+
+async def test_a_duplicated_message_is_refused_as_a_replay(tmp_path: Path) -> None:
+    async with _link(tmp_path, Duplicate(payload="estimation", direction="to_transmitter")) as ends:
+        await _recovers_with_equal_stores(ends)
+    assert ends.transmitter.stats.rejected["replay"] == 1
+
+
+async def test_a_message_overtaken_ends_the_session_cleanly(tmp_path: Path) -> None:
+    # The ends take turns (each message waits for the answer to the one before), so a
+    # message held back for the next one in its direction arrives only after the peer gave
+    # up waiting: the session ends on the timeout and the next settles the block in flight.
+    async with _link(tmp_path, Reorder(payload="stored", direction="to_transmitter")) as ends:
+        await _recovers_with_equal_stores(ends)
+    assert ends.transmitter.stats.frames_ok >= 1
+
+
+async def test_a_lost_message_times_out_and_nothing_is_kept_at_one_end(tmp_path: Path) -> None:
+    # The receiver's Stored is lost: it holds the block, the transmitter holds it as pending;
+    # the next session's Hello settles it, so both hold it (or neither).
+    async with _link(tmp_path, Lose(payload="stored", direction="to_transmitter")) as ends:
+        await _recovers_with_equal_stores(ends)
+        assert ends.transmitter.stats.frames_ok >= 1
+
+
+async def test_a_slow_classical_channel_only_slows_the_link(tmp_path: Path) -> None:
+    async with _link(tmp_path, delay_s=0.01) as ends:
+        await _until(lambda: ends.transmitter.stats.frames_ok >= 2)
+        assert ends.connector.sessions == 1
+        assert not ends.connector.ended
+
+
+async def test_an_eavesdropped_link_backs_off_on_the_clock(tmp_path: Path) -> None:
+    """With an intercept-resend attacker on every pulse every round aborts on its QBER; after
+    three at full speed the transmitter pauses before each next round, twice as long each time
+    (0.1, 0.2, 0.4 s ...), so that it lasts on its pads: seen on a fake clock, at once."""
+    clock = FakeClock()
+    async with _link(
+        tmp_path, clock=clock, channel={"eavesdrop_fraction": 1.0}, frame_bits=4_000
+    ) as ends:
+        await _until(lambda: ends.transmitter.stats.frames_aborted >= 7)
+    pauses = [s for s in clock.slept if s >= 0.1 - 1e-9]
+    assert pauses[:3] == pytest.approx([0.1, 0.2, 0.4])
+    assert ends.transmitter.stats.aborts["qber"] >= 7
+    assert ends.transmitter.stats.frames_ok == 0
 
 
 def test_the_doubles_need_no_socket() -> None:

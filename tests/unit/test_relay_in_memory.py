@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from qkdnet.node.edge.relay_codec import RELAY_CODEC
 from qkdnet.node.errors import RelayError
 from qkdnet.node.protocol.relay import KeyRelay, link_key_bits
+from qkdnet.node.protocol.relay_messages import RelayFrame, RelayPayload
 from qkdnet.node.store.delivered_keys import DeliveredKeys, DeliveredKeysDb
 from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
 from qkdnet.node.testing import InMemoryRelayNetwork, store_same_key
-from qkdnet.v1 import relay_pb2
 
 CHAIN = ["a", "r1", "r2", "r3", "b"]
 BLOCK_BITS = 64_000
@@ -47,19 +48,27 @@ async def _chain(tmp_path: Path) -> AsyncIterator[tuple[InMemoryRelayNetwork, di
                 if end == node
             }
             saes = frozenset({f"sae-{node}"})
-            network.add(KeyRelay(node, links, delivered[node], network.peers_of(node), saes))  # type: ignore[arg-type]
+            relay = KeyRelay(
+                node,
+                links,  # type: ignore[arg-type]
+                delivered[node],
+                network.peers_of(node),
+                saes,
+                codec=RELAY_CODEC,
+            )
+            network.add(relay)
         yield network, {"stores": stores, "delivered": delivered}
 
 
-def _payload(count: int = 4) -> tuple[relay_pb2.RelayPayload, list[str], list[bytes]]:
+def _payload(count: int = 4) -> tuple[RelayPayload, list[str], list[bytes]]:
     ids = [str(uuid.uuid4()) for _ in range(count)]
     keys = [os.urandom(32) for _ in range(count)]
-    payload = relay_pb2.RelayPayload(
+    payload = RelayPayload(
         transaction_id=uuid.uuid4().hex,
         origin="a",
         master_sae="sae-a",
-        slave_saes=["sae-b"],
-        target_saes=["sae-b"],
+        slave_saes=("sae-b",),
+        target_saes=("sae-b",),
         key_bits=256,
         key_uuids=b"".join(uuid.UUID(i).bytes for i in ids),
         keys=b"".join(keys),
@@ -135,8 +144,11 @@ async def test_a_forged_frame_is_refused_and_burns_no_key(tmp_path: Path) -> Non
     async with _chain(tmp_path) as (network, parts):
         payload, _, _ = _payload()
         before = await _available(parts["stores"][("r1", "a")])
-        frame = relay_pb2.RelayFrame(
-            header=b"\x00" * 8, payload=payload.SerializeToString(), ciphertext=b"", tag=b"x"
+        frame = RelayFrame(
+            header=b"\x00" * 8,
+            payload=RELAY_CODEC.encode_payload(payload),
+            ciphertext=b"",
+            tag=b"x",
         )
         with pytest.raises(RelayError):
             await network.peers_of("a").relay("r1", frame)

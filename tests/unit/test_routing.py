@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from qkdnet.node.protocol.relay_messages import LinkState, LinkStateAdvert
 from qkdnet.node.protocol.routing import COMFORT_BITS, Router
-from qkdnet.v1 import relay_pb2
 
 # a - r1 - b and a - r2 - b: two node-disjoint routes between a and b; c hangs off b.
 RING = {"a": ["r1", "r2"], "r1": ["a", "b"], "r2": ["a", "b"], "b": ["r1", "r2", "c"], "c": ["b"]}
@@ -21,14 +21,14 @@ class Clock:
 
 def advert(
     origin: str, peers: list[str], *, sequence: int = 1, down: tuple[str, ...] = (), bits: int = 0
-) -> relay_pb2.LinkStateAdvert:
-    return relay_pb2.LinkStateAdvert(
+) -> LinkStateAdvert:
+    return LinkStateAdvert(
         origin=origin,
         sequence=sequence,
-        links=[
-            relay_pb2.LinkState(peer=p, up=p not in down, bits_out=bits, bits_in=bits)
-            for p in peers
-        ],
+        links=tuple(
+            LinkState(peer=p, up=p not in down, bits_out=bits, bits_in=bits) for p in peers
+        ),
+        saes=(),
     )
 
 

@@ -18,6 +18,8 @@ from qkdnet.node.edge.https_server import HttpLimits, HttpsServer, server_ssl_co
 from qkdnet.node.identity import Role
 from qkdnet.orchestrator.plan.pki import CertificateAuthority
 
+pytestmark = pytest.mark.integration
+
 LIMITS = HttpLimits(
     handshake_timeout_s=0.5, header_timeout_s=0.5, body_timeout_s=0.5, max_connections=4
 )

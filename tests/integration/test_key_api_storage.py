@@ -25,6 +25,8 @@ from qkdnet.node.protocol.routing import Router
 from qkdnet.node.store.delivered_keys import DeliveredKeys
 from qkdnet.orchestrator.plan.pki import CertificateAuthority
 
+pytestmark = pytest.mark.integration
+
 DOMAIN = "disk.qkdnet"
 
 

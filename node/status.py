@@ -1,0 +1,55 @@
+"""What a node shows of itself: its links, its relay and its key delivery, as one snapshot.
+
+The agent builds a `NodeStatus` on demand; NodeControl's Status answers it
+(`qkdnet.node.edge.status_codec` turns it into `control.proto`'s message of the same shape)
+and telemetry publishes figures from it. Plain data: nothing here computes or waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .protocol.link_stats import LinkStatus
+
+__all__ = ["DeliveryStatus", "LinkStatus", "NodeStatus", "RelayStatus"]
+
+
+@dataclass(frozen=True)
+class RelayStatus:
+    """What this node's relay did."""
+
+    frames_sent: int
+    frames_received: int
+    frames_refused: dict[str, int]
+    wasted_bits: int
+    transactions_committed: int
+    transactions_failed: int
+
+
+@dataclass(frozen=True)
+class DeliveryStatus:
+    """Keys for this node's SAEs, and its ETSI key API's answers (HTTP status -> count)."""
+
+    keys_waiting: int
+    keys_pending: int
+    pool_keys: int
+    keys_expired: int
+    pending_expired: int
+    keys_voided: int
+    pool_keys_expired: int = 0
+    keys_abandoned: int = 0
+    key_api_answers: dict[int, int] = field(default_factory=dict)
+    key_api_connections_evicted: int = 0
+    key_api_connections_refused: int = 0
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    uptime_seconds: float
+    links: tuple[LinkStatus, ...]
+    key_api_url: str
+    routing_nodes: tuple[str, ...]
+    calls_refused: dict[str, int]
+    relay: RelayStatus | None = None
+    delivery: DeliveryStatus | None = None
