@@ -38,8 +38,9 @@ import yaml
 from qkdnet.orchestrator.cli.network_commands import wait_for_key
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.runtime.docker_runtime import DockerRuntime
-from qkdnet.orchestrator.runtime.seam import Runtime, runtime_for
+from qkdnet.orchestrator.runtime.seam import Runtime
 
 
 def ring_topology(n: int, speedup: float = 10) -> dict[str, object]:

@@ -62,7 +62,7 @@ from qkdnet.orchestrator.cli.network_commands import wait_for_key
 from qkdnet.orchestrator.client.network_status import NetworkStatus
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.topology import load_topology
-from qkdnet.orchestrator.runtime.seam import runtime_for
+from qkdnet.orchestrator.runtime import runtime_for
 
 KEY_BITS = 256
 BATCH = 256

@@ -36,7 +36,7 @@ from qkdnet.orchestrator.cli.network_commands import wait_for_key
 from qkdnet.orchestrator.client.key_client import KeyApiClient, KeyApiError
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.topology import load_topology
-from qkdnet.orchestrator.runtime.seam import runtime_for
+from qkdnet.orchestrator.runtime import runtime_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIN5 = ROOT / "examples" / "chain5.yaml"

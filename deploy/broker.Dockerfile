@@ -25,7 +25,7 @@ USER mosquitto
 EXPOSE 1883
 ENTRYPOINT ["mosquitto"]
 CMD ["-c", "/etc/mosquitto/mosquitto.conf"]
-# Filled in by `qkdnet image build`: what the image was made of (see orchestrator/runtime/images.py).
+# Filled in by `qkdnet image build`: what the image was made of (see orchestrator/runtime/images/builder.py).
 ARG BASE_IMAGE QKDNET_VERSION QKDNET_INPUT_HASH QKDNET_BASE_IMAGE_ID
 LABEL org.qkdnet.version=$QKDNET_VERSION \
       org.opencontainers.image.version=$QKDNET_VERSION \

@@ -64,7 +64,7 @@ RUN pip install --no-index --no-deps /tmp/project/*.whl \
     && rm -rf /tmp/project \
     && qkdnet --help >/dev/null
 USER qkdnet
-# Filled in by `qkdnet image build`: what the image was made of (see orchestrator/runtime/images.py).
+# Filled in by `qkdnet image build`: what the image was made of (see orchestrator/runtime/images/builder.py).
 ARG BASE_IMAGE QKDNET_VERSION QKDNET_INPUT_HASH QKDNET_BASE_IMAGE_ID QKDNET_WHEELHOUSE
 LABEL org.qkdnet.version=$QKDNET_VERSION \
       org.opencontainers.image.version=$QKDNET_VERSION \

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,30 +41,31 @@ from .config import KeyApiConfig, NodeConfig, load_node_config
 from .core.channel_model import ChannelChange
 from .core.toeplitz import configure_fftw
 from .edge.channel_shaping import ALL_PEERS, Shaping
-from .edge.classical_faults import ClassicalFaults, TamperFault
+from .edge.classical_faults import ClassicalFaults
+from .edge.control_grpc import ControlService
 from .edge.etsi014 import KeyDeliveryServer
-from .edge.grpc_authorization import RoleAuthorization, peer_name
-from .edge.grpc_errors import abort_with
+from .edge.grpc_authorization import RoleAuthorization
 from .edge.grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .edge.https_server import HttpLimits, raise_file_limit, server_ssl_context
 from .edge.link_codec import LINK_CODEC
-from .edge.link_grpc import GrpcLinkConnector, classical_session, photons_arriving
+from .edge.link_grpc import GrpcLinkConnector, LinkService
 from .edge.peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
 from .edge.relay_codec import RELAY_CODEC
 from .edge.relay_grpc import RelayService
-from .edge.status_codec import status_to_wire
 from .edge.telemetry import TelemetryPublisher
 from .edge.tls import NodeCredentials, client_tls_context, load_credentials
-from .errors import ConfigError, KeyStoreError, LinkError, QkdnetError
+from .errors import ConfigError, KeyStoreError, QkdnetError
 from .file_modes import PRIVATE_UMASK, private_dir, tighten
 from .link_names import link_id_for
 from .link_secret import read_psk
 from .protocol.authentication import LinkAuthenticator
 from .protocol.key_manager import DeliveryPolicy, KeyLimits, KeyManager
-from .protocol.link import LinkEnd, ReceiverLink, TransmitterLink
+from .protocol.link import LinkEnd
 from .protocol.link_state import LinkStateFlooder
+from .protocol.receiver import ReceiverLink
 from .protocol.relay import KeyRelay
 from .protocol.routing import Router
+from .protocol.transmitter import TransmitterLink
 from .status import DeliveryStatus, NodeStatus, RelayStatus
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
 from .store.key_store import KeyStore
@@ -80,181 +81,6 @@ PARENT_PID_ENV = "QKDNET_PARENT_PID"
 STOP_DEADLINE_S = 8.0
 
 logger = logging.getLogger("qkdnet.node.agent")
-
-
-class _LinkServices(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.ClassicalChannelServicer):
-    """QuantumChannel and ClassicalChannel: only the configured peer of a link may call."""
-
-    def __init__(self, agent: NodeAgent) -> None:
-        self._agent = agent
-
-    async def _receiver(self, context: grpc.aio.ServicerContext[Any, Any]) -> ReceiverLink:
-        peer = peer_name(context)
-        link = self._agent.links.get(peer)
-        if not isinstance(link, ReceiverLink):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no link from {peer!r}")
-            raise AssertionError("unreachable")
-        return link
-
-    async def Transmit(
-        self,
-        request_iterator: AsyncIterator[link_pb2.PhotonChunk],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> link_pb2.TransmitSummary:
-        link = await self._receiver(context)
-        try:
-            frames = await link.receive_photons(photons_arriving(request_iterator))
-        except LinkError as exc:
-            await abort_with(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
-            raise
-        return link_pb2.TransmitSummary(frames=frames)
-
-    async def Session(  # type: ignore[override]  # reads and writes through the context
-        self,
-        request_iterator: AsyncIterator[link_pb2.Envelope],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        link = await self._receiver(context)
-        try:
-            async with classical_session(
-                context,
-                peer=link.peer,
-                shaping=self._agent.faults.shaping,
-                faults=self._agent.classical_faults[link.peer],
-            ) as stream:
-                await link.serve(stream)
-        except LinkError as exc:
-            await abort_with(context, grpc.StatusCode.ABORTED, exc)
-
-
-class _ControlService(control_pb2_grpc.NodeControlServicer):
-    """NodeControl: status, key digests and fault injection, for the orchestrator only (the
-    controller role, checked by `RoleAuthorization`, and a name in `controllers`)."""
-
-    def __init__(self, agent: NodeAgent) -> None:
-        self._agent = agent
-
-    async def _authorise(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        if peer_name(context) not in self._agent.config.controllers:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a controller")
-
-    async def _link(self, link_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> LinkEnd:
-        for link in self._agent.links.values():
-            if link.link_id == link_id:
-                return link
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"no link {link_id!r} on this node")
-        raise AssertionError("unreachable")
-
-    async def GetStatus(
-        self, request: control_pb2.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> control_pb2.NodeStatus:
-        await self._authorise(context)
-        await self._agent.refresh_delivery_levels()
-        return status_to_wire(self._agent.status())
-
-    async def GetKeyDigest(
-        self, request: control_pb2.KeyDigestRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> control_pb2.KeyDigest:
-        await self._authorise(context)
-        if len(request.nonce) < 16:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nonce of at least 16 bytes")
-        link = await self._link(request.link_id, context)
-        nonce = bytes(request.nonce)
-        digests = await link.store.run(lambda db: db.digests(nonce))
-        return control_pb2.KeyDigest(
-            link_id=link.link_id,
-            blocks=[
-                control_pb2.BlockDigest(
-                    block_id=d.block_id,
-                    bits=d.bits,
-                    consumed=d.consumed,
-                    digest=d.digest,
-                    ones=d.ones,
-                    frame=d.frame,
-                    pending=d.pending,
-                )
-                for d in digests
-            ],
-        )
-
-    async def InjectFault(
-        self, request: control_pb2.FaultRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> control_pb2.FaultReply:
-        await self._authorise(context)
-        link = await self._link(request.link_id, context)
-        try:
-            fault = TamperFault(request.kind, request.target)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        self._agent.classical_faults[link.peer].arm(fault)
-        log_event(logger, logging.WARNING, "fault_armed", link=link.link_id, kind=fault.kind)
-        return control_pb2.FaultReply(armed=True)
-
-    async def SetPeerFaults(
-        self, request: control_pb2.PeerFaultsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> control_pb2.NodeFaults:
-        await self._authorise(context)
-        try:
-            self._agent.set_peer_faults(
-                request.peer,
-                cut=request.cut if request.HasField("cut") else None,
-                shaping=shaping_of(request.shaping) if request.HasField("shaping") else None,
-            )
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        return self._agent.faults_proto()
-
-    async def SetChannelChange(
-        self,
-        request: control_pb2.ChannelChangeRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> control_pb2.NodeFaults:
-        await self._authorise(context)
-        link = await self._link(request.link_id, context)
-        try:
-            link.change_channel(channel_change_of(request.change))
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{link.link_id}: {exc}")
-            raise
-        return self._agent.faults_proto()
-
-    async def GetFaults(
-        self, request: control_pb2.FaultsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> control_pb2.NodeFaults:
-        await self._authorise(context)
-        return self._agent.faults_proto()
-
-    async def ClearFaults(
-        self, request: control_pb2.FaultsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> control_pb2.NodeFaults:
-        await self._authorise(context)
-        self._agent.clear_faults()
-        return self._agent.faults_proto()
-
-
-def shaping_of(message: control_pb2.Shaping) -> Shaping:
-    """The Shaping of a control message (ValueError when out of range)."""
-    return Shaping(
-        delay_ms=message.delay_ms,
-        jitter_ms=message.jitter_ms,
-        loss_percent=message.loss_percent,
-        rate_kbit=message.rate_kbit,
-    )
-
-
-def channel_change_of(message: control_pb2.ChannelChange) -> ChannelChange:
-    """The ChannelChange of a control message (ValueError when out of range)."""
-    return ChannelChange(
-        eavesdrop_fraction=(
-            message.eavesdrop_fraction if message.HasField("eavesdrop_fraction") else None
-        ),
-        extra_loss_db=message.extra_loss_db,
-        misalignment_error=(
-            message.misalignment_error if message.HasField("misalignment_error") else None
-        ),
-    )
 
 
 class NodeAgent:
@@ -339,13 +165,13 @@ class NodeAgent:
             interceptors=[self.authorization, PeerFaultInterceptor(self.faults)],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
-        services = _LinkServices(self)
+        services = LinkService(self.links, self.faults.shaping, self.classical_faults)
         relay_pb2_grpc.add_KeyRelayServicer_to_server(
             RelayService(self.relay, self.flooder.received), server
         )
         link_pb2_grpc.add_QuantumChannelServicer_to_server(services, server)
         link_pb2_grpc.add_ClassicalChannelServicer_to_server(services, server)
-        control_pb2_grpc.add_NodeControlServicer_to_server(_ControlService(self), server)
+        control_pb2_grpc.add_NodeControlServicer_to_server(ControlService(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [
             link_pb2.DESCRIPTOR.services_by_name["QuantumChannel"].full_name,
@@ -542,33 +368,6 @@ class NodeAgent:
         for link in self.links.values():
             if not link.change.is_none:
                 link.change_channel(ChannelChange())
-
-    def faults_proto(self) -> control_pb2.NodeFaults:
-        """Every live fault of this node."""
-        return control_pb2.NodeFaults(
-            cut_peers=sorted(self.faults.cut_peers),
-            shaping={
-                scope: control_pb2.Shaping(
-                    delay_ms=s.delay_ms,
-                    jitter_ms=s.jitter_ms,
-                    loss_percent=s.loss_percent,
-                    rate_kbit=s.rate_kbit,
-                )
-                for scope, s in self.faults.shaping.settings().items()
-            },
-            channels=[
-                control_pb2.LinkChannel(
-                    link_id=link.link_id,
-                    change=control_pb2.ChannelChange(
-                        eavesdrop_fraction=link.change.eavesdrop_fraction,
-                        extra_loss_db=link.change.extra_loss_db,
-                        misalignment_error=link.change.misalignment_error,
-                    ),
-                )
-                for link in self.links.values()
-                if not link.change.is_none
-            ],
-        )
 
     def status(self) -> NodeStatus:
         relay = None

@@ -44,7 +44,7 @@ from .protocol.link_transport import Duplex, PhotonSink
 from .protocol.relay_messages import LinkStateAdvert, RelayAck, RelayFrame
 
 if TYPE_CHECKING:
-    from .protocol.link import ReceiverLink
+    from .protocol.receiver import ReceiverLink
     from .protocol.relay import KeyRelay
     from .store.key_store import KeyStore
 

@@ -2,7 +2,7 @@
 
 The transmitter dials the receiver with mutual TLS (`grpc_dial.dial`), waits up to 10 s for
 the connection, and opens the two streams of the `QuantumChannel` and `ClassicalChannel`
-services; the receiver's side of them is the agent's link servicer, which hands them to
+services; the receiver's side of them is `LinkService`, which hands them to its
 `ReceiverLink`. Messages cross as protobuf (`link_codec`); what stands between the two ends in
 the node — shaping (`channel_shaping.ShapedStream`) and tampering
 (`classical_faults.TamperingStream`) — is wrapped around the classical stream here, by
@@ -12,7 +12,7 @@ the node — shaping (`channel_shaping.ShapedStream`) and tampering
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,11 +21,15 @@ import grpc
 from qkdnet.v1 import link_pb2, link_pb2_grpc
 
 from ..errors import LinkError
+from ..protocol.link import LinkEnd
 from ..protocol.link_messages import Envelope, PhotonChunk
 from ..protocol.link_transport import Duplex, PhotonSink
+from ..protocol.receiver import ReceiverLink
 from .channel_shaping import ChannelShaping, Flow, ShapedStream
 from .classical_faults import ClassicalFaults, TamperingStream
+from .grpc_authorization import peer_name
 from .grpc_dial import dial
+from .grpc_errors import abort_with
 from .link_codec import (
     LINK_CODEC,
     envelope_from_wire,
@@ -34,7 +38,13 @@ from .link_codec import (
     photons_to_wire,
 )
 
-__all__ = ["GrpcLinkConnector", "GrpcStream", "classical_session", "photons_arriving"]
+__all__ = [
+    "GrpcLinkConnector",
+    "GrpcStream",
+    "LinkService",
+    "classical_session",
+    "photons_arriving",
+]
 
 
 def _link_error(exc: grpc.aio.AioRpcError) -> LinkError:
@@ -144,3 +154,57 @@ class GrpcLinkConnector:
             finally:
                 classical.cancel()
                 photons.cancel()
+
+
+class LinkService(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.ClassicalChannelServicer):
+    """QuantumChannel and ClassicalChannel: the receiving end of each link, which only the
+    link's configured peer may call. `links` are the node's link ends by peer; the classical
+    stream toward a peer is shaped and tampered with as `shaping` and `faults[peer]` say."""
+
+    def __init__(
+        self,
+        links: Mapping[str, LinkEnd],
+        shaping: ChannelShaping,
+        faults: Mapping[str, ClassicalFaults],
+    ) -> None:
+        self._links = links
+        self._shaping = shaping
+        self._faults = faults
+
+    async def _receiver(self, context: grpc.aio.ServicerContext[Any, Any]) -> ReceiverLink:
+        peer = peer_name(context)
+        link = self._links.get(peer)
+        if not isinstance(link, ReceiverLink):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no link from {peer!r}")
+            raise AssertionError("unreachable")
+        return link
+
+    async def Transmit(
+        self,
+        request_iterator: AsyncIterator[link_pb2.PhotonChunk],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> link_pb2.TransmitSummary:
+        link = await self._receiver(context)
+        try:
+            frames = await link.receive_photons(photons_arriving(request_iterator))
+        except LinkError as exc:
+            await abort_with(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
+            raise
+        return link_pb2.TransmitSummary(frames=frames)
+
+    async def Session(  # type: ignore[override]  # reads and writes through the context
+        self,
+        request_iterator: AsyncIterator[link_pb2.Envelope],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        link = await self._receiver(context)
+        try:
+            async with classical_session(
+                context,
+                peer=link.peer,
+                shaping=self._shaping,
+                faults=self._faults[link.peer],
+            ) as stream:
+                await link.serve(stream)
+        except LinkError as exc:
+            await abort_with(context, grpc.StatusCode.ABORTED, exc)

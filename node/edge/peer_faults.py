@@ -12,7 +12,7 @@ keeps the cut on its own, so the link is cut both ways even while one end is not
 
 So relay hops, settle and void calls and link-state adverts never cross a cut link; the link
 itself stops its session (`LinkEnd.set_cut`), its state turns "cut", its advertisements say it
-is down, and routes go around it. The link's classical stream is shaped in link.py
+is down, and routes go around it. The link's classical stream is shaped in link_grpc.py
 (`ShapedStream`); the photon stream is not (see channel_shaping.py).
 """
 

@@ -31,13 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import secrets
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -46,25 +43,21 @@ from ..store.delivered_keys import (
     DEFAULT_KEY_TTL_S,
     DeliveredKeys,
     DeliveredKeysDb,
-    NewKeys,
     PoolKey,
 )
 from ..structured_log import log_event
+from .key_transactions import KeyTransactions, RouteReport
 from .relay import KeyRelay, link_key_bits
-from .relay_messages import RelayPayload
 from .routing import Router
 
 __all__ = [
-    "MAX_ROUTE_ATTEMPTS",
     "DeliveryCounters",
     "DeliveryPolicy",
     "DeliveryReport",
     "KeyLimits",
     "KeyManager",
-    "RouteReport",
 ]
 
-MAX_ROUTE_ATTEMPTS = 3
 # A pair whose fill failed is left alone this long before the next try.
 _FILL_BACKOFF_S = 5.0
 # A pool fill only runs when every link of its route holds this many times what it takes.
@@ -103,29 +96,6 @@ class DeliveryCounters:
 
     keys_abandoned: int = 0  # the master was gone before its answer was written
     pool_keys_expired: int = 0  # older than the pool's age limit
-
-
-@dataclass(frozen=True)
-class RouteReport:
-    """One relay of one transaction: the route and the wall time each node spent on it.
-
-    `hop_ms[i]` is the time node `route[i]` spent, including everything after it.
-    """
-
-    target: str
-    route: tuple[str, ...]
-    hop_ms: tuple[float, ...]
-    share: int = 0
-    shares: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "route": list(self.route),
-            "hop_ms": [round(ms, 3) for ms in self.hop_ms],
-            "share": self.share,
-            "shares": self.shares,
-        }
 
 
 @dataclass
@@ -179,6 +149,7 @@ class KeyManager:
         # refills count them as still in the pool, which thus never grows past pool_keys.
         self._taken: Counter[tuple[str, str]] = Counter()
         self.counters = DeliveryCounters()
+        self._transactions = KeyTransactions(node_id, relay, router, delivered)
 
     def node_of(self, sae: str) -> str | None:
         """The node serving `sae`: from the topology, else from routing advertisements."""
@@ -251,7 +222,7 @@ class KeyManager:
             pair = (master, slaves[0])
             self._taken[pair] += len(pooled)
             try:
-                fresh, report.routes = await self._transact(
+                fresh, report.routes = await self._transactions.run(
                     master,
                     slaves,
                     by_node,
@@ -314,189 +285,6 @@ class KeyManager:
             by_node.setdefault(node, []).append(slave)
         return by_node
 
-    async def _transact(
-        self,
-        master: str,
-        slaves: Sequence[str],
-        by_node: dict[str, list[str]],
-        number: int,
-        size: int,
-        multipath: bool,
-        ttl_s: float,
-    ) -> tuple[list[tuple[str, bytes]], list[RouteReport]]:
-        """Make `number` keys, relay them to every remote target node and settle.
-
-        Keys for slaves on this node are stored pending first, and committed with the others.
-        RelayError when any target did not get them (they are then discarded everywhere).
-        """
-        keys = [secrets.token_bytes(size // 8) for _ in range(number)]
-        uuids = [uuid.uuid4() for _ in range(number)]
-        key_ids = [str(u) for u in uuids]
-        transaction_id = uuid.uuid4().hex
-
-        def payload(target_saes: list[str]) -> RelayPayload:
-            return RelayPayload(
-                transaction_id=transaction_id,
-                origin=self.node_id,
-                master_sae=master,
-                slave_saes=tuple(slaves),
-                target_saes=tuple(target_saes),
-                key_bits=size,
-                key_uuids=b"".join(u.bytes for u in uuids),
-                keys=b"".join(keys),
-                shares=1,
-                ttl_seconds=max(1, math.ceil(ttl_s)),
-            )
-
-        local = by_node.get(self.node_id)
-        if local:
-            new = NewKeys(
-                transaction_id=transaction_id,
-                origin=self.node_id,
-                master=master,
-                slaves=tuple(slaves),
-                local_slaves=tuple(local),
-                key_bits=size,
-                key_ids=tuple(key_ids),
-                keys=tuple(keys),
-                ttl_s=ttl_s,
-            )
-            await self._delivered.run(lambda db: db.add(new, pending=True))
-        remote = {node: saes for node, saes in by_node.items() if node != self.node_id}
-        results = await asyncio.gather(
-            *(self._deliver(node, payload(saes), multipath) for node, saes in remote.items()),
-            return_exceptions=True,
-        )
-        stored = [node for node, r in zip(remote, results, strict=True) if isinstance(r, list)]
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
-        if failure is None:
-            try:
-                committed = await asyncio.gather(
-                    *(self._relay.settle(node, transaction_id, True) for node in stored)
-                )
-                if local:
-                    committed.append(
-                        await self._delivered.run(
-                            lambda db: db.settle(transaction_id, self.node_id, True)
-                        )
-                    )
-                if any(count != number for count in committed):
-                    # A target lost some before they were committed (they expired pending).
-                    raise RelayError(
-                        f"a target committed {min(committed)} of {number} keys",
-                        reason="settle_failed",
-                    )
-            except (RelayError, KeyStoreError) as exc:
-                failure = exc
-        if failure is not None:
-            # Every target, not only those that answered: a target whose answer was lost (its
-            # relay failed on the way back) may hold the keys all the same.
-            await self._discard(list(remote), transaction_id)
-            if local:
-                with contextlib.suppress(KeyStoreError):
-                    await self._delivered.run(
-                        lambda db: db.settle(transaction_id, self.node_id, False)
-                    )
-            self._relay.counters.transactions_failed += 1
-            if isinstance(failure, RelayError | KeyStoreError):
-                raise failure
-            raise RelayError(f"relay failed: {failure}") from failure
-        self._relay.counters.transactions_committed += 1
-        routes = [report for r in results if isinstance(r, list) for report in r]
-        return list(zip(key_ids, keys, strict=True)), routes
-
-    def _routes(self, target: str, need: int, avoid: set[str], multipath: bool) -> list[list[str]]:
-        """The routes of one attempt: one route, or two node-disjoint ones for multi-path."""
-        if not multipath:
-            route = self._router.route(target, need, avoid_nodes=avoid)
-            return [route] if route else []
-        routes = self._router.disjoint_routes(target, 2, need, avoid_nodes=avoid)
-        if routes and len(routes[0]) == 2:
-            return routes[:1]  # the direct link: no trusted node in between
-        if len(routes) < 2:
-            # Refused for good only when the network has no two such routes at all; when it
-            # has them but a link is down or short of key, or a node restarting, try later.
-            known = self._router.disjoint_routes(target, 2, usable_only=False)
-            if len(known) < 2:
-                raise RelayError(
-                    f"no two node-disjoint routes from {self.node_id} to {target}",
-                    reason="no_disjoint_routes",
-                )
-            return []  # they exist but lack key for now: a 503, worth trying again
-        return routes
-
-    async def _deliver(
-        self, target: str, payload: RelayPayload, multipath: bool
-    ) -> list[RouteReport]:
-        """Relay to `target`, trying other routes when a hop fails; RelayError at the end."""
-        need = link_key_bits(len(payload.keys))
-        avoid: set[str] = set()
-        last: RelayError | None = None
-        for _ in range(MAX_ROUTE_ATTEMPTS):
-            routes = self._routes(target, need, avoid, multipath)
-            if not routes:
-                break
-            try:
-                return await self._send_shares(target, routes, payload)
-            except RelayError as exc:
-                last = exc
-                for route in routes:  # try around every trusted node of the failed routes
-                    avoid.update(route[1:-1])
-                if all(len(route) == 2 for route in routes):
-                    break
-        if last is not None:
-            raise RelayError(f"no route to {target} delivered the keys: {last}", reason=last.reason)
-        raise RelayError(
-            f"no route from {self.node_id} to {target} with enough key", reason="no_route"
-        )
-
-    async def _send_shares(
-        self, target: str, routes: list[list[str]], payload: RelayPayload
-    ) -> list[RouteReport]:
-        """Send the keys over `routes`: as they are over one, as XOR shares over several."""
-        parts: list[RelayPayload] = []
-        if len(routes) == 1:
-            parts.append(payload)
-        else:
-            pads = [secrets.token_bytes(len(payload.keys)) for _ in routes[1:]]
-            last = int.from_bytes(payload.keys, "big")
-            for pad in pads:
-                last ^= int.from_bytes(pad, "big")
-            blobs = [*pads, last.to_bytes(len(payload.keys), "big")]
-            share_set = uuid.uuid4().hex
-            for index, blob in enumerate(blobs):
-                parts.append(
-                    replace(payload, keys=blob, share=index, shares=len(blobs), share_set=share_set)
-                )
-        acks = await asyncio.gather(
-            *(self._relay.relay(route, part) for route, part in zip(routes, parts, strict=True)),
-            return_exceptions=True,
-        )
-        for ack in acks:
-            if isinstance(ack, BaseException):
-                raise ack
-        return [
-            RouteReport(
-                target=target,
-                route=tuple(ack.route),
-                hop_ms=tuple(us / 1e3 for us in ack.hop_micros),
-                share=index,
-                shares=len(parts),
-            )
-            for index, ack in enumerate(acks)
-            if not isinstance(ack, BaseException)
-        ]
-
-    async def _discard(self, nodes: list[str], transaction_id: str) -> None:
-        async def one(node: str) -> None:
-            # When this fails the target keeps the keys pending (never handed out) until they
-            # expire.
-            with contextlib.suppress(RelayError):
-                await self._relay.settle(node, transaction_id, False)
-
-        await asyncio.gather(*(one(node) for node in nodes))
-
-    # -- keys that never reached their master, and pool keys too old ----------------------------
     async def abandon(self, master: str, slaves: Sequence[str], key_ids: Sequence[str]) -> None:
         """`master` never got `key_ids` (it hung up before they were written): withdraw them at
         every node serving one of `slaves`. Where that fails, their time to live ends them."""
@@ -619,7 +407,7 @@ class KeyManager:
             try:
                 # Twice the time to live: a key may wait in the pool for one, and its slave then
                 # still has a whole one to fetch it.
-                keys, routes = await self._transact(
+                keys, routes = await self._transactions.run(
                     master, [slave], {target: [slave]}, number, size, multipath, 2 * max_age
                 )
             except (RelayError, KeyStoreError) as exc:
@@ -657,7 +445,7 @@ class KeyManager:
 
     def _routes_or_none(self, target: str, need: int, multipath: bool) -> list[list[str]]:
         try:
-            return self._routes(target, need, set(), multipath)
+            return self._transactions.routes(target, need, set(), multipath)
         except RelayError:
             return []
 

@@ -3,14 +3,16 @@
 Both ends of a link hold the same blocks under the same IDs and consume them in the same order;
 a bit is never handed out twice. A block is written by the transmitter as *pending* before it
 asks the receiver to store it, and becomes *ready* once the receiver has acknowledged a durable
-write; a session that starts resolves pending blocks against the receiver's (see `link.py`).
+write; a session that starts resolves pending blocks against the receiver's (see
+`protocol/transmitter.py`).
 
 A block that is used up keeps its row, without its bits: the row records that the ID was
 stored and consumed (a block is never stored twice, a pending block is settled against it, both
 ends stay comparable), at about 160 bytes on disk instead of the block's size. Used pads
 are deleted, so are the used ranges of a block once it is used up, and relay frame IDs once they
 are past replay (`forget_frames`); `checkpoint` truncates the WAL. What the store holds is
-bounded by the link's `store_max_bits` (the transmitter stops distilling there, see `link.py`).
+bounded by the link's `store_max_bits` (the transmitter stops distilling there, see
+`protocol/transmitter.py`).
 
 Authentication pads form one index space per direction (0: transmitter -> receiver,
 1: receiver -> transmitter). The pre-shared secret provides the first pads; each round appends

@@ -20,6 +20,7 @@ from qkdnet.node.core.channel_change import ChannelChange
 from qkdnet.node.errors import ConfigError
 
 from ..plan.network_plan import NetworkPlan
+from ..runtime import runtime_for
 from ..runtime.fault_scenario import (
     ChannelFault,
     Cut,
@@ -33,7 +34,7 @@ from ..runtime.fault_scenario import (
     run_scenario,
 )
 from ..runtime.faults import FaultReport, Impairment, change_as_json, describe_change
-from ..runtime.seam import BROKER, Runtime, runtime_for
+from ..runtime.seam import BROKER, Runtime
 from .network_commands import NetworkOptions, expand_targets, load_plan, require_deployed
 
 if TYPE_CHECKING:  # the channel model imports numpy: only the verbs that model load it

@@ -1,10 +1,10 @@
 """The deployment verbs of the CLI: deploy, destroy, inspect (one deployment or --all),
-start/stop/kill/restart, watch, graph, and `key get` (keys through a deployed network's ETSI GS
-QKD 014 API, as applications get them).
+start/stop/kill/restart, watch and graph; and how every verb finds its deployment
+(`load_plan`).
 
 Each function takes parsed options and a console and returns the exit status; errors are raised
 (`ConfigError` for user errors, other `QkdnetError`s for failures) and turned into messages by
-`cli.main`. The runtimes know nothing of the terminal: their events are drawn here.
+`main.py`. The runtimes know nothing of the terminal: their events are drawn here.
 
 A deployment is found through the registry (registry.py) by its topology's name, whatever its
 state directory; a verb aimed at a deployment the registry does not hold raises `NotDeployed`
@@ -15,7 +15,6 @@ imported by the verbs that need them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import shlex
 import time
@@ -33,12 +32,12 @@ from qkdnet.node.errors import ConfigError, QkdnetError
 from ..durations import format_age
 from ..plan.network_plan import NetworkPlan
 from ..plan.registry import NotDeployed, Registration, Registry, block_of_subnet
-from ..runtime.seam import BROKER, DeployError, DeploymentInfo, Runtime, RuntimeEvent, runtime_for
+from ..runtime import runtime_for
+from ..runtime.seam import BROKER, DeployError, DeploymentInfo, Runtime, RuntimeEvent
 from .console_output import Progress
 from .network_view import links_table, nodes_json, nodes_table, rows_from_snapshot
 
 if TYPE_CHECKING:
-    from ..client.key_client import KeyContainer
     from ..client.network_status import NetworkSnapshot
     from ..plan.topology import Topology
 
@@ -50,7 +49,6 @@ __all__ = [
     "graph",
     "inspect",
     "inspect_all",
-    "key_get",
     "lifecycle",
     "load_plan",
     "require_deployed",
@@ -501,162 +499,3 @@ def require_deployed(plan: NetworkPlan, saes: list[str], deploy_hint: str = "") 
         state = info.nodes[node]
         if state.state != "running":
             raise QkdnetError(f"node {node}, which serves {sae}, is {state.describe()}")
-
-
-@dataclass(frozen=True)
-class _KeyRound:
-    issued: KeyContainer
-    fetched: dict[str, dict[str, bytes]]  # slave -> key ID -> key
-    enc_keys_ms: float
-
-
-def _key_round(
-    plan: NetworkPlan,
-    master: str,
-    slaves: list[str],
-    number: int,
-    size: int,
-    multipath: bool,
-) -> _KeyRound:
-    from ..client.key_client import BlockingKeyApiClient
-
-    with BlockingKeyApiClient.for_sae(plan, master) as client:
-        client.status(slaves[0])  # checks the pair and opens the TLS connection
-        started = time.perf_counter()
-        issued = client.enc_keys(
-            slaves[0],
-            number,
-            size,
-            additional_slaves=slaves[1:],
-            extension_mandatory=[{"qkdnet_multipath": True}] if multipath else None,
-        )
-        enc_keys_ms = (time.perf_counter() - started) * 1e3
-    fetched: dict[str, dict[str, bytes]] = {}
-    ids = [key.key_id for key in issued.keys]
-    for slave in slaves:
-        with BlockingKeyApiClient.for_sae(plan, slave) as client:
-            answer = client.dec_keys(master, ids)
-        fetched[slave] = {key.key_id: key.key for key in answer.keys}
-    return _KeyRound(issued, fetched, enc_keys_ms)
-
-
-_SOURCES = {
-    "local": "master and slaves on one node, no relay",
-    "pool": "from the pool the KME relayed ahead of demand",
-    "relay": "relayed on demand",
-    "pool+relay": "partly from the pool, partly relayed on demand",
-}
-
-
-def _route_text(relay: Any) -> str | None:
-    """'relayed on demand over a → r1 → b, 4.2 ms at the KME' from a qkdnet_relay extension."""
-    if not isinstance(relay, dict):
-        return None
-    source = relay.get("source")
-    parts = [_SOURCES.get(source, str(source))] if source else []
-    routes = [r for r in relay.get("routes") or [] if isinstance(r, dict) and r.get("route")]
-    if routes:
-        shown = []
-        for route in routes:
-            text = " → ".join(map(str, route["route"]))
-            if isinstance(route.get("shares"), int) and route["shares"] > 1:
-                text += f" (share {int(route.get('share', 0)) + 1}/{route['shares']})"
-            shown.append(text)
-        parts.append("over " + "; ".join(shown))
-    ms = relay.get("ms")
-    if isinstance(ms, int | float):
-        parts.append(f"{ms:.1f} ms at the KME")
-    return ", ".join(parts) or None
-
-
-def key_get(
-    opts: NetworkOptions,
-    console: Console,
-    *,
-    master: str,
-    slaves: list[str],
-    number: int,
-    size: int,
-    multipath: bool,
-    as_json: bool,
-) -> int:
-    """enc_keys as `master`, dec_keys as every slave; 0 when every key matches everywhere."""
-    from ..client.key_client import fingerprint
-
-    if number < 1:
-        raise ConfigError(f"--number: must be at least 1, not {number}")
-    if size < 8 or size % 8:
-        raise ConfigError(f"--size: must be a positive multiple of 8 bits, not {size}")
-    if master in slaves:
-        raise ConfigError(f"--to: {master} is the master (--from) itself")
-    if len(set(slaves)) != len(slaves):
-        raise ConfigError("--to: an SAE is named twice")
-    plan = load_plan(opts)
-    for option, sae in [("--from", master), *(("--to", slave) for slave in slaves)]:
-        try:
-            plan.node_of_sae(sae)
-        except ConfigError as exc:
-            raise ConfigError(f"{option}: {exc}") from None
-    hint = deploy_command(opts) if opts.topology is not None else ""
-    require_deployed(plan, [master, *slaves], hint)
-    with Progress(console, f"enc_keys as {master}, dec_keys as {', '.join(slaves)}"):
-        result = _key_round(plan, master, slaves, number, size, multipath)
-    extension = result.issued.extension or {}
-    relay = extension.get("qkdnet_relay")
-    matches = {
-        key.key_id: {slave: result.fetched[slave].get(key.key_id) == key.key for slave in slaves}
-        for key in result.issued.keys
-    }
-    ok = len(result.issued.keys) == number and all(
-        all(per_slave.values()) for per_slave in matches.values()
-    )
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "master": master,
-                    "slaves": slaves,
-                    "keys": [
-                        {
-                            "key_ID": key.key_id,
-                            "key": base64.b64encode(key.key).decode(),
-                            "match": matches[key.key_id],
-                        }
-                        for key in result.issued.keys
-                    ],
-                    "enc_keys_ms": result.enc_keys_ms,
-                    "relay": relay if isinstance(relay, dict) else None,
-                },
-                indent=2,
-            )
-        )
-    else:
-        master_node = plan.node_of_sae(master).node_id
-        table = Table(
-            title=f"{len(result.issued.keys)} key(s) of {size} bits: {master} (KME "
-            f"{master_node}) → {', '.join(slaves)}",
-            title_justify="left",
-        )
-        table.add_column("key ID", no_wrap=True)
-        table.add_column("SHA-256", no_wrap=True)
-        for slave in slaves:
-            table.add_column(slave, no_wrap=True)
-        for key in result.issued.keys:
-            table.add_row(
-                key.key_id,
-                fingerprint(key.key),
-                *(
-                    "[green]match[/]" if matches[key.key_id][slave] else "[red]MISMATCH[/]"
-                    for slave in slaves
-                ),
-            )
-        console.print(table)
-        console.print(f"enc_keys took {result.enc_keys_ms:.1f} ms", highlight=False)
-        route = _route_text(relay)
-        if route:
-            console.print(f"relay: {route}", highlight=False)
-    if len(result.issued.keys) != number:
-        console.print(f"[red]✗[/] asked for {number} key(s), got {len(result.issued.keys)}")
-    elif not ok:
-        console.print("[red]✗[/] the slaves' keys differ from the master's")
-    return 0 if ok else 1

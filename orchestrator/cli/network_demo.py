@@ -22,7 +22,7 @@ from rich.table import Table
 from ..client.network_status import NetworkStatus
 from ..plan.network_plan import NetworkPlan
 from ..plan.topology import load_topology
-from ..runtime.seam import runtime_for
+from ..runtime import runtime_for
 from .console_output import Progress
 from .network_view import format_rate, links_table, rows_from_snapshot
 

@@ -34,7 +34,7 @@ from ..client.key_client import KeyApiClient, KeyApiError, node_of_sae
 from ..client.network_status import NetworkSnapshot
 from ..plan.network_plan import NetworkPlan
 from ..plan.topology import load_topology
-from ..runtime.seam import runtime_for
+from ..runtime import runtime_for
 from .console_output import Progress
 from .network_commands import wait_for_key
 from .network_demo import bundled_example

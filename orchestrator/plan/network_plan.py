@@ -50,6 +50,7 @@ from qkdnet.node.file_modes import private_dir, write_private
 from qkdnet.node.identity import trust_domain_for
 from qkdnet.node.link_names import link_id_for
 
+from .container_layout import BROKER_PORT, NODE_CONFIG_DIR, NODE_STATE_DIR, NODE_UID
 from .credentials import CertificatePaths
 from .mosquitto import mosquitto_conf
 from .registry import Registry, block_of_subnet, network_prefix, state_home
@@ -60,8 +61,6 @@ if TYPE_CHECKING:  # pydantic models and the PKI: loaded by what needs them (dep
     from .topology import Topology
 
 __all__ = [
-    "CONTAINER_STATE_DIR",
-    "CONTAINER_UID",
     "GRPC_PORT",
     "KEY_API_PORT",
     "KEY_API_PREFIX",
@@ -76,15 +75,11 @@ __all__ = [
 ]
 
 RUNTIMES = ("process", "docker")
-# Where a node's files are inside its container (the node image's layout, see images.py).
-CONTAINER_CONFIG_DIR = "/etc/qkdnet"
-CONTAINER_STATE_DIR = "/var/lib/qkdnet"
-CONTAINER_UID = 10001
 
 GRPC_PORT = 50051
 KEY_API_PORT = 8443
 KEY_API_PREFIX = "/api/v1/keys"  # ETSI GS QKD 014's path prefix of the key delivery API
-MQTT_PORT = 1883
+MQTT_PORT = BROKER_PORT
 
 
 def default_state_dir(name: str) -> Path:
@@ -482,7 +477,7 @@ class NetworkPlan:
                 broker_tls=self.external_broker is None,
                 tls=lambda _: {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"},
                 psk_file=lambda link_id: f"links/{pki.link_secrets[link_id].name}",
-                state_dir=lambda _: CONTAINER_STATE_DIR,
+                state_dir=lambda _: NODE_STATE_DIR,
             )
 
         def tls(node_id: str) -> dict[str, str]:
@@ -511,7 +506,7 @@ class NetworkPlan:
         for path in directory.iterdir():  # made afresh (a previous deployment's may be read-only)
             os.chmod(path, 0o600)
             path.unlink()
-        write_private(directory / "mosquitto.conf", mosquitto_conf(CONTAINER_CONFIG_DIR, MQTT_PORT))
+        write_private(directory / "mosquitto.conf", mosquitto_conf(NODE_CONFIG_DIR, MQTT_PORT))
         write_private(directory / "acl", access.mosquitto_acl())
         for source, name in (
             (pki.ca, "ca.pem"),
@@ -568,6 +563,6 @@ def _hand_over(directory: Path) -> None:
     for path in paths:
         os.chmod(path, 0o500 if path.is_dir() else 0o400)
         if os.geteuid() == 0:
-            os.chown(path, CONTAINER_UID, CONTAINER_UID)
+            os.chown(path, NODE_UID, NODE_UID)
         else:
             os.chmod(path, 0o555 if path.is_dir() else 0o444)

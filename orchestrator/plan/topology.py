@@ -302,8 +302,8 @@ class ResolvedLink:
 # -- what is well-formed but cannot work ------------------------------------------------------
 
 # The reconciliation efficiency a link assumes when it decides that a frame can yield no key
-# (its early abort, `_EARLY_ABORT_F` in node/protocol/link.py): where the model gives no key at this
-# efficiency, every frame of the link is aborted.
+# (its early abort, `_EARLY_ABORT_F` in node/protocol/transmitter.py): where the model gives
+# no key at this efficiency, every frame of the link is aborted.
 _NO_KEY_EFFICIENCY = 1.1
 
 

@@ -45,10 +45,9 @@ import yaml
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.file_modes import private_dir, write_private
 
+from ..plan.container_layout import NODE_STATE_DIR, NODE_UID
 from ..plan.mosquitto import mosquitto_conf
 from ..plan.network_plan import (
-    CONTAINER_STATE_DIR,
-    CONTAINER_UID,
     GRPC_PORT,
     KEY_API_PORT,
     MQTT_PORT,
@@ -124,7 +123,7 @@ def _ports(key_api_port: int, mqtt_port: int | None, kmes: int) -> None:
 def _readable_in_container(path: Path) -> None:
     """A file Compose bind-mounts as a secret must be readable by the node's uid (10001)."""
     if os.geteuid() == 0:
-        os.chown(path, CONTAINER_UID, CONTAINER_UID)
+        os.chown(path, NODE_UID, NODE_UID)
         os.chmod(path, 0o400)
     else:  # the output directory is the owner's only
         os.chmod(path, 0o444)
@@ -187,7 +186,7 @@ def _write(
             "key": f"{SECRETS_DIR}/key.pem",
         },
         psk_file=lambda link_id: f"{SECRETS_DIR}/{link_id}.psk",
-        state_dir=lambda _: CONTAINER_STATE_DIR,
+        state_dir=lambda _: NODE_STATE_DIR,
     )
     configs = plan.node_configs(layout)
     private_dir(directory / "nodes")
@@ -219,7 +218,7 @@ def _write(
         "image": broker_image,
         "hostname": BROKER_SERVICE,
         # Mosquitto runs as the nodes' user, who can read the secrets.
-        "user": f"{CONTAINER_UID}:{CONTAINER_UID}",
+        "user": f"{NODE_UID}:{NODE_UID}",
         "command": ["-c", f"{SECRETS_DIR}/mosquitto.conf"],
         "networks": ["qkdnet"],
         "secrets": broker_secrets,
@@ -258,7 +257,7 @@ def _write(
             "command": ["node", "--config", f"{SECRETS_DIR}/node.yaml"],
             "networks": ["qkdnet"],
             "depends_on": [BROKER_SERVICE],
-            "volumes": [f"store-{node_id}:{CONTAINER_STATE_DIR}"],
+            "volumes": [f"store-{node_id}:{NODE_STATE_DIR}"],
             "secrets": mounted,
             "labels": {"org.qkdnet.deployment": plan.name, "org.qkdnet.node": node_id},
             "stop_grace_period": "15s",

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from qkdnet.node.reaper import exit_record_path, read_exit_record
 
 from ..plan.network_plan import NodePlan
 from .faults import FAULTS_FILE, FaultRecord, FaultReport, Impairment
+from .readiness import wait_ready
 from .seam import (
     BROKER,
     ComponentState,
@@ -308,28 +310,10 @@ class ProcessRuntime(Runtime):
             raise DeployError(f"the node launcher failed: {error.splitlines()[-1:]}")
 
     def _wait_ready(self, nodes: list[NodePlan], timeout: float) -> None:
-        record = self._load()
-        waiting = {node.node_id: node for node in nodes}
-        deadline = time.monotonic() + timeout
-        while waiting:
-            for node_id, node in list(waiting.items()):
-                entry = record["nodes"][node_id]
-                try:
-                    ready = json.loads((node.state_dir / "ready.json").read_text())
-                except (OSError, ValueError):
-                    ready = None
-                if ready is not None and ready.get("pid") == entry["pid"]:
-                    del waiting[node_id]
-                    self.emit("node_ready", node_id, node.address)
-                elif not self._alive(entry):
-                    raise DeployError(
-                        f"node {node_id} exited during start-up: {_last_line(node.log_path)} "
-                        f"(log: {node.log_path})"
-                    )
-            if waiting and time.monotonic() > deadline:
-                raise DeployError(f"not ready after {timeout:.0f} s: {', '.join(sorted(waiting))}")
-            if waiting:
-                time.sleep(_POLL)
+        def ready(node: NodePlan) -> None:
+            self.emit("node_ready", node.node_id, node.address)
+
+        wait_ready(nodes, _ReadyFileProbe(self._load(), self._alive), timeout, ready)
 
     # -- per node ------------------------------------------------------------------------------
 
@@ -575,3 +559,30 @@ def _terminate(targets: dict[str, tuple[int, int]], sig: signal.Signals, grace: 
             + ", ".join(f"{name} (pid {pid})" for name, (pid, _) in sorted(left.items()))
         )
     return killed
+
+
+class _ReadyFileProbe:
+    """Readiness of node processes: the ready file the node writes once it serves, for the
+    process the launcher started (its PID); a process that is gone has failed."""
+
+    def __init__(self, record: dict[str, Any], alive: Callable[[dict[str, Any]], bool]) -> None:
+        self._record = record
+        self._alive = alive
+
+    def ready(self, node: NodePlan) -> bool:
+        try:
+            ready = json.loads((node.state_dir / "ready.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(ready.get("pid") == self._record["nodes"][node.node_id]["pid"])
+
+    def failure(self, node: NodePlan) -> str | None:
+        if self._alive(self._record["nodes"][node.node_id]):
+            return None
+        return (
+            f"node {node.node_id} exited during start-up: {_last_line(node.log_path)} "
+            f"(log: {node.log_path})"
+        )
+
+    def timed_out(self, waiting: Sequence[str], timeout: float) -> str:
+        return f"not ready after {timeout:.0f} s: {', '.join(waiting)}"

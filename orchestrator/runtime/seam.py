@@ -34,7 +34,6 @@ __all__ = [
     "State",
     "UnknownComponent",
     "ended",
-    "runtime_for",
 ]
 
 BROKER = "@broker"  # the embedded broker, for start/stop/kill/restart ('@' is not in node IDs)
@@ -288,15 +287,3 @@ class Runtime(ABC):
                 f"({a} has links to {', '.join(peers) or 'nothing'})"
             )
         return pair
-
-
-def runtime_for(plan: NetworkPlan, on_event: EventSink | None = None) -> Runtime:
-    """The runtime the plan was laid out for (`--runtime`, runtime.json or the topology's)."""
-    from .process_runtime import ProcessRuntime
-
-    if plan.runtime == "docker":
-        from .docker_runtime import DockerRuntime  # imports the Docker SDK
-
-        return DockerRuntime(plan, on_event)
-    runtimes: dict[str, type[Runtime]] = {ProcessRuntime.name: ProcessRuntime}
-    return runtimes[plan.runtime](plan, on_event)

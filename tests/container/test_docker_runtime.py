@@ -23,6 +23,7 @@ from qkdnet.orchestrator.client.network_status import NetworkStatus
 from qkdnet.orchestrator.client.telemetry_watch import TelemetryWatch
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.runtime.docker_runtime import (
     LABEL_DEPLOYMENT,
     LABEL_NODE,
@@ -31,7 +32,7 @@ from qkdnet.orchestrator.runtime.docker_runtime import (
     DockerRuntime,
 )
 from qkdnet.orchestrator.runtime.images import ImageResult
-from qkdnet.orchestrator.runtime.seam import BROKER, runtime_for
+from qkdnet.orchestrator.runtime.seam import BROKER
 from qkdnet.orchestrator.runtime.venv_volume import VENV_DIR
 from tests.integration.sae import Sae
 

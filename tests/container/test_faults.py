@@ -18,9 +18,10 @@ from qkdnet.orchestrator.cli.main import main
 from qkdnet.orchestrator.client.controller import NodeClient
 from qkdnet.orchestrator.client.network_status import NetworkStatus
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.runtime.faults import FaultRecord, Impairment
 from qkdnet.orchestrator.runtime.images import ImageResult
-from qkdnet.orchestrator.runtime.seam import Runtime, runtime_for
+from qkdnet.orchestrator.runtime.seam import Runtime
 from tests.integration.sae import Sae, deployed, ring_topology
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]

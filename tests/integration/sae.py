@@ -18,7 +18,7 @@ from qkdnet.orchestrator.cli.network_commands import wait_for_key
 from qkdnet.orchestrator.client.controller import NodeClient
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.topology import load_topology
-from qkdnet.orchestrator.runtime.seam import runtime_for
+from qkdnet.orchestrator.runtime import runtime_for
 
 __all__ = ["Sae", "assert_link_keys_used_alike", "deployed", "sae_clients", "sae_context"]
 

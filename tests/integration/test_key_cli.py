@@ -26,8 +26,8 @@ from qkdnet.orchestrator.client.key_client import BlockingKeyApiClient, KeyApiCl
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.pki import CertificatePaths
 from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.runtime.process_runtime import labelled_processes
-from qkdnet.orchestrator.runtime.seam import runtime_for
 
 pytestmark = pytest.mark.integration
 

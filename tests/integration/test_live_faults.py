@@ -27,9 +27,10 @@ from qkdnet.node.core.channel_model import ChannelChange, model_figures, qber_wi
 from qkdnet.orchestrator.cli.main import main
 from qkdnet.orchestrator.client.network_status import NetworkStatus
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.runtime.faults import FaultRecord, Impairment
 from qkdnet.orchestrator.runtime.node_faults import read
-from qkdnet.orchestrator.runtime.seam import BROKER, runtime_for
+from qkdnet.orchestrator.runtime.seam import BROKER
 from qkdnet.v1 import control_pb2
 
 from .sae import deployed, ring_topology, sae_clients

@@ -21,8 +21,9 @@ from qkdnet.orchestrator.client.network_status import NetworkStatus
 from qkdnet.orchestrator.client.telemetry_watch import TelemetryWatch
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.topology import load_topology
+from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.runtime.process_runtime import labelled_processes, process_start_time
-from qkdnet.orchestrator.runtime.seam import BROKER, Runtime, runtime_for
+from qkdnet.orchestrator.runtime.seam import BROKER, Runtime
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from qkdnet.orchestrator.cli.network_commands import wait_for_key
 from qkdnet.orchestrator.client.controller import NodeClient
 from qkdnet.orchestrator.client.network_status import NetworkStatus
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
-from qkdnet.orchestrator.runtime.seam import runtime_for
+from qkdnet.orchestrator.runtime import runtime_for
 
 from .sae import Sae, deployed, sae_clients
 

@@ -41,7 +41,7 @@ from qkdnet.orchestrator.client.controller import NodeClient
 from qkdnet.orchestrator.client.telemetry_watch import TelemetryWatch
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.pki import CertificatePaths
-from qkdnet.orchestrator.runtime.seam import runtime_for
+from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.v1 import (
     control_pb2,
     control_pb2_grpc,

@@ -14,6 +14,7 @@ from qkdnet.node.errors import ConfigError, QkdnetError
 from qkdnet.orchestrator.cli.main import main
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.topology import Topology
+from qkdnet.orchestrator.runtime import runtime_for
 from qkdnet.orchestrator.runtime.fault_scenario import load_scenario, run_scenario
 from qkdnet.orchestrator.runtime.faults import (
     FaultRecord,
@@ -24,7 +25,7 @@ from qkdnet.orchestrator.runtime.faults import (
     parse_rate_kbit,
 )
 from qkdnet.orchestrator.runtime.process_runtime import ProcessRuntime
-from qkdnet.orchestrator.runtime.seam import BROKER, UnknownComponent, runtime_for
+from qkdnet.orchestrator.runtime.seam import BROKER, UnknownComponent
 
 
 def test_impairment_to_tc_arguments() -> None:

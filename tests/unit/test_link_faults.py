@@ -15,7 +15,6 @@ import grpc
 import numpy as np
 import pytest
 
-from qkdnet.node.agent import _ControlService
 from qkdnet.node.config import LinkConfig
 from qkdnet.node.core.channel_model import (
     ChannelChange,
@@ -34,10 +33,13 @@ from qkdnet.node.edge.channel_shaping import (
     ShapedStream,
     Shaping,
 )
+from qkdnet.node.edge.control_grpc import ControlService
 from qkdnet.node.edge.grpc_authorization import POLICY
 from qkdnet.node.edge.peer_faults import PeerFaults, shaped_peer_channels
 from qkdnet.node.identity import Role
-from qkdnet.node.protocol.link import ReceiverLink, TransmitterLink, _params_digest
+from qkdnet.node.protocol.link import params_digest
+from qkdnet.node.protocol.receiver import ReceiverLink
+from qkdnet.node.protocol.transmitter import TransmitterLink
 from qkdnet.v1 import control_pb2, relay_pb2
 
 
@@ -259,7 +261,7 @@ def test_a_link_end_models_the_changed_channel_and_still_agrees_with_its_peer(
     tmp_path: Path,
 ) -> None:
     link = _end(ReceiverLink, tmp_path)
-    digest = _params_digest(link.link_id, link.configured, link.config)
+    digest = params_digest(link.link_id, link.configured, link.config)
     before = link.stats.snapshot()
     link.change_channel(ChannelChange(eavesdrop_fraction=0.5, misalignment_error=0.05))
     after = link.stats.snapshot()
@@ -269,7 +271,7 @@ def test_a_link_end_models_the_changed_channel_and_still_agrees_with_its_peer(
     assert after.model_qber > before.model_qber
     assert after.model_secret_rate_bps < before.model_secret_rate_bps
     # A session starting now (either end restarted) checks the configuration alone.
-    assert _params_digest(link.link_id, link.configured, link.config) == digest
+    assert params_digest(link.link_id, link.configured, link.config) == digest
     link.change_channel(ChannelChange())
     assert link.stats.snapshot().model_qber == pytest.approx(before.model_qber)
 
@@ -315,4 +317,4 @@ def test_the_fault_methods_of_node_control_are_for_controllers_only() -> None:
     # The interceptor decides by service: every method of NodeControl, new ones included.
     assert POLICY[service.full_name] == frozenset({Role.CONTROLLER})
     for method in methods:  # and the service checks the controller's name in each
-        assert "_authorise(context)" in inspect.getsource(getattr(_ControlService, method))
+        assert "_authorise(context)" in inspect.getsource(getattr(ControlService, method))

@@ -19,7 +19,8 @@ from qkdnet.node.edge.link_codec import LINK_CODEC
 from qkdnet.node.link_secret import PreSharedSecret
 from qkdnet.node.protocol.authentication import LinkAuthenticator
 from qkdnet.node.protocol.clock import SYSTEM_CLOCK, Clock
-from qkdnet.node.protocol.link import ReceiverLink, TransmitterLink
+from qkdnet.node.protocol.receiver import ReceiverLink
+from qkdnet.node.protocol.transmitter import TransmitterLink
 from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
 from qkdnet.node.testing import (
     Duplicate,

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from docker.errors import ImageNotFound
 
-from qkdnet.orchestrator.runtime import images
 from qkdnet.orchestrator.runtime.images import (
     BASE_IMAGE,
     ImageBuilder,
@@ -24,6 +23,7 @@ from qkdnet.orchestrator.runtime.images import (
     ImageEvent,
     SourceTree,
     resolve_runtime_closure,
+    wheelhouse,
 )
 
 REQUIRES = {
@@ -176,7 +176,7 @@ def test_a_base_made_with_another_package_list_is_stale() -> None:
     ],
 )
 def test_a_failed_project_wheel_says_why(output: list[str], reason: str) -> None:
-    assert images._pip_failure(output).startswith(reason)
+    assert wheelhouse._pip_failure(output).startswith(reason)
 
 
 def test_the_project_files_are_every_module_of_every_package_subpackages_included() -> None:
