@@ -37,6 +37,7 @@ from qkdnet.v1 import (
     relay_pb2_grpc,
 )
 
+from . import link_kinds
 from .config import KeyApiConfig, NodeConfig, load_node_config
 from .core.channel_model import ChannelChange
 from .core.toeplitz import configure_fftw
@@ -47,7 +48,6 @@ from .edge.etsi014 import KeyDeliveryServer
 from .edge.grpc_authorization import RoleAuthorization
 from .edge.grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .edge.https_server import HttpLimits, raise_file_limit, server_ssl_context
-from .edge.link_codec import LINK_CODEC
 from .edge.link_grpc import GrpcLinkConnector, LinkService
 from .edge.peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
 from .edge.relay_codec import RELAY_CODEC
@@ -60,12 +60,10 @@ from .link_names import link_id_for
 from .link_secret import read_psk
 from .protocol.authentication import LinkAuthenticator
 from .protocol.key_manager import DeliveryPolicy, KeyLimits, KeyManager
-from .protocol.link import LinkEnd
+from .protocol.link import LinkEnd, SessionTransmitter
 from .protocol.link_state import LinkStateFlooder
-from .protocol.receiver import ReceiverLink
 from .protocol.relay import KeyRelay
 from .protocol.routing import Router
-from .protocol.transmitter import TransmitterLink
 from .status import DeliveryStatus, NodeStatus, RelayStatus
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
 from .store.key_store import KeyStore
@@ -114,12 +112,13 @@ class NodeAgent:
         # link, and the library default (256 MiB, for benchmarks) would dominate its memory.
         configure_fftw(max_idle_per_length=1, max_cache_bytes=16 << 20)
         cfg = self.config
-        for link_cfg in cfg.links:
+        for index, link_cfg in enumerate(cfg.links):
+            kind = link_kinds.find(link_cfg.kind, f"links[{index}].kind")
             psk = read_psk(link_cfg.psk_file)
             link_id = link_id_for(cfg.node_id, link_cfg.peer)
             store = await KeyStore.open(cfg.state_dir / "links" / f"{link_id}.sqlite")
             transmits = cfg.node_id < link_cfg.peer
-            auth = await LinkAuthenticator.load(store, psk, 0 if transmits else 1, LINK_CODEC)
+            auth = await LinkAuthenticator.load(store, psk, 0 if transmits else 1, kind.codec)
             common: dict[str, Any] = {
                 "node_id": cfg.node_id,
                 "config": link_cfg,
@@ -136,10 +135,11 @@ class NodeAgent:
                     self.credentials.channel(),
                     shaping=self.faults.shaping,
                     faults=self.classical_faults[link_cfg.peer],
+                    codec=kind.codec,
                 )
-                link = TransmitterLink(connector=connector, **common)
+                link = kind.transmitter(connector=connector, **common)
             else:
-                link = ReceiverLink(**common)
+                link = kind.receiver(**common)
             await link.refresh_store_level()  # a restarted node reports its stores at once
             self.links[link_cfg.peer] = link
 
@@ -192,7 +192,7 @@ class NodeAgent:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for link in self.links.values():
-            if isinstance(link, TransmitterLink):
+            if isinstance(link, SessionTransmitter):
                 self._tasks.append(asyncio.create_task(link.run(), name=f"link {link.link_id}"))
         self.flooder.start()
         self._tasks.append(
@@ -517,7 +517,8 @@ def main(config_path: Path) -> int:
     try:
         config = load_node_config(config_path)
         credentials = load_credentials(config.tls, config.node_id)
-        for link in config.links:
+        for index, link in enumerate(config.links):
+            link_kinds.find(link.kind, f"{config_path}: links[{index}].kind")
             read_psk(link.psk_file)
         private_dir(config.state_dir)
     except ConfigError as exc:

@@ -137,6 +137,11 @@ class LinkConfig(_Strict):
     """One QKD link of this node. The node whose ID sorts first transmits (is Alice)."""
 
     peer: str = Field(min_length=1)
+    kind: str = Field(
+        "bb84",
+        pattern=r"^[a-z][a-z0-9-]*$",
+        description="the link's protocol: a registered link kind (qkdnet.node.link_kinds)",
+    )
     address: str | None = Field(None, description="host:port of the peer (transmitter side)")
     psk_file: Path = Field(description="pre-shared authentication secret of this link")
     channel: ChannelConfig

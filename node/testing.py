@@ -44,7 +44,7 @@ from .protocol.link_transport import Duplex, PhotonSink
 from .protocol.relay_messages import LinkStateAdvert, RelayAck, RelayFrame
 
 if TYPE_CHECKING:
-    from .protocol.receiver import ReceiverLink
+    from .protocol.link import SessionReceiver
     from .protocol.relay import KeyRelay
     from .store.key_store import KeyStore
 
@@ -282,7 +282,7 @@ class InMemoryLink:
 
     def __init__(
         self,
-        receiver: ReceiverLink,
+        receiver: SessionReceiver,
         message_filter: MessageFilter | None = None,
         *,
         delay_s: float = 0.0,

@@ -16,9 +16,11 @@ from google.protobuf.message import DecodeError
 from qkdnet.v1 import link_pb2
 
 from ..errors import ProtocolError
+from ..link_kinds import LinkKind
 from ..protocol import link_messages as m
 
 __all__ = [
+    "BB84",
     "LINK_CODEC",
     "PAYLOAD_NAMES",
     "ProtobufLinkCodec",
@@ -92,7 +94,7 @@ class ProtobufLinkCodec:
             pad_index=wire.pad_index,
         )
 
-    def payload_name(self, payload: m.Payload) -> str:
+    def payload_name(self, payload: object) -> str:
         return PAYLOAD_NAMES[type(payload)]
 
 
@@ -116,3 +118,15 @@ def photons_to_wire(chunk: m.PhotonChunk) -> link_pb2.PhotonChunk:
 
 def photons_from_wire(wire: link_pb2.PhotonChunk) -> m.PhotonChunk:
     return m.PhotonChunk(**{name: getattr(wire, name) for name in _CHUNK_FIELDS})
+
+
+def _bb84() -> LinkKind:
+    from ..protocol.receiver import ReceiverLink
+    from ..protocol.transmitter import TransmitterLink
+
+    return LinkKind("bb84", TransmitterLink, ReceiverLink, LINK_CODEC)
+
+
+BB84 = _bb84()
+"""Decoy-state BB84 (`protocol/transmitter.py`, `protocol/receiver.py`) over this codec: the
+`bb84` entry point of `qkdnet.link_kinds`."""

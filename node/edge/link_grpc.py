@@ -3,7 +3,7 @@
 The transmitter dials the receiver with mutual TLS (`grpc_dial.dial`), waits up to 10 s for
 the connection, and opens the two streams of the `QuantumChannel` and `ClassicalChannel`
 services; the receiver's side of them is `LinkService`, which hands them to its
-`ReceiverLink`. Messages cross as protobuf (`link_codec`); what stands between the two ends in
+`SessionReceiver`. Messages cross as protobuf (`link_codec`); what stands between the two ends in
 the node — shaping (`channel_shaping.ShapedStream`) and tampering
 (`classical_faults.TamperingStream`) — is wrapped around the classical stream here, by
 `classical_session`, so the link sees only domain messages and `LinkError`s.
@@ -21,10 +21,9 @@ import grpc
 from qkdnet.v1 import link_pb2, link_pb2_grpc
 
 from ..errors import LinkError
-from ..protocol.link import LinkEnd
-from ..protocol.link_messages import Envelope, PhotonChunk
+from ..protocol.link import LinkEnd, SessionReceiver
+from ..protocol.link_messages import Envelope, MessageCodec, PhotonChunk
 from ..protocol.link_transport import Duplex, PhotonSink
-from ..protocol.receiver import ReceiverLink
 from .channel_shaping import ChannelShaping, Flow, ShapedStream
 from .classical_faults import ClassicalFaults, TamperingStream
 from .grpc_authorization import peer_name
@@ -102,13 +101,15 @@ async def classical_session(
     peer: str,
     shaping: ChannelShaping | None = None,
     faults: ClassicalFaults | None = None,
+    codec: MessageCodec = LINK_CODEC,
 ) -> AsyncIterator[Duplex]:
     """The classical `stream` (a call or a server context) as the link's `Duplex`, with the
-    node's shaping toward `peer` and its armed tampering around it, for one session."""
+    node's shaping toward `peer` and its armed tampering around it (which reads payloads with
+    the link kind's `codec`), for one session."""
     shaped = ShapedStream(stream, shaping, peer, Flow()) if shaping is not None else None
     duplex: Duplex = GrpcStream(shaped if shaped is not None else stream)
     if faults is not None:
-        duplex = TamperingStream(duplex, faults, LINK_CODEC)
+        duplex = TamperingStream(duplex, faults, codec)
     try:
         yield duplex
     finally:
@@ -127,8 +128,10 @@ class GrpcLinkConnector:
         *,
         shaping: ChannelShaping | None = None,
         faults: ClassicalFaults | None = None,
+        codec: MessageCodec = LINK_CODEC,
     ) -> None:
         self.address = address
+        self._codec = codec
         self.peer = peer
         self._credentials = credentials
         self._shaping = shaping
@@ -148,7 +151,11 @@ class GrpcLinkConnector:
             photons = link_pb2_grpc.QuantumChannelStub(channel).Transmit()
             try:
                 async with classical_session(
-                    classical, peer=self.peer, shaping=self._shaping, faults=self._faults
+                    classical,
+                    peer=self.peer,
+                    shaping=self._shaping,
+                    faults=self._faults,
+                    codec=self._codec,
                 ) as duplex:
                     yield duplex, _PhotonStream(photons)
             finally:
@@ -171,10 +178,10 @@ class LinkService(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.ClassicalC
         self._shaping = shaping
         self._faults = faults
 
-    async def _receiver(self, context: grpc.aio.ServicerContext[Any, Any]) -> ReceiverLink:
+    async def _receiver(self, context: grpc.aio.ServicerContext[Any, Any]) -> SessionReceiver:
         peer = peer_name(context)
         link = self._links.get(peer)
-        if not isinstance(link, ReceiverLink):
+        if not isinstance(link, SessionReceiver):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no link from {peer!r}")
             raise AssertionError("unreachable")
         return link
@@ -204,6 +211,7 @@ class LinkService(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.ClassicalC
                 peer=link.peer,
                 shaping=self._shaping,
                 faults=self._faults[link.peer],
+                codec=link.auth.codec,
             ) as stream:
                 await link.serve(stream)
         except LinkError as exc:

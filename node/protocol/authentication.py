@@ -34,7 +34,7 @@ class LinkAuthenticator:
 
     def __init__(self, store: KeyStore, hash_key: int, direction: int, codec: MessageCodec) -> None:
         self._store = store
-        self._codec = codec
+        self.codec = codec
         self._hash = PolynomialHash(hash_key)
         self._send_dir = direction
         self._recv_dir = 1 - direction
@@ -114,12 +114,12 @@ class LinkAuthenticator:
                 f"no authentication pad left to send (index {index})", reason="no_pad"
             )
         self._send_next = index + 1
-        body = self._codec.encode(replace(message, pad_index=index))
+        body = self.codec.encode(replace(message, pad_index=index))
         return Envelope(body=body, tag=wegman_carter_tag(self._hash, pad, body))
 
     async def open(self, envelope: Envelope) -> ClassicalMessage:
         """Parse and authenticate an envelope; raises ProtocolError or AuthenticationError."""
-        message = self._codec.decode(envelope.body)
+        message = self.codec.decode(envelope.body)
         if len(envelope.tag) != PAD_BYTES:
             raise ProtocolError(f"tag of {len(envelope.tag)} bytes (expected {PAD_BYTES})")
         index = message.pad_index

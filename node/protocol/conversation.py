@@ -12,12 +12,12 @@ from typing import TypeVar
 
 from ..errors import LinkError, ProtocolError, Reason, RoundAborted
 from .authentication import LinkAuthenticator
-from .link_messages import Abort, ClassicalMessage, Envelope, Payload
+from .link_messages import Abort, ClassicalMessage, Envelope
 from .link_transport import Duplex
 
 __all__ = ["Conversation"]
 
-P = TypeVar("P", bound=Payload)
+P = TypeVar("P")
 
 
 class Conversation:
@@ -39,7 +39,7 @@ class Conversation:
         self._timeout = timeout
         self.frame = 0
 
-    async def send(self, payload: Payload) -> None:
+    async def send(self, payload: object) -> None:
         """Seal and send one message for the current frame."""
         message = ClassicalMessage(
             link_id=self._link_id, sender=self._sender, frame=self.frame, payload=payload

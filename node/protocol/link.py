@@ -18,9 +18,10 @@ the same sifting from the exchanged bases (`sift`), check the same parameter dig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,15 +31,16 @@ from numpy.typing import NDArray
 
 from ..config import LinkConfig
 from ..core.channel_model import ChannelChange, ChannelParameters
-from ..errors import LinkError, RoundAborted
+from ..errors import LinkError, ProtocolError, RoundAborted
 from ..link_names import link_id_for
 from ..store.key_store import KeyStore, KeyStoreDb
 from ..structured_log import log_event
 from .authentication import LinkAuthenticator
 from .clock import SYSTEM_CLOCK, Clock
 from .conversation import Conversation
+from .link_messages import Hello, HelloReply, PhotonChunk
 from .link_stats import LinkStats
-from .link_transport import Duplex
+from .link_transport import Duplex, LinkConnector, PhotonSink
 
 __all__ = ["LinkEnd", "Sifted", "link_id_for", "params_digest", "sift", "store_block"]
 
@@ -46,6 +48,7 @@ logger = logging.getLogger("qkdnet.node.protocol.link")
 T = TypeVar("T")
 
 _INLINE_ELEMENTS = 20_000  # Cascade steps up to this many ranges run on the event loop
+_UNWIND_S = 10.0  # how long a cut waits for the cancelled session to end (see _unless_cut)
 
 
 def params_digest(link_id: str, params: ChannelParameters, cfg: LinkConfig) -> bytes:
@@ -255,3 +258,186 @@ async def store_block(
         db.add_block(block_id, frame, packed, nbits, pending=pending, refill=refills)
 
     await store.run(write)
+
+
+class SessionTransmitter(LinkEnd):
+    """The transmitting end of a link of any kind: it opens each session through its
+    `LinkConnector`, settles the blocks it holds as pending with the receiver (Hello), then
+    distils key (`distil`, the kind's protocol) until the session ends, and connects again with
+    back-off; a cut ends the session and holds the next until the link is restored."""
+
+    role = "transmitter"
+
+    def __init__(self, *, connector: LinkConnector, **kwargs: Any) -> None:
+        """`connector` opens each session's streams to the receiver (link_transport.py)."""
+        super().__init__(**kwargs)
+        self._connect = connector
+
+    async def distil(self, conv: Conversation, photons: PhotonSink) -> None:
+        """The kind's protocol for one session, after Hello: returns or raises when the
+        session is over."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Run sessions forever (until cancelled)."""
+        backoff = 0.2
+        await self.refresh_store_level()
+        while True:
+            if not self._uncut.is_set():
+                self.stats.state = "cut"
+                await self._uncut.wait()
+                backoff = 0.2
+                continue
+            self.stats.state = "connecting"
+            started = self.clock.monotonic()
+            try:
+                await self._unless_cut(self._session())
+            except* Exception as group:
+                for exc in group.exceptions:
+                    self._session_failed(exc)
+            if not self._uncut.is_set():  # cut: the session was ended for it
+                continue
+            if self.clock.monotonic() - started > 10:
+                backoff = 0.2
+            self.stats.state = "backoff"
+            await self._unless_cut(self.clock.sleep(backoff))
+            backoff = min(backoff * 2, 5.0)
+
+    async def _unless_cut(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Await `work`, cancelling it as soon as the link is cut (its exception propagates).
+
+        A cancelled session gets `_UNWIND_S` to end; one that does not (a write its peer no
+        longer reads) is left to finish in the background, so that a restore is never kept
+        waiting behind it."""
+        task = asyncio.ensure_future(work)
+        cut = asyncio.ensure_future(self._cut_now.wait())
+        try:
+            await asyncio.wait({task, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cut.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=_UNWIND_S)
+        if not task.done():
+            self._unwinding.add(task)
+            task.add_done_callback(self._unwound)
+            log_event(logger, logging.WARNING, "session_unwinding", link=self.link_id)
+            return
+        if not task.cancelled():
+            task.result()
+
+    def _unwound(self, task: asyncio.Future[Any]) -> None:
+        self._unwinding.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._session_failed(task.exception())  # type: ignore[arg-type]
+
+    def _session_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, LinkError) and exc.reason in (
+            "bad_tag",
+            "replay",
+            "malformed",
+            "no_pad",
+        ):
+            self._reject(exc)
+        if isinstance(exc, LinkError | OSError):
+            detail = str(exc) or type(exc).__name__
+        else:  # a bug: keep the traceback in the log
+            fields = {"link": self.link_id}
+            logger.error("link session crashed", exc_info=exc, extra={"fields": fields})
+            detail = repr(exc)
+        log_event(logger, logging.WARNING, "session_ended", link=self.link_id, detail=detail)
+
+    async def _session(self) -> None:
+        async with self._connect() as (classical, photons):
+            conv = self._conversation_for(classical)
+            await self._hello(conv)
+            self.stats.state = "running"
+            log_event(logger, logging.INFO, "session_started", link=self.link_id)
+            await self.distil(conv, photons)
+
+    async def _hello(self, conv: Conversation) -> None:
+        pending = await self.store.run(lambda db: db.pending_blocks())
+        conv.frame = 0
+        await conv.send(
+            Hello(
+                pending_blocks=tuple(pending),
+                parameters_digest=params_digest(self.link_id, self.configured, self.config),
+            )
+        )
+        reply = await conv.expect(HelloReply)
+        held = set(reply.held_blocks)
+        if not held <= set(pending):
+            raise ProtocolError("receiver claims blocks that were never pending here")
+        await self.store.run(lambda db: db.confirm_blocks(held))
+        await self.store.run(lambda db: db.discard_pending([b for b in pending if b not in held]))
+        await self.auth.reload_pads()
+        if pending:
+            log_event(
+                logger,
+                logging.INFO,
+                "pending_settled",
+                link=self.link_id,
+                confirmed=len(held),
+                discarded=len(pending) - len(held),
+            )
+        await self.refresh_store_level()
+
+
+class SessionReceiver(LinkEnd):
+    """The receiving end of a link of any kind: it serves the sessions the transmitter opens
+    (a newer one replaces an older), settles pending blocks (Hello), then answers (`answer`,
+    the kind's protocol); a cut ends the session in progress."""
+
+    role = "receiver"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._session_task: asyncio.Task[Any] | None = None
+        self.stats.state = "waiting"
+
+    def _cut_changed(self) -> None:
+        if self.cut and self._session_task is not None and not self._session_task.done():
+            self._session_task.cancel()
+        elif not self.cut:
+            self.stats.state = "waiting"
+
+    async def answer(self, conv: Conversation) -> None:
+        """The kind's protocol for one session, after Hello: returns or raises when the
+        session is over."""
+        raise NotImplementedError
+
+    async def receive_photons(self, chunks: AsyncIterator[PhotonChunk]) -> int:
+        """What arrives on the quantum channel; a kind without one refuses it."""
+        async for _ in chunks:
+            raise ProtocolError("this link kind has no quantum channel")
+        return 0
+
+    async def serve(self, stream: Duplex) -> None:
+        """Serve one classical session; replaces any session still running for this link."""
+        if self.cut:
+            raise LinkError("the link is cut", reason="cut")
+        if self._session_task is not None and not self._session_task.done():
+            self._session_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LinkError):
+                await self._session_task
+        self._session_task = asyncio.current_task()
+        conv = self._conversation_for(stream)
+        self.stats.state = "running"
+        try:
+            await self._hello(conv)
+            await self.answer(conv)
+        except LinkError as exc:
+            if exc.reason in ("bad_tag", "replay", "malformed", "no_pad"):
+                self._reject(exc)
+            raise
+        finally:
+            self.stats.state = "cut" if self.cut else "waiting"
+
+    async def _hello(self, conv: Conversation) -> None:
+        hello = await conv.expect(Hello)
+        if hello.parameters_digest != params_digest(self.link_id, self.configured, self.config):
+            raise ProtocolError("the two ends of the link are configured differently")
+        pending = list(hello.pending_blocks)
+        held = await self.store.run(lambda db: db.held_blocks(pending))
+        await conv.send(HelloReply(held_blocks=tuple(held)))
+        await self.refresh_store_level()

@@ -170,7 +170,7 @@ class ClassicalMessage:
     link_id: str
     sender: str
     frame: int
-    payload: Payload
+    payload: object  # one of `Payload` for BB84; a link kind brings its own (link_kinds.py)
     pad_index: int = 0
 
 
@@ -210,6 +210,6 @@ class MessageCodec(Protocol):
         """The message in `body`; ProtocolError when it is not one."""
         ...
 
-    def payload_name(self, payload: Payload) -> str:
+    def payload_name(self, payload: object) -> str:
         """The name of the payload on the wire (`hello`, `sift`, ...)."""
         ...

@@ -4,7 +4,6 @@ answers the transmitter's rounds (the protocol is described in `transmitter.py`)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +18,11 @@ from ..core.toeplitz import toeplitz_hash
 from ..core.wire import decode_bits, decode_classes, decode_slots, encode_bits, encode_slots
 from ..errors import LinkError, ProtocolError, Reason, RoundAborted
 from .conversation import Conversation
-from .link import LinkEnd, params_digest, sift, store_block
+from .link import SessionReceiver, sift, store_block
 from .link_messages import (
     Amplification,
     EstimationData,
     EstimationResult,
-    Hello,
-    HelloReply,
     ParityReply,
     ParityRequest,
     PhotonChunk,
@@ -36,7 +33,6 @@ from .link_messages import (
     Verification,
     VerificationResult,
 )
-from .link_transport import Duplex
 
 __all__ = ["ReceiverLink"]
 
@@ -54,22 +50,13 @@ class _RxFrame:
     complete: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class ReceiverLink(LinkEnd):
-    """Bob: measures arriving photons and answers the transmitter's rounds."""
-
-    role = "receiver"
+class ReceiverLink(SessionReceiver):
+    """Bob: measures arriving photons and answers the transmitter's rounds (the sessions are
+    `SessionReceiver`'s)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._frames: dict[int, _RxFrame] = {}
-        self._session_task: asyncio.Task[Any] | None = None
-        self.stats.state = "waiting"
-
-    def _cut_changed(self) -> None:
-        if self.cut and self._session_task is not None and not self._session_task.done():
-            self._session_task.cancel()
-        elif not self.cut:
-            self.stats.state = "waiting"
 
     # -- the emulated quantum channel ------------------------------------------------------------
     async def receive_photons(self, chunks: AsyncIterator[PhotonChunk]) -> int:
@@ -112,48 +99,22 @@ class ReceiverLink(LinkEnd):
         return frame, np.concatenate(frame.slots) if frame.slots else np.zeros(0, np.uint64)
 
     # -- the classical side ------------------------------------------------------------------
-    async def serve(self, stream: Duplex) -> None:
-        """Serve one classical session; replaces any session still running for this link."""
-        if self.cut:
-            raise LinkError("the link is cut", reason="cut")
-        if self._session_task is not None and not self._session_task.done():
-            self._session_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LinkError):
-                await self._session_task
-        self._session_task = asyncio.current_task()
-        conv = self._conversation_for(stream)
-        self.stats.state = "running"
-        try:
-            await self._hello(conv)
-            while True:
-                start = await conv.receive(idle=True)  # the transmitter may pause (store full)
-                r = start.payload
-                if not isinstance(r, RoundStart):
-                    raise ProtocolError(f"expected RoundStart, got {type(r).__name__}")
-                conv.frame = start.frame
-                self._frame_sifted = 0
-                try:
-                    await self._round(conv, start.frame, r)
-                except RoundAborted as exc:
-                    self._aborted(start.frame, exc)
-                finally:
-                    self._frames.pop(start.frame, None)
-                self.stats.record_frame(r.pulses, r.detections, self._frame_sifted)
-        except LinkError as exc:
-            if exc.reason in ("bad_tag", "replay", "malformed", "no_pad"):
-                self._reject(exc)
-            raise
-        finally:
-            self.stats.state = "cut" if self.cut else "waiting"
-
-    async def _hello(self, conv: Conversation) -> None:
-        hello = await conv.expect(Hello)
-        if hello.parameters_digest != params_digest(self.link_id, self.configured, self.config):
-            raise ProtocolError("the two ends of the link are configured differently")
-        pending = list(hello.pending_blocks)
-        held = await self.store.run(lambda db: db.held_blocks(pending))
-        await conv.send(HelloReply(held_blocks=tuple(held)))
-        await self.refresh_store_level()
+    async def answer(self, conv: Conversation) -> None:
+        """Answer the transmitter's rounds, one frame after the other."""
+        while True:
+            start = await conv.receive(idle=True)  # the transmitter may pause (store full)
+            r = start.payload
+            if not isinstance(r, RoundStart):
+                raise ProtocolError(f"expected RoundStart, got {type(r).__name__}")
+            conv.frame = start.frame
+            self._frame_sifted = 0
+            try:
+                await self._round(conv, start.frame, r)
+            except RoundAborted as exc:
+                self._aborted(start.frame, exc)
+            finally:
+                self._frames.pop(start.frame, None)
+            self.stats.record_frame(r.pulses, r.detections, self._frame_sifted)
 
     async def _round(self, conv: Conversation, number: int, start: RoundStart) -> None:
         frame, slots = await self._frame(number)

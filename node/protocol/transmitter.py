@@ -33,7 +33,6 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -48,18 +47,16 @@ from ..core.polynomial_hash import PolynomialHash
 from ..core.quantum_channel import transmit
 from ..core.toeplitz import toeplitz_hash
 from ..core.wire import decode_bits, decode_slots, encode_bits, encode_slots
-from ..errors import LinkError, ProtocolError, RoundAborted
+from ..errors import ProtocolError, RoundAborted
 from ..store.key_store import KeyStoreDb
 from ..structured_log import log_event
 from .conversation import Conversation
-from .link import LinkEnd, Sifted, params_digest, sift, store_block
+from .link import SessionTransmitter, Sifted, sift, store_block
 from .link_messages import (
     Abort,
     Amplification,
     EstimationData,
     EstimationResult,
-    Hello,
-    HelloReply,
     ParityReply,
     ParityRequest,
     PhotonChunk,
@@ -70,7 +67,7 @@ from .link_messages import (
     Verification,
     VerificationResult,
 )
-from .link_transport import LinkConnector, PhotonSink
+from .link_transport import PhotonSink
 
 __all__ = ["TransmitterLink"]
 
@@ -81,7 +78,6 @@ _CHUNK_DETECTIONS = 1 << 18  # expected detections per photon chunk
 _CHUNK_SECONDS = 0.05  # at most this much emulated wall time per chunk, for smooth pacing
 _EARLY_ABORT_F = 1.1  # reconciliation efficiency assumed when deciding to skip Cascade
 _VERIFY_LEAK = 64 + 32  # verification tag + the disclosed error count
-_UNWIND_S = 10.0  # how long a cut waits for the cancelled session to end (see _unless_cut)
 # Every round spends authentication pads and only a round with key refills them: after this
 # many aborted rounds in a row (an eavesdropper, a channel too lossy), the transmitter waits
 # before each next one, twice as long each time up to the cap, so that a link under attack
@@ -103,124 +99,23 @@ class _TxFrame:
     bit: NDArray[np.uint8]
 
 
-class TransmitterLink(LinkEnd):
-    """Alice: drives photons and rounds, reconnecting to the receiver whenever a session ends."""
+class TransmitterLink(SessionTransmitter):
+    """Alice: drives photons and rounds (the sessions are `SessionTransmitter`'s)."""
 
-    role = "transmitter"
-
-    def __init__(self, *, connector: LinkConnector, **kwargs: Any) -> None:
-        """`connector` opens each session's streams to the receiver (link_transport.py)."""
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._connect = connector
         self._next_frame = 0
 
     async def run(self) -> None:
-        """Run sessions forever (until cancelled)."""
-        backoff = 0.2
         self._next_frame = await self.store.run(lambda db: db.get_meta("next_frame"))
-        await self.refresh_store_level()
-        while True:
-            if not self._uncut.is_set():
-                self.stats.state = "cut"
-                await self._uncut.wait()
-                backoff = 0.2
-                continue
-            self.stats.state = "connecting"
-            started = self.clock.monotonic()
-            try:
-                await self._unless_cut(self._session())
-            except* Exception as group:
-                for exc in group.exceptions:
-                    self._session_failed(exc)
-            if not self._uncut.is_set():  # cut: the session was ended for it
-                continue
-            if self.clock.monotonic() - started > 10:
-                backoff = 0.2
-            self.stats.state = "backoff"
-            await self._unless_cut(self.clock.sleep(backoff))
-            backoff = min(backoff * 2, 5.0)
+        await super().run()
 
-    async def _unless_cut(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Await `work`, cancelling it as soon as the link is cut (its exception propagates).
-
-        A cancelled session gets `_UNWIND_S` to end; one that does not (a write its peer no
-        longer reads) is left to finish in the background, so that a restore is never kept
-        waiting behind it."""
-        task = asyncio.ensure_future(work)
-        cut = asyncio.ensure_future(self._cut_now.wait())
-        try:
-            await asyncio.wait({task, cut}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cut.cancel()
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=_UNWIND_S)
-        if not task.done():
-            self._unwinding.add(task)
-            task.add_done_callback(self._unwound)
-            log_event(logger, logging.WARNING, "session_unwinding", link=self.link_id)
-            return
-        if not task.cancelled():
-            task.result()
-
-    def _unwound(self, task: asyncio.Future[Any]) -> None:
-        self._unwinding.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._session_failed(task.exception())  # type: ignore[arg-type]
-
-    def _session_failed(self, exc: BaseException) -> None:
-        if isinstance(exc, LinkError) and exc.reason in (
-            "bad_tag",
-            "replay",
-            "malformed",
-            "no_pad",
-        ):
-            self._reject(exc)
-        if isinstance(exc, LinkError | OSError):
-            detail = str(exc) or type(exc).__name__
-        else:  # a bug: keep the traceback in the log
-            fields = {"link": self.link_id}
-            logger.error("link session crashed", exc_info=exc, extra={"fields": fields})
-            detail = repr(exc)
-        log_event(logger, logging.WARNING, "session_ended", link=self.link_id, detail=detail)
-
-    async def _session(self) -> None:
-        async with self._connect() as (classical, photons):
-            conv = self._conversation_for(classical)
-            await self._hello(conv)
-            self.stats.state = "running"
-            log_event(logger, logging.INFO, "session_started", link=self.link_id)
-            frames: asyncio.Queue[_TxFrame] = asyncio.Queue(maxsize=1)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._produce(photons, frames))
-                group.create_task(self._rounds(conv, frames))
-
-    async def _hello(self, conv: Conversation) -> None:
-        pending = await self.store.run(lambda db: db.pending_blocks())
-        conv.frame = 0
-        await conv.send(
-            Hello(
-                pending_blocks=tuple(pending),
-                parameters_digest=params_digest(self.link_id, self.configured, self.config),
-            )
-        )
-        reply = await conv.expect(HelloReply)
-        held = set(reply.held_blocks)
-        if not held <= set(pending):
-            raise ProtocolError("receiver claims blocks that were never pending here")
-        await self.store.run(lambda db: db.confirm_blocks(held))
-        await self.store.run(lambda db: db.discard_pending([b for b in pending if b not in held]))
-        await self.auth.reload_pads()
-        if pending:
-            log_event(
-                logger,
-                logging.INFO,
-                "pending_settled",
-                link=self.link_id,
-                confirmed=len(held),
-                discarded=len(pending) - len(held),
-            )
-        await self.refresh_store_level()
+    async def distil(self, conv: Conversation, photons: PhotonSink) -> None:
+        """Emulate frames of photons and run a round on each, until the session ends."""
+        frames: asyncio.Queue[_TxFrame] = asyncio.Queue(maxsize=1)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._produce(photons, frames))
+            group.create_task(self._rounds(conv, frames))
 
     # -- the emulated quantum channel ---------------------------------------------------------
     def _frame_pulses(self, params: ChannelParameters) -> int:

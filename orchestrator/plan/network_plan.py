@@ -428,6 +428,8 @@ class NetworkPlan:
                     "channel": link.channel.model_dump(exclude_none=True),
                     "processing": link.processing.model_dump(exclude_none=True),
                 }
+                if link.kind != "bb84":
+                    entry["kind"] = link.kind
                 if end < peer:
                     entry["address"] = layout.addresses[peer]
                 links_of[end].append(entry)

@@ -128,6 +128,11 @@ class LinkSpec(LinkParameters):
 
     endpoints: tuple[Identifier, Identifier]
     length_km: float = Field(ge=0.0, le=1000.0, description="fibre length in km")
+    kind: str = Field(
+        "bb84",
+        pattern=r"^[a-z][a-z0-9-]*$",
+        description="the link's protocol: a link kind the nodes have installed (bb84)",
+    )
 
 
 class TelemetrySpec(BaseModel):
@@ -272,7 +277,10 @@ class Topology(BaseModel):
         defaults = self.defaults.model_dump(exclude_none=True)
         out = []
         for index, link in enumerate(self.links):
-            merged = {**defaults, **link.model_dump(exclude_none=True, exclude={"endpoints"})}
+            merged = {
+                **defaults,
+                **link.model_dump(exclude_none=True, exclude={"endpoints", "kind"}),
+            }
             channel = {k: v for k, v in merged.items() if k in _CHANNEL_FIELDS | {"length_km"}}
             processing = {k: v for k, v in merged.items() if k in _PROCESSING_FIELDS}
             try:
@@ -281,6 +289,7 @@ class Topology(BaseModel):
                     endpoints=(link.endpoints[0], link.endpoints[1]),
                     channel=ChannelConfig.model_validate(channel),
                     processing=ProcessingConfig.model_validate(processing),
+                    kind=link.kind,
                 )
             except ValidationError as exc:
                 detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
@@ -297,6 +306,7 @@ class ResolvedLink:
     endpoints: tuple[str, str]
     channel: ChannelConfig
     processing: ProcessingConfig
+    kind: str = "bb84"
 
 
 # -- what is well-formed but cannot work ------------------------------------------------------
@@ -308,8 +318,30 @@ _NO_KEY_EFFICIENCY = 1.1
 
 
 def _unworkable(topology: Topology, links: list[ResolvedLink]) -> list[_PathError]:
-    """Every link that distils no key and every SAE that no other SAE can reach."""
-    return [*_links_without_key(links), *_unreachable_saes(topology)]
+    """Every link of a kind no node has, every BB84 link that distils no key, and every SAE
+    that no other SAE can reach."""
+    return [
+        *_unknown_kinds(links),
+        *_links_without_key([link for link in links if link.kind == "bb84"]),
+        *_unreachable_saes(topology),
+    ]
+
+
+def _unknown_kinds(links: list[ResolvedLink]) -> list[_PathError]:
+    """Links whose kind is not installed (the names come from entry points: nothing loads)."""
+    if all(link.kind == "bb84" for link in links):
+        return []
+    from qkdnet.node.link_kinds import available
+
+    have = available()
+    return [
+        _PathError(
+            ("links", link.index, "kind"),
+            f"no link kind {link.kind!r} is installed (have: {', '.join(have)})",
+        )
+        for link in links
+        if link.kind not in have
+    ]
 
 
 def _links_without_key(links: list[ResolvedLink]) -> list[_PathError]:

@@ -147,7 +147,7 @@ class ContainerFaults(Runtime):
         # An exec on a loaded engine now and then ends at once with nothing said: try again.
         for attempt in range(3):
             code, output = self._exec(container, ["sh", "-c", script])
-            if code == 0 or output:
+            if code == 0 and _SEPARATOR in output:
                 break
             time.sleep(1.0 + attempt)
         routes_text, separator, qdiscs_text = output.partition(_SEPARATOR)
