@@ -309,6 +309,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                 link["psk_file"] = fix(link["psk_file"])
 
 
+def node_config_yaml(config: NodeConfig) -> str:
+    """`config` as the file `load_node_config` reads back: YAML, with the fields that hold
+    their defaults left out."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
 def load_node_config(path: Path) -> NodeConfig:
     """Read and validate a node configuration file; ConfigError names the file and field."""
     try:

@@ -21,12 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from qkdnet.node.config import ChannelConfig, ProcessingConfig
+from qkdnet.node.config import (
+    ChannelConfig,
+    LinkConfig,
+    NodeConfig,
+    ProcessingConfig,
+    TlsConfig,
+    node_config_yaml,
+)
 from qkdnet.node.file_modes import private_dir, write_private
 from qkdnet.node.identity import CONTROLLER_NAME, Role
 from qkdnet.node.link_names import link_id_for
@@ -88,23 +94,22 @@ class LinkPair:
         self.nodes: dict[str, NodeProcess] = {}
         for node, peer in ((TRANSMITTER, RECEIVER), (RECEIVER, TRANSMITTER)):
             paths = ca.issue_once(Role.NODE, node, root / "pki" / "nodes" / node)
-            link: dict[str, Any] = {
-                "peer": peer,
-                "psk_file": str(psk),
-                "channel": channel.model_dump(),
-                "processing": processing.model_dump(exclude_none=True),
-            }
-            if node == TRANSMITTER:
-                link["address"] = f"127.0.0.1:{ports[peer]}"
-            config = {
-                "node_id": node,
-                "listen": f"127.0.0.1:{ports[node]}",
-                "state_dir": str(root / "nodes" / node),
-                "tls": {"ca": str(paths.ca), "cert": str(paths.cert), "key": str(paths.key)},
-                "links": [link],
-            }
+            link = LinkConfig(
+                peer=peer,
+                psk_file=psk,
+                channel=channel,
+                processing=processing,
+                address=f"127.0.0.1:{ports[peer]}" if node == TRANSMITTER else None,
+            )
+            config = NodeConfig(
+                node_id=node,
+                listen=f"127.0.0.1:{ports[node]}",
+                state_dir=root / "nodes" / node,
+                tls=TlsConfig(ca=paths.ca, cert=paths.cert, key=paths.key),
+                links=[link],
+            )
             path = root / "nodes" / f"{node}.yaml"
-            write_private(path, yaml.safe_dump(config, sort_keys=False))
+            write_private(path, node_config_yaml(config))
             self.nodes[node] = NodeProcess(
                 node, path, root / "nodes" / node, root / "logs" / f"{node}.log"
             )

@@ -43,7 +43,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.file_modes import private_dir, write_private
@@ -57,6 +57,8 @@ from .registry import Registry, block_of_subnet, network_prefix, state_home
 from .telemetry_access import TelemetryAccess
 
 if TYPE_CHECKING:  # pydantic models and the PKI: loaded by what needs them (deploy, graph)
+    from qkdnet.node.config import LinkConfig, NodeConfig
+
     from .pki import TopologyPki
     from .topology import Topology
 
@@ -414,56 +416,65 @@ class NetworkPlan:
             broker_hosts=[self.broker_host],
         )
 
-    def node_configs(self, layout: ConfigLayout) -> dict[str, dict[str, Any]]:
+    def node_configs(self, layout: ConfigLayout) -> dict[str, NodeConfig]:
         """Every node's configuration (the links it holds, TLS, telemetry, key delivery), with
         addresses and file paths as `layout` says the node sees them."""
-        links_of: dict[str, list[dict[str, Any]]] = {node: [] for node in self.nodes}
+        from qkdnet.node.config import (
+            KeyApiConfig,
+            LinkConfig,
+            NodeConfig,
+            TelemetryConfig,
+            TlsConfig,
+        )
+
+        links_of: dict[str, list[LinkConfig]] = {node: [] for node in self.nodes}
         for link in self.topology.resolved_links():
             a, b = link.endpoints
             link_id = link_id_for(a, b)
             for end, peer in ((a, b), (b, a)):
-                entry: dict[str, Any] = {
-                    "peer": peer,
-                    "psk_file": layout.psk_file(link_id),
-                    "channel": link.channel.model_dump(exclude_none=True),
-                    "processing": link.processing.model_dump(exclude_none=True),
-                }
-                if link.kind != "bb84":
-                    entry["kind"] = link.kind
-                if end < peer:
-                    entry["address"] = layout.addresses[peer]
-                links_of[end].append(entry)
+                links_of[end].append(
+                    LinkConfig(
+                        peer=peer,
+                        kind=link.kind,
+                        address=layout.addresses[peer] if end < peer else None,
+                        psk_file=Path(layout.psk_file(link_id)),
+                        channel=link.channel,
+                        processing=link.processing,
+                    )
+                )
         directory = {sae: node.node_id for node in self.nodes.values() for sae in node.saes}
-        configs: dict[str, dict[str, Any]] = {}
+        delivery = self.topology.key_delivery
+        configs: dict[str, NodeConfig] = {}
         for node in self.nodes.values():
-            config: dict[str, Any] = {
-                "node_id": node.node_id,
-                "listen": layout.listen[node.node_id],
-                "state_dir": layout.state_dir(node.node_id),
-                "tls": layout.tls(node.node_id),
-                "links": links_of[node.node_id],
-                "telemetry": {
-                    "broker": layout.broker,
-                    "topic_prefix": self.topic_prefix,
-                    "interval_s": self.topology.telemetry.interval_s,
-                    "tls": layout.broker_tls,
-                },
-                "nodes": dict(layout.addresses),
-                "sae_directory": directory,
-            }
-            if layout.listen[node.node_id] != layout.addresses[node.node_id]:
-                config["advertise"] = layout.addresses[node.node_id]
+            node_id = node.node_id
+            key_api = None
             if node.saes:
-                config["saes"] = list(node.saes)
-                delivery = self.topology.key_delivery
-                config["key_api"] = {
-                    "listen": layout.key_api_listen[node.node_id],
-                    "key_size": delivery.key_size,
-                    "pool_keys": delivery.pool_keys,
-                    "multipath": delivery.multipath,
-                    "key_ttl_s": delivery.key_ttl_s,
-                }
-            configs[node.node_id] = config
+                key_api = KeyApiConfig(
+                    listen=layout.key_api_listen[node_id],
+                    key_size=delivery.key_size,
+                    pool_keys=delivery.pool_keys,
+                    multipath=delivery.multipath,
+                    key_ttl_s=delivery.key_ttl_s,
+                )
+            advertise = layout.addresses[node_id]
+            configs[node_id] = NodeConfig(
+                node_id=node_id,
+                listen=layout.listen[node_id],
+                advertise=advertise if advertise != layout.listen[node_id] else None,
+                state_dir=Path(layout.state_dir(node_id)),
+                tls=TlsConfig(**{k: Path(v) for k, v in layout.tls(node_id).items()}),
+                links=links_of[node_id],
+                telemetry=TelemetryConfig(
+                    broker=layout.broker,
+                    topic_prefix=self.topic_prefix,
+                    interval_s=self.topology.telemetry.interval_s,
+                    tls=layout.broker_tls,
+                ),
+                nodes=dict(layout.addresses),
+                sae_directory=directory,
+                saes=list(node.saes),
+                key_api=key_api,
+            )
         return configs
 
     def layout(self, pki: TopologyPki) -> ConfigLayout:
@@ -524,20 +535,18 @@ class NetworkPlan:
 
         In containers, the node's directory also receives copies of its credentials and link
         secrets, and the configuration names them by paths relative to itself."""
-        import yaml
+        from qkdnet.node.config import node_config_yaml
 
         configs = self.node_configs(self.layout(pki))
         for node in self.nodes.values():
             config = configs[node.node_id]
             if self.in_containers:
-                self._copy_credentials(node, pki, config["links"])
-            write_private(node.config_path, yaml.safe_dump(config, sort_keys=False))
+                self._copy_credentials(node, pki, config.links)
+            write_private(node.config_path, node_config_yaml(config))
             if self.in_containers:
                 _hand_over(node.config_path.parent)
 
-    def _copy_credentials(
-        self, node: NodePlan, pki: TopologyPki, links: list[dict[str, Any]]
-    ) -> None:
+    def _copy_credentials(self, node: NodePlan, pki: TopologyPki, links: list[LinkConfig]) -> None:
         """Copy what `node` needs into its (container-mounted) directory, afresh."""
         where = node.config_path.parent
         if where.exists():
@@ -552,7 +561,7 @@ class NetworkPlan:
             write_private(where / name, source.read_bytes())
         secrets = {path.name: path for path in pki.link_secrets.values()}
         for link in links:
-            name = Path(link["psk_file"]).name
+            name = link.psk_file.name
             write_private(where / "links" / name, secrets[name].read_bytes())
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from qkdnet.node.config import node_config_yaml
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.file_modes import private_dir, write_private
 
@@ -234,7 +235,7 @@ def _write(
     kme_port = {node.node_id: key_api_port + k for k, node in enumerate(kmes)}
     for node_id, config in configs.items():
         config_path = directory / "nodes" / f"{node_id}.yaml"
-        write_private(config_path, yaml.safe_dump(config, sort_keys=False))
+        write_private(config_path, node_config_yaml(config))
         _readable_in_container(config_path)
         tls = pki.nodes[node_id]
         for kind, path in (("config", config_path), ("cert", tls.cert), ("key", tls.key)):
@@ -248,7 +249,7 @@ def _write(
         ]
         mounted += [
             {"source": f"link-{link_id}", "target": f"{link_id}.psk"}
-            for link_id in sorted(Path(link["psk_file"]).stem for link in config["links"])
+            for link_id in sorted(link.psk_file.stem for link in config.links)
         ]
         volumes[f"store-{node_id}"] = {}
         service: dict[str, Any] = {
