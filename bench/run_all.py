@@ -18,6 +18,7 @@ BENCHMARKS = [
     ["bench_relay.py"],
     ["bench_slow_clients.py"],
     ["bench_verbs.py"],
+    ["bench_cli_import.py"],
     ["model_table.py"],
 ]
 

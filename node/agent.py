@@ -42,7 +42,6 @@ from .config import KeyApiConfig, NodeConfig, load_node_config
 from .core.channel_model import ChannelChange
 from .core.toeplitz import configure_fftw
 from .edge.channel_shaping import ALL_PEERS, Shaping
-from .edge.classical_faults import ClassicalFaults
 from .edge.control_grpc import ControlService
 from .edge.etsi014 import KeyDeliveryServer
 from .edge.grpc_authorization import RoleAuthorization
@@ -97,7 +96,6 @@ class NodeAgent:
         self.port = 0
         self.router = Router(config.node_id)
         self.faults = PeerFaults(config.node_id)
-        self.classical_faults: dict[str, ClassicalFaults] = {}  # by peer: armed tampering
         self.peers = shaped_peer_channels(config.nodes, credentials.channel(), self.faults)
         self.delivered: DeliveredKeys | None = None
         self.relay: KeyRelay | None = None
@@ -126,7 +124,6 @@ class NodeAgent:
                 "auth": auth,
                 "executor": self._executor,
             }
-            self.classical_faults[link_cfg.peer] = ClassicalFaults()
             link: LinkEnd
             if transmits:
                 connector = GrpcLinkConnector(
@@ -134,8 +131,6 @@ class NodeAgent:
                     link_cfg.peer,
                     self.credentials.channel(),
                     shaping=self.faults.shaping,
-                    faults=self.classical_faults[link_cfg.peer],
-                    codec=kind.codec,
                 )
                 link = kind.transmitter(connector=connector, **common)
             else:
@@ -165,7 +160,7 @@ class NodeAgent:
             interceptors=[self.authorization, PeerFaultInterceptor(self.faults)],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
-        services = LinkService(self.links, self.faults.shaping, self.classical_faults)
+        services = LinkService(self.links, self.faults.shaping)
         relay_pb2_grpc.add_KeyRelayServicer_to_server(
             RelayService(self.relay, self.flooder.received), server
         )

@@ -31,12 +31,12 @@ The module imports no gRPC, aiohttp or aiomqtt.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from .edge.classical_faults import TAMPER_KINDS, tampered
 from .edge.link_codec import LINK_CODEC
 from .errors import RelayError
 from .protocol.link_messages import Envelope, PhotonChunk
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .store.key_store import KeyStore
 
 __all__ = [
+    "TAMPER_KINDS",
     "Direction",
     "Duplicate",
     "FakeClock",
@@ -63,6 +64,7 @@ __all__ = [
     "payload_of",
     "store_same_key",
     "stream_pair",
+    "tampered",
 ]
 
 Direction = Literal["to_receiver", "to_transmitter"]
@@ -70,6 +72,24 @@ MessageFilter = Callable[[Direction, Envelope], Sequence[Envelope]]
 """(direction, message) -> the messages that arrive instead (none: lost)."""
 
 _CLOSED = object()
+
+
+TAMPER_KINDS = ("bad_tag", "replay", "truncate", "garble")
+
+
+def tampered(envelope: Envelope, kind: str, previous: Envelope | None) -> Envelope:
+    """What an attacker on the classical channel sends in place of `envelope`: a flipped tag
+    bit (bad_tag), the previous message again (replay), half the body (truncate) or random
+    bytes of the same length (garble)."""
+    if kind == "bad_tag":
+        tag = bytearray(envelope.tag)
+        tag[0] ^= 0x01
+        return replace(envelope, tag=bytes(tag))
+    if kind == "replay":
+        return previous if previous is not None else envelope
+    if kind == "truncate":
+        return replace(envelope, body=envelope.body[: max(1, len(envelope.body) // 2)])
+    return replace(envelope, body=os.urandom(len(envelope.body)))
 
 
 def payload_of(envelope: Envelope) -> str:
@@ -140,8 +160,8 @@ class Reorder:
 
 class Tamper:
     """The matching messages (as for `Lose`) arrive changed, as an attacker on the classical
-    channel would change them (`edge/classical_faults.py`): `kind` is bad_tag (a flipped tag
-    bit), replay (the previous message in its place), truncate or garble (the body)."""
+    channel would change them (`tampered`): `kind` is bad_tag (a flipped tag bit), replay (the
+    previous message in its place), truncate or garble (the body)."""
 
     def __init__(
         self,

@@ -2,8 +2,8 @@
 
 `ControlService` answers the orchestrator (the controller role, checked by
 `RoleAuthorization`, and a name in the node's `controllers`): status, key digests, and the
-live faults — armed tampering, cut links, shaping, channel changes — which it applies through
-the agent and reports back as `NodeFaults`.
+live faults — cut links, shaping, channel changes — which it applies through the agent and
+reports back as `NodeFaults`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from qkdnet.v1 import control_pb2, control_pb2_grpc
 
 from ..core.channel_model import ChannelChange
 from ..protocol.link import LinkEnd
-from ..structured_log import log_event
 from .channel_shaping import Shaping
-from .classical_faults import TamperFault
 from .grpc_authorization import peer_name
 from .status_codec import status_to_wire
 
@@ -80,20 +78,6 @@ class ControlService(control_pb2_grpc.NodeControlServicer):
                 for d in digests
             ],
         )
-
-    async def InjectFault(
-        self, request: control_pb2.FaultRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> control_pb2.FaultReply:
-        await self._authorise(context)
-        link = await self._link(request.link_id, context)
-        try:
-            fault = TamperFault(request.kind, request.target)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        self._agent.classical_faults[link.peer].arm(fault)
-        log_event(logger, logging.WARNING, "fault_armed", link=link.link_id, kind=fault.kind)
-        return control_pb2.FaultReply(armed=True)
 
     async def SetPeerFaults(
         self, request: control_pb2.PeerFaultsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -22,15 +22,13 @@ from qkdnet.v1 import link_pb2, link_pb2_grpc
 
 from ..errors import LinkError
 from ..protocol.link import LinkEnd, SessionReceiver
-from ..protocol.link_messages import Envelope, MessageCodec, PhotonChunk
+from ..protocol.link_messages import Envelope, PhotonChunk
 from ..protocol.link_transport import Duplex, PhotonSink
 from .channel_shaping import ChannelShaping, Flow, ShapedStream
-from .classical_faults import ClassicalFaults, TamperingStream
 from .grpc_authorization import peer_name
 from .grpc_dial import dial
 from .grpc_errors import abort_with
 from .link_codec import (
-    LINK_CODEC,
     envelope_from_wire,
     envelope_to_wire,
     photons_from_wire,
@@ -100,16 +98,11 @@ async def classical_session(
     *,
     peer: str,
     shaping: ChannelShaping | None = None,
-    faults: ClassicalFaults | None = None,
-    codec: MessageCodec = LINK_CODEC,
 ) -> AsyncIterator[Duplex]:
     """The classical `stream` (a call or a server context) as the link's `Duplex`, with the
-    node's shaping toward `peer` and its armed tampering around it (which reads payloads with
-    the link kind's `codec`), for one session."""
+    node's shaping toward `peer` around it, for one session."""
     shaped = ShapedStream(stream, shaping, peer, Flow()) if shaping is not None else None
     duplex: Duplex = GrpcStream(shaped if shaped is not None else stream)
-    if faults is not None:
-        duplex = TamperingStream(duplex, faults, codec)
     try:
         yield duplex
     finally:
@@ -127,15 +120,11 @@ class GrpcLinkConnector:
         credentials: grpc.ChannelCredentials,
         *,
         shaping: ChannelShaping | None = None,
-        faults: ClassicalFaults | None = None,
-        codec: MessageCodec = LINK_CODEC,
     ) -> None:
         self.address = address
-        self._codec = codec
         self.peer = peer
         self._credentials = credentials
         self._shaping = shaping
-        self._faults = faults
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[tuple[Duplex, PhotonSink]]:
@@ -151,11 +140,7 @@ class GrpcLinkConnector:
             photons = link_pb2_grpc.QuantumChannelStub(channel).Transmit()
             try:
                 async with classical_session(
-                    classical,
-                    peer=self.peer,
-                    shaping=self._shaping,
-                    faults=self._faults,
-                    codec=self._codec,
+                    classical, peer=self.peer, shaping=self._shaping
                 ) as duplex:
                     yield duplex, _PhotonStream(photons)
             finally:
@@ -166,17 +151,11 @@ class GrpcLinkConnector:
 class LinkService(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.ClassicalChannelServicer):
     """QuantumChannel and ClassicalChannel: the receiving end of each link, which only the
     link's configured peer may call. `links` are the node's link ends by peer; the classical
-    stream toward a peer is shaped and tampered with as `shaping` and `faults[peer]` say."""
+    stream toward a peer is shaped as `shaping` says."""
 
-    def __init__(
-        self,
-        links: Mapping[str, LinkEnd],
-        shaping: ChannelShaping,
-        faults: Mapping[str, ClassicalFaults],
-    ) -> None:
+    def __init__(self, links: Mapping[str, LinkEnd], shaping: ChannelShaping) -> None:
         self._links = links
         self._shaping = shaping
-        self._faults = faults
 
     async def _receiver(self, context: grpc.aio.ServicerContext[Any, Any]) -> SessionReceiver:
         peer = peer_name(context)
@@ -210,8 +189,6 @@ class LinkService(link_pb2_grpc.QuantumChannelServicer, link_pb2_grpc.ClassicalC
                 context,
                 peer=link.peer,
                 shaping=self._shaping,
-                faults=self._faults[link.peer],
-                codec=link.auth.codec,
             ) as stream:
                 await link.serve(stream)
         except LinkError as exc:

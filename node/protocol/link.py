@@ -5,7 +5,7 @@ faults the controller sets on it: a cut (`set_cut`) ends the session and starts 
 restored (state "cut"); a channel change (`change_channel`) applies to every frame the
 transmitter starts emulating after it, and the model figures of both ends follow it at once,
 while the parameters checked at Hello stay the configured ones. What stands between the ends
-(delay, loss, tampering: `qkdnet.node.edge.channel_shaping` and `classical_faults` in the node,
+(delay, loss, tampering: `qkdnet.node.edge.channel_shaping` in the node,
 `qkdnet.node.testing` under test) is the transport's business: an end only sees the messages
 that arrive.
 

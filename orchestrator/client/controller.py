@@ -32,10 +32,6 @@ class NodeClient:
         request = control_pb2.KeyDigestRequest(link_id=link_id, nonce=nonce)
         return await self._stub.GetKeyDigest(request, timeout=timeout)
 
-    async def inject_fault(self, link_id: str, kind: str, target: str = "") -> None:
-        request = control_pb2.FaultRequest(link_id=link_id, kind=kind, target=target)
-        await self._stub.InjectFault(request, timeout=5.0)
-
     async def close(self) -> None:
         await self._channel.close()
 

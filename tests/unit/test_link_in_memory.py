@@ -4,6 +4,7 @@ memory (qkdnet.node.testing): no socket, no process, real key stores and authent
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from qkdnet.node.testing import (
     MessageFilter,
     Reorder,
     Tamper,
+    chain,
 )
 
 
@@ -39,6 +41,12 @@ class Ends:
     receiver: ReceiverLink
     connector: InMemoryLink
     stores: tuple[KeyStore, KeyStore]
+    running: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """Stop the link (its session ends where it is); the stores stay open."""
+        self.running.cancel()
+        await asyncio.gather(self.running, return_exceptions=True)
 
 
 def _config(
@@ -89,7 +97,7 @@ async def _link(
         )
         running = asyncio.create_task(transmitter.run())
         try:
-            yield Ends(transmitter, receiver, connector, (a_store, b_store))
+            yield Ends(transmitter, receiver, connector, (a_store, b_store), running)
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
@@ -104,11 +112,12 @@ async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def _ready_blocks(store: KeyStore) -> dict[str, str]:
-    """Block ID -> a keyed digest of its key, for the blocks an end holds as ready."""
+async def _ready_blocks(store: KeyStore, *, pending: bool = False) -> dict[str, str]:
+    """Block ID -> a keyed digest of its key, for the blocks an end holds as ready (and, with
+    `pending`, those it holds as pending too)."""
     nonce = b"\0" * 16
     digests = await store.run(lambda db: KeyStoreDb.digests(db, nonce))
-    return {d.block_id: d.digest.hex() for d in digests if not d.pending}
+    return {d.block_id: d.digest.hex() for d in digests if pending or not d.pending}
 
 
 async def test_two_ends_in_memory_distil_identical_key(tmp_path: Path) -> None:
@@ -149,20 +158,63 @@ async def _recovers_with_equal_stores(ends: Ends) -> None:
     assert all(a[block] == b[block] for block in common)
 
 
-@pytest.mark.parametrize(
-    ("kind", "reason"),
-    [("bad_tag", "bad_tag"), ("replay", "replay"), ("truncate", None), ("garble", None)],
-)
-async def test_a_tampered_message_is_refused_and_the_stores_stay_equal(
-    tmp_path: Path, kind: str, reason: str | None
+# What a receiver may call a tampered message: a changed body fails to parse or its tag.
+EXPECTED_REASONS = {
+    "bad_tag": {"bad_tag"},
+    "replay": {"replay"},
+    "truncate": {"malformed", "bad_tag"},
+    "garble": {"malformed", "bad_tag"},
+}
+
+
+def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of every `event` the link ends logged (structured_log.log_event)."""
+    return [
+        getattr(record, "fields", {}) for record in caplog.records if record.getMessage() == event
+    ]
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_REASONS))
+async def test_a_tampered_commit_is_refused_and_nothing_of_its_round_is_kept(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with _link(tmp_path, Tamper(kind, payload="sift_reply")) as ends:
-        await _until(lambda: bool(ends.connector.ended))
+    """Amplification is the commit: had the receiver accepted a changed one, it would have
+    stored the block. It refuses it, counts and logs why; the transmitter's pending copy is
+    discarded when the next session settles, and key flows on with equal stores."""
+    caplog.set_level(logging.INFO)
+    async with _link(tmp_path, Tamper(kind, payload="amplification")) as ends:
+        await _until(lambda: sum(ends.receiver.stats.rejected.values()) >= 1)
+        assert set(ends.receiver.stats.rejected) <= EXPECTED_REASONS[kind]
+        after = ends.transmitter.stats.frames_ok
+        await _until(lambda: ends.transmitter.stats.frames_ok >= after + 2)
         await _recovers_with_equal_stores(ends)
-    if reason is not None:
-        assert ends.receiver.stats.rejected[reason] == 1
-    else:  # a changed body: refused as malformed, or its tag fails
-        assert sum(ends.receiver.stats.rejected.values()) == 1
+        await ends.stop()
+        alice = await _ready_blocks(ends.stores[0], pending=True)
+        bob = await _ready_blocks(ends.stores[1])
+    rejected = _events(caplog, "message_rejected")
+    assert rejected
+    assert rejected[0]["reason"] in EXPECTED_REASONS[kind]
+    settled = _events(caplog, "pending_settled")
+    assert settled
+    assert settled[0]["discarded"] == 1, "the tampered block was not discarded"
+    assert set(bob) <= set(alice)  # nothing at the receiver only
+    assert len(set(alice) - set(bob)) <= 1  # at most the frame in flight when it stopped
+
+
+async def test_tampered_mid_round_messages_end_only_their_session(tmp_path: Path) -> None:
+    """A wrong tag on a Cascade answer (to the receiver), then a replay in place of Stored (to
+    the transmitter): each end refuses what it got, each session ends, and the link goes on."""
+    tampering = chain(
+        Tamper("bad_tag", payload="parity_reply"),
+        Tamper("replay", payload="stored", direction="to_transmitter"),
+    )
+    async with _link(tmp_path, tampering) as ends:
+        await _until(lambda: ends.receiver.stats.rejected["bad_tag"] >= 1)
+        await _until(lambda: ends.transmitter.stats.rejected["replay"] >= 1)
+        after = ends.transmitter.stats.frames_ok
+        await _until(lambda: ends.transmitter.stats.frames_ok >= after + 1)
+        await _recovers_with_equal_stores(ends)
+    assert ends.connector.sessions >= 3
 
 
 async def test_a_duplicated_message_is_refused_as_a_replay(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Shaping(_message.Message):
-    """Shaping of the classical messages this node sends (qkdnet.node.channel_shaping): each is
+    """Shaping of the classical messages this node sends (qkdnet.node.edge.channel_shaping): each is
     delayed by delay_ms, give or take up to jitter_ms (uniform), queued behind the others at
     rate_kbit (0: no limit), and lost with loss_percent % — a loss on a reliable stream costs a
     retransmission timeout (200 ms + 2 x (delay + jitter), doubling on every consecutive loss),
@@ -244,56 +244,6 @@ class NodeFaults(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeFaults: _TypeAlias = NodeFaults  # noqa: Y015
-
-@_typing.final
-class FaultRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    LINK_ID_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    TARGET_FIELD_NUMBER: _builtins.int
-    link_id: _builtins.str
-    kind: _builtins.str
-    """"bad_tag" (flip a tag bit), "replay" (send the previous envelope again), "truncate" (cut the
-    body short) or "garble" (replace the body with random bytes).
-    """
-    target: _builtins.str
-    """Name of the ClassicalMessage payload to tamper with (e.g. "amplification"); empty: the next
-    message of any kind.
-    """
-    def __init__(
-        self,
-        *,
-        link_id: _builtins.str = ...,
-        kind: _builtins.str = ...,
-        target: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "link_id", b"link_id", "target", b"target"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FaultRequest: _TypeAlias = FaultRequest  # noqa: Y015
-
-@_typing.final
-class FaultReply(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ARMED_FIELD_NUMBER: _builtins.int
-    armed: _builtins.bool
-    def __init__(
-        self,
-        *,
-        armed: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["armed", b"armed"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FaultReply: _TypeAlias = FaultReply  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):

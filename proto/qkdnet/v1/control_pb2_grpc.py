@@ -44,11 +44,6 @@ class NodeControlStub:
                 request_serializer=qkdnet_dot_v1_dot_control__pb2.KeyDigestRequest.SerializeToString,
                 response_deserializer=qkdnet_dot_v1_dot_control__pb2.KeyDigest.FromString,
                 _registered_method=True)
-        self.InjectFault = channel.unary_unary(
-                '/qkdnet.v1.NodeControl/InjectFault',
-                request_serializer=qkdnet_dot_v1_dot_control__pb2.FaultRequest.SerializeToString,
-                response_deserializer=qkdnet_dot_v1_dot_control__pb2.FaultReply.FromString,
-                _registered_method=True)
         self.SetPeerFaults = channel.unary_unary(
                 '/qkdnet.v1.NodeControl/SetPeerFaults',
                 request_serializer=qkdnet_dot_v1_dot_control__pb2.PeerFaultsRequest.SerializeToString,
@@ -82,13 +77,6 @@ class NodeControlServicer:
 
     def GetKeyDigest(self, request, context):
         """Keyed digests of a link's stored blocks, for comparing both ends without revealing key.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def InjectFault(self, request, context):
-        """Test and chaos aid: make this node tamper with one of its next classical messages on a link.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,11 +123,6 @@ def add_NodeControlServicer_to_server(servicer, server):
                     servicer.GetKeyDigest,
                     request_deserializer=qkdnet_dot_v1_dot_control__pb2.KeyDigestRequest.FromString,
                     response_serializer=qkdnet_dot_v1_dot_control__pb2.KeyDigest.SerializeToString,
-            ),
-            'InjectFault': grpc.unary_unary_rpc_method_handler(
-                    servicer.InjectFault,
-                    request_deserializer=qkdnet_dot_v1_dot_control__pb2.FaultRequest.FromString,
-                    response_serializer=qkdnet_dot_v1_dot_control__pb2.FaultReply.SerializeToString,
             ),
             'SetPeerFaults': grpc.unary_unary_rpc_method_handler(
                     servicer.SetPeerFaults,
@@ -216,33 +199,6 @@ class NodeControl:
             '/qkdnet.v1.NodeControl/GetKeyDigest',
             qkdnet_dot_v1_dot_control__pb2.KeyDigestRequest.SerializeToString,
             qkdnet_dot_v1_dot_control__pb2.KeyDigest.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def InjectFault(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/qkdnet.v1.NodeControl/InjectFault',
-            qkdnet_dot_v1_dot_control__pb2.FaultRequest.SerializeToString,
-            qkdnet_dot_v1_dot_control__pb2.FaultReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,8 +36,6 @@ class NodeControlStub:
     GetStatus: _grpc.UnaryUnaryMultiCallable[_control_pb2.StatusRequest, _control_pb2.NodeStatus]
     GetKeyDigest: _grpc.UnaryUnaryMultiCallable[_control_pb2.KeyDigestRequest, _control_pb2.KeyDigest]
     """Keyed digests of a link's stored blocks, for comparing both ends without revealing key."""
-    InjectFault: _grpc.UnaryUnaryMultiCallable[_control_pb2.FaultRequest, _control_pb2.FaultReply]
-    """Test and chaos aid: make this node tamper with one of its next classical messages on a link."""
     SetPeerFaults: _grpc.UnaryUnaryMultiCallable[_control_pb2.PeerFaultsRequest, _control_pb2.NodeFaults]
     """Live faults, which the orchestrator sets at both ends of a link (see NodeFaults). Each
     answers with every fault in force at this node; none carries key material.
@@ -55,8 +53,6 @@ class NodeControlAsyncStub(NodeControlStub):
     GetStatus: _aio.UnaryUnaryMultiCallable[_control_pb2.StatusRequest, _control_pb2.NodeStatus]  # type: ignore[assignment]
     GetKeyDigest: _aio.UnaryUnaryMultiCallable[_control_pb2.KeyDigestRequest, _control_pb2.KeyDigest]  # type: ignore[assignment]
     """Keyed digests of a link's stored blocks, for comparing both ends without revealing key."""
-    InjectFault: _aio.UnaryUnaryMultiCallable[_control_pb2.FaultRequest, _control_pb2.FaultReply]  # type: ignore[assignment]
-    """Test and chaos aid: make this node tamper with one of its next classical messages on a link."""
     SetPeerFaults: _aio.UnaryUnaryMultiCallable[_control_pb2.PeerFaultsRequest, _control_pb2.NodeFaults]  # type: ignore[assignment]
     """Live faults, which the orchestrator sets at both ends of a link (see NodeFaults). Each
     answers with every fault in force at this node; none carries key material.
@@ -83,14 +79,6 @@ class NodeControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.KeyDigest, _abc.Awaitable[_control_pb2.KeyDigest]]:
         """Keyed digests of a link's stored blocks, for comparing both ends without revealing key."""
-
-    @_abc_1.abstractmethod
-    def InjectFault(
-        self,
-        request: _control_pb2.FaultRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_control_pb2.FaultReply, _abc.Awaitable[_control_pb2.FaultReply]]:
-        """Test and chaos aid: make this node tamper with one of its next classical messages on a link."""
 
     @_abc_1.abstractmethod
     def SetPeerFaults(
