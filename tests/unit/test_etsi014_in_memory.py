@@ -48,10 +48,10 @@ def _advert(node: str, peer: str, bits: int) -> LinkStateAdvert:
 
 @asynccontextmanager
 async def _kmes(
-    tmp_path: Path,
+    tmp_path: Path, blocks: int = 4
 ) -> AsyncIterator[dict[str, TestClient[web.Request, web.Application]]]:
-    """Nodes a and b, one link between them holding the same key at both ends; a test client
-    for each node's API."""
+    """Nodes a and b, one link between them holding the same key at both ends (`blocks` blocks
+    of 64 kbit, alternately for each direction); a test client for each node's API."""
     network = InMemoryRelayNetwork()
     clients = {}
     async with AsyncExitStack() as stack:
@@ -60,7 +60,7 @@ async def _kmes(
             store = await KeyStore.open(tmp_path / f"{node}.sqlite")
             stack.push_async_callback(store.close)
             stores[node] = (peer, store)
-        await store_same_key([store for _, store in stores.values()])
+        await store_same_key([store for _, store in stores.values()], blocks=blocks)
         for node, (peer, store) in stores.items():
             delivered = await DeliveredKeys.open(tmp_path / f"{node}-delivered.sqlite")
             stack.push_async_callback(delivered.close)
@@ -136,3 +136,40 @@ async def test_errors_are_etsi_error_bodies(tmp_path: Path) -> None:
         unknown = await a.get("/api/v1/nothing", headers={"X-Test-Caller": "sae/sae-a"})
         assert unknown.status == 404
         assert "message" in await unknown.json()
+
+
+async def test_a_thousand_keys_each_way_arrive_once_and_alike(tmp_path: Path) -> None:
+    """Volume through the API and the relay: 1,000 keys of 256 bits each way, asked in
+    batches of 100, fetched once by the slave, every one of them different."""
+    keys_each_way, batch = 1000, 100
+    everything: set[str] = set()
+    async with _kmes(tmp_path, blocks=12) as kme:
+        for master, slave in (("a", "b"), ("b", "a")):
+            issued: dict[str, str] = {}
+            while len(issued) < keys_each_way:
+                answer = await kme[master].post(
+                    f"{PREFIX}/sae-{slave}/enc_keys",
+                    json={"number": batch, "size": 256},
+                    headers={"X-Test-Caller": f"sae/sae-{master}"},
+                )
+                assert answer.status == 200, await answer.text()
+                issued |= {k["key_ID"]: k["key"] for k in (await answer.json())["keys"]}
+            ids = list(issued)
+            fetched: dict[str, str] = {}
+            for start in range(0, len(ids), batch):
+                answer = await kme[slave].post(
+                    f"{PREFIX}/sae-{master}/dec_keys",
+                    json={"key_IDs": [{"key_ID": i} for i in ids[start : start + batch]]},
+                    headers={"X-Test-Caller": f"sae/sae-{slave}"},
+                )
+                assert answer.status == 200, await answer.text()
+                fetched |= {k["key_ID"]: k["key"] for k in (await answer.json())["keys"]}
+            assert fetched == issued
+            again = await kme[slave].post(
+                f"{PREFIX}/sae-{master}/dec_keys",
+                json={"key_IDs": [{"key_ID": ids[-1]}]},
+                headers={"X-Test-Caller": f"sae/sae-{slave}"},
+            )
+            assert again.status == 400, "a key reaches its slave once"
+            everything |= set(issued.values())
+    assert len(everything) == 2 * keys_each_way, "no key was ever handed out twice"
