@@ -68,8 +68,10 @@ typecheck: install
 proto-check: install
 	$(BIN)/python scripts/gen_proto.py --check
 
-test: lint typecheck proto-check
-	$(BIN)/pytest
+# The checks, then the unit and integration tiers, with the container tier (and the image build
+# it needs) in a second pytest session beside them: scripts/run_suite.py.
+test: install
+	$(BIN)/python scripts/run_suite.py
 
 unit: install
 	$(BIN)/pytest tests/unit
