@@ -1,39 +1,46 @@
 """The link's measured figures against the analytic decoy-state model (GYS parameter set).
 
-Each case runs two real node processes with a large speed-up, collects several frames and
-compares the measured QBER and secret key per pulse with the model the node reports (the
-vacuum + weak decoy bound of Ma et al. 2005 evaluated at the expected gains, with the
-reconciliation efficiency Cascade achieved). Tolerances are statistical: the QBER from the
-binomial spread of the reconciled bits; the key rate from the per-frame spread.
+Each case runs the whole link, both ends joined in memory (`qkdnet.node.testing`), collects
+several frames and compares the measured QBER and secret key per pulse with the model the
+link reports (the vacuum + weak decoy bound of Ma et al. 2005 evaluated at the expected gains,
+with the reconciliation efficiency Cascade achieved). Tolerances are statistical: the QBER from
+the binomial spread of the reconciled bits; the key rate from the per-frame spread.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qkdnet.node.core.channel_model import ChannelParameters, max_distance, model_figures
+from qkdnet.node.protocol.link_stats import LinkStatus
 
-from .conftest import PairFactory
-from .test_link_keys import wait_for
+from .test_link_in_memory import _link, _until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 GYS = ChannelParameters(length_km=0.0)
 
 
-def _processing(length_km: float) -> dict[str, float]:
-    # Enough pulses per frame for good decoy statistics, fast enough in wall time.
-    return {"speedup": 1e5, "frame_bits": 100_000}
+async def _run(
+    tmp_path: Path, until: Callable[[LinkStatus], bool], channel: dict[str, Any], **processing: Any
+) -> LinkStatus:
+    """Run a link in memory until `until(status)` holds at the transmitter; its status."""
+    async with _link(tmp_path, channel=channel, **processing) as ends:
+        await _until(lambda: until(ends.transmitter.stats.snapshot()), timeout=240)
+        return ends.transmitter.stats.snapshot()
 
 
 @pytest.mark.parametrize("length_km", [10.0, 50.0, 100.0, 120.0])
-async def test_key_rate_matches_decoy_model(link_pair: PairFactory, length_km: float) -> None:
-    pair = link_pair({"length_km": length_km}, **_processing(length_km))
-    await pair.start()
-    status = await wait_for(pair, lambda s: s.frames_ok >= 6, timeout=240)
-    await pair.stop()
+async def test_key_rate_matches_decoy_model(tmp_path: Path, length_km: float) -> None:
+    # Enough pulses per frame for good decoy statistics.
+    status = await _run(
+        tmp_path, lambda s: s.frames_ok >= 6, {"length_km": length_km}, frame_bits=100_000
+    )
     # QBER: binomial over the reconciled bits, 5 sigma.
     q = status.model_qber
     sigma_q = math.sqrt(q * (1 - q) / status.reconciled_bits)
@@ -48,57 +55,46 @@ async def test_key_rate_matches_decoy_model(link_pair: PairFactory, length_km: f
     assert low * model <= measured <= high * model, (measured, model, status.frames_aborted)
 
 
-async def test_no_key_beyond_the_decoy_cutoff(link_pair: PairFactory) -> None:
+async def test_no_key_beyond_the_decoy_cutoff(tmp_path: Path) -> None:
     cutoff = max_distance(GYS, 1.1, decoy=True, practical=True)
-    pair = link_pair({"length_km": cutoff + 25.0}, speedup=1e5, frame_bits=50_000)
-    await pair.start()
-    status = await wait_for(pair, lambda s: s.frames_aborted >= 4, timeout=240)
-    await pair.stop()
+    status = await _run(
+        tmp_path, lambda s: s.frames_aborted >= 4, {"length_km": cutoff + 25.0}, frame_bits=50_000
+    )
     assert status.secret_bits == 0
     assert status.store_bits == 0
 
 
 @pytest.mark.parametrize("decoy", [True, False])
-async def test_gllp_cutoff_without_decoys(link_pair: PairFactory, decoy: bool) -> None:
+async def test_gllp_cutoff_without_decoys(tmp_path: Path, decoy: bool) -> None:
     gllp_cutoff = max_distance(GYS, 1.1, decoy=False, practical=True, optimize_mu=True)
     decoy_cutoff = max_distance(GYS, 1.1, decoy=True, practical=True)
     assert gllp_cutoff < 0.6 * decoy_cutoff
     # Just beyond the GLLP distance, only the decoy-state link still makes key.
     length = min(gllp_cutoff + 10.0, 0.7 * decoy_cutoff)
-    pair = link_pair({"length_km": length, "decoy": decoy}, speedup=1e5, frame_bits=50_000)
-    await pair.start()
+    channel = {"length_km": length, "decoy": decoy}
     if decoy:
-        status = await wait_for(pair, lambda s: s.frames_ok >= 2, timeout=240)
+        status = await _run(tmp_path, lambda s: s.frames_ok >= 2, channel, frame_bits=50_000)
         assert status.secret_bits > 0
     else:
-        status = await wait_for(pair, lambda s: s.frames_aborted >= 4, timeout=240)
+        status = await _run(tmp_path, lambda s: s.frames_aborted >= 4, channel, frame_bits=50_000)
         assert status.secret_bits == 0
-    await pair.stop()
 
 
-async def test_gllp_link_below_its_cutoff_makes_key(link_pair: PairFactory) -> None:
+async def test_gllp_link_below_its_cutoff_makes_key(tmp_path: Path) -> None:
     gllp_cutoff = max_distance(GYS, 1.1, decoy=False, practical=True, optimize_mu=True)
-    pair = link_pair(
-        {"length_km": 0.4 * gllp_cutoff, "decoy": False}, speedup=1e5, frame_bits=100_000
-    )
-    await pair.start()
-    status = await wait_for(pair, lambda s: s.frames_ok >= 4, timeout=240)
-    await pair.stop()
+    channel = {"length_km": 0.4 * gllp_cutoff, "decoy": False}
+    status = await _run(tmp_path, lambda s: s.frames_ok >= 4, channel, frame_bits=100_000)
     model = status.model_secret_fraction_per_pulse
     assert model > 0
     assert 0.8 * model <= status.secret_fraction_per_pulse <= 1.15 * model
 
 
 @pytest.mark.parametrize("fraction", [0.2, 0.6])
-async def test_eavesdropper_raises_qber_as_the_model_says(
-    link_pair: PairFactory, fraction: float
-) -> None:
-    pair = link_pair(
-        {"length_km": 10.0, "eavesdrop_fraction": fraction}, speedup=1e5, frame_bits=50_000
+async def test_eavesdropper_raises_qber_as_the_model_says(tmp_path: Path, fraction: float) -> None:
+    channel = {"length_km": 10.0, "eavesdrop_fraction": fraction}
+    status = await _run(
+        tmp_path, lambda s: s.frames_ok + s.frames_aborted >= 4, channel, frame_bits=50_000
     )
-    await pair.start()
-    status = await wait_for(pair, lambda s: s.frames_ok + s.frames_aborted >= 4, timeout=240)
-    await pair.stop()
     params = ChannelParameters(length_km=10.0, eavesdrop_fraction=fraction)
     expected = model_figures(params, 1.1).e_mu
     sigma = math.sqrt(expected * (1 - expected) / status.sample_bits)
