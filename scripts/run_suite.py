@@ -1,11 +1,10 @@
 """The whole suite, as `make test` runs it: two pytest sessions side by side.
 
 The container tier runs in a session of its own, started first, in the background: it builds
-the images (minutes, on a machine without them) while it runs a few long integration modules
-(`BACKGROUND`), then runs the container tests, its output going to
-`build/container-tests.log`. Meanwhile the checks (`make lint typecheck proto-check`) and then
-the unit and the other integration tests run in the foreground. When they are done, the
-background session's output is shown (followed live until it ends), and the exit status is the
+the images (minutes, on a machine without them) and then runs the container tests, its output
+going to `build/container-tests.log`. Meanwhile the checks (`make lint typecheck proto-check`)
+and then the unit and integration tiers run in the foreground. When they are done, the
+container session's output is shown (followed live until it ends), and the exit status is the
 first failure's. On two cores this overlaps the container tests with the integration tests,
 which leave the machine idle much of the time (nodes waiting for key, processes starting).
 
@@ -26,15 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOG = ROOT / "build" / "container-tests.log"
 PYTEST = [sys.executable, "-m", "pytest"]
-# The background session: the container tier, and integration modules that run while its
-# images build (they deploy in address blocks of their own, the sessions' registries being
-# separate) or start no node (the CLI's refusals).
-BACKGROUND = [
-    "tests/container",
-    "tests/integration/test_etsi014_fuzz.py",
-    "tests/integration/test_secoqc_delivery.py",
-    "tests/integration/test_cli_refusals.py",
-]
 
 
 def _follow(process: subprocess.Popen[bytes], log: Path) -> int:
@@ -65,27 +55,22 @@ def main() -> int:
     LOG.parent.mkdir(parents=True, exist_ok=True)
     with LOG.open("wb") as log:
         containers = subprocess.Popen(
-            [*PYTEST, *BACKGROUND],
+            [*PYTEST, "tests/container"],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    print(
-        f"==> container tier and {len(BACKGROUND) - 1} integration modules: started in the "
-        f"background (output in {LOG})",
-        flush=True,
-    )
+    print(f"==> container tier: started in the background (output in {LOG})", flush=True)
     try:
         status = subprocess.run(checks, cwd=ROOT).returncode
         if status == 0:
-            print("==> unit and integration tiers (but the modules in the background)", flush=True)
-            ignored = [f"--ignore={path}" for path in BACKGROUND[1:]]
-            tiers = [*PYTEST, "tests/unit", "tests/integration", *ignored]
+            print("==> unit and integration tiers", flush=True)
+            tiers = [*PYTEST, "tests/unit", "tests/integration"]
             status = subprocess.run(tiers, cwd=ROOT).returncode
         else:  # as Ctrl-C would: the session stops its image build and cleans up
             containers.send_signal(signal.SIGINT)
-        print("==> background session (its output so far, then live until it ends)", flush=True)
+        print("==> container tier (its output so far, then live until it ends)", flush=True)
         container_status = _follow(containers, LOG)
     except KeyboardInterrupt:
         containers.send_signal(signal.SIGINT)

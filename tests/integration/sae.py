@@ -135,23 +135,15 @@ def ring_topology(name: str, frame_bits: int, **extra: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def deployed(
-    topology: Path | dict[str, Any],
-    root: Path,
-    runtime: str | None = None,
-    *,
-    subnet: str | None = None,
+    topology: Path | dict[str, Any], root: Path, runtime: str | None = None
 ) -> Iterator[NetworkPlan]:
     """A topology (a file, or the data of one) deployed under `root` on its runtime (or
-    `runtime`), in `subnet` when given (the tests `make test` runs in its second session take
-    blocks of their own: the two sessions keep separate registries), with key on every link;
-    destroyed on the way out."""
+    `runtime`), with key on every link; destroyed on the way out."""
     if isinstance(topology, dict):
         path = root / f"{topology['name']}.yaml"
         path.write_text(yaml.safe_dump(topology))
         topology = path
-    plan = NetworkPlan.build(
-        load_topology(topology), root / "state", runtime=runtime, subnet=subnet
-    )
+    plan = NetworkPlan.build(load_topology(topology), root / "state", runtime=runtime)
     nodes = runtime_for(plan)
     nodes.deploy(timeout=90)
     try:

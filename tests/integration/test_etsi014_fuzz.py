@@ -84,8 +84,7 @@ SCHEMA = schemathesis.openapi.from_dict(_document(), config=CONFIG)
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
-    # A block of its own: `make test` runs this module in its second session (run_suite.py).
-    with deployed(TOPOLOGY, tmp_path_factory.mktemp("fuzzed"), subnet="127.200.0.0/16") as plan:
+    with deployed(TOPOLOGY, tmp_path_factory.mktemp("fuzzed")) as plan:
         yield plan
 
 

@@ -30,8 +30,7 @@ BATCH = 100
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
-    # A block of its own: `make test` runs this module in its second session (run_suite.py).
-    with deployed(EXAMPLE, tmp_path_factory.mktemp("secoqc"), subnet="127.201.0.0/16") as plan:
+    with deployed(EXAMPLE, tmp_path_factory.mktemp("secoqc")) as plan:
         yield plan
 
 
