@@ -23,15 +23,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return issue_pki(tmp_path_factory.mktemp("pki"))
 
 
-def _run_node(tmp_path: Path, config: dict[str, Any] | str) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "node.yaml"
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+def _qkdnet(*args: str) -> subprocess.CompletedProcess[str]:
+    """`qkdnet ARGS...` in a process of its own, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "qkdnet.orchestrator", "node", "--config", str(path)],
+        [sys.executable, "-m", "qkdnet.orchestrator", *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def _run_node(tmp_path: Path, config: dict[str, Any] | str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "node.yaml"
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    return _qkdnet("node", "--config", str(path))
 
 
 def test_cli_bad_field_exit_2_without_traceback(pki: Path, tmp_path: Path) -> None:
@@ -109,12 +114,7 @@ def test_link_demo_bad_options() -> None:
         (["--eavesdrop", "1.5"], "--eavesdrop"),
         (["--speedup", "0"], "--speedup"),
     ):
-        result = subprocess.run(
-            [sys.executable, "-m", "qkdnet.orchestrator", "link-demo", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = _qkdnet("link-demo", *args)
         assert result.returncode == 2
         assert expected in result.stdout + result.stderr
         assert "Traceback" not in result.stdout + result.stderr
@@ -123,21 +123,11 @@ def test_link_demo_bad_options() -> None:
 def test_cli_validate(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(MALFORMED[14][1])
-    result = subprocess.run(
-        [sys.executable, "-m", "qkdnet.orchestrator", "validate", "-t", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _qkdnet("validate", "-t", str(bad))
     assert result.returncode == 2
     assert f"{bad}:4: links[0].endpoints: unknown node 'z'" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    good = subprocess.run(
-        [sys.executable, "-m", "qkdnet.orchestrator", "validate", "-t", str(EXAMPLES[0])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    good = _qkdnet("validate", "-t", str(EXAMPLES[0]))
     assert good.returncode == 0
     assert "nodes" in good.stdout
 
@@ -145,12 +135,7 @@ def test_cli_validate(tmp_path: Path) -> None:
 def test_cli_validate_refuses_an_sae_named_like_the_controller(tmp_path: Path) -> None:
     path = tmp_path / "clash.yaml"
     path.write_text(NAMESPACE[1][1])
-    result = subprocess.run(
-        [sys.executable, "-m", "qkdnet.orchestrator", "validate", "-t", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _qkdnet("validate", "-t", str(path))
     assert result.returncode == 2
     assert f"{path}:4: nodes.a.saes[0]: SAE 'orchestrator'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -162,12 +147,7 @@ def test_cli_validate_refuses_an_sae_named_like_the_controller(tmp_path: Path) -
 def test_cli_validate_refuses_a_200_km_link(tmp_path: Path) -> None:
     path = tmp_path / "long.yaml"
     path.write_text(UNWORKABLE[0][1])
-    result = subprocess.run(
-        [sys.executable, "-m", "qkdnet.orchestrator", "validate", "-t", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _qkdnet("validate", "-t", str(path))
     assert result.returncode == 2
     assert f"{path}:5: links[0].length_km: link a--b of 200 km yields no key" in result.stderr
     assert "Traceback" not in result.stderr
