@@ -170,7 +170,9 @@ class DockerRuntime(ContainerFaults):
     def _containers(self) -> dict[str, Any]:
         """This deployment's containers by node ID (the broker's under `BROKER`)."""
         found: dict[str, Any] = {}
-        for container in self.client.containers.list(all=True, filters=self._filters()):
+        for container in self.client.containers.list(
+            all=True, ignore_removed=True, filters=self._filters()
+        ):
             labels = container.labels
             if labels.get(LABEL_ROLE) == "broker":
                 found[BROKER] = container

@@ -53,7 +53,9 @@ def docker_engine() -> Iterator[Any]:
     except DockerUnavailable as exc:
         pytest.skip(str(exc))
     yield client
-    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+    for container in client.containers.list(
+        all=True, ignore_removed=True, filters={"label": TEST_LABEL}
+    ):
         container.remove(force=True)
     for volume in client.volumes.list(filters={"label": TEST_LABEL}):
         volume.remove(force=True)

@@ -113,7 +113,9 @@ def test_compose_up_runs_the_exported_chain(
     finally:
         _run([*compose, *project, "down", "-v", "--timeout", "15"], cwd=out)
     label = "com.docker.compose.project=qkdnet-test-compose"
-    assert not docker_engine.containers.list(all=True, filters={"label": label})
+    assert not docker_engine.containers.list(
+        all=True, ignore_removed=True, filters={"label": label}
+    )
     assert not docker_engine.volumes.list(filters={"label": label})
 
 
@@ -162,7 +164,7 @@ def test_stack_deploy_runs_the_exported_chain(
     finally:
         _run(["docker", "stack", "rm", stack])
         deadline = time.monotonic() + 60
-        while docker_engine.containers.list(all=True, filters=label):
+        while docker_engine.containers.list(all=True, ignore_removed=True, filters=label):
             assert time.monotonic() < deadline, "the stack's containers outlived docker stack rm"
             time.sleep(1)
         for volume in docker_engine.volumes.list(filters=label):  # Swarm keeps volumes

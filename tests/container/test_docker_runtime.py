@@ -46,7 +46,9 @@ def _labelled(client: Any, name: str) -> dict[str, list[str]]:
     """Names of every container, network and volume carrying the deployment's label."""
     filters = {"label": f"{LABEL_DEPLOYMENT}={name}"}
     return {
-        "containers": [c.name for c in client.containers.list(all=True, filters=filters)],
+        "containers": [
+            c.name for c in client.containers.list(all=True, ignore_removed=True, filters=filters)
+        ],
         "networks": [n.name for n in client.networks.list(filters=filters)],
         "volumes": [v.name for v in client.volumes.list(filters=filters)],
     }
@@ -200,7 +202,7 @@ def test_chain5_in_containers_survives_a_killed_middle_node(
         assert found["networks"] == [f"qkdnet-{plan.name}"]
         assert sorted(found["volumes"]) == sorted(f"qkdnet-chain5-{n}" for n in plan.nodes)
         for container in docker_engine.containers.list(
-            filters={"label": f"{LABEL_DEPLOYMENT}={plan.name}"}
+            ignore_removed=True, filters={"label": f"{LABEL_DEPLOYMENT}={plan.name}"}
         ):
             assert container.labels[LABEL_STATE_DIR] == str(plan.state_dir)
             assert container.labels[LABEL_ROLE] in ("node", "broker")
