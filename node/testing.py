@@ -25,6 +25,12 @@ clock and being recorded.
 their gRPC service would, with the same errors; a node in `down` answers nothing, as a node
 that died (reason `unreachable`).
 
+`InMemoryBorders` joins the `BorderKms` (protocol/interworking.py) of two domains' border
+nodes: `peer_of(name)` is the `PeerKms` of one, calling the other's 020 side directly as its
+HTTPS server would (a refusal as `InterworkingRefusal`, a border in `down` as `unreachable`);
+acknowledgements of asynchronous transfers come back on a task of their own, as over HTTP.
+`drop_acks` loses every acknowledgement one border sends (the other never hears).
+
 The module imports no gRPC, aiohttp or aiomqtt.
 """
 
@@ -44,6 +50,8 @@ from .protocol.link_transport import Duplex, PhotonSink
 from .protocol.relay_messages import LinkStateAdvert, RelayAck, RelayFrame
 
 if TYPE_CHECKING:
+    from .protocol.interworking import BorderKms
+    from .protocol.interworking_messages import Ack, KeyTransfer, VoidRequest
     from .protocol.link import SessionReceiver
     from .protocol.relay import KeyRelay
     from .store.key_store import KeyStore
@@ -53,6 +61,7 @@ __all__ = [
     "Direction",
     "Duplicate",
     "FakeClock",
+    "InMemoryBorders",
     "InMemoryLink",
     "InMemoryRelayNetwork",
     "Lose",
@@ -398,6 +407,49 @@ class _MemoryRelayPeers:
 
     async def close(self) -> None:
         """Nothing to let go of."""
+
+
+@dataclass
+class InMemoryBorders:
+    """The 020 sides of border nodes, joined in memory (see the module's docstring)."""
+
+    borders: dict[str, BorderKms] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+    drop_acks: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (caller, operation)
+
+    def add(self, name: str, border: BorderKms) -> None:
+        self.borders[name] = border
+
+    def peer_of(self, name: str, peer: str) -> _MemoryPeerKms:
+        """The `PeerKms` border `name` uses to reach border `peer`."""
+        return _MemoryPeerKms(self, name, peer)
+
+
+class _MemoryPeerKms:
+    def __init__(self, network: InMemoryBorders, name: str, peer: str) -> None:
+        self._network = network
+        self._name = name
+        self._peer = peer
+
+    def _reach(self, operation: str) -> BorderKms:
+        self._network.calls.append((self._name, operation))
+        border = self._network.borders.get(self._peer)
+        if border is None or {self._name, self._peer} & self._network.down:
+            raise RelayError(f"the peer border {self._peer} did not answer", reason="unreachable")
+        return border
+
+    async def transfer(self, transfer: KeyTransfer) -> list[Ack] | None:
+        return await self._reach("ext_keys").receive_transfer(transfer)
+
+    async def acknowledge(self, acks: Sequence[Ack]) -> None:
+        border = self._reach("ack")
+        if self._name in self._network.drop_acks:
+            raise RelayError(f"the peer border {self._peer} did not answer", reason="unreachable")
+        border.receive_acks(acks)
+
+    async def void(self, request: VoidRequest) -> list[Ack] | None:
+        return await self._reach("void").receive_void(request)
 
 
 async def store_same_key(

@@ -263,6 +263,36 @@ class KeyManager:
             )
         return [(k.key_id, k.key) for k in pooled] + fresh, report
 
+    async def relay_given(
+        self, master: str, slaves: Sequence[str], keys: Sequence[tuple[str, bytes]], size: int
+    ) -> DeliveryReport:
+        """Relay keys made elsewhere (another domain's, over ETSI GS QKD 020) from this node to
+        the nodes of `slaves`, and commit them there: all or, with RelayError, none."""
+        start = time.perf_counter()
+        by_node = self._by_node(slaves)
+        report = DeliveryReport(source="relay", relayed=len(keys))
+        _, report.routes = await self._transactions.run(
+            master,
+            slaves,
+            by_node,
+            len(keys),
+            size,
+            False,
+            self.policy.key_ttl_s,
+            given=keys,
+        )
+        report.ms = (time.perf_counter() - start) * 1e3
+        return report
+
+    async def withdraw(self, slaves: Sequence[str], key_ids: Sequence[str], reason: str) -> int:
+        """Withdraw keys this node relayed (as their origin) at every node serving one of
+        `slaves`; how many were there. RelayError when a node could not be reached."""
+        nodes = {node for node in (self.node_of(slave) for slave in slaves) if node is not None}
+        withdrawn = 0
+        for node in sorted(nodes):
+            withdrawn += await self._withdraw(node, list(key_ids), reason)
+        return withdrawn
+
     async def _unused_pool_keys(
         self, master: str, slave: str, multipath: bool, keys: list[PoolKey]
     ) -> None:

@@ -74,14 +74,21 @@ class KeyTransactions:
         size: int,
         multipath: bool,
         ttl_s: float,
+        given: Sequence[tuple[str, bytes]] | None = None,
     ) -> tuple[list[tuple[str, bytes]], list[RouteReport]]:
         """Make `number` keys, relay them to every remote target node and settle.
 
         Keys for slaves on this node are stored pending first, and committed with the others.
         RelayError when any target did not get them (they are then discarded everywhere).
+        `given` relays these (key ID, key) pairs instead of fresh ones: keys that came from
+        another domain (ETSI GS QKD 020), `number` of them, each `size` bits.
         """
-        keys = [secrets.token_bytes(size // 8) for _ in range(number)]
-        uuids = [uuid.uuid4() for _ in range(number)]
+        if given is None:
+            keys = [secrets.token_bytes(size // 8) for _ in range(number)]
+            uuids = [uuid.uuid4() for _ in range(number)]
+        else:
+            keys = [key for _, key in given]
+            uuids = [uuid.UUID(key_id) for key_id, _ in given]
         key_ids = [str(u) for u in uuids]
         transaction_id = uuid.uuid4().hex
 

@@ -28,9 +28,10 @@ import struct
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Protocol
 
 from ..core.polynomial_hash import PolynomialHash, tags_equal, wegman_carter_tag
 from ..errors import FrameReplayed, KeyExhausted, KeyRejected, KeyStoreError, RelayError
@@ -45,6 +46,7 @@ __all__ = [
     "FRAME_MEMORY_S",
     "HOP_TIMEOUT_S",
     "PENDING_EXPIRY_S",
+    "KeyExporter",
     "KeyRelay",
     "RelayCounters",
     "link_key_bits",
@@ -91,6 +93,29 @@ def _authenticated(header: bytes, payload: bytes, ciphertext: bytes) -> bytes:
     return struct.pack(">II", len(header), len(payload)) + header + payload + ciphertext
 
 
+class KeyExporter(Protocol):
+    """Where keys for SAEs of another domain go when a relay ends at this (border) node: the
+    node's ETSI GS QKD 020 side (`interworking.BorderKms`)."""
+
+    def handles(self, sae: str) -> bool:
+        """Whether `sae` is served in another domain, reached through this node."""
+        ...
+
+    async def export(self, keys: NewKeys) -> None:
+        """Hand `keys` (for `keys.local_slaves`, all of another domain) to that domain; returns
+        once it has them, RelayError when it has not (then it keeps none)."""
+        ...
+
+    async def settle(self, transaction_id: str, origin: str, commit: bool) -> int:
+        """The origin settled an exported transaction: how many keys it held (0: not one of
+        those exported); discarded ones are withdrawn from the other domain."""
+        ...
+
+    async def void(self, origin: str, key_ids: Sequence[str], reason: str) -> int:
+        """Withdraw exported keys from the other domain; how many it withdrew."""
+        ...
+
+
 class KeyRelay:
     """The relay logic of one node: sending, forwarding, receiving and settling."""
 
@@ -115,6 +140,8 @@ class KeyRelay:
         self._local_saes = local_saes
         self.key_ttl_s = key_ttl_s
         self.counters = RelayCounters()
+        # Set by a border node: where keys for SAEs of another domain go.
+        self.exporter: KeyExporter | None = None
 
     def _direction(self, sender: str, receiver: str) -> int:
         return 0 if sender < receiver else 1
@@ -209,6 +236,25 @@ class KeyRelay:
     async def receive(self, frame: RelayFrame, sender: str) -> RelayAck:
         """Handle a frame from neighbour `sender`; forward it or store it at the target."""
         start = time.perf_counter()
+        header, keys = await self._open(frame, sender)
+        route, hop = list(header.route), header.hop
+        if hop + 2 < len(route):
+            ack = await self._send(route, hop + 1, header.transaction_id, frame.payload, keys)
+            micros = int((time.perf_counter() - start) * 1e6)
+            return RelayAck(
+                transaction_id=ack.transaction_id,
+                route=(self.node_id, *ack.route),
+                hop_micros=(micros, *ack.hop_micros),
+            )
+        await self._store(frame.payload, keys, origin=route[0])
+        micros = int((time.perf_counter() - start) * 1e6)
+        return RelayAck(
+            transaction_id=header.transaction_id, route=(self.node_id,), hop_micros=(micros,)
+        )
+
+    async def _open(self, frame: RelayFrame, sender: str) -> tuple[RelayHeader, bytes]:
+        """Check a frame from neighbour `sender` and take its link key: the header and the
+        keys in clear. Refused (RelayError) when anything is wrong; then no key is consumed."""
         try:
             header = self._codec.decode_header(frame.header)
         except ValueError as exc:
@@ -251,20 +297,22 @@ class KeyRelay:
             reason = "replay" if "already consumed" in str(exc) else "no_key"
             raise self._refuse(reason, f"relay frame: {exc}") from None
         self.counters.frames_received += 1
-        keys = _xor(frame.ciphertext, bits[16:])
-        if hop + 2 < len(route):
-            ack = await self._send(route, hop + 1, header.transaction_id, frame.payload, keys)
-            micros = int((time.perf_counter() - start) * 1e6)
-            return RelayAck(
-                transaction_id=ack.transaction_id,
-                route=(self.node_id, *ack.route),
-                hop_micros=(micros, *ack.hop_micros),
-            )
-        await self._store(frame.payload, keys, origin=route[0])
-        micros = int((time.perf_counter() - start) * 1e6)
-        return RelayAck(
-            transaction_id=header.transaction_id, route=(self.node_id,), hop_micros=(micros,)
-        )
+        return header, _xor(frame.ciphertext, bits[16:])
+
+    # -- one hop to a neighbour in another domain (ETSI GS QKD 020 over a shared link) ------
+    async def seal_hop(self, peer: str, context: bytes, keys: bytes) -> RelayFrame:
+        """`keys` one-time-padded with link key of the link to `peer`, under a Wegman-Carter
+        tag that also covers `context` (which travels apart, in clear): for a border node that
+        hands keys to its neighbour in another domain over 020 (`interworking.py`)."""
+        frame = await self._seal([self.node_id, peer], 0, "", context, keys)
+        self.counters.frames_sent += 1
+        return replace(frame, payload=b"")
+
+    async def open_hop(self, frame: RelayFrame, sender: str, context: bytes) -> bytes:
+        """The keys of a frame `seal_hop` sealed at neighbour `sender` for this node, with
+        `context` as it sealed it; RelayError (`bad_tag`, `replay`, ...) when it is not that."""
+        _, keys = await self._open(replace(frame, payload=context), sender)
+        return keys
 
     async def _store(self, body: bytes, keys: bytes, origin: str) -> None:
         try:
@@ -274,10 +322,17 @@ class KeyRelay:
         size = payload.key_bits // 8
         count = len(payload.key_uuids) // 16
         local = tuple(s for s in payload.target_saes if s in self._local_saes)
+        exporter = self.exporter
+        foreign = tuple(
+            s
+            for s in payload.target_saes
+            if s not in self._local_saes and exporter is not None and exporter.handles(s)
+        )
         shares = max(1, payload.shares)
         if (
             payload.origin != origin
-            or not local
+            or not (local or foreign)
+            or (foreign and shares > 1)
             or size <= 0
             or count == 0
             or len(payload.key_uuids) != 16 * count
@@ -298,6 +353,12 @@ class KeyRelay:
             keys=tuple(payload.keys[i * size : (i + 1) * size] for i in range(count)),
             ttl_s=float(payload.ttl_seconds) or self.key_ttl_s,
         )
+        if foreign:
+            assert exporter is not None
+            await exporter.export(replace(new, local_slaves=foreign))
+            if not local:
+                return
+            new = replace(new, local_slaves=local)
         if shares == 1:
             await self._delivered.run(lambda db: db.add(new, pending=True))
         else:
@@ -328,7 +389,10 @@ class KeyRelay:
     async def settle_here(self, transaction_id: str, origin: str, commit: bool) -> int:
         """A Settle call from `origin` for a transaction stored here (NotTheOrigin when it is
         another node's)."""
-        return await self._delivered.run(lambda db: db.settle(transaction_id, origin, commit))
+        settled = await self._delivered.run(lambda db: db.settle(transaction_id, origin, commit))
+        if self.exporter is not None:
+            settled += await self.exporter.settle(transaction_id, origin, commit)
+        return settled
 
     async def void_here(self, origin: str, blob: bytes, reason: str) -> int:
         """A Void call from `origin`: withdraw the keys it relayed here (`blob`: their 16-byte
@@ -337,6 +401,8 @@ class KeyRelay:
             raise self._refuse("malformed", "key IDs of a void request are not 16 bytes each")
         ids = [str(uuid.UUID(bytes=blob[i : i + 16])) for i in range(0, len(blob), 16)]
         removed = await self._delivered.run(lambda db: db.void(origin, ids))
+        if self.exporter is not None:
+            removed += await self.exporter.void(origin, ids, reason)
         self.counters.keys_voided += removed
         log_event(logger, logging.INFO, "keys_voided", origin=origin, keys=removed, reason=reason)
         return removed
