@@ -440,9 +440,7 @@ class InterworkingServer:
         except InterworkingRefusal as exc:
             response = problem_response(exc.status, exc.problem, exc.detail, exc.message)
             if exc.status in (400, 401, 503):
-                self._border.counters.refusals[exc.detail] = (
-                    self._border.counters.refusals.get(exc.detail, 0) + 1
-                )
+                self._border.counters.refusals[exc.detail] += 1
         except web.HTTPRequestEntityTooLarge:
             # Capacity, as the standard's errors go (413 is none of its answers): try less.
             response = problem_response(

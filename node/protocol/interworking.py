@@ -27,21 +27,18 @@ acknowledges each group `relayed` or `failed`. When the acknowledgement cannot b
 standard asks. Voids from the peer withdraw imported keys (`voided`; `key not present` for IDs
 never seen, which are then refused should they arrive late).
 
-When the two borders share a QKD link (`HopCipher`), key values cross one-time-padded with that
-link's key under a Wegman-Carter tag, announced by the mandatory extension `OTP_EXTENSION`:
-the 020 connection then carries no key in clear even for someone holding its TLS keys. Without
-a shared link (two KMSs in one site, as the standard pictures them), values travel in clear
-inside mutual TLS 1.3.
+When the two borders share a QKD link, key values cross one-time-padded with that link's key
+(`border_link.py`); without one (two KMSs in one site, as the standard pictures them), values
+travel in clear inside mutual TLS 1.3.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,6 +46,7 @@ from typing import Any, Protocol
 from ..errors import KeyStoreError, RelayError
 from ..store.delivered_keys import NewKeys
 from ..structured_log import log_event
+from .border_link import OTP_EXTENSION, HopCipher, transfer_context
 from .interworking_messages import (
     Ack,
     AckStatus,
@@ -57,25 +55,16 @@ from .interworking_messages import (
     KeyTransfer,
     VoidRequest,
 )
-from .relay_messages import RelayFrame
 
 __all__ = [
     "ACK_ATTEMPTS",
     "ACK_TIMEOUT_S",
-    "OTP_EXTENSION",
     "BorderKms",
     "DomainKeys",
-    "HopCipher",
-    "HopSealer",
     "InterworkingCounters",
-    "LinkHopCipher",
     "PeerKms",
-    "transfer_context",
 ]
 
-# Extension names start with "E" + an IANA Private Enterprise Number; 32473 is the number
-# RFC 5612 sets aside for documentation and examples, which an emulator's extension is.
-OTP_EXTENSION = "E32473_qkdnet_link_otp"
 # How long an export waits for the peer's acknowledgement: below the relay's hop timeout, so
 # that the origin hears of a failure from this node rather than from its own deadline.
 ACK_TIMEOUT_S = 6.0
@@ -103,18 +92,6 @@ class PeerKms(Protocol):
 
     async def void(self, request: VoidRequest) -> list[Ack] | None:
         """POST ext_keys/void: None when accepted (202), the acks when synchronous."""
-        ...
-
-
-class HopCipher(Protocol):
-    """The QKD link the two borders share: one-time pad and tag with its key."""
-
-    async def seal(self, context: bytes, keys: bytes) -> tuple[dict[str, str], bytes]:
-        """`keys` padded with link key; the extension that tells the peer which key it was."""
-        ...
-
-    async def open(self, extension: Mapping[str, Any], context: bytes, ciphertext: bytes) -> bytes:
-        """The keys `seal` padded (RelayError when the tag or anything else is wrong)."""
         ...
 
 
@@ -156,15 +133,7 @@ class InterworkingCounters:
     transfers_failed: int = 0
     keys_voided: int = 0
     acks_undelivered: int = 0
-    refusals: dict[str, int] = field(default_factory=dict)
-
-
-def transfer_context(initiator: str, targets: Sequence[str], keys: Sequence[ExtKey]) -> bytes:
-    """The bytes a link tag covers beside the keys: who, for whom, which IDs and sizes."""
-    return json.dumps(
-        [initiator, list(targets), [[k.key_id, len(k.value)] for k in keys]],
-        separators=(",", ":"),
-    ).encode()
+    refusals: Counter[str] = field(default_factory=Counter)  # by problem detail
 
 
 class BorderKms:
@@ -460,7 +429,7 @@ class BorderKms:
                 status, message = AckStatus.FAILED, str(exc)
             if status is AckStatus.RELAYED and any(k in self._tombstones for k in ids):
                 # Voided while they were on their way: they go again.
-                await self._withdraw(transfer.initiator, transfer.targets, ids)
+                await self._withdraw(transfer.targets, ids)
                 status, message = AckStatus.VOIDED, "voided while being relayed"
             for key_id in ids:
                 self._imported[key_id] = _Imported(
@@ -489,7 +458,7 @@ class BorderKms:
         self.counters.acks_undelivered += 1
         relayed = [k for ack in acks if ack.status is AckStatus.RELAYED for k in ack.key_ids]
         if relayed:
-            await self._withdraw(transfer.initiator, transfer.targets, relayed)
+            await self._withdraw(transfer.targets, relayed)
             await self._void_at_peer(relayed, transfer.initiator, transfer.targets)
 
     async def _acknowledge(self, acks: Sequence[Ack]) -> bool:
@@ -505,7 +474,9 @@ class BorderKms:
                     await asyncio.sleep(_ACK_BACKOFF_S[attempt])
         return False
 
-    async def _withdraw(self, initiator: str, targets: Sequence[str], ids: Sequence[str]) -> int:
+    async def _withdraw(self, targets: Sequence[str], ids: Sequence[str]) -> int | None:
+        """Withdraw imported keys in this domain and tombstone their IDs; how many were there,
+        None when a node could not be reached (their time to live ends them there)."""
         for key_id in ids:
             self._tombstones[key_id] = time.monotonic()
             self._imported.pop(key_id, None)
@@ -513,7 +484,7 @@ class BorderKms:
             return await self._domain.withdraw(targets, ids, "voided_by_peer_domain")
         except (RelayError, KeyStoreError) as exc:
             log_event(logger, logging.WARNING, "withdraw_failed", keys=len(ids), error=str(exc))
-            return -1
+            return None
 
     def receive_acks(self, acks: Sequence[Ack]) -> None:
         """ext_keys/ack from the peer; refused (400 key-not-present) when no key of it is
@@ -573,8 +544,8 @@ class BorderKms:
         acks = []
         relayed = groups.pop(AckStatus.RELAYED, [])
         if relayed:
-            withdrawn = await self._withdraw(request.initiator, request.targets, relayed)
-            status = AckStatus.VOIDED if withdrawn >= 0 else AckStatus.FAILED_TO_VOID
+            withdrawn = await self._withdraw(request.targets, relayed)
+            status = AckStatus.VOIDED if withdrawn is not None else AckStatus.FAILED_TO_VOID
             groups.setdefault(status, []).extend(relayed)
             if status is AckStatus.VOIDED:
                 self.counters.keys_voided += len(relayed)
@@ -620,39 +591,3 @@ class BorderKms:
 
 def _bad(problem: str, detail: str, message: str) -> InterworkingRefusal:
     return InterworkingRefusal(400, problem, detail, message)
-
-
-class LinkHopCipher:
-    """`HopCipher` over the QKD link this border shares with the peer border (`KeyRelay`'s
-    one-hop seal: one-time pad and Wegman-Carter tag with the link's key)."""
-
-    def __init__(self, relay: HopSealer, peer_node: str) -> None:
-        self._relay = relay
-        self._peer = peer_node
-
-    async def seal(self, context: bytes, keys: bytes) -> tuple[dict[str, str], bytes]:
-        frame = await self._relay.seal_hop(self._peer, context, keys)
-        extension = {
-            "header": base64.b64encode(frame.header).decode(),
-            "tag": base64.b64encode(frame.tag).decode(),
-        }
-        return extension, frame.ciphertext
-
-    async def open(self, extension: Mapping[str, Any], context: bytes, ciphertext: bytes) -> bytes:
-        try:
-            header = base64.b64decode(str(extension["header"]), validate=True)
-            tag = base64.b64decode(str(extension["tag"]), validate=True)
-        except (KeyError, ValueError):
-            raise RelayError(
-                f"{OTP_EXTENSION} needs a base64 header and tag", reason="malformed"
-            ) from None
-        frame = RelayFrame(header=header, payload=b"", ciphertext=ciphertext, tag=tag)
-        return await self._relay.open_hop(frame, self._peer, context)
-
-
-class HopSealer(Protocol):
-    """What `LinkHopCipher` needs of the relay (`KeyRelay.seal_hop`, `open_hop`)."""
-
-    async def seal_hop(self, peer: str, context: bytes, keys: bytes) -> RelayFrame: ...
-
-    async def open_hop(self, frame: RelayFrame, sender: str, context: bytes) -> bytes: ...

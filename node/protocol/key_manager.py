@@ -287,9 +287,8 @@ class KeyManager:
     async def withdraw(self, slaves: Sequence[str], key_ids: Sequence[str], reason: str) -> int:
         """Withdraw keys this node relayed (as their origin) at every node serving one of
         `slaves`; how many were there. RelayError when a node could not be reached."""
-        nodes = {node for node in (self.node_of(slave) for slave in slaves) if node is not None}
         withdrawn = 0
-        for node in sorted(nodes):
+        for node in self._nodes_of(slaves):
             withdrawn += await self._withdraw(node, list(key_ids), reason)
         return withdrawn
 
@@ -306,6 +305,10 @@ class KeyManager:
                 if node is not None:
                     await self._withdraw(node, [key.key_id for key in keys], "abandoned")
 
+    def _nodes_of(self, slaves: Sequence[str]) -> list[str]:
+        """The nodes serving `slaves` (those known), each once, sorted."""
+        return sorted({node for node in map(self.node_of, slaves) if node is not None})
+
     def _by_node(self, slaves: Sequence[str]) -> dict[str, list[str]]:
         by_node: dict[str, list[str]] = {}
         for slave in slaves:
@@ -321,9 +324,8 @@ class KeyManager:
         if not key_ids:
             return
         self.counters.keys_abandoned += len(key_ids)
-        nodes = {node for node in (self.node_of(slave) for slave in slaves) if node is not None}
         withdrawn = 0
-        for node in sorted(nodes):
+        for node in self._nodes_of(slaves):
             try:
                 withdrawn += await self._withdraw(node, list(key_ids), "abandoned")
             except (RelayError, KeyStoreError) as exc:

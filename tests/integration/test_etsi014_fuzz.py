@@ -30,6 +30,7 @@ from qkdnet.node.edge.etsi014 import INTERNAL_ERROR, openapi_document
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 
 from .sae import deployed, sae_clients
+from .schema_fuzz import schema_config
 
 pytestmark = pytest.mark.integration
 
@@ -62,23 +63,7 @@ def _document() -> dict[str, Any]:
     return document
 
 
-CONFIG = schemathesis.Config.from_dict(
-    {
-        "seed": SEED,
-        "generation": {"mode": "all", "max-examples": SCHEMA_EXAMPLES, "database": "none"},
-        "checks": {
-            "enabled": False,
-            # 503 is ETSI 014's answer when keys cannot be delivered now; any other 5xx fails.
-            "not_a_server_error": {
-                "enabled": True,
-                "expected-statuses": ["1XX", "2XX", "3XX", "4XX", "503"],
-            },
-            "status_code_conformance": {"enabled": True},
-            "content_type_conformance": {"enabled": True},
-            "response_schema_conformance": {"enabled": True},
-        },
-    }
-)
+CONFIG = schema_config(SEED, SCHEMA_EXAMPLES)
 SCHEMA = schemathesis.openapi.from_dict(_document(), config=CONFIG)
 
 

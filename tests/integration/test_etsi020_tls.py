@@ -29,7 +29,6 @@ import yaml
 from schemathesis import Case, CheckContext, Response
 
 from qkdnet.node.edge.etsi020 import (
-    EXT_KEYS_PATH,
     HttpPeerKms,
     InterworkingServer,
     interworking_client_context,
@@ -39,6 +38,7 @@ from qkdnet.node.identity import Role
 from qkdnet.orchestrator.plan.pki import CertificateAuthority
 
 from ..unit.test_interworking_in_memory import _domains, _take
+from .schema_fuzz import schema_config
 
 pytestmark = pytest.mark.integration
 
@@ -50,22 +50,7 @@ EXAMPLES = 100
 ALLOWED = {200, 202, 400, 401, 404, 405, 408, 413, 503}
 STATUSES: Counter[int] = Counter()
 
-CONFIG = schemathesis.Config.from_dict(
-    {
-        "seed": SEED,
-        "generation": {"mode": "all", "max-examples": EXAMPLES, "database": "none"},
-        "checks": {
-            "enabled": False,
-            "not_a_server_error": {
-                "enabled": True,
-                "expected-statuses": ["1XX", "2XX", "3XX", "4XX", "503"],
-            },
-            "status_code_conformance": {"enabled": True},
-            "content_type_conformance": {"enabled": True},
-            "response_schema_conformance": {"enabled": True},
-        },
-    }
-)
+CONFIG = schema_config(SEED, EXAMPLES)
 SCHEMA = schemathesis.openapi.from_dict(yaml.safe_load(OFFICIAL), config=CONFIG)
 
 
@@ -248,4 +233,3 @@ def test_the_generated_requests_reached_the_api(borders: tuple[_Borders, dict[st
         pytest.skip("run with the generated requests")
     assert STATUSES[200] > 0  # versions, and acks
     assert STATUSES[400] > 0
-    assert EXT_KEYS_PATH

@@ -17,7 +17,8 @@ import pytest
 
 from qkdnet.node.edge.relay_codec import RELAY_CODEC
 from qkdnet.node.errors import KeyStoreError, RelayError
-from qkdnet.node.protocol.interworking import OTP_EXTENSION, BorderKms, LinkHopCipher, PeerKms
+from qkdnet.node.protocol.border_link import OTP_EXTENSION, LinkHopCipher
+from qkdnet.node.protocol.interworking import BorderKms, PeerKms
 from qkdnet.node.protocol.interworking_messages import (
     AckStatus,
     ExtKey,
