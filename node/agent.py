@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable
@@ -38,12 +39,19 @@ from qkdnet.v1 import (
 )
 
 from . import link_kinds
-from .config import KeyApiConfig, NodeConfig, load_node_config
+from .config import InterworkingConfig, KeyApiConfig, NodeConfig, load_node_config
 from .core.channel_model import ChannelChange
 from .core.toeplitz import configure_fftw
 from .edge.channel_shaping import ALL_PEERS, Shaping
 from .edge.control_grpc import ControlService
 from .edge.etsi014 import KeyDeliveryServer
+from .edge.etsi020 import (
+    ACK_PATH,
+    HttpPeerKms,
+    InterworkingServer,
+    interworking_client_context,
+    interworking_server_context,
+)
 from .edge.grpc_authorization import RoleAuthorization
 from .edge.grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .edge.https_server import HttpLimits, raise_file_limit, server_ssl_context
@@ -55,10 +63,13 @@ from .edge.telemetry import TelemetryPublisher
 from .edge.tls import NodeCredentials, client_tls_context, load_credentials
 from .errors import ConfigError, KeyStoreError, QkdnetError
 from .file_modes import PRIVATE_UMASK, private_dir, tighten
+from .identity import Identity, Role
 from .link_names import link_id_for
 from .link_secret import read_psk
 from .protocol.authentication import LinkAuthenticator
-from .protocol.key_manager import DeliveryPolicy, KeyLimits, KeyManager
+from .protocol.border_link import LinkHopCipher
+from .protocol.interworking import BorderKms
+from .protocol.key_manager import KeyManager, delivery_settings
 from .protocol.link import LinkEnd, SessionTransmitter
 from .protocol.link_state import LinkStateFlooder
 from .protocol.relay import KeyRelay
@@ -102,6 +113,9 @@ class NodeAgent:
         self.flooder: LinkStateFlooder | None = None
         self.key_api: KeyDeliveryServer | None = None
         self.key_manager: KeyManager | None = None
+        self.border: BorderKms | None = None
+        self.interworking: InterworkingServer | None = None
+        self._peer_kms: HttpPeerKms | None = None
         self.authorization = RoleAuthorization(credentials.identity.trust_domain)
         self._delivery_levels = DeliveryLevels(0, 0, 0)
 
@@ -151,9 +165,9 @@ class NodeAgent:
             codec=RELAY_CODEC,
             key_ttl_s=ttl,
         )
-        self.flooder = LinkStateFlooder(
-            cfg.node_id, list(cfg.saes), self.links, self.router, self.peers
-        )
+        # A border serves, inside this domain, the SAEs it reaches through its peer domain.
+        served = list(cfg.saes) + (cfg.interworking.peer_saes if cfg.interworking else [])
+        self.flooder = LinkStateFlooder(cfg.node_id, served, self.links, self.router, self.peers)
 
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
@@ -201,8 +215,12 @@ class NodeAgent:
                 self._delivery_levels_forever(max(1.0, report_s)), name="delivery levels"
             )
         )
+        if cfg.key_api is not None or cfg.interworking is not None:
+            self._start_key_manager(cfg.key_api)
         if cfg.key_api is not None:
             await self._start_key_api(cfg.key_api)
+        if cfg.interworking is not None:
+            await self._start_interworking(cfg.interworking)
         if cfg.telemetry is not None:
             tls = (
                 client_tls_context(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
@@ -223,46 +241,47 @@ class NodeAgent:
             links=[link.link_id for link in self.links.values()],
         )
 
-    async def _start_key_api(self, api: KeyApiConfig) -> None:
+    def _directory(self) -> dict[str, str]:
+        """SAE ID -> the node serving it: the topology's, this node's own SAEs, and those of
+        other domains this node reaches as their border."""
+        cfg = self.config
+        directory = dict(cfg.sae_directory)
+        served = list(cfg.saes) + (cfg.interworking.peer_saes if cfg.interworking else [])
+        directory.update({sae: cfg.node_id for sae in served})
+        return directory
+
+    def _start_key_manager(self, api: KeyApiConfig | None) -> None:
+        """The KME's key management: for the ETSI 014 API and, on a border, for the keys that
+        come from another domain (a border without SAEs keeps no pools)."""
         assert self.relay is not None
         assert self.delivered is not None
-        limits = KeyLimits(
-            key_size=api.key_size,
-            min_key_size=api.min_key_size,
-            max_key_size=api.max_key_size,
-            max_key_per_request=api.max_key_per_request,
-            max_key_count=api.max_key_count,
-            max_sae_id_count=api.max_sae_id_count,
-        )
-        directory = dict(self.config.sae_directory)
-        directory.update({sae: self.config.node_id for sae in self.config.saes})
+        limits, policy = delivery_settings(api)
         manager = KeyManager(
             self.config.node_id,
             self.config.saes,
-            directory,
+            self._directory(),
             self.relay,
             self.router,
             self.delivered,
             limits,
-            DeliveryPolicy(
-                pool_keys=api.pool_keys,
-                pool_batch=api.pool_batch,
-                multipath=api.multipath,
-                key_ttl_s=api.key_ttl_s,
-            ),
+            policy,
             on_event=self._relay_event,
         )
         self.key_manager = manager
         self._tasks.append(asyncio.create_task(manager.fill_pools_forever(), name="key pools"))
         self._tasks.append(
             asyncio.create_task(
-                manager.expire_pools_forever(_expiry_interval(api.key_ttl_s)), name="pool expiry"
+                manager.expire_pools_forever(_expiry_interval(policy.key_ttl_s)),
+                name="pool expiry",
             )
         )
+
+    async def _start_key_api(self, api: KeyApiConfig) -> None:
+        assert self.key_manager is not None
         self.key_api = KeyDeliveryServer(
-            manager,
+            self.key_manager,
             self.config.node_id,
-            directory,
+            self._directory(),
             self.credentials.identity.trust_domain,
             HttpLimits(
                 header_timeout_s=api.header_timeout_s,
@@ -277,6 +296,40 @@ class NodeAgent:
         except OSError as exc:
             raise ConfigError(
                 f"key_api.listen: cannot listen on {api.listen} ({exc.strerror})"
+            ) from None
+
+    async def _start_interworking(self, border: InterworkingConfig) -> None:
+        """ETSI GS QKD 020 towards the peer domain's border: the client, the hand-over logic
+        (the relay's exporter) and the server, which trusts only the peer domain's CA."""
+        assert self.relay is not None
+        assert self.key_manager is not None
+        tls = self.config.tls
+        try:
+            client = interworking_client_context(border.peer_ca, tls.cert, tls.key)
+            server_context = interworking_server_context(border.peer_ca, tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"interworking.peer_ca: {border.peer_ca}: {exc}") from None
+        self._peer_kms = HttpPeerKms(border.peer_url, client)
+        kms = BorderKms(
+            self.config.node_id,
+            self._peer_kms,
+            self.key_manager,
+            frozenset(border.peer_saes),
+            callback_url=border.url + ACK_PATH,
+            cipher=LinkHopCipher(self.relay, border.peer_node) if border.shared_link else None,
+            ack_timeout_s=border.ack_timeout_s,
+            on_event=self._relay_event,
+        )
+        self.border = kms
+        self.relay.exporter = kms
+        peer = Identity(border.peer_trust_domain, Role.NODE, border.peer_node)
+        self.interworking = InterworkingServer(kms, peer, border.peer_url, border.url)
+        host, _, port = border.listen.rpartition(":")
+        try:
+            await self.interworking.start(host, int(port), server_context)
+        except OSError as exc:
+            raise ConfigError(
+                f"interworking.listen: cannot listen on {border.listen} ({exc.strerror})"
             ) from None
 
     def _relay_event(self, kind: str, fields: dict[str, Any]) -> None:
@@ -410,6 +463,12 @@ class NodeAgent:
         await self._bounded("health", self._health.enter_graceful_shutdown())
         if self.key_api is not None:
             await self._bounded("key_api", self.key_api.stop())
+        if self.interworking is not None:
+            await self._bounded("interworking", self.interworking.stop())
+        if self.border is not None:
+            await self._bounded("border", self.border.close())
+        if self._peer_kms is not None:
+            await self._bounded("peer_kms", self._peer_kms.close())
         if self.flooder is not None:
             await self._bounded("flooder", self.flooder.close())
         if self.telemetry is not None:

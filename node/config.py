@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the model imports numpy: only the methods that need it load
 
 __all__ = [
     "ChannelConfig",
+    "InterworkingConfig",
     "KeyApiConfig",
     "LinkConfig",
     "NodeConfig",
@@ -223,6 +224,46 @@ class KeyApiConfig(_Strict):
         return self
 
 
+class InterworkingConfig(_Strict):
+    """This node is a border: ETSI GS QKD 020 towards the border node of another domain (one
+    with its own CA), whose SAEs it serves inside this domain (qkdnet.node.protocol.interworking).
+    """
+
+    listen: str = Field(description="host:port of this node's 020 HTTPS server")
+    url: str = Field(
+        pattern=r"^https://[^/]+$",
+        description="https://host:port the peer border reaches that server by (its callbacks)",
+    )
+    peer_node: str = Field(min_length=1, description="the peer border's node ID")
+    peer_trust_domain: str = Field(
+        min_length=1, description="the peer domain's SPIFFE trust domain (its CA's)"
+    )
+    peer_url: str = Field(
+        pattern=r"^https://[^/]+$", description="https://host:port of the peer border's 020 API"
+    )
+    peer_ca: Path = Field(
+        description="the peer domain's CA certificate (the trust bundle exchanged at deploy "
+        "time): the only CA the 020 server and client trust"
+    )
+    peer_saes: list[str] = Field(
+        min_length=1, description="SAE IDs of other domains reached through the peer border"
+    )
+    shared_link: bool = Field(
+        False,
+        description="the two borders share a QKD link (`links` has one to peer_node): keys "
+        "cross padded with its key",
+    )
+    ack_timeout_s: float = Field(
+        6.0, gt=0.0, le=60.0, description="how long a transfer waits for the peer's ack"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+
 class NodeConfig(_Strict):
     """The whole node."""
 
@@ -249,6 +290,9 @@ class NodeConfig(_Strict):
     sae_directory: dict[str, str] = Field(
         default_factory=dict, description="SAE ID -> ID of the node that serves it"
     )
+    interworking: InterworkingConfig | None = Field(
+        None, description="this node is a border towards another domain (ETSI GS QKD 020)"
+    )
 
     @field_validator("listen", "advertise")
     @classmethod
@@ -265,6 +309,17 @@ class NodeConfig(_Strict):
                 raise ValueError(f"link to itself ({peer})")
             if peers.count(peer) > 1:
                 raise ValueError(f"two links to the same peer ({peer})")
+        border = self.interworking
+        if border is not None:
+            if border.shared_link and border.peer_node not in peers:
+                raise ValueError(
+                    f"interworking.shared_link: no link to the peer border {border.peer_node}"
+                )
+            mine = set(self.saes) & set(border.peer_saes)
+            if mine:
+                raise ValueError(
+                    f"interworking.peer_saes: {sorted(mine)[0]} is served by this node already"
+                )
         for index, link in enumerate(self.links):
             if self.node_id < link.peer and link.address is None:
                 raise ValueError(
@@ -302,6 +357,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         for key in ("ca", "cert", "key"):
             if key in tls:
                 tls[key] = fix(tls[key])
+    border = data.get("interworking")
+    if isinstance(border, dict) and "peer_ca" in border:
+        border["peer_ca"] = fix(border["peer_ca"])
     links = data.get("links")
     if isinstance(links, list):
         for link in links:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from ..config import KeyApiConfig
 from ..errors import KeyStoreError, RelayError
 from ..store.delivered_keys import (
     DEFAULT_KEY_TTL_S,
@@ -56,6 +57,7 @@ __all__ = [
     "DeliveryReport",
     "KeyLimits",
     "KeyManager",
+    "delivery_settings",
 ]
 
 # A pair whose fill failed is left alone this long before the next try.
@@ -116,6 +118,28 @@ class DeliveryReport:
             "ms": round(self.ms, 3),
             "routes": [r.to_json() for r in self.routes],
         }
+
+
+def delivery_settings(api: KeyApiConfig | None) -> tuple[KeyLimits, DeliveryPolicy]:
+    """The limits and policy a node's ETSI 014 configuration sets; without one (a border that
+    serves no SAE) the defaults, and no pools."""
+    if api is None:
+        return KeyLimits(), DeliveryPolicy(pool_keys=0)
+    limits = KeyLimits(
+        key_size=api.key_size,
+        min_key_size=api.min_key_size,
+        max_key_size=api.max_key_size,
+        max_key_per_request=api.max_key_per_request,
+        max_key_count=api.max_key_count,
+        max_sae_id_count=api.max_sae_id_count,
+    )
+    policy = DeliveryPolicy(
+        pool_keys=api.pool_keys,
+        pool_batch=api.pool_batch,
+        multipath=api.multipath,
+        key_ttl_s=api.key_ttl_s,
+    )
+    return limits, policy
 
 
 class KeyManager:
