@@ -221,6 +221,11 @@ class NetworkPlan:
         the topology's `subnet`, else the one the registry holds for this deployment or would
         give it (registry.py).
         """
+        if topology.domains:
+            raise ConfigError(
+                f"{topology.name}: a topology with domains cannot be deployed as one network "
+                "yet; `validate` checks it, and each domain deploys as a topology of its own"
+            )
         root = (state_dir or default_state_dir(topology.name)).absolute()
         runtime = runtime or recorded_runtime(root) or topology.runtime
         if runtime not in RUNTIMES:

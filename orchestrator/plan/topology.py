@@ -65,6 +65,8 @@ from qkdnet.node.errors import ConfigError
 from qkdnet.node.identity import RESERVED_NAMES
 
 __all__ = [
+    "INTERWORKING",
+    "DomainSpec",
     "KeyDeliverySpec",
     "LinkSpec",
     "LogSpec",
@@ -112,6 +114,9 @@ class NodeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     saes: list[Identifier] = Field(default_factory=list, description="SAE IDs served here")
+    domain: Identifier | None = Field(
+        None, description="the domain the node belongs to (required when `domains` is given)"
+    )
 
     @field_validator("saes")
     @classmethod
@@ -130,8 +135,21 @@ class LinkSpec(LinkParameters):
     kind: str = Field(
         "bb84",
         pattern=r"^[a-z][a-z0-9-]*$",
-        description="the link's protocol: a link kind the nodes have installed (bb84)",
+        description="the link's protocol: a link kind the nodes have installed (bb84); "
+        "`interworking` joins the border nodes of two domains over ETSI GS QKD 020",
     )
+
+
+INTERWORKING = "interworking"  # the link kind that joins two domains' borders (ETSI 020)
+
+
+class DomainSpec(BaseModel):
+    """A trust domain: its nodes (those naming it), its own CA and routing; joined to other
+    domains by `interworking` links between border nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str | None = Field(None, max_length=200, description="what the domain is")
 
 
 class TelemetrySpec(BaseModel):
@@ -210,6 +228,11 @@ class Topology(BaseModel):
         "this machine holds",
     )
     defaults: LinkParameters = Field(default_factory=LinkParameters)
+    domains: dict[Identifier, DomainSpec] = Field(
+        default_factory=dict,
+        description="trust domains, each with its own CA, joined by interworking links "
+        "(default: the network is one domain)",
+    )
     nodes: dict[Identifier, NodeSpec] = Field(min_length=1)
     links: list[LinkSpec] = Field(default_factory=list)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
@@ -243,7 +266,48 @@ class Topology(BaseModel):
                     )
                 owner[sae] = node_id
         self._check_namespace()
+        self._check_domains()
         return self
+
+    def _check_domains(self) -> None:
+        """Every node in a declared domain (or none declared); a link across domains is an
+        interworking link, one per border node, and an interworking link crosses domains."""
+        for node_id, node in self.nodes.items():
+            if self.domains and node.domain is None:
+                raise _PathError(
+                    ("nodes", node_id),
+                    f"node {node_id!r} names no domain (the topology declares domains: "
+                    f"{', '.join(self.domains)})",
+                )
+            if node.domain is not None and node.domain not in self.domains:
+                known = ", ".join(self.domains) or "none are declared"
+                raise _PathError(
+                    ("nodes", node_id, "domain"), f"unknown domain {node.domain!r} ({known})"
+                )
+        borders: dict[str, int] = {}
+        for index, link in enumerate(self.links):
+            a, b = link.endpoints
+            across = self.nodes[a].domain != self.nodes[b].domain
+            if across and link.kind != INTERWORKING:
+                raise _PathError(
+                    ("links", index, "kind"),
+                    f"link {a}--{b} joins domains {self.nodes[a].domain!r} and "
+                    f"{self.nodes[b].domain!r}: only an {INTERWORKING!r} link may (a QKD link "
+                    "across domains is not supported yet)",
+                )
+            if link.kind == INTERWORKING and not across:
+                raise _PathError(
+                    ("links", index, "kind"),
+                    f"an {INTERWORKING!r} link joins two domains; {a} and {b} are in the same one",
+                )
+            for end in (a, b) if across else ():
+                if end in borders:
+                    raise _PathError(
+                        ("links", index, "endpoints"),
+                        f"node {end!r} is a border already (links[{borders[end]}]): one "
+                        "interworking link per border node",
+                    )
+                borders[end] = index
 
     def _check_namespace(self) -> None:
         """Node IDs, SAE IDs and reserved names: each at most once, whatever its case."""
@@ -272,10 +336,13 @@ class Topology(BaseModel):
             taken[name.casefold()] = (what, path)
 
     def resolved_links(self) -> list[ResolvedLink]:
-        """Every link with its defaults applied, as node link configurations."""
+        """Every QKD link (not the interworking ones) with its defaults applied, as node link
+        configurations."""
         defaults = self.defaults.model_dump(exclude_none=True)
         out = []
         for index, link in enumerate(self.links):
+            if link.kind == INTERWORKING:
+                continue  # no QKD link: two KMSs joined by ETSI GS QKD 020
             merged = {
                 **defaults,
                 **link.model_dump(exclude_none=True, exclude={"endpoints", "kind"}),
@@ -396,7 +463,11 @@ def _model_at(path: Path_) -> type[BaseModel] | None:
         }
         return sections.get(path[0])
     if len(path) == 2:
-        items: dict[str | int, type[BaseModel]] = {"links": LinkSpec, "nodes": NodeSpec}
+        items: dict[str | int, type[BaseModel]] = {
+            "links": LinkSpec,
+            "nodes": NodeSpec,
+            "domains": DomainSpec,
+        }
         return items.get(path[0])
     return None
 
