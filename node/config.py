@@ -246,7 +246,8 @@ class InterworkingConfig(_Strict):
         "time): the only CA the 020 server and client trust"
     )
     peer_saes: list[str] = Field(
-        min_length=1, description="SAE IDs of other domains reached through the peer border"
+        description="SAE IDs of other domains reached through the peer border (none: the "
+        "border only receives keys for SAEs of its own domain)"
     )
     shared_link: bool = Field(
         False,

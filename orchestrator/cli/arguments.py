@@ -66,7 +66,15 @@ def add_deployment_options(
         type=Path,
         default=None,
         help="deployment state (default ~/.local/state/qkdnet/<name>; a deployed "
-        "network is found by its name wherever its state is)",
+        "network is found by its name wherever its state is; of a topology with domains, "
+        "one directory per domain in it, or with --domain the domain's own)",
+    )
+    verb.add_argument(
+        "--domain",
+        default=None,
+        metavar="DOMAIN",
+        help="of a topology with domains, only this domain (a deployment of its own, named "
+        "<name>-<domain>); default: every domain",
     )
 
 
@@ -118,6 +126,7 @@ def network_options(args: argparse.Namespace) -> NetworkOptions:
         getattr(args, "runtime", None),
         name=getattr(args, "name", None),
         subnet=getattr(args, "subnet", None),
+        domain=getattr(args, "domain", None),
     )
 
 

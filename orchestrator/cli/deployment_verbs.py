@@ -1,4 +1,4 @@
-"""The deployment verbs: deploy, destroy, inspect, start, stop, kill, restart, watch, graph.
+"""The deployment verbs: deploy, ca, destroy, inspect, start, stop, kill, restart, watch, graph.
 
 Their parser and dispatch; the work is in `network_commands.py`, imported when a verb runs.
 """
@@ -43,6 +43,24 @@ def add_commands(commands: Subcommands) -> None:
     )
     deploy.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (120)")
     deploy.add_argument("--json", action="store_true", help="print the deployment as JSON")
+    deploy.add_argument(
+        "--peer-ca",
+        action="append",
+        default=[],
+        metavar="[DOMAIN=]FILE",
+        help="with --domain: the CA certificate of a peer domain (its trust bundle, as `qkdnet "
+        "ca` writes it), for the borders joined to that domain; repeatable",
+    )
+    ca = network_verb(
+        commands,
+        "ca",
+        "write a deployment's (a domain's) CA certificate, creating its PKI if need be: the "
+        "trust bundle a peer domain deployed apart needs (deploy --peer-ca)",
+        by_name=False,
+    )
+    ca.add_argument(
+        "-o", "--output", type=Path, default=None, help="write it to FILE (default: stdout)"
+    )
     destroy = network_verb(
         commands, "destroy", "stop every process of a deployment and remove its state"
     )
@@ -76,7 +94,7 @@ def add_commands(commands: Subcommands) -> None:
     graph.add_argument(
         "-o", "--output", type=Path, default=None, help="image file: .png, .svg or .pdf"
     )
-    for name in ("deploy", "destroy", "inspect", *LIFECYCLE_VERBS, "watch", "graph"):
+    for name in ("deploy", "ca", "destroy", "inspect", *LIFECYCLE_VERBS, "watch", "graph"):
         commands.choices[name].set_defaults(run=run)
 
 
@@ -94,8 +112,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if args.broker is not None and not args.broker.startswith("mqtt://"):
             raise ConfigError("--broker: expected mqtt://host:port")
         return verbs.deploy(
-            opts, console, wait_key=not args.no_wait, timeout=args.timeout, as_json=args.json
+            opts,
+            console,
+            wait_key=not args.no_wait,
+            timeout=args.timeout,
+            as_json=args.json,
+            peer_cas=args.peer_ca,
         )
+    if args.command == "ca":
+        return verbs.export_ca(opts, console, output=args.output)
     if args.command == "destroy":
         return verbs.destroy(opts, console, keep_state=args.keep_state)
     if args.command == "inspect":

@@ -11,6 +11,8 @@ render_graph(topology, Path("chain5.svg"), {"a--r1": 12_300.0})
 Nodes are circles labelled with their ID; nodes serving applications are drawn in another colour
 with their SAE IDs below. Links are labelled with their length and, when `link_rates` gives one,
 their secret key rate (their line is then thicker the higher the rate, red and dashed at zero).
+In a topology with domains, each domain is framed and named, and the interworking links between
+border nodes are drawn dotted in purple, labelled "ETSI 020".
 The layout is deterministic and schematic: Kamada-Kawai on the square root of the link lengths,
 not geography. The image format follows the file extension: .png, .svg or .pdf.
 
@@ -45,6 +47,8 @@ SUPPORTED_FORMATS: tuple[str, ...] = (".png", ".svg", ".pdf")
 _RELAY_FILL, _RELAY_EDGE = "#dce6f2", "#35587f"
 _SAE_FILL, _SAE_EDGE = "#f6d7a7", "#a8641b"
 _LINK_UNKNOWN, _LINK_RATE, _LINK_ZERO = "#8c8c8c", "#2c7bb6", "#d7301f"
+_INTERWORKING = "#7b3294"  # links between the borders of two domains (ETSI GS QKD 020)
+_DOMAIN_FILLS = ("#eef5ea", "#f4eef7", "#fdf3e3", "#e9f1f8", "#f8ecec")
 
 _NODE_PAD = 0.45  # space between a node's label and its circle, in font sizes
 
@@ -174,6 +178,39 @@ def _same_circles(labels: list[Text], figure: Figure) -> None:
         patch.set_boxstyle("circle", pad=pad)
 
 
+def _frame_domains(axes: Any, topology: Topology, positions: dict[str, Any]) -> None:
+    """A rounded, tinted frame around each domain's nodes, with the domain's name above it."""
+    from matplotlib.patches import FancyBboxPatch
+
+    for index, name in enumerate(topology.domains):
+        points = [positions[n] for n, node in topology.nodes.items() if node.domain == name]
+        if not points:
+            continue
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        pad = 0.3
+        axes.add_patch(
+            FancyBboxPatch(
+                (min(xs) - pad, min(ys) - pad),
+                max(xs) - min(xs) + 2 * pad,
+                max(ys) - min(ys) + 2 * pad,
+                boxstyle="round,pad=0.05",
+                facecolor=_DOMAIN_FILLS[index % len(_DOMAIN_FILLS)],
+                edgecolor="#999999",
+                linewidth=1.0,
+                zorder=0,
+            )
+        )
+        axes.text(
+            min(xs) - pad,
+            max(ys) + pad + 0.08,
+            f"domain {name}",
+            fontsize=9,
+            fontstyle="italic",
+            color="#555555",
+            zorder=2,
+        )
+
+
 def render_graph(
     topology: Topology,
     output: Path,
@@ -237,6 +274,7 @@ def render_graph(
     axes.set_ylim(*y_lim)
     axes.set_aspect("equal", adjustable="box")
 
+    _frame_domains(axes, topology, positions)
     positive = [rate for rate in rates.values() if rate > 0.0]
     top = math.log10(max(positive)) if positive else 0.0
     for link, link_id in zip(topology.links, link_ids, strict=True):
@@ -244,7 +282,10 @@ def render_graph(
         (xa, ya), (xb, yb) = positions[a], positions[b]
         rate = rates.get(link_id)
         style: dict[str, Any]
-        if rate is None:
+        if link.kind == "interworking":
+            style = {"color": _INTERWORKING, "linewidth": 2.0, "linestyle": ":"}
+            text = "ETSI 020"
+        elif rate is None:
             style = {"color": _LINK_UNKNOWN, "linewidth": 1.5}
             text = _format_length(link.length_km)
         else:

@@ -17,7 +17,7 @@ from qkdnet.node.errors import ConfigError
 
 from ..plan.network_plan import NetworkPlan
 from .console_output import Progress
-from .network_commands import NetworkOptions, deploy_command, load_plan, require_deployed
+from .network_commands import NetworkOptions, deploy_command, load_plans, require_deployed
 
 if TYPE_CHECKING:
     from ..client.key_client import KeyContainer
@@ -34,7 +34,7 @@ class _KeyRound:
 
 
 def _key_round(
-    plan: NetworkPlan,
+    plan_of: dict[str, NetworkPlan],
     master: str,
     slaves: list[str],
     number: int,
@@ -43,7 +43,7 @@ def _key_round(
 ) -> _KeyRound:
     from ..client.key_client import BlockingKeyApiClient
 
-    with BlockingKeyApiClient.for_sae(plan, master) as client:
+    with BlockingKeyApiClient.for_sae(plan_of[master], master) as client:
         client.status(slaves[0])  # checks the pair and opens the TLS connection
         started = time.perf_counter()
         issued = client.enc_keys(
@@ -57,7 +57,7 @@ def _key_round(
     fetched: dict[str, dict[str, bytes]] = {}
     ids = [key.key_id for key in issued.keys]
     for slave in slaves:
-        with BlockingKeyApiClient.for_sae(plan, slave) as client:
+        with BlockingKeyApiClient.for_sae(plan_of[slave], slave) as client:
             answer = client.dec_keys(master, ids)
         fetched[slave] = {key.key_id: key.key for key in answer.keys}
     return _KeyRound(issued, fetched, enc_keys_ms)
@@ -114,16 +114,27 @@ def key_get(
         raise ConfigError(f"--to: {master} is the master (--from) itself")
     if len(set(slaves)) != len(slaves):
         raise ConfigError("--to: an SAE is named twice")
-    plan = load_plan(opts)
+    plans = load_plans(opts)
+    plan_of: dict[str, NetworkPlan] = {}
     for option, sae in [("--from", master), *(("--to", slave) for slave in slaves)]:
-        try:
-            plan.node_of_sae(sae)
-        except ConfigError as exc:
-            raise ConfigError(f"{option}: {exc}") from None
+        serving = [plan for plan in plans if any(sae in n.saes for n in plan.nodes.values())]
+        if not serving:  # the error names the SAEs there are
+            try:
+                plans[0].node_of_sae(sae)
+            except ConfigError as exc:
+                known = [s for p in plans for n in p.nodes.values() for s in n.saes]
+                raise ConfigError(
+                    f"{option}: {exc}"
+                    if len(plans) == 1
+                    else f"{option}: no SAE {sae!r} in {opts.topology} (SAEs: {', '.join(known)})"
+                ) from None
+        plan_of[sae] = serving[0]
     hint = deploy_command(opts) if opts.topology is not None else ""
-    require_deployed(plan, [master, *slaves], hint)
+    for plan in {id(p): p for p in plan_of.values()}.values():
+        require_deployed(plan, [s for s, p in plan_of.items() if p is plan], hint)
+    plan = plan_of[master]
     with Progress(console, f"enc_keys as {master}, dec_keys as {', '.join(slaves)}"):
-        result = _key_round(plan, master, slaves, number, size, multipath)
+        result = _key_round(plan_of, master, slaves, number, size, multipath)
     extension = result.issued.extension or {}
     relay = extension.get("qkdnet_relay")
     matches = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,13 @@ from ..plan.registry import NotDeployed, Registration, Registry, block_of_subnet
 from ..runtime import runtime_for
 from ..runtime.seam import BROKER, DeployError, DeploymentInfo, Runtime, RuntimeEvent
 from .console_output import Progress
-from .network_view import links_table, nodes_json, nodes_table, rows_from_snapshot
+from .network_view import (
+    borders_table,
+    links_table,
+    nodes_json,
+    nodes_table,
+    rows_from_snapshot,
+)
 
 if TYPE_CHECKING:
     from ..client.network_status import NetworkSnapshot
@@ -68,22 +75,28 @@ class NetworkOptions:
     runtime: str | None = None  # overrides the topology's (and the recorded) runtime
     name: str | None = None
     subnet: str | None = None  # deploy: the address block, e.g. 127.42.0.0/16
+    domain: str | None = None  # one domain of a topology with domains
 
 
 _LISTING = "qkdnet inspect --all lists what is deployed"
 
 
-def _declared_name(path: Path) -> str | None:
-    """The `name:` a topology file declares, read without validating the file (None when it
-    cannot be read that way: the full load then says what is wrong)."""
+def _declared(path: Path) -> tuple[str | None, list[str]]:
+    """The `name:` a topology file declares and its domains, read without validating the file
+    (None when it cannot be read that way: the full load then says what is wrong)."""
     import yaml
 
     try:
         data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    name = data.get("name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) else None
+        return None, []
+    if not isinstance(data, dict):
+        return None, []
+    name, domains = data.get("name"), data.get("domains")
+    return (
+        name if isinstance(name, str) else None,
+        [str(d) for d in domains] if isinstance(domains, dict) else [],
+    )
 
 
 def _load_topology(path: Path, *, check_workable: bool = True) -> Topology:
@@ -100,6 +113,16 @@ def load_plan(opts: NetworkOptions) -> NetworkPlan:
     runtime and address block come from the registry (`--state-dir` or `--runtime` that say
     otherwise are refused). Otherwise the runtime is `opts.runtime`, else the topology's."""
     registry = Registry()
+    if opts.topology is not None and _declared(opts.topology)[1]:
+        plans = load_plans(opts)
+        if len(plans) > 1:
+            raise ConfigError(
+                f"{opts.topology} has domains ({', '.join(_declared(opts.topology)[1])}), each a "
+                "deployment of its own: name one with --domain"
+            )
+        return plans[0]
+    if opts.domain is not None:
+        raise ConfigError("--domain: only with -t FILE of a topology with domains")
     if opts.topology is None:
         if opts.name is None:
             raise ConfigError("name the deployment: -t FILE or --name NAME")
@@ -109,7 +132,7 @@ def load_plan(opts: NetworkOptions) -> NetworkPlan:
         source = entry.topology_copy if entry.topology_copy.exists() else entry.topology
     else:
         source = opts.topology
-        name = _declared_name(source) or _load_topology(source, check_workable=False).name
+        name = _declared(source)[0] or _load_topology(source, check_workable=False).name
         if opts.name is not None and opts.name != name:
             raise ConfigError(f"--name: {opts.topology} names its network {name!r}")
         entry = registry.get(name)
@@ -138,6 +161,37 @@ def load_plan(opts: NetworkOptions) -> NetworkPlan:
     return NetworkPlan.build(
         topology, entry.state_dir, opts.broker, entry.runtime, block=entry.block, source=source
     )
+
+
+def load_plans(opts: NetworkOptions) -> list[NetworkPlan]:
+    """The deployments `opts` names: one, or for a topology with domains every domain's (the
+    one `--domain` names). A domain deployed is laid out as it was deployed (its record)."""
+    if opts.topology is None or not _declared(opts.topology)[1]:
+        return [load_plan(opts)]
+    from ..plan.domain_role import deployment_name
+    from ..plan.federation import plan_domains
+
+    topology = _load_topology(opts.topology)
+    if opts.name is not None and opts.name != topology.name:
+        raise ConfigError(f"--name: {opts.topology} names its network {topology.name!r}")
+    registry = Registry()
+    fresh = plan_domains(
+        topology,
+        state_dir=opts.state_dir,
+        broker_url=opts.broker,
+        runtime=opts.runtime,
+        only=opts.domain,
+    )
+    plans = []
+    for domain, plan in fresh.items():
+        entry = registry.get(deployment_name(topology.name, domain))
+        recorded = NetworkPlan.load(entry.state_dir, opts.broker) if entry else None
+        if entry is not None and opts.state_dir is not None and entry.state_dir != plan.state_dir:
+            raise ConfigError(
+                f"--state-dir: domain {domain} is deployed with state dir {entry.state_dir}"
+            )
+        plans.append(recorded if recorded is not None and recorded.domain else plan)
+    return plans
 
 
 def registration(plan: NetworkPlan) -> Registration | None:
@@ -214,9 +268,88 @@ async def wait_for_key(
 
 
 def deploy(
-    opts: NetworkOptions, console: Console, *, wait_key: bool, timeout: float, as_json: bool
+    opts: NetworkOptions,
+    console: Console,
+    *,
+    wait_key: bool,
+    timeout: float,
+    as_json: bool,
+    peer_cas: list[str] = [],  # noqa: B006 (read only)
 ) -> int:
-    plan = load_plan(opts)
+    """Deploy the network (every domain of a topology with domains, or the one `--domain`
+    names, after giving its borders their peers' CAs: `peer_cas`, `[DOMAIN=]FILE`)."""
+    plans = load_plans(opts)
+    if plans[0].domain is not None:
+        _trust_peers(plans, peer_cas)
+    elif peer_cas:
+        raise ConfigError("--peer-ca: only for a topology with domains")
+    shown = []
+    for plan in plans:
+        if plan.domain is not None:
+            console.print(
+                f"[bold]domain {plan.domain.domain}[/] (deployment {plan.name})", highlight=False
+            )
+        shown.append(_deploy_one(plan, console, wait_key=wait_key, timeout=timeout, quiet=as_json))
+    if as_json:
+        if plans[0].domain is None:
+            print(json.dumps(shown[0], indent=2))
+        else:
+            topology = plans[0].domain.topology
+            print(json.dumps({"name": topology, "domains": shown}, indent=2))
+    return 0
+
+
+def _trust_peers(plans: list[NetworkPlan], peer_cas: list[str]) -> None:
+    """Give every border of `plans` its peer domain's CA: from the peer's own plan when it is
+    laid out here, else from --peer-ca, else the one given at an earlier deploy."""
+    from ..plan.federation import install_peer_ca
+
+    given: dict[str, Path] = {}
+    peers = {b.peer_domain for plan in plans if plan.domain for b in plan.domain.borders}
+    here = {plan.domain.domain: plan for plan in plans if plan.domain}
+    for text in peer_cas:
+        domain, sep, path = text.rpartition("=")
+        if not sep:
+            missing = sorted(peers - set(here))
+            if len(missing) != 1:
+                raise ConfigError(
+                    f"--peer-ca {text}: say whose CA it is, DOMAIN=FILE (the peer domains: "
+                    f"{', '.join(sorted(peers)) or 'none'})"
+                )
+            domain = missing[0]
+        if domain not in peers:
+            raise ConfigError(
+                f"--peer-ca {text}: no border here peers with domain {domain!r} (the peer "
+                f"domains: {', '.join(sorted(peers)) or 'none'})"
+            )
+        given[domain] = Path(path)
+    for plan in plans:
+        plan.provision_pki()
+    for plan in plans:
+        assert plan.domain is not None
+        for border in plan.domain.borders:
+            peer = border.peer_domain
+            if peer in here:
+                source, where = here[peer].pki_dir / "ca.pem", f"domain {peer}'s CA"
+            elif peer in given:
+                source, where = given[peer], f"--peer-ca {peer}={given[peer]}"
+            else:
+                continue  # an earlier deploy's, if any (the plan says when there is none)
+            try:
+                pem = source.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+            install_peer_ca(plan, peer, pem, where)
+    for plan in plans:  # refused before anything starts
+        assert plan.domain is not None
+        for border in plan.domain.borders:
+            plan.peer_ca_of(border.node)
+
+
+def _deploy_one(
+    plan: NetworkPlan, console: Console, *, wait_key: bool, timeout: float, quiet: bool
+) -> dict[str, Any]:
+    """Deploy one network (one domain); its description for --json."""
     started = time.monotonic()
     logs = plan.state_dir / "logs"
     with Progress(console, f"deploying {plan.name} ({plan.network_cidr})") as progress:
@@ -251,23 +384,7 @@ def deploy(
                 f"[green]✓[/] every link ({len(plan.links)}) distilled key "
                 f"{key_s:.1f} s after deploy"
             )
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "name": plan.name,
-                    "runtime": plan.runtime,
-                    "state_dir": str(plan.state_dir),
-                    "subnet": plan.network_cidr,
-                    "broker": plan.broker_address,
-                    "nodes": nodes_json(plan, info),
-                    "ready_seconds": ready_s,
-                    "key_seconds": key_s,
-                },
-                indent=2,
-            )
-        )
-    else:
+    if not quiet:
         console.print(nodes_table(plan, info))
         console.print(
             f"telemetry: mqtts://{plan.broker_address} topics {plan.topic_prefix}/#\n"
@@ -276,13 +393,52 @@ def deploy(
             highlight=False,
             soft_wrap=True,
         )
-    return 0
+    return {
+        "name": plan.name,
+        "runtime": plan.runtime,
+        "state_dir": str(plan.state_dir),
+        "subnet": plan.network_cidr,
+        "broker": plan.broker_address,
+        "nodes": nodes_json(plan, info),
+        "ready_seconds": ready_s,
+        "key_seconds": key_s,
+        **({"domain": plan.domain.as_json()} if plan.domain else {}),
+    }
+
+
+def _deployed(opts: NetworkOptions) -> list[NetworkPlan]:
+    """The deployments `opts` names that are deployed (NotDeployed when none is); a topology
+    with domains may have some of its domains deployed here, the others elsewhere."""
+    plans = load_plans(opts)
+    if len(plans) == 1:
+        _require_registered(plans[0])
+        return plans
+    deployed = [plan for plan in plans if registration(plan) is not None]
+    if not deployed:
+        names = ", ".join(plan.name for plan in plans)
+        raise NotDeployed(f"no domain of {opts.topology} is deployed here ({names}; {_LISTING})")
+    return deployed
+
+
+def _domain_heading(plan: NetworkPlan, console: Console) -> None:
+    if plan.domain is not None:
+        console.print(
+            f"[bold]domain {plan.domain.domain}[/] (deployment {plan.name}, {plan.network_cidr})",
+            highlight=False,
+        )
 
 
 def destroy(opts: NetworkOptions, console: Console, *, keep_state: bool) -> int:
-    plan = load_plan(opts)
-    if registration(plan) is None and not plan.state_dir.exists():
-        raise NotDeployed(f"{plan.name} is not deployed on this machine ({_LISTING})")
+    plans = load_plans(opts)
+    present = [p for p in plans if registration(p) is not None or p.state_dir.exists()]
+    if not present:
+        raise NotDeployed(f"{plans[0].name} is not deployed on this machine ({_LISTING})")
+    for plan in present:
+        _destroy_one(plan, console, keep_state=keep_state)
+    return 0
+
+
+def _destroy_one(plan: NetworkPlan, console: Console, *, keep_state: bool) -> None:
     with Progress(console, f"destroying {plan.name}"):
         report = runtime_for(plan).destroy(keep_state=keep_state)
     gone = [*report.stopped, *report.killed]
@@ -296,7 +452,6 @@ def destroy(opts: NetworkOptions, console: Console, *, keep_state: bool) -> int:
         highlight=False,
         soft_wrap=True,
     )
-    return 0
 
 
 def _unreachable(info: DeploymentInfo, snapshot: NetworkSnapshot | None) -> set[str]:
@@ -311,42 +466,55 @@ def _unreachable(info: DeploymentInfo, snapshot: NetworkSnapshot | None) -> set[
 
 
 def inspect(opts: NetworkOptions, console: Console, *, as_json: bool) -> int:
-    plan = load_plan(opts)
-    _require_registered(plan)
+    """Nodes, links and (for a topology with domains) borders of every deployed domain."""
+    plans = _deployed(opts)
+    shown, status = [], 0
+    for plan in plans:
+        _domain_heading(plan, console) if not as_json else None
+        part, code = _inspect_one(plan, console, as_json=as_json)
+        shown.append(part)
+        status = max(status, code)
+    if as_json:
+        domain = plans[0].domain
+        whole = {"name": domain.topology, "domains": shown} if domain else shown[0]
+        print(json.dumps(whole, indent=2))
+    return status
+
+
+def _inspect_one(
+    plan: NetworkPlan, console: Console, *, as_json: bool
+) -> tuple[dict[str, Any], int]:
     info = runtime_for(plan).inspect()
     snapshot = asyncio.run(_snapshot(plan, _running(info))) if info.running else None
     unreachable = _unreachable(info, snapshot)
     rows = rows_from_snapshot(plan, snapshot, info) if snapshot else []
     entry = registration(plan)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "name": plan.name,
-                    "runtime": info.runtime,
-                    "state_dir": info.state_dir,
-                    "subnet": plan.network_cidr,
-                    "deployed_at": entry.created if entry else None,
-                    "as_of": time.time(),
-                    "broker": {
-                        "address": info.broker_address,
-                        "state": info.broker.state if info.broker else "external",
-                        "detail": info.broker.detail if info.broker else "",
-                        "since": info.broker.since if info.broker else None,
-                        "pid": info.broker.pid if info.broker else None,
-                        "topics": f"{plan.topic_prefix}/#",
-                    },
-                    "nodes": nodes_json(plan, info, unreachable),
-                    "links": [row.as_json() for row in rows],
-                    "ca": str(plan.pki_dir / "ca.pem"),
-                },
-                indent=2,
-            )
-        )
-    else:
+    part = {
+        "name": plan.name,
+        "runtime": info.runtime,
+        "state_dir": info.state_dir,
+        "subnet": plan.network_cidr,
+        "deployed_at": entry.created if entry else None,
+        "as_of": time.time(),
+        "broker": {
+            "address": info.broker_address,
+            "state": info.broker.state if info.broker else "external",
+            "detail": info.broker.detail if info.broker else "",
+            "since": info.broker.since if info.broker else None,
+            "pid": info.broker.pid if info.broker else None,
+            "topics": f"{plan.topic_prefix}/#",
+        },
+        "nodes": nodes_json(plan, info, unreachable),
+        "links": [row.as_json() for row in rows],
+        "ca": str(plan.pki_dir / "ca.pem"),
+        **({"domain": plan.domain.as_json()} if plan.domain else {}),
+    }
+    if not as_json:
         console.print(nodes_table(plan, info, unreachable))
         if rows:
             console.print(links_table(rows))
+        if plan.domain is not None and plan.domain.borders:
+            console.print(borders_table(plan))
     if not info.running:
         console.print(
             f"{plan.name} is deployed but none of it runs (state dir {plan.state_dir}); "
@@ -356,8 +524,8 @@ def inspect(opts: NetworkOptions, console: Console, *, as_json: bool) -> int:
             highlight=False,
             soft_wrap=True,
         )
-        return 1
-    return 0
+        return part, 1
+    return part, 0
 
 
 def inspect_all(console: Console, *, as_json: bool) -> int:
@@ -432,16 +600,27 @@ def expand_targets(plan: NetworkPlan, names: list[str]) -> list[str]:
 
 
 def lifecycle(opts: NetworkOptions, console: Console, action: str, names: list[str]) -> int:
-    """start, stop, kill or restart nodes (or the broker, named `BROKER`)."""
-    plan = load_plan(opts)
-    _require_registered(plan)
-    runtime: Runtime = runtime_for(plan)
-    names = expand_targets(plan, names)
-    for name in names:
-        if name != BROKER:
-            runtime.check_node(name)
-    for name in names:
-        label = "the broker" if name == BROKER else name
+    """start, stop, kill or restart nodes (or the broker, named `BROKER`); of a topology
+    with domains, in whichever deployed domain each node is (`--all`, `--broker`: in each)."""
+    plans = _deployed(opts)
+    work: list[tuple[Runtime, str, str]] = []
+    for plan in plans:
+        runtime: Runtime = runtime_for(plan)
+        mine = [n for n in expand_targets(plan, names) if n in plan.nodes or n == BROKER]
+        if len(plans) == 1:
+            mine = expand_targets(plan, names)
+        for name in mine:
+            if name != BROKER:
+                runtime.check_node(name)
+            label = "the broker" if name == BROKER else name
+            if plan.domain is not None and len(plans) > 1:
+                label += f" of domain {plan.domain.domain}"
+            work.append((runtime, name, label))
+    unknown = set(names) - {name for _, name, _ in work} - {"*"}
+    if unknown:
+        known = ", ".join(n for plan in plans for n in plan.nodes)
+        raise ConfigError(f"no node {sorted(unknown)[0]!r} in a deployed domain ({known})")
+    for runtime, name, label in work:
         with Progress(console, f"{action} {label}"):
             getattr(runtime, action)(name)
         console.print(f"[green]✓[/] {action} {label}")
@@ -465,21 +644,45 @@ def watch(
 
 
 def graph(opts: NetworkOptions, console: Console, *, output: Path | None) -> int:
-    """Draw the topology (with live secret key rates when it is deployed)."""
+    """Draw the topology (with live secret key rates where it is deployed); a topology with
+    domains is drawn whole, each domain framed, unless --domain names one."""
     from .graph import render_graph
 
-    plan = load_plan(opts)
-    rates: dict[str, float] | None = None
-    info = runtime_for(plan).inspect() if registration(plan) is not None else None
-    if info is not None and info.running:
-        snapshot = asyncio.run(_snapshot(plan, _running(info)))
-        rates = {
-            row.link: row.secret_rate_bps
-            for row in rows_from_snapshot(plan, snapshot)
-            if row.secret_rate_bps is not None
-        }
-    path = render_graph(plan.topology, output or Path(f"{plan.name}.png"), rates)
+    plans = load_plans(opts)
+    rates: dict[str, float] = {}
+    for plan in plans:
+        info = runtime_for(plan).inspect() if registration(plan) is not None else None
+        if info is not None and info.running:
+            snapshot = asyncio.run(_snapshot(plan, _running(info)))
+            rates.update(
+                (row.link, row.secret_rate_bps)
+                for row in rows_from_snapshot(plan, snapshot)
+                if row.secret_rate_bps is not None
+            )
+    whole = plans[0].domain is not None and opts.domain is None and opts.topology is not None
+    topology = _load_topology(opts.topology) if whole and opts.topology else plans[0].topology
+    path = render_graph(topology, output or Path(f"{topology.name}.png"), rates or None)
     console.print(f"[green]✓[/] wrote {path}" + (" with live key rates" if rates else ""))
+    return 0
+
+
+def export_ca(opts: NetworkOptions, console: Console, *, output: Path | None) -> int:
+    """Write the CA certificate of a deployment (of one domain), creating its PKI if need be."""
+    plans = load_plans(opts)
+    if len(plans) > 1:
+        raise ConfigError(
+            f"{opts.topology} has domains, each with its own CA: name one with --domain"
+        )
+    plan = plans[0]
+    pem = plan.provision_pki().ca.read_bytes()
+    if output is None:
+        sys.stdout.write(pem.decode())
+        return 0
+    try:
+        output.write_bytes(pem)  # a certificate: public
+    except OSError as exc:
+        raise ConfigError(f"--output {output}: {exc.strerror}") from None
+    console.print(f"[green]✓[/] wrote the CA certificate of {plan.name} to {output}")
     return 0
 
 

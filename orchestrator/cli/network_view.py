@@ -385,3 +385,21 @@ def nodes_json(
             }
         )
     return nodes
+
+
+def borders_table(plan: NetworkPlan) -> Table:
+    """A domain's border nodes: where their ETSI GS QKD 020 API listens, their peers and the
+    SAEs of other domains reached through them."""
+    assert plan.domain is not None
+    table = Table(title=f"{plan.name}: borders (ETSI GS QKD 020)", title_justify="left")
+    for column in ("border", "020 API", "peer", "peer's 020 API", "SAEs reached"):
+        table.add_column(column)
+    for border in plan.domain.borders:
+        table.add_row(
+            border.node,
+            border.url,
+            f"{border.peer_node} (domain {border.peer_domain})",
+            border.peer_url,
+            ", ".join(border.far_saes) or "-",
+        )
+    return table

@@ -81,9 +81,10 @@ def far_directory(topology: Topology, domain: str) -> dict[str, str]:
 
 def domain_topology(topology: Topology, domain: str) -> Topology:
     """`domain` as a topology of its own (named `<name>-<domain>`): its nodes and the links
-    between them, the settings of the whole; no domains, no interworking links."""
+    between them, the domain's address block, the settings of the whole; no domains, no
+    interworking links."""
     nodes = {
-        node_id: node.model_copy(update={"domain": None})
+        node_id: node.model_copy(update={"domain": None, "border_url": None})
         for node_id, node in topology.nodes.items()
         if node.domain == domain
     }
@@ -98,6 +99,6 @@ def domain_topology(topology: Topology, domain: str) -> Topology:
             "domains": {},
             "nodes": nodes,
             "links": links,
-            "subnet": None,
+            "subnet": topology.domains[domain].subnet,
         }
     )

@@ -41,7 +41,7 @@ import os
 import shutil
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,7 @@ from qkdnet.node.link_names import link_id_for
 
 from .container_layout import BROKER_PORT, NODE_CONFIG_DIR, NODE_STATE_DIR, NODE_UID
 from .credentials import CertificatePaths
+from .domain_role import DomainRole
 from .mosquitto import mosquitto_conf
 from .registry import Registry, block_of_subnet, network_prefix, state_home
 from .telemetry_access import TelemetryAccess
@@ -73,6 +74,7 @@ __all__ = [
     "NodePlan",
     "PlannedLink",
     "default_state_dir",
+    "node_host",
     "recorded_runtime",
 ]
 
@@ -111,6 +113,7 @@ class ConfigLayout:
     tls: Callable[[str], dict[str, str]]  # node ID -> {"ca", "cert", "key"} paths
     psk_file: Callable[[str], str]  # link ID -> path of its secret
     state_dir: Callable[[str], str]  # node ID -> where its key stores go
+    peer_ca: Callable[[str], str] = str  # border node ID -> path of its peer domain's CA
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class NodePlan:
     config_path: Path
     state_dir: Path
     log_path: Path
+    interworking_port: int | None = None  # a border: the port of its ETSI 020 API
 
     @property
     def host(self) -> str:
@@ -138,9 +142,16 @@ class NodePlan:
         address = self.key_api_address
         return f"https://{address}" if address else None
 
+    @property
+    def interworking_address(self) -> str | None:
+        """host:port of a border's ETSI GS QKD 020 server (None on other nodes)."""
+        return f"{self.host}:{self.interworking_port}" if self.interworking_port else None
+
     def listen_addresses(self) -> list[str]:
         """Every address the node listens on."""
-        return [self.address] + ([self.key_api_address] if self.key_api_address else [])
+        return [self.address] + [
+            a for a in (self.key_api_address, self.interworking_address) if a is not None
+        ]
 
 
 @dataclass(frozen=True)
@@ -159,15 +170,24 @@ _RECORD = "plan.json"
 _RECORD_VERSION = 1
 
 
+def node_host(runtime: str, block: int, k: int) -> str:
+    """The IP address of node number `k` (in topology order) of a deployment in `block`."""
+    return f"{network_prefix(runtime)}.{block}.{1 + k // 250}.{1 + k % 250}"
+
+
 def _node_plans(
-    saes_of: dict[str, tuple[str, ...]], root: Path, block: int, runtime: str
+    saes_of: dict[str, tuple[str, ...]],
+    root: Path,
+    block: int,
+    runtime: str,
+    domain: DomainRole | None = None,
 ) -> dict[str, NodePlan]:
     """Every node's address and files: node number k (in topology order) gets host k + 1 of
     the block (see the module's docstring)."""
-    prefix = network_prefix(runtime)
+    ports = {border.node: border.port for border in domain.borders} if domain else {}
     nodes = {}
     for k, (node_id, saes) in enumerate(saes_of.items()):
-        host = f"{prefix}.{block}.{1 + k // 250}.{1 + k % 250}"
+        host = node_host(runtime, block, k)
         nodes[node_id] = NodePlan(
             node_id=node_id,
             address=f"{host}:{GRPC_PORT}",
@@ -179,6 +199,7 @@ def _node_plans(
             ),
             state_dir=root / "nodes" / node_id,
             log_path=root / "logs" / f"{node_id}.log",
+            interworking_port=ports.get(node_id),
         )
     return nodes
 
@@ -198,6 +219,7 @@ class NetworkPlan:
     telemetry_interval_s: float = 1.0
     log_max_bytes: int = 10_000_000
     log_files: int = 3
+    domain: DomainRole | None = None  # one domain of a topology with domains (federation.py)
     # The validated topology; None in a plan read from its record until first asked for.
     _topology: Topology | None = field(default=None, repr=False, compare=False)
 
@@ -212,6 +234,7 @@ class NetworkPlan:
         subnet: str | None = None,
         block: int | None = None,
         source: Path | None = None,
+        avoid: frozenset[int] = frozenset(),
     ) -> NetworkPlan:
         """Lay out `topology`; `broker_url` (mqtt://host:port) overrides the topology's.
 
@@ -219,12 +242,13 @@ class NetworkPlan:
         was started with (runtime.json), else the topology's; addresses depend on it. The
         address block is `block` (X of the /16) when given, else `subnet` (`--subnet`), else
         the topology's `subnet`, else the one the registry holds for this deployment or would
-        give it (registry.py).
+        give it (registry.py) apart from the blocks in `avoid`. A topology with domains is
+        several deployments: `federation.plan_domains` lays them out.
         """
         if topology.domains:
             raise ConfigError(
-                f"{topology.name}: a topology with domains cannot be deployed as one network "
-                "yet; `validate` checks it, and each domain deploys as a topology of its own"
+                f"{topology.name} has domains ({', '.join(topology.domains)}): each deploys as "
+                "a network of its own (federation.plan_domains)"
             )
         root = (state_dir or default_state_dir(topology.name)).absolute()
         runtime = runtime or recorded_runtime(root) or topology.runtime
@@ -235,7 +259,7 @@ class NetworkPlan:
         if block is None and topology.subnet is not None:
             block = block_of_subnet(topology.subnet, runtime, "subnet")
         if block is None:
-            block = Registry().proposed_block(topology.name, root)
+            block = Registry().proposed_block(topology.name, root, avoid)
         saes_of = {node_id: tuple(node.saes) for node_id, node in topology.nodes.items()}
         url = broker_url or topology.telemetry.broker
         return cls(
@@ -279,7 +303,8 @@ class NetworkPlan:
                 telemetry_interval_s=float(record["telemetry_interval_s"]),
                 log_max_bytes=int(record["logs"]["max_bytes"]),
                 log_files=int(record["logs"]["files"]),
-            )
+                domain=DomainRole.from_json(record["domain"]) if record.get("domain") else None,
+            ).with_domain(None)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -305,8 +330,17 @@ class NetworkPlan:
             "logs": {"max_bytes": self.log_max_bytes, "files": self.log_files},
             "nodes": [{"id": n.node_id, "saes": list(n.saes)} for n in self.nodes.values()],
             "links": [[*link.endpoints, link.length_km] for link in self.links],
+            "domain": self.domain.as_json() if self.domain else None,
         }
         write_private(self.state_dir / _RECORD, json.dumps(record, indent=1) + "\n")
+
+    def with_domain(self, role: DomainRole | None) -> NetworkPlan:
+        """This plan as the deployment of one domain (`role`; None: keep the plan's role),
+        its borders listening for ETSI GS QKD 020."""
+        role = role or self.domain
+        saes_of = {node.node_id: node.saes for node in self.nodes.values()}
+        nodes = _node_plans(saes_of, self.state_dir, self.subnet, self.runtime, role)
+        return replace(self, domain=role, nodes=nodes)
 
     @property
     def topology_copy(self) -> Path:
@@ -425,6 +459,7 @@ class NetworkPlan:
         """Every node's configuration (the links it holds, TLS, telemetry, key delivery), with
         addresses and file paths as `layout` says the node sees them."""
         from qkdnet.node.config import (
+            InterworkingConfig,
             KeyApiConfig,
             LinkConfig,
             NodeConfig,
@@ -448,6 +483,8 @@ class NetworkPlan:
                     )
                 )
         directory = {sae: node.node_id for node in self.nodes.values() for sae in node.saes}
+        if self.domain is not None:  # SAEs of other domains: through this domain's borders
+            directory.update(self.domain.far_directory)
         delivery = self.topology.key_delivery
         configs: dict[str, NodeConfig] = {}
         for node in self.nodes.values():
@@ -462,6 +499,18 @@ class NetworkPlan:
                     key_ttl_s=delivery.key_ttl_s,
                 )
             advertise = layout.addresses[node_id]
+            border = self.domain.border(node_id) if self.domain else None
+            interworking = None
+            if border is not None:
+                interworking = InterworkingConfig(
+                    listen=f"{'0.0.0.0' if self.in_containers else node.host}:{border.port}",
+                    url=border.url,
+                    peer_node=border.peer_node,
+                    peer_trust_domain=trust_domain_for(border.peer_deployment),
+                    peer_url=border.peer_url,
+                    peer_ca=Path(layout.peer_ca(node_id)),
+                    peer_saes=list(border.far_saes),
+                )
             configs[node_id] = NodeConfig(
                 node_id=node_id,
                 listen=layout.listen[node_id],
@@ -479,6 +528,7 @@ class NetworkPlan:
                 sae_directory=directory,
                 saes=list(node.saes),
                 key_api=key_api,
+                interworking=interworking,
             )
         return configs
 
@@ -496,6 +546,7 @@ class NetworkPlan:
                 tls=lambda _: {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"},
                 psk_file=lambda link_id: f"links/{pki.link_secrets[link_id].name}",
                 state_dir=lambda _: NODE_STATE_DIR,
+                peer_ca=lambda _: "peer-ca.pem",
             )
 
         def tls(node_id: str) -> dict[str, str]:
@@ -511,7 +562,22 @@ class NetworkPlan:
             tls=tls,
             psk_file=lambda link_id: str(pki.link_secrets[link_id]),
             state_dir=lambda node_id: str(self.nodes[node_id].state_dir),
+            peer_ca=lambda node_id: str(self.peer_ca_of(node_id)),
         )
+
+    def peer_ca_of(self, node_id: str) -> Path:
+        """The trust bundle of border `node_id`: its peer domain's CA (ConfigError when the
+        deployment has not been given it)."""
+        border = self.domain.border(node_id) if self.domain else None
+        assert border is not None, node_id
+        path = border.peer_ca(self.pki_dir)
+        if not path.exists():
+            raise ConfigError(
+                f"{self.name}: border {node_id} needs the CA certificate of domain "
+                f"{border.peer_domain} (deployment {border.peer_deployment}), its peer's: give "
+                f"it with --peer-ca {border.peer_domain}=FILE (`qkdnet ca` writes a domain's)"
+            )
+        return path
 
     def write_broker_files(self, pki: TopologyPki) -> Path:
         """Write the broker's files into `broker_dir` (returned): the access list, and in
@@ -564,6 +630,8 @@ class NetworkPlan:
         tls = pki.nodes[node.node_id]
         for source, name in ((tls.ca, "ca.pem"), (tls.cert, "cert.pem"), (tls.key, "key.pem")):
             write_private(where / name, source.read_bytes())
+        if self.domain is not None and self.domain.border(node.node_id) is not None:
+            write_private(where / "peer-ca.pem", self.peer_ca_of(node.node_id).read_bytes())
         secrets = {path.name: path for path in pki.link_secrets.values()}
         for link in links:
             name = link.psk_file.name

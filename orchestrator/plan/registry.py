@@ -185,14 +185,17 @@ class Registry:
         with self._locked() as entries:
             return entries.get(name)
 
-    def proposed_block(self, name: str, state_dir: Path) -> int:
+    def proposed_block(
+        self, name: str, state_dir: Path, avoid: frozenset[int] = frozenset()
+    ) -> int:
         """The block `claim` would give `name` now, without claiming it (for a plan that is
-        laid out before it is deployed)."""
+        laid out before it is deployed), other than those in `avoid` (blocks of plans laid
+        out beside it)."""
         with self._locked() as entries:
             entry = entries.get(name)
             if entry is not None and entry.state_dir == state_dir:
                 return entry.block
-            return _free_blocks(entries, name)[0]
+            return _free_blocks(entries, name, avoid)[0]
 
     def claim(
         self,
@@ -274,10 +277,12 @@ def blocks_in_use() -> set[int]:
     return used
 
 
-def _free_blocks(entries: dict[str, Registration], name: str) -> list[int]:
+def _free_blocks(
+    entries: dict[str, Registration], name: str, avoid: frozenset[int] = frozenset()
+) -> list[int]:
     """Blocks nobody holds nor uses, the lowest first (ConfigError when none is left)."""
     held = {entry.block for other, entry in entries.items() if other != name}
-    held |= blocks_in_use()
+    held |= blocks_in_use() | avoid
     free = [block for block in BLOCKS if block not in held]
     if not free:
         raise ConfigError(

@@ -117,6 +117,13 @@ class NodeSpec(BaseModel):
     domain: Identifier | None = Field(
         None, description="the domain the node belongs to (required when `domains` is given)"
     )
+    border_url: str | None = Field(
+        None,
+        pattern=r"^https://[^/]+:[0-9]{1,5}$",
+        description="a border node: https://host:port where the peer domain reaches its ETSI "
+        "GS QKD 020 API (default: the node's address in its domain's block, port 8020); "
+        "needed when the peer domain is deployed apart and cannot work it out",
+    )
 
     @field_validator("saes")
     @classmethod
@@ -150,6 +157,11 @@ class DomainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str | None = Field(None, max_length=200, description="what the domain is")
+    subnet: str | None = Field(
+        None,
+        description="the domain's address block, as the topology's `subnet` (each domain is a "
+        "deployment of its own; default: a free block)",
+    )
 
 
 class TelemetrySpec(BaseModel):
@@ -308,6 +320,28 @@ class Topology(BaseModel):
                         "interworking link per border node",
                     )
                 borders[end] = index
+        for node_id, node in self.nodes.items():
+            if node.border_url is not None and node_id not in borders:
+                raise _PathError(
+                    ("nodes", node_id, "border_url"),
+                    f"node {node_id!r} is not a border (no interworking link ends at it)",
+                )
+        if self.domains and self.subnet is not None:
+            raise _PathError(
+                ("subnet",),
+                "a topology with domains deploys each domain in its own block: give `subnet` "
+                "to the domains",
+            )
+        subnets: dict[str, str] = {}
+        for name, domain in self.domains.items():
+            if domain.subnet is None:
+                continue
+            if domain.subnet in subnets:
+                raise _PathError(
+                    ("domains", name, "subnet"),
+                    f"{domain.subnet} is domain {subnets[domain.subnet]!r}'s block already",
+                )
+            subnets[domain.subnet] = name
 
     def _check_namespace(self) -> None:
         """Node IDs, SAE IDs and reserved names: each at most once, whatever its case."""

@@ -9,6 +9,7 @@ import pytest
 
 from qkdnet.node.errors import ConfigError
 from qkdnet.orchestrator.plan.domains import Border, borders, domain_topology, far_directory
+from qkdnet.orchestrator.plan.federation import install_peer_ca, plan_domains
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 from qkdnet.orchestrator.plan.topology import Topology, load_topology
 
@@ -106,6 +107,99 @@ def test_an_sae_reached_only_across_domains_is_reachable(tmp_path: Path) -> None
     assert sum(len(node.saes) for node in domain_topology(topology, "at").nodes.values()) == 1
 
 
-def test_deploying_a_topology_with_domains_is_refused_plainly(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot be deployed as one network yet"):
-        NetworkPlan.build(_load(tmp_path, THREE), tmp_path / "state", runtime="process")
+def test_a_topology_with_domains_is_laid_out_as_one_deployment_per_domain(
+    tmp_path: Path,
+) -> None:
+    topology = _load(tmp_path, THREE)
+    with pytest.raises(ConfigError, match="each deploys as a network of its own"):
+        NetworkPlan.build(topology, tmp_path / "state", runtime="process")
+    plans = plan_domains(topology, state_dir=tmp_path / "state")
+    assert [plan.name for plan in plans.values()] == ["eu-at", "eu-de", "eu-fr"]
+    assert [plan.state_dir for plan in plans.values()] == [
+        tmp_path / "state" / domain for domain in ("at", "de", "fr")
+    ]
+    assert len({plan.subnet for plan in plans.values()}) == 3  # three blocks
+    de = plans["de"]
+    assert de.domain is not None
+    east, west = de.domain.borders
+    assert (east.node, east.peer_node, east.peer_deployment) == ("de-east", "at-border", "eu-at")
+    assert east.url == f"https://{de.nodes['de-east'].host}:8020"
+    assert east.peer_url == f"https://{plans['at'].nodes['at-border'].host}:8020"
+    assert west.far_saes == ("sae-paris",)
+    assert de.nodes["de-east"].interworking_address == f"{de.nodes['de-east'].host}:8020"
+    assert de.nodes["berlin"].interworking_address is None
+    # Recorded and read back with its role.
+    de.save()
+    loaded = NetworkPlan.load(de.state_dir)
+    assert loaded is not None
+    assert loaded.domain == de.domain
+    assert loaded.nodes == de.nodes
+
+
+def test_each_border_gets_an_interworking_section_and_every_node_the_far_saes(
+    tmp_path: Path,
+) -> None:
+    plans = plan_domains(_load(tmp_path, THREE), state_dir=tmp_path / "state")
+    at, de = plans["at"], plans["de"]
+    with pytest.raises(ConfigError, match="border at-border needs the CA certificate of domain de"):
+        at.node_configs(at.layout(at.provision_pki()))
+    ca = de.provision_pki().ca
+    with pytest.raises(ConfigError, match="not a PEM CA certificate"):
+        install_peer_ca(at, "de", b"junk", "--peer-ca de=junk")
+    with pytest.raises(ConfigError, match="a certificate, but not a CA's"):
+        install_peer_ca(at, "de", de.provision_pki().nodes["berlin"].cert.read_bytes(), "x")
+    with pytest.raises(ConfigError, match="no border towards 'fr'"):
+        install_peer_ca(at, "fr", ca.read_bytes(), "x")
+    install_peer_ca(at, "de", ca.read_bytes(), "--peer-ca de=FILE")
+    configs = at.node_configs(at.layout(at.provision_pki()))
+    border = configs["at-border"].interworking
+    assert border is not None
+    assert border.peer_node == "de-east"
+    assert border.peer_trust_domain == de.trust_domain
+    assert border.peer_saes == ["sae-berlin", "sae-paris"]
+    assert border.peer_ca.read_bytes() == ca.read_bytes()
+    assert configs["vienna"].interworking is None
+    assert configs["vienna"].sae_directory == {
+        "sae-vienna": "vienna",
+        "sae-berlin": "at-border",
+        "sae-paris": "at-border",
+    }
+
+
+def test_a_domain_deployed_apart_finds_its_peer_border_only_where_the_topology_says(
+    tmp_path: Path,
+) -> None:
+    topology = _load(tmp_path, THREE)
+    with pytest.raises(ConfigError, match="where does border de-east of domain de listen"):
+        plan_domains(topology, only="at", state_dir=tmp_path / "at")
+    with pytest.raises(ConfigError, match="--domain: eu has no domain 'es'"):
+        plan_domains(topology, only="es")
+    with pytest.raises(ConfigError, match="process runtime only"):
+        plan_domains(topology, runtime="docker")
+    given = THREE.replace("  de: {}", "  de: {subnet: 127.77.0.0/16}").replace(
+        "  at-border: {domain: at}", "  at-border: {domain: at, border_url: 'https://qkd.at:9020'}"
+    )
+    plans = plan_domains(_load(tmp_path, given), only="at", state_dir=tmp_path / "at")
+    assert list(plans) == ["at"]
+    (border,) = plans["at"].domain.borders if plans["at"].domain else ()
+    assert border.peer_url == "https://127.77.1.1:8020"  # de-east: the first node of de
+    assert (border.url, border.port) == ("https://qkd.at:9020", 9020)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("  vienna: {domain: at,", "  vienna: {border_url: 'https://x:1', domain: at,"),
+         "node 'vienna' is not a border"),
+        (("name: eu\n", "name: eu\nsubnet: 127.9.0.0/16\n"), "give `subnet` to the domains"),
+        (("  de: {}\n  fr: {}", "  de: {subnet: 127.9.0.0/16}\n  fr: {subnet: 127.9.0.0/16}"),
+         "is domain 'de'.s block already"),
+    ],
+)  # fmt: skip
+def test_domain_addresses_are_checked(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    old, new = change
+    assert old in THREE
+    with pytest.raises(ConfigError, match=message):
+        _load(tmp_path, THREE.replace(old, new))
