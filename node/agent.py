@@ -138,6 +138,8 @@ class NodeAgent:
                 "auth": auth,
                 "executor": self._executor,
             }
+            if kind.ports is not None:
+                common.update(kind.ports(link_cfg))
             link: LinkEnd
             if transmits:
                 connector = GrpcLinkConnector(
@@ -478,7 +480,7 @@ class NodeAgent:
             await self._bounded("grpc_server", self._server.stop(grace), seconds=grace + 1.0)
         await self._bounded("peer_channels", self.peers.close())
         for link in self.links.values():
-            await self._bounded(f"store {link.link_id}", link.store.close())
+            await self._bounded(f"link {link.link_id}", link.close())
         if self.delivered is not None:
             await self._bounded("delivered_keys", self.delivered.close())
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the model imports numpy: only the methods that need it load
 
 __all__ = [
     "ChannelConfig",
+    "ExternalKmeConfig",
     "InterworkingConfig",
     "KeyApiConfig",
     "LinkConfig",
@@ -134,6 +135,25 @@ class TlsConfig(_Strict):
     key: Path
 
 
+class ExternalKmeConfig(_Strict):
+    """Where an `external-kme` link's key comes from at this end: an ETSI GS QKD 014 KME
+    outside the deployment (a vendor device, another KMS, another qkdnet), of which this node
+    is an SAE. The transmitter's end calls enc_keys for the peer's SAE, the receiver's end
+    dec_keys with the key IDs it is sent over the link's authenticated channel."""
+
+    url: str = Field(pattern=r"^https://[^/]+$", description="https://host:port of the KME")
+    sae_id: str = Field(min_length=1, description="this node's SAE ID at that KME")
+    peer_sae_id: str = Field(min_length=1, description="the link's other end's SAE ID at its KME")
+    ca: Path = Field(description="the CA the KME's certificate is checked against")
+    cert: Path = Field(description="this node's client certificate at the KME")
+    key: Path = Field(description="its private key")
+    keys_per_pull: int = Field(16, ge=1, le=1024, description="keys asked for per enc_keys")
+    key_bits: int = Field(256, ge=64, le=8192, multiple_of=8, description="bits per key")
+    pull_interval_s: float = Field(
+        1.0, ge=0.01, le=3600.0, description="seconds between pulls (the link's key rate)"
+    )
+
+
 class LinkConfig(_Strict):
     """One QKD link of this node. The node whose ID sorts first transmits (is Alice)."""
 
@@ -147,6 +167,9 @@ class LinkConfig(_Strict):
     psk_file: Path = Field(description="pre-shared authentication secret of this link")
     channel: ChannelConfig
     processing: ProcessingConfig = ProcessingConfig()
+    external_kme: ExternalKmeConfig | None = Field(
+        None, description="kind external-kme: the KME outside the deployment this end draws on"
+    )
 
     @field_validator("address")
     @classmethod

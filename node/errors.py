@@ -48,6 +48,7 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"
     CUT = "cut"
     TRANSPORT = "transport"
+    KEY_SOURCE = "key_source"  # the KME outside the deployment an external-KME link draws on
     # A classical message refused.
     BAD_TAG = "bad_tag"
     REPLAY = "replay"

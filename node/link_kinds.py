@@ -15,13 +15,15 @@ run time (tests).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from .config import LinkConfig
     from .protocol.link import SessionReceiver, SessionTransmitter
     from .protocol.link_messages import MessageCodec
 
@@ -32,10 +34,14 @@ ENTRY_POINT_GROUP = "qkdnet.link_kinds"
 
 @dataclass(frozen=True)
 class LinkKind:
+    """A kind: its two ends, its codec, and (`ports`) the edge adapters its ends take beyond
+    the common ones, made from the link's configuration (keyword arguments of both ends)."""
+
     name: str
     transmitter: type[SessionTransmitter]
     receiver: type[SessionReceiver]
     codec: MessageCodec
+    ports: Callable[[LinkConfig], dict[str, Any]] | None = None
 
 
 _registered: dict[str, LinkKind] = {}

@@ -12,7 +12,9 @@ The topic tree (every payload is a JSON object with `"schema": 1`; `<prefix>` is
   `qber`, and `last_sample_qber`, the last frame's disclosed sample, once there is one), sifted and
   secret key rates next to the model's, frame counters, reconciliation efficiency. Rates are
   per emulated second (what the model predicts; a link with `speedup: 10` emulates ten seconds
-  per wall second) except `wall_secret_rate_bps`, key stored per wall second lately.
+  per wall second) except `wall_secret_rate_bps`, key stored per wall second lately; `kind`
+  (the link kind), `source` (where key comes from when not the link's own photons: "external
+  KME https://... (as SAE ...)") and `last_fault` (why the last session ended, "" before any).
 - `<prefix>/link/<a>--<b>/store/<id>` (retained, from each end): unconsumed bits and blocks, all
   bits ever stored and the frame of the newest block. At the same `last_frame` both ends must
   report the same `total_bits`; no key material or digest of it is ever published.

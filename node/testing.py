@@ -31,6 +31,11 @@ HTTPS server would (a refusal as `InterworkingRefusal`, a border in `down` as `u
 acknowledgements of asynchronous transfers come back on a task of their own, as over HTTP.
 `drop_acks` loses every acknowledgement one border sends (the other never hears).
 
+`InMemoryKmePair` is a pair of KMEs outside the deployment, as an external-KME link sees them:
+`end(name)` is one end's `KeySource` (protocol/external_kme_link.py); what one end's enc_keys
+hands out, the other's dec_keys returns once. A name in `down` answers nothing; `wrong_size`
+makes a side return keys a byte short.
+
 The module imports no gRPC, aiohttp or aiomqtt.
 """
 
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -62,6 +68,7 @@ __all__ = [
     "Duplicate",
     "FakeClock",
     "InMemoryBorders",
+    "InMemoryKmePair",
     "InMemoryLink",
     "InMemoryRelayNetwork",
     "Lose",
@@ -475,3 +482,49 @@ async def store_same_key(
         )
         for store in ends:
             await store.run(add)
+
+
+@dataclass
+class InMemoryKmePair:
+    """Two external KMEs sharing keys in memory (see the module's docstring)."""
+
+    keys: dict[str, bytes] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+    wrong_size: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (end, "enc_keys"/"dec_keys")
+
+    def end(self, name: str) -> _MemoryKeySource:
+        return _MemoryKeySource(self, name)
+
+
+class _MemoryKeySource:
+    def __init__(self, pair: InMemoryKmePair, name: str) -> None:
+        self.pair = pair
+        self.name = name
+        self.description = f"in-memory KME {name}"
+
+    def _answer(self, call: str) -> None:
+        from .protocol.external_kme_link import KeySourceError
+
+        self.pair.calls.append((self.name, call))
+        if self.name in self.pair.down:
+            raise KeySourceError(f"{call} at the external KME {self.name}: no answer")
+
+    def _shaped(self, key: bytes) -> bytes:
+        return key[:-1] if self.name in self.pair.wrong_size else key
+
+    async def enc_keys(self, number: int, size: int) -> list[tuple[str, bytes]]:
+        self._answer("enc_keys")
+        out = []
+        for _ in range(number):
+            key_id, key = str(uuid.uuid4()), os.urandom(size // 8)
+            self.pair.keys[key_id] = key
+            out.append((key_id, self._shaped(key)))
+        return out
+
+    async def dec_keys(self, key_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+        self._answer("dec_keys")
+        return [(key_id, self._shaped(self.pair.keys.pop(key_id))) for key_id in key_ids]
+
+    async def close(self) -> None:
+        return None

@@ -18,6 +18,7 @@ from qkdnet.v1 import link_pb2
 from ..errors import ProtocolError
 from ..link_kinds import LinkKind
 from ..protocol import link_messages as m
+from ..protocol.external_kme_link import ExternalKeys
 
 __all__ = [
     "BB84",
@@ -45,6 +46,7 @@ PAYLOAD_NAMES: dict[type[Any], str] = {
     m.Amplification: "amplification",
     m.Stored: "stored",
     m.Abort: "abort",
+    ExternalKeys: "external_keys",
 }
 _PAYLOAD_CLASSES = {name: cls for cls, name in PAYLOAD_NAMES.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in PAYLOAD_NAMES}

@@ -119,6 +119,9 @@ def link_payloads(node_id: str, link: LinkStatus) -> dict[str, dict[str, Any]]:
             "secret_bits": link.secret_bits,
             "store_bits": link.store_bits,
             "emulated_seconds": link.emulated_seconds,
+            "kind": link.kind,
+            "source": link.source,
+            "last_fault": link.last_fault,
             "ts": now,
         }
         if link.last_sample_bits:

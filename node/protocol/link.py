@@ -48,6 +48,7 @@ logger = logging.getLogger("qkdnet.node.protocol.link")
 T = TypeVar("T")
 
 _INLINE_ELEMENTS = 20_000  # Cascade steps up to this many ranges run on the event loop
+_STORE_POLL_S = 1.0  # how often a transmitter whose store is full looks again
 _UNWIND_S = 10.0  # how long a cut waits for the cancelled session to end (see _unless_cut)
 
 
@@ -141,6 +142,7 @@ class LinkEnd:
             role=self.role,
             params=self.params,
             pe_sample_fraction=self.processing.pe_sample_fraction,
+            kind=config.kind,
         )
         self._frame_sifted = 0
         seed = self.processing.seed
@@ -234,6 +236,10 @@ class LinkEnd:
             logger, logging.INFO, "frame_aborted", link=self.link_id, frame=frame, reason=exc.reason
         )
 
+    async def close(self) -> None:
+        """Release what the end holds (its store; a kind's own resources too)."""
+        await self.store.close()
+
 
 async def store_block(
     store: KeyStore,
@@ -277,6 +283,43 @@ class SessionTransmitter(LinkEnd):
         """The kind's protocol for one session, after Hello: returns or raises when the
         session is over."""
         raise NotImplementedError
+
+    async def while_store_full(self) -> None:
+        """Start no frame while the store holds `store_max_bits` of unconsumed key; go on once
+        applications have taken an eighth of it (the frames in flight still land: the store
+        may pass the cap by three frames).
+
+        Key is never discarded to make room: a block both ends hold may be in use at the other
+        end by a relay. The session stays up and silent meanwhile (no message, so no
+        authentication pad is spent; the receiver waits for the next round without a timeout),
+        so the link stays up for routing and relays draw on its store as usual."""
+        cap = self.processing.store_max_bits
+        await self.refresh_store_level()
+        if self.stats.store.bits < cap:
+            return
+        log_event(
+            logger,
+            logging.INFO,
+            "distilling_paused",
+            link=self.link_id,
+            store_bits=self.stats.store.bits,
+            store_max_bits=cap,
+        )
+        self.stats.state = "full"
+        try:
+            while self.stats.store.bits > cap - cap // 8:
+                await self.clock.sleep(_STORE_POLL_S)
+                await self.refresh_store_level()
+        finally:
+            if self.stats.state == "full":  # not cut meanwhile
+                self.stats.state = "running"
+        log_event(
+            logger,
+            logging.INFO,
+            "distilling_resumed",
+            link=self.link_id,
+            store_bits=self.stats.store.bits,
+        )
 
     async def run(self) -> None:
         """Run sessions forever (until cancelled)."""
@@ -345,6 +388,7 @@ class SessionTransmitter(LinkEnd):
             fields = {"link": self.link_id}
             logger.error("link session crashed", exc_info=exc, extra={"fields": fields})
             detail = repr(exc)
+        self.stats.last_fault = detail
         log_event(logger, logging.WARNING, "session_ended", link=self.link_id, detail=detail)
 
     async def _session(self) -> None:
@@ -429,6 +473,7 @@ class SessionReceiver(LinkEnd):
         except LinkError as exc:
             if exc.reason in ("bad_tag", "replay", "malformed", "no_pad"):
                 self._reject(exc)
+            self.stats.last_fault = str(exc) or type(exc).__name__
             raise
         finally:
             self.stats.state = "cut" if self.cut else "waiting"

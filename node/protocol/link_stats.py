@@ -62,6 +62,9 @@ class LinkStatus:
     misalignment_error: float
     emulated_seconds: float
     elapsed_seconds: float
+    kind: str
+    source: str
+    last_fault: str
 
 
 @dataclass
@@ -102,6 +105,9 @@ class LinkStats:
     # a live change replaces); status is asked for every telemetry interval, so keep the last
     # evaluation (efficiency to 3 digits).
     _model: tuple[float, ChannelParameters, ModelFigures] | None = field(default=None, repr=False)
+    kind: str = "bb84"
+    source: str = ""  # where key comes from when not from the link's photons (external KME)
+    last_fault: str = ""  # why the last session ended
 
     def record_frame(self, pulses: int, detections: int, sifted: int) -> None:
         """A frame went through sifting (whatever happens to it next)."""
@@ -166,7 +172,7 @@ class LinkStats:
         return (s1 - s0) / span, (k1 - k0) / span
 
     def _model_figures(self) -> ModelFigures:
-        efficiency = round(self.efficiency if self.frames_ok else 1.16, 3)
+        efficiency = round(self.efficiency if self.ideal_disclosed > 0 else 1.16, 3)
         if self._model is None or self._model[:2] != (efficiency, self.params):
             figures = model_figures(
                 self.params, f=efficiency, pe_sample_fraction=self.pe_sample_fraction
@@ -222,4 +228,7 @@ class LinkStats:
             misalignment_error=self.params.misalignment_error,
             emulated_seconds=self.pulses / self.params.pulse_rate_hz,
             elapsed_seconds=time.monotonic() - self.started,
+            kind=self.kind,
+            source=self.source,
+            last_fault=self.last_fault,
         )

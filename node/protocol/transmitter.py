@@ -85,7 +85,6 @@ _VERIFY_LEAK = 64 + 32  # verification tag + the disclosed error count
 _ABORTS_AT_FULL_SPEED = 3
 _ABORT_PAUSE_S = 0.1
 _ABORT_PAUSE_MAX_S = 10.0
-_STORE_POLL_S = 1.0  # how often a transmitter whose store is full looks again
 
 
 @dataclass
@@ -125,48 +124,11 @@ class TransmitterLink(SessionTransmitter):
         cap = int(self.processing.max_frame_seconds * params.pulse_rate_hz)
         return max(1, min(needed, cap))
 
-    async def _while_store_full(self) -> None:
-        """Start no frame while the store holds `store_max_bits` of unconsumed key; go on once
-        applications have taken an eighth of it (the frames in flight still land: the store
-        may pass the cap by three frames).
-
-        Key is never discarded to make room: a block both ends hold may be in use at the other
-        end by a relay. The session stays up and silent meanwhile (no message, so no
-        authentication pad is spent; the receiver waits for the next round without a timeout),
-        so the link stays up for routing and relays draw on its store as usual."""
-        cap = self.processing.store_max_bits
-        await self.refresh_store_level()
-        if self.stats.store.bits < cap:
-            return
-        log_event(
-            logger,
-            logging.INFO,
-            "distilling_paused",
-            link=self.link_id,
-            store_bits=self.stats.store.bits,
-            store_max_bits=cap,
-        )
-        self.stats.state = "full"
-        try:
-            while self.stats.store.bits > cap - cap // 8:
-                await self.clock.sleep(_STORE_POLL_S)
-                await self.refresh_store_level()
-        finally:
-            if self.stats.state == "full":  # not cut meanwhile
-                self.stats.state = "running"
-        log_event(
-            logger,
-            logging.INFO,
-            "distilling_resumed",
-            link=self.link_id,
-            store_bits=self.stats.store.bits,
-        )
-
     async def _produce(self, photons: PhotonSink, frames: asyncio.Queue[_TxFrame]) -> None:
         rate = self.params.pulse_rate_hz * self.processing.speedup
         clock = self.clock.monotonic()
         while True:
-            await self._while_store_full()
+            await self.while_store_full()
             # A frame is emulated with the channel in force when it starts (a live change
             # applies from the next frame on).
             params = self.params

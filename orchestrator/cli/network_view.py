@@ -57,6 +57,9 @@ class LinkRow:
     wall_secret_rate_bps: float | None = None
     store_bits: int | None = None
     age_s: float | None = None  # how old the figures are (telemetry); None: asked just now
+    kind: str = "bb84"
+    source: str = ""  # where the key comes from, when not the link's own photons
+    last_fault: str = ""  # why the transmitter's last session ended
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +120,23 @@ def rows_from_snapshot(
                 LinkRow(view.link_id, view.transmitter, view.receiver, view.length_km, state)
             )
             continue
+        if tx.kind not in ("", "bb84"):  # no photons: no QBER, no model, no emulated time
+            rows.append(
+                LinkRow(
+                    link=view.link_id,
+                    transmitter=view.transmitter,
+                    receiver=view.receiver,
+                    length_km=view.length_km,
+                    state=tx.state,
+                    frames=tx.frames_ok,
+                    wall_secret_rate_bps=tx.secret_rate_bps,
+                    store_bits=tx.store_bits,
+                    kind=tx.kind,
+                    source=tx.source,
+                    last_fault=tx.last_fault,
+                )
+            )
+            continue
         rows.append(
             LinkRow(
                 link=view.link_id,
@@ -124,6 +144,7 @@ def rows_from_snapshot(
                 receiver=view.receiver,
                 length_km=view.length_km,
                 state=tx.state,
+                last_fault=tx.last_fault,
                 frames=tx.frames_ok,
                 qber=_live_qber(tx.last_sample_qber if tx.last_sample_bits else None, tx.qber)
                 if tx.frames_ok or tx.last_sample_bits
@@ -168,6 +189,9 @@ def rows_from_telemetry(plan: NetworkPlan, state: TelemetryState) -> list[LinkRo
                 wall_secret_rate_bps=data.get("wall_secret_rate_bps"),
                 store_bits=data.get("store_bits"),
                 age_s=now - state.received.get(("link", link_id), now),
+                kind=str(data.get("kind") or "bb84"),
+                source=str(data.get("source") or ""),
+                last_fault=str(data.get("last_fault") or ""),
             )
         )
     return rows
@@ -188,11 +212,16 @@ def links_table(rows: list[LinkRow], title: str = "links") -> Table:
         "measured beside the model's; "
         "wall: key stored per wall-clock second lately"
     )
+    sources = [row for row in rows if row.source]
+    for row in sources:
+        table.caption += f"\n{row.link}: key from {row.source}"
+        if row.last_fault and row.state != "running":
+            table.caption += f"; last fault: {row.last_fault}"
     for row in rows:
         table.add_row(
             Text(row.link),
             f"{row.length_km:g}",
-            Text(row.state),
+            Text(row.state if row.kind == "bb84" else f"{row.state} ({row.kind})"),
             "-" if row.frames is None else str(row.frames),
             _percent(row.qber),
             _percent(row.model_qber),

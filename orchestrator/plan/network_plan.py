@@ -114,6 +114,9 @@ class ConfigLayout:
     psk_file: Callable[[str], str]  # link ID -> path of its secret
     state_dir: Callable[[str], str]  # node ID -> where its key stores go
     peer_ca: Callable[[str], str] = str  # border node ID -> path of its peer domain's CA
+    # (node ID, link peer, "ca"/"cert"/"key", the file) -> where the node sees that file of its
+    # end of an external-KME link
+    external_file: Callable[[str, str, str, Path], str] = lambda _n, _p, _w, path: str(path)
 
 
 @dataclass(frozen=True)
@@ -459,6 +462,7 @@ class NetworkPlan:
         """Every node's configuration (the links it holds, TLS, telemetry, key delivery), with
         addresses and file paths as `layout` says the node sees them."""
         from qkdnet.node.config import (
+            ExternalKmeConfig,
             InterworkingConfig,
             KeyApiConfig,
             LinkConfig,
@@ -472,6 +476,21 @@ class NetworkPlan:
             a, b = link.endpoints
             link_id = link_id_for(a, b)
             for end, peer in ((a, b), (b, a)):
+                external = None
+                if link.external_kme is not None:
+                    mine, theirs = link.external_kme.ends[end], link.external_kme.ends[peer]
+                    external = ExternalKmeConfig(
+                        url=mine.url,
+                        sae_id=mine.sae_id,
+                        peer_sae_id=theirs.sae_id,
+                        keys_per_pull=link.external_kme.keys_per_pull,
+                        key_bits=link.external_kme.key_bits,
+                        pull_interval_s=link.external_kme.pull_interval_s,
+                        **{
+                            name: Path(layout.external_file(end, peer, name, getattr(mine, name)))
+                            for name in ("ca", "cert", "key")
+                        },
+                    )
                 links_of[end].append(
                     LinkConfig(
                         peer=peer,
@@ -480,6 +499,7 @@ class NetworkPlan:
                         psk_file=Path(layout.psk_file(link_id)),
                         channel=link.channel,
                         processing=link.processing,
+                        external_kme=external,
                     )
                 )
         directory = {sae: node.node_id for node in self.nodes.values() for sae in node.saes}
@@ -547,6 +567,7 @@ class NetworkPlan:
                 psk_file=lambda link_id: f"links/{pki.link_secrets[link_id].name}",
                 state_dir=lambda _: NODE_STATE_DIR,
                 peer_ca=lambda _: "peer-ca.pem",
+                external_file=lambda _, peer, name, __: f"external/{peer}-{name}.pem",
             )
 
         def tls(node_id: str) -> dict[str, str]:
@@ -632,6 +653,15 @@ class NetworkPlan:
             write_private(where / name, source.read_bytes())
         if self.domain is not None and self.domain.border(node.node_id) is not None:
             write_private(where / "peer-ca.pem", self.peer_ca_of(node.node_id).read_bytes())
+        for resolved in self.topology.resolved_links():  # the node's external KMEs' files
+            if resolved.external_kme is None or node.node_id not in resolved.endpoints:
+                continue
+            peer = next(end for end in resolved.endpoints if end != node.node_id)
+            mine = resolved.external_kme.ends[node.node_id]
+            private_dir(where / "external")
+            for name in ("ca", "cert", "key"):
+                path = where / "external" / f"{peer}-{name}.pem"
+                write_private(path, getattr(mine, name).read_bytes())
         secrets = {path.name: path for path in pki.link_secrets.values()}
         for link in links:
             name = link.psk_file.name

@@ -65,8 +65,11 @@ from qkdnet.node.errors import ConfigError
 from qkdnet.node.identity import RESERVED_NAMES
 
 __all__ = [
+    "EXTERNAL_KME",
     "INTERWORKING",
     "DomainSpec",
+    "ExternalKmeEnd",
+    "ExternalKmeSpec",
     "KeyDeliverySpec",
     "LinkSpec",
     "LogSpec",
@@ -134,6 +137,32 @@ class NodeSpec(BaseModel):
         return saes
 
 
+class ExternalKmeEnd(BaseModel):
+    """One end of an external-KME link: the ETSI GS QKD 014 KME it draws on, as which SAE."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(pattern=r"^https://[^/]+$", description="https://host:port of the KME")
+    sae_id: Identifier = Field(description="the node's SAE ID at that KME")
+    ca: Path = Field(description="CA of the KME's certificate (relative to the topology file)")
+    cert: Path = Field(description="the node's client certificate at the KME")
+    key: Path = Field(description="its private key")
+
+
+class ExternalKmeSpec(BaseModel):
+    """Where an `external-kme` link's key comes from: a pair of KMEs outside the deployment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ends: dict[Identifier, ExternalKmeEnd] = Field(description="both endpoints, by node ID")
+    keys_per_pull: int = Field(16, ge=1, le=1024, description="keys per enc_keys call")
+    key_bits: int = Field(256, ge=64, le=8192, multiple_of=8, description="bits per key")
+    pull_interval_s: float = Field(1.0, ge=0.01, le=3600.0, description="seconds between pulls")
+
+
+EXTERNAL_KME = "external-kme"  # the link kind whose key comes from a pair of external KMEs
+
+
 class LinkSpec(LinkParameters):
     """One QKD link: its two endpoints, its length and any parameter overriding the defaults."""
 
@@ -143,7 +172,11 @@ class LinkSpec(LinkParameters):
         "bb84",
         pattern=r"^[a-z][a-z0-9-]*$",
         description="the link's protocol: a link kind the nodes have installed (bb84); "
-        "`interworking` joins the border nodes of two domains over ETSI GS QKD 020",
+        "`interworking` joins the border nodes of two domains over ETSI GS QKD 020; "
+        "`external-kme` draws key from a pair of ETSI GS QKD 014 KMEs outside the deployment",
+    )
+    external_kme: ExternalKmeSpec | None = Field(
+        None, description="kind external-kme: the two KMEs the link's key comes from"
     )
 
 
@@ -296,6 +329,19 @@ class Topology(BaseModel):
                 raise _PathError(
                     ("nodes", node_id, "domain"), f"unknown domain {node.domain!r} ({known})"
                 )
+        for index, link in enumerate(self.links):
+            external = link.external_kme
+            if (link.kind == EXTERNAL_KME) != (external is not None):
+                raise _PathError(
+                    ("links", index, "external_kme" if external else "kind"),
+                    f"external_kme goes with kind {EXTERNAL_KME!r}, and that kind needs it",
+                )
+            if external is not None and set(external.ends) != set(link.endpoints):
+                raise _PathError(
+                    ("links", index, "external_kme", "ends"),
+                    f"name the link's two endpoints, {link.endpoints[0]} and "
+                    f"{link.endpoints[1]} (not {', '.join(external.ends) or 'none'})",
+                )
         borders: dict[str, int] = {}
         for index, link in enumerate(self.links):
             a, b = link.endpoints
@@ -379,7 +425,7 @@ class Topology(BaseModel):
                 continue  # no QKD link: two KMSs joined by ETSI GS QKD 020
             merged = {
                 **defaults,
-                **link.model_dump(exclude_none=True, exclude={"endpoints", "kind"}),
+                **link.model_dump(exclude_none=True, exclude={"endpoints", "kind", "external_kme"}),
             }
             channel = {k: v for k, v in merged.items() if k in _CHANNEL_FIELDS | {"length_km"}}
             processing = {k: v for k, v in merged.items() if k in _PROCESSING_FIELDS}
@@ -390,6 +436,7 @@ class Topology(BaseModel):
                     channel=ChannelConfig.model_validate(channel),
                     processing=ProcessingConfig.model_validate(processing),
                     kind=link.kind,
+                    external_kme=link.external_kme,
                 )
             except ValidationError as exc:
                 detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
@@ -407,6 +454,7 @@ class ResolvedLink:
     channel: ChannelConfig
     processing: ProcessingConfig
     kind: str = "bb84"
+    external_kme: ExternalKmeSpec | None = None
 
 
 _OTHER = "\x00other"  # where a message names the other field of a clash
@@ -565,6 +613,8 @@ def load_topology(path: Path, *, check_workable: bool = True) -> Topology:
         raise ConfigError("\n".join(messages)) from None
     except _PathError as exc:
         problems = [exc]
+    if not problems:
+        topology, problems = _external_files(topology, path.parent)
     if problems:
         problems.sort(key=lambda problem: _line(lines, problem.path))
         raise ConfigError(
@@ -574,6 +624,33 @@ def load_topology(path: Path, *, check_workable: bool = True) -> Topology:
             )
         ) from None
     return topology
+
+
+def _external_files(topology: Topology, base: Path) -> tuple[Topology, list[_PathError]]:
+    """`topology` with the files of its external-KME links made absolute (relative ones are
+    relative to the topology file), and a problem for each file that does not exist."""
+    problems: list[_PathError] = []
+    links = list(topology.links)
+    for index, link in enumerate(links):
+        if link.external_kme is None:
+            continue
+        ends = {}
+        for node, end in link.external_kme.ends.items():
+            files = {}
+            for name in ("ca", "cert", "key"):
+                where = base / getattr(end, name)
+                if not where.is_file():
+                    problems.append(
+                        _PathError(
+                            ("links", index, "external_kme", "ends", node, name),
+                            f"no such file: {where}",
+                        )
+                    )
+                files[name] = where.absolute()
+            ends[node] = end.model_copy(update=files)
+        external = link.external_kme.model_copy(update={"ends": ends})
+        links[index] = link.model_copy(update={"external_kme": external})
+    return topology.model_copy(update={"links": links}), problems
 
 
 def topology_json_schema() -> str:

@@ -395,3 +395,56 @@ def test_log_rotation_and_store_cap_settings(tmp_path: Path) -> None:
     default = load_topology(path)
     assert (default.logs.max_bytes, default.logs.files) == (10_000_000, 3)
     assert default.resolved_links()[0].processing.store_max_bits == 8_000_000
+
+
+EXTERNAL = """\
+name: ext
+nodes:
+  x: {saes: [sae-x]}
+  y: {saes: [sae-y]}
+links:
+  - endpoints: [x, y]
+    length_km: 40
+    kind: external-kme
+    external_kme:
+      keys_per_pull: 8
+      ends:
+        x: {url: 'https://kme-x:443', sae_id: dev-x, ca: ca.pem, cert: x.pem, key: x.key}
+        y: {url: 'https://kme-y:443', sae_id: dev-y, ca: ca.pem, cert: y.pem, key: y.key}
+"""
+
+
+def test_an_external_kme_link_names_its_kmes_and_their_files(tmp_path: Path) -> None:
+    path = tmp_path / "ext.yaml"
+    path.write_text(EXTERNAL)
+    with pytest.raises(ConfigError) as caught:
+        load_topology(path)
+    # Every missing file, with its line and field.
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 6, lines  # ca, cert and key of each end
+    assert lines[0] == (
+        f"{path}:12: links[0].external_kme.ends.x.ca: no such file: {tmp_path / 'ca.pem'}"
+    )
+    for name in ("ca.pem", "x.pem", "x.key", "y.pem", "y.key"):
+        (tmp_path / name).write_text("-")
+    topology = load_topology(path)
+    (link,) = topology.resolved_links()
+    assert link.external_kme is not None
+    assert link.external_kme.ends["y"].key == tmp_path / "y.key"  # relative to the file
+    assert link.external_kme.keys_per_pull == 8
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    kind: external-kme\n", "", "external_kme goes with kind 'external-kme'"),
+        ("        y: {url", "        z: {url", "name the link's two endpoints, x and y"),
+        ("'https://kme-y:443'", "'http://kme-y'", "String should match pattern"),
+    ],
+)
+def test_external_kme_mistakes_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    path = tmp_path / "ext.yaml"
+    assert old in EXTERNAL
+    path.write_text(EXTERNAL.replace(old, new))
+    with pytest.raises(ConfigError, match=message):
+        load_topology(path)

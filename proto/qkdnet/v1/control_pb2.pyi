@@ -583,6 +583,9 @@ class LinkStatus(_message.Message):
     EAVESDROP_FRACTION_FIELD_NUMBER: _builtins.int
     EXTRA_LOSS_DB_FIELD_NUMBER: _builtins.int
     MISALIGNMENT_ERROR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LAST_FAULT_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
     peer: _builtins.str
     role: _builtins.str
@@ -632,6 +635,12 @@ class LinkStatus(_message.Message):
     """The channel the next frames are emulated and modelled with (live changes included)."""
     extra_loss_db: _builtins.float
     misalignment_error: _builtins.float
+    kind: _builtins.str
+    """the link kind: "bb84", "external-kme", ..."""
+    source: _builtins.str
+    """where the key comes from when not from this link's own photons"""
+    last_fault: _builtins.str
+    """why the last session ended ("" while none has)"""
     @_builtins.property
     def aborts_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -684,10 +693,13 @@ class LinkStatus(_message.Message):
         eavesdrop_fraction: _builtins.float = ...,
         extra_loss_db: _builtins.float = ...,
         misalignment_error: _builtins.float = ...,
+        kind: _builtins.str = ...,
+        source: _builtins.str = ...,
+        last_fault: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborts_by_reason", b"aborts_by_reason", "auth_bits", b"auth_bits", "detections", b"detections", "disclosed_bits", b"disclosed_bits", "eavesdrop_fraction", b"eavesdrop_fraction", "elapsed_seconds", b"elapsed_seconds", "emulated_seconds", b"emulated_seconds", "extra_loss_db", b"extra_loss_db", "frames_aborted", b"frames_aborted", "frames_ok", b"frames_ok", "last_frame", b"last_frame", "last_qber", b"last_qber", "last_sample_bits", b"last_sample_bits", "last_sample_qber", b"last_sample_qber", "link_id", b"link_id", "misalignment_error", b"misalignment_error", "model_qber", b"model_qber", "model_secret_fraction_per_pulse", b"model_secret_fraction_per_pulse", "model_secret_rate_bps", b"model_secret_rate_bps", "model_sifted_rate_bps", b"model_sifted_rate_bps", "peer", b"peer", "phase_seconds", b"phase_seconds", "pulses", b"pulses", "qber", b"qber", "reconciled_bits", b"reconciled_bits", "reconciliation_efficiency", b"reconciliation_efficiency", "rejected_messages", b"rejected_messages", "role", b"role", "sample_bits", b"sample_bits", "sample_qber", b"sample_qber", "secret_bits", b"secret_bits", "secret_fraction_per_pulse", b"secret_fraction_per_pulse", "secret_rate_bps", b"secret_rate_bps", "sifted_bits", b"sifted_bits", "sifted_rate_bps", b"sifted_rate_bps", "state", b"state", "store_bits", b"store_bits", "store_blocks", b"store_blocks", "stored_bits_total", b"stored_bits_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aborts_by_reason", b"aborts_by_reason", "auth_bits", b"auth_bits", "detections", b"detections", "disclosed_bits", b"disclosed_bits", "eavesdrop_fraction", b"eavesdrop_fraction", "elapsed_seconds", b"elapsed_seconds", "emulated_seconds", b"emulated_seconds", "extra_loss_db", b"extra_loss_db", "frames_aborted", b"frames_aborted", "frames_ok", b"frames_ok", "kind", b"kind", "last_fault", b"last_fault", "last_frame", b"last_frame", "last_qber", b"last_qber", "last_sample_bits", b"last_sample_bits", "last_sample_qber", b"last_sample_qber", "link_id", b"link_id", "misalignment_error", b"misalignment_error", "model_qber", b"model_qber", "model_secret_fraction_per_pulse", b"model_secret_fraction_per_pulse", "model_secret_rate_bps", b"model_secret_rate_bps", "model_sifted_rate_bps", b"model_sifted_rate_bps", "peer", b"peer", "phase_seconds", b"phase_seconds", "pulses", b"pulses", "qber", b"qber", "reconciled_bits", b"reconciled_bits", "reconciliation_efficiency", b"reconciliation_efficiency", "rejected_messages", b"rejected_messages", "role", b"role", "sample_bits", b"sample_bits", "sample_qber", b"sample_qber", "secret_bits", b"secret_bits", "secret_fraction_per_pulse", b"secret_fraction_per_pulse", "secret_rate_bps", b"secret_rate_bps", "sifted_bits", b"sifted_bits", "sifted_rate_bps", b"sifted_rate_bps", "source", b"source", "state", b"state", "store_bits", b"store_bits", "store_blocks", b"store_blocks", "stored_bits_total", b"stored_bits_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -147,6 +147,7 @@ class ClassicalMessage(_message.Message):
     AMPLIFICATION_FIELD_NUMBER: _builtins.int
     STORED_FIELD_NUMBER: _builtins.int
     ABORT_FIELD_NUMBER: _builtins.int
+    EXTERNAL_KEYS_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
     sender: _builtins.str
     pad_index: _builtins.int
@@ -182,6 +183,8 @@ class ClassicalMessage(_message.Message):
     def stored(self) -> Global___Stored: ...
     @_builtins.property
     def abort(self) -> Global___Abort: ...
+    @_builtins.property
+    def external_keys(self) -> Global___ExternalKeys: ...
     def __init__(
         self,
         *,
@@ -203,12 +206,13 @@ class ClassicalMessage(_message.Message):
         amplification: Global___Amplification | None = ...,
         stored: Global___Stored | None = ...,
         abort: Global___Abort | None = ...,
+        external_keys: Global___ExternalKeys | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "amplification", b"amplification", "estimation", b"estimation", "estimation_result", b"estimation_result", "hello", b"hello", "hello_reply", b"hello_reply", "parity_reply", b"parity_reply", "parity_request", b"parity_request", "payload", b"payload", "round_start", b"round_start", "sift", b"sift", "sift_reply", b"sift_reply", "stored", b"stored", "verification", b"verification", "verification_result", b"verification_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "amplification", b"amplification", "estimation", b"estimation", "estimation_result", b"estimation_result", "external_keys", b"external_keys", "hello", b"hello", "hello_reply", b"hello_reply", "parity_reply", b"parity_reply", "parity_request", b"parity_request", "payload", b"payload", "round_start", b"round_start", "sift", b"sift", "sift_reply", b"sift_reply", "stored", b"stored", "verification", b"verification", "verification_result", b"verification_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "amplification", b"amplification", "estimation", b"estimation", "estimation_result", b"estimation_result", "frame", b"frame", "hello", b"hello", "hello_reply", b"hello_reply", "link_id", b"link_id", "pad_index", b"pad_index", "parity_reply", b"parity_reply", "parity_request", b"parity_request", "payload", b"payload", "round_start", b"round_start", "sender", b"sender", "sift", b"sift", "sift_reply", b"sift_reply", "stored", b"stored", "verification", b"verification", "verification_result", b"verification_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "amplification", b"amplification", "estimation", b"estimation", "estimation_result", b"estimation_result", "external_keys", b"external_keys", "frame", b"frame", "hello", b"hello", "hello_reply", b"hello_reply", "link_id", b"link_id", "pad_index", b"pad_index", "parity_reply", b"parity_reply", "parity_request", b"parity_request", "payload", b"payload", "round_start", b"round_start", "sender", b"sender", "sift", b"sift", "sift_reply", b"sift_reply", "stored", b"stored", "verification", b"verification", "verification_result", b"verification_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hello", "hello_reply", "round_start", "sift", "sift_reply", "estimation", "estimation_result", "parity_request", "parity_reply", "verification", "verification_result", "amplification", "stored", "abort"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hello", "hello_reply", "round_start", "sift", "sift_reply", "estimation", "estimation_result", "parity_request", "parity_reply", "verification", "verification_result", "amplification", "stored", "abort", "external_keys"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -578,3 +582,38 @@ class Abort(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Abort: _TypeAlias = Abort  # noqa: Y015
+
+@_typing.final
+class ExternalKeys(_message.Message):
+    """external-kme links, transmitter -> receiver: the IDs of keys the transmitter got from its
+    external KME (enc_keys); the receiver gets the same keys from its own (dec_keys). Their
+    first bits refill the authentication pads of both directions, the rest is stored under
+    block_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    KEY_IDS_FIELD_NUMBER: _builtins.int
+    REFILL_PADS_FORWARD_FIELD_NUMBER: _builtins.int
+    REFILL_PADS_BACKWARD_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    refill_pads_forward: _builtins.int
+    refill_pads_backward: _builtins.int
+    @_builtins.property
+    def key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        key_ids: _abc.Iterable[_builtins.str] | None = ...,
+        refill_pads_forward: _builtins.int = ...,
+        refill_pads_backward: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "key_ids", b"key_ids", "refill_pads_backward", b"refill_pads_backward", "refill_pads_forward", b"refill_pads_forward"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExternalKeys: _TypeAlias = ExternalKeys  # noqa: Y015
