@@ -52,7 +52,7 @@ from .edge.etsi020 import (
     interworking_client_context,
     interworking_server_context,
 )
-from .edge.grpc_authorization import RoleAuthorization
+from .edge.grpc_authorization import ForeignPeer, RoleAuthorization
 from .edge.grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .edge.https_server import HttpLimits, raise_file_limit, server_ssl_context
 from .edge.link_grpc import GrpcLinkConnector, LinkService
@@ -116,8 +116,19 @@ class NodeAgent:
         self.border: BorderKms | None = None
         self.interworking: InterworkingServer | None = None
         self._peer_kms: HttpPeerKms | None = None
-        self.authorization = RoleAuthorization(credentials.identity.trust_domain)
+        # A border sharing a QKD link with another domain's border trusts that domain's CA for
+        # that link only (grpc_authorization.py).
+        self._foreign = _foreign_peer(config)
+        self.authorization = RoleAuthorization(
+            credentials.identity.trust_domain,
+            own_ca_pem=credentials.ca_pem if self._foreign else b"",
+            foreign=self._foreign,
+        )
         self._delivery_levels = DeliveryLevels(0, 0, 0)
+
+    def _across(self, peer: str) -> bool:
+        """Whether the link to `peer` is the one shared with another domain's border."""
+        return self._foreign is not None and peer == self._foreign.node
 
     async def start(self) -> None:
         # One idle FFT workspace per length, 16 MiB in all: a node runs a frame at a time per
@@ -142,10 +153,13 @@ class NodeAgent:
                 common.update(kind.ports(link_cfg))
             link: LinkEnd
             if transmits:
+                trusted = (
+                    self._foreign.ca_pem if self._foreign and self._across(link_cfg.peer) else None
+                )
                 connector = GrpcLinkConnector(
                     link_cfg.address or "",
                     link_cfg.peer,
-                    self.credentials.channel(),
+                    self.credentials.channel(trusted),
                     shaping=self.faults.shaping,
                 )
                 link = kind.transmitter(connector=connector, **common)
@@ -169,7 +183,9 @@ class NodeAgent:
         )
         # A border serves, inside this domain, the SAEs it reaches through its peer domain.
         served = list(cfg.saes) + (cfg.interworking.peer_saes if cfg.interworking else [])
-        self.flooder = LinkStateFlooder(cfg.node_id, served, self.links, self.router, self.peers)
+        # The link to another domain's border is no link of this domain's routing.
+        own = {peer: link for peer, link in self.links.items() if not self._across(peer)}
+        self.flooder = LinkStateFlooder(cfg.node_id, served, own, self.router, self.peers)
 
         server = grpc.aio.server(
             options=SERVER_OPTIONS,
@@ -194,7 +210,9 @@ class NodeAgent:
         ]
         reflection.enable_server_reflection(names, server)
         try:
-            self.port = server.add_secure_port(cfg.listen, self.credentials.server())
+            self.port = server.add_secure_port(
+                cfg.listen, self.credentials.server(self._foreign.ca_pem if self._foreign else b"")
+            )
         except RuntimeError:
             raise ConfigError(f"listen: cannot listen on {cfg.listen}") from None
         await server.start()
@@ -595,3 +613,15 @@ def main(config_path: Path) -> int:
         print(f"qkdnet node: failed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _foreign_peer(config: NodeConfig) -> ForeignPeer | None:
+    """The peer border of another domain this node shares a QKD link with, if any."""
+    border = config.interworking
+    if border is None or not border.shared_link:
+        return None
+    try:
+        ca_pem = border.peer_ca.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"interworking.peer_ca: {border.peer_ca}: {exc.strerror}") from None
+    return ForeignPeer(border.peer_trust_domain, border.peer_node, ca_pem)

@@ -16,6 +16,12 @@ PERMISSION_DENIED before the service sees the call:
 
 An SAE certificate thus reaches no gRPC method at all: applications have the ETSI APIs only.
 Services still check what only they can (a link's peer, a transaction's origin).
+
+A border node that shares a QKD link with the border of another domain trusts that domain's CA
+too (`NodeCredentials.server`), and admits from it one identity, on the link's services only:
+the peer border (`ForeignPeer`). Trusting two CAs, gRPC would accept from either a certificate
+naming either trust domain; so on such a node every certificate must also be issued by the CA
+of the trust domain it names (checked here, once per certificate).
 """
 
 from __future__ import annotations
@@ -24,14 +30,25 @@ import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from ..identity import Identity, Role
 from ..structured_log import log_event
 
-__all__ = ["POLICY", "RoleAuthorization", "guarded_handler", "peer_identity", "peer_name"]
+__all__ = [
+    "LINK_SERVICES",
+    "POLICY",
+    "ForeignPeer",
+    "RoleAuthorization",
+    "guarded_handler",
+    "peer_identity",
+    "peer_name",
+]
 
 logger = logging.getLogger("qkdnet.node.authorization")
 
@@ -69,12 +86,61 @@ else:
     Handler = grpc.RpcMethodHandler  # generic only in the type stubs
 
 
-class RoleAuthorization(grpc.aio.ServerInterceptor):
-    """Refuses every call whose caller's role `policy` does not allow for the service."""
+LINK_SERVICES = frozenset({"qkdnet.v1.QuantumChannel", "qkdnet.v1.ClassicalChannel"})
 
-    def __init__(self, trust_domain: str, policy: Mapping[str, frozenset[Role]] = POLICY) -> None:
+
+@dataclass(frozen=True)
+class ForeignPeer:
+    """The one node of another trust domain a border's server answers: its peer border, on
+    the shared link's services, with a certificate its own domain's CA issued."""
+
+    trust_domain: str
+    node: str
+    ca_pem: bytes
+    services: frozenset[str] = LINK_SERVICES
+
+
+class _Issuers:
+    """Whether a caller's certificate was issued by a given CA, remembered per certificate."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[bytes, bytes], bool] = {}
+
+    def issued(self, context: Context, ca_pem: bytes) -> bool:
+        chain = list(context.auth_context().get("x509_pem_cert", []))
+        if len(chain) != 1:
+            return False
+        key = (bytes(chain[0]), ca_pem)
+        if key not in self._seen:
+            if len(self._seen) > 4096:  # certificates are few; bound it all the same
+                self._seen.clear()
+            try:
+                certificate = x509.load_pem_x509_certificate(key[0])
+                certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+                self._seen[key] = True
+            except (ValueError, TypeError, InvalidSignature):
+                self._seen[key] = False
+        return self._seen[key]
+
+
+class RoleAuthorization(grpc.aio.ServerInterceptor):
+    """Refuses every call whose caller's role `policy` does not allow for the service (and,
+    with `foreign`, admits that peer border of another domain to the shared link)."""
+
+    def __init__(
+        self,
+        trust_domain: str,
+        policy: Mapping[str, frozenset[Role]] = POLICY,
+        *,
+        own_ca_pem: bytes = b"",
+        foreign: ForeignPeer | None = None,
+    ) -> None:
+        """`own_ca_pem` and `foreign`: a border that trusts its peer domain's CA too."""
         self._trust_domain = trust_domain
         self._policy = dict(policy)
+        self._own_ca = own_ca_pem
+        self._foreign = foreign
+        self._issuers = _Issuers()
         self.refused: Counter[str] = Counter()  # by the caller's role ("none": no identity)
 
     async def intercept_service(
@@ -92,10 +158,20 @@ class RoleAuthorization(grpc.aio.ServerInterceptor):
 
     async def _check(self, context: Context, method: str, allowed: frozenset[Role]) -> None:
         identity = peer_identity(context)
+        foreign = self._foreign
         if (
             identity is not None
             and identity.trust_domain == self._trust_domain
             and identity.role in allowed
+            and (foreign is None or self._issuers.issued(context, self._own_ca))
+        ):
+            return
+        service = method.split("/")[1] if method.count("/") == 2 else method
+        if (
+            foreign is not None
+            and identity == Identity(foreign.trust_domain, Role.NODE, foreign.node)
+            and service in foreign.services
+            and self._issuers.issued(context, foreign.ca_pem)
         ):
             return
         who = str(identity) if identity is not None else "a certificate without a qkdnet role"

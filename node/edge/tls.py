@@ -35,17 +35,20 @@ class NodeCredentials:
     key_pem: bytes
     identity: Identity
 
-    def server(self) -> grpc.ServerCredentials:
-        """Server credentials that require and verify a client certificate from the CA."""
+    def server(self, also_trusted: bytes = b"") -> grpc.ServerCredentials:
+        """Server credentials that require and verify a client certificate from the CA (or
+        from the CAs of `also_trusted`, PEM: a border's peer domain's, whose certificates
+        `RoleAuthorization` then admits to the shared link only)."""
         return grpc.ssl_server_credentials(
             [(self.key_pem, self.cert_pem)],
-            root_certificates=self.ca_pem,
+            root_certificates=self.ca_pem + also_trusted,
             require_client_auth=True,
         )
 
-    def channel(self) -> grpc.ChannelCredentials:
-        """Client credentials presenting this node's certificate."""
-        return credentials(self.ca_pem, self.cert_pem, self.key_pem)
+    def channel(self, trusted: bytes | None = None) -> grpc.ChannelCredentials:
+        """Client credentials presenting this node's certificate, trusting the CA (or only
+        the CA `trusted`, PEM: a peer domain's, to dial its border)."""
+        return credentials(trusted or self.ca_pem, self.cert_pem, self.key_pem)
 
 
 def client_tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:

@@ -302,7 +302,7 @@ def deploy(
 def _trust_peers(plans: list[NetworkPlan], peer_cas: list[str]) -> None:
     """Give every border of `plans` its peer domain's CA: from the peer's own plan when it is
     laid out here, else from --peer-ca, else the one given at an earlier deploy."""
-    from ..plan.federation import install_peer_ca
+    from ..plan.federation import install_peer_ca, share_link_secrets
 
     given: dict[str, Path] = {}
     peers = {b.peer_domain for plan in plans if plan.domain for b in plan.domain.borders}
@@ -323,8 +323,7 @@ def _trust_peers(plans: list[NetworkPlan], peer_cas: list[str]) -> None:
                 f"domains: {', '.join(sorted(peers)) or 'none'})"
             )
         given[domain] = Path(path)
-    for plan in plans:
-        plan.provision_pki()
+    share_link_secrets({domain: plan for domain, plan in here.items()})
     for plan in plans:
         assert plan.domain is not None
         for border in plan.domain.borders:
@@ -514,7 +513,7 @@ def _inspect_one(
         if rows:
             console.print(links_table(rows))
         if plan.domain is not None and plan.domain.borders:
-            console.print(borders_table(plan))
+            console.print(borders_table(plan, snapshot))
     if not info.running:
         console.print(
             f"{plan.name} is deployed but none of it runs (state dir {plan.state_dir}); "

@@ -416,19 +416,32 @@ def nodes_json(
     return nodes
 
 
-def borders_table(plan: NetworkPlan) -> Table:
-    """A domain's border nodes: where their ETSI GS QKD 020 API listens, their peers and the
+def borders_table(plan: NetworkPlan, snapshot: NetworkSnapshot | None = None) -> Table:
+    """A domain's border nodes: where their ETSI GS QKD 020 API listens, their peers, the QKD
+    link they share with them (with its state and this end's store, from `snapshot`) and the
     SAEs of other domains reached through them."""
     assert plan.domain is not None
     table = Table(title=f"{plan.name}: borders (ETSI GS QKD 020)", title_justify="left")
-    for column in ("border", "020 API", "peer", "peer's 020 API", "SAEs reached"):
+    for column in ("border", "020 API", "peer", "peer's 020 API", "shared link", "SAEs reached"):
         table.add_column(column)
     for border in plan.domain.borders:
+        shared = "none: keys cross over TLS only"
+        if border.link is not None:
+            shared = f"{border.link['kind']} {border.link['channel']['length_km']:g} km"
+            status = snapshot.nodes.get(border.node) if snapshot is not None else None
+            end = (
+                next((s for s in status.links if s.link_id == border.link_id), None)
+                if (status is not None)
+                else None
+            )
+            if end is not None:
+                shared += f", {end.state}, store {_bits(end.store_bits)}"
         table.add_row(
             border.node,
             border.url,
             f"{border.peer_node} (domain {border.peer_domain})",
             border.peer_url,
+            shared,
             ", ".join(border.far_saes) or "-",
         )
     return table

@@ -35,6 +35,15 @@ class BorderPlan:
     peer_deployment: str  # the peer domain's deployment: its name gives its trust domain
     peer_url: str
     far_saes: tuple[str, ...]  # SAEs of other domains reached through the peer
+    # The QKD link the two borders share, when they do (its kind, channel, processing and
+    # external KMEs as node configurations have them), and where the peer's gRPC listens.
+    link: dict[str, Any] | None = None
+    peer_address: str | None = None
+
+    @property
+    def link_id(self) -> str:
+        """The shared link's ID (`a--b`, the sorted node IDs)."""
+        return "--".join(sorted((self.node, self.peer_node)))
 
     def peer_ca(self, pki_dir: Path) -> Path:
         """Where this deployment keeps the peer domain's CA certificate (its trust bundle)."""

@@ -2,10 +2,12 @@
 
 A topology that declares `domains` is several networks: each domain has its own nodes, links,
 SAEs, CA and routing, and its border nodes are joined to the border nodes of other domains by
-`interworking` links (ETSI GS QKD 020 between two KMSs). `domain_topology` is one domain as a
-topology of its own; `borders` says, for each border node, its peer and the SAEs of other
-domains it reaches through that peer (announced inside its domain as served by the border);
-`far_directory` is where each node of a domain sends keys for SAEs of other domains.
+links across domains: an `interworking` link (two KMSs joined by ETSI GS QKD 020 alone) or a
+QKD link of any kind, whose key pads what the two borders hand each other over 020.
+`domain_topology` is one domain as a topology of its own; `borders` says, for each border
+node, its peer and the SAEs of other domains it reaches through that peer (announced inside its
+domain as served by the border); `far_directory` is where each node of a domain sends keys for
+SAEs of other domains.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .topology import INTERWORKING, Topology
+from .topology import Topology
 
 __all__ = ["Border", "borders", "domain_topology", "far_directory"]
 
@@ -28,6 +30,7 @@ class Border:
     peer_node: str
     peer_domain: str
     far_saes: tuple[str, ...]
+    link_index: int = -1  # the link across domains in the topology's `links`
 
 
 def _saes_by_domain(topology: Topology) -> dict[str, list[str]]:
@@ -39,22 +42,22 @@ def _saes_by_domain(topology: Topology) -> dict[str, list[str]]:
 
 
 def borders(topology: Topology) -> list[Border]:
-    """Every border node (both ends of every interworking link), in link order."""
+    """Every border node (both ends of every link across domains), in link order."""
     neighbours: dict[str, set[str]] = {name: set() for name in topology.domains}
     pairs = []
-    for link in topology.links:
-        if link.kind != INTERWORKING:
-            continue
+    for index, link in enumerate(topology.links):
         a, b = link.endpoints
         da, db = topology.nodes[a].domain, topology.nodes[b].domain
+        if da == db:
+            continue
         assert da is not None
         assert db is not None
         neighbours[da].add(db)
         neighbours[db].add(da)
-        pairs += [(a, da, b, db), (b, db, a, da)]
+        pairs += [(a, da, b, db, index), (b, db, a, da, index)]
     saes = _saes_by_domain(topology)
     out = []
-    for node, domain, peer, peer_domain in pairs:
+    for node, domain, peer, peer_domain, index in pairs:
         # The domains reachable from the peer's without passing through this one.
         seen, queue = {domain, peer_domain}, deque([peer_domain])
         while queue:
@@ -64,7 +67,7 @@ def borders(topology: Topology) -> list[Border]:
         far = tuple(
             sae for name in topology.domains if name in seen - {domain} for sae in saes[name]
         )
-        out.append(Border(node, domain, peer, peer_domain, far))
+        out.append(Border(node, domain, peer, peer_domain, far, index))
     return out
 
 
@@ -81,18 +84,14 @@ def far_directory(topology: Topology, domain: str) -> dict[str, str]:
 
 def domain_topology(topology: Topology, domain: str) -> Topology:
     """`domain` as a topology of its own (named `<name>-<domain>`): its nodes and the links
-    between them, the domain's address block, the settings of the whole; no domains, no
-    interworking links."""
+    between them, the domain's address block, the settings of the whole; no domains, no links
+    across domains."""
     nodes = {
         node_id: node.model_copy(update={"domain": None, "border_url": None})
         for node_id, node in topology.nodes.items()
         if node.domain == domain
     }
-    links = [
-        link
-        for link in topology.links
-        if link.kind != INTERWORKING and link.endpoints[0] in nodes and link.endpoints[1] in nodes
-    ]
+    links = [link for link in topology.links if all(end in nodes for end in link.endpoints)]
     return topology.model_copy(
         update={
             "name": f"{topology.name}-{domain}",

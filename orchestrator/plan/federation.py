@@ -16,16 +16,17 @@ certificate, copied into the deployment's `pki/peers/` before its nodes start
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from qkdnet.node.errors import ConfigError
 
 from .domain_role import INTERWORKING_PORT, BorderPlan, DomainRole, deployment_name
-from .domains import borders, domain_topology, far_directory
-from .network_plan import NetworkPlan, default_state_dir, node_host
+from .domains import Border, borders, domain_topology, far_directory
+from .network_plan import GRPC_PORT, NetworkPlan, default_state_dir, node_host
 from .registry import Registry, block_of_subnet
 from .topology import Topology
 
-__all__ = ["domain_state_dir", "install_peer_ca", "plan_domains"]
+__all__ = ["domain_state_dir", "install_peer_ca", "plan_domains", "share_link_secrets"]
 
 
 def domain_state_dir(
@@ -97,6 +98,28 @@ def plan_domains(
             )
         return f"https://{host}:{INTERWORKING_PORT}"
 
+    resolved = {link.index: link for link in topology.resolved_links()}
+
+    def shared_link(border: Border) -> dict[str, Any] | None:
+        link = resolved.get(border.link_index)  # none for an interworking link
+        if link is None:
+            return None
+        if only is not None:
+            raise ConfigError(
+                f"{topology.name}: domain {only} shares a {link.kind} link with domain "
+                f"{border.peer_domain} (links[{link.index}]); its two ends need one pre-shared "
+                "authentication secret, which deploying domains apart does not exchange yet: "
+                "deploy all domains at once, or join them with an interworking link"
+            )
+        return {
+            "kind": link.kind,
+            "channel": link.channel.model_dump(mode="json"),
+            "processing": link.processing.model_dump(mode="json"),
+            "external_kme": (
+                link.external_kme.model_dump(mode="json") if link.external_kme else None
+            ),
+        }
+
     out = {}
     for domain, plan in plans.items():
         role = DomainRole(
@@ -112,6 +135,10 @@ def plan_domains(
                     peer_deployment=deployment_name(topology.name, border.peer_domain),
                     peer_url=url_of(border.peer_node),
                     far_saes=border.far_saes,
+                    link=shared_link(border),
+                    peer_address=f"{hosts[border.peer_node]}:{GRPC_PORT}"
+                    if border.peer_node in hosts
+                    else None,
                 )
                 for border in borders(topology)
                 if border.domain == domain
@@ -163,3 +190,17 @@ def install_peer_ca(plan: NetworkPlan, peer_domain: str, pem: bytes, where: str)
     private_dir(path.parent)
     write_private(path, pem)
     return path
+
+
+def share_link_secrets(plans: dict[str, NetworkPlan]) -> None:
+    """Give both ends of every QKD link across domains the same pre-shared authentication
+    secret: the one of the domain whose name sorts first, copied into the other's PKI (both
+    domains are laid out here: deployed at once)."""
+    from qkdnet.node.file_modes import write_private
+
+    pkis = {domain: plan.provision_pki() for domain, plan in plans.items()}
+    for domain, plan in plans.items():
+        for border in plan.shared_links():
+            if border.peer_domain in pkis and border.peer_domain < domain:
+                source = pkis[border.peer_domain].link_secrets[border.link_id]
+                write_private(pkis[domain].link_secrets[border.link_id], source.read_bytes())

@@ -52,7 +52,7 @@ from qkdnet.node.link_names import link_id_for
 
 from .container_layout import BROKER_PORT, NODE_CONFIG_DIR, NODE_STATE_DIR, NODE_UID
 from .credentials import CertificatePaths
-from .domain_role import DomainRole
+from .domain_role import BorderPlan, DomainRole
 from .mosquitto import mosquitto_conf
 from .registry import Registry, block_of_subnet, network_prefix, state_home
 from .telemetry_access import TelemetryAccess
@@ -429,9 +429,15 @@ class NetworkPlan:
 
     def telemetry_access(self) -> TelemetryAccess:
         """Who may publish and read which telemetry topics."""
+        shared = [(b.node, b.peer_node) for b in self.shared_links()]
         return TelemetryAccess.for_network(
-            self.topic_prefix, self.nodes, [link.endpoints for link in self.links]
+            self.topic_prefix, self.nodes, [link.endpoints for link in self.links] + shared
         )
+
+    def shared_links(self) -> list[BorderPlan]:
+        """The borders of this domain that share a QKD link with their peer in another domain
+        (the link is not in `links`: the domain's own)."""
+        return [b for b in self.domain.borders if b.link is not None] if self.domain else []
 
     def telemetry_tls(self) -> ssl.SSLContext | None:
         """The controller's TLS context for the deployment's broker (None: an external one)."""
@@ -443,7 +449,10 @@ class NetworkPlan:
         return client_tls_context(paths.ca, paths.cert, paths.key)
 
     def link_ids(self) -> list[str]:
-        return [link_id_for(*link.endpoints) for link in self.links]
+        """Every link with a secret in this deployment's PKI: its own, and those it shares
+        with other domains."""
+        own = [link_id_for(*link.endpoints) for link in self.links]
+        return own + [border.link_id for border in self.shared_links()]
 
     def provision_pki(self) -> TopologyPki:
         """Create (or reuse) the deployment's CA, certificates and link secrets."""
@@ -521,6 +530,8 @@ class NetworkPlan:
             advertise = layout.addresses[node_id]
             border = self.domain.border(node_id) if self.domain else None
             interworking = None
+            if border is not None and border.link is not None:
+                links_of[node_id].append(self._shared_link_config(border, layout))
             if border is not None:
                 interworking = InterworkingConfig(
                     listen=f"{'0.0.0.0' if self.in_containers else node.host}:{border.port}",
@@ -530,6 +541,7 @@ class NetworkPlan:
                     peer_url=border.peer_url,
                     peer_ca=Path(layout.peer_ca(node_id)),
                     peer_saes=list(border.far_saes),
+                    shared_link=border.link is not None,
                 )
             configs[node_id] = NodeConfig(
                 node_id=node_id,
@@ -551,6 +563,45 @@ class NetworkPlan:
                 interworking=interworking,
             )
         return configs
+
+    def _shared_link_config(self, border: BorderPlan, layout: ConfigLayout) -> LinkConfig:
+        """The configuration of the QKD link `border` shares with its peer in another domain
+        (its gRPC server trusts the peer's CA for that link only: see the node's agent)."""
+        from qkdnet.node.config import ExternalKmeConfig, LinkConfig
+
+        assert border.link is not None
+        transmits = border.node < border.peer_node
+        if transmits and border.peer_address is None:
+            raise ConfigError(f"{self.name}: where does {border.peer_node}'s gRPC listen?")
+        external = None
+        spec = border.link["external_kme"]
+        if spec is not None:
+            mine, theirs = spec["ends"][border.node], spec["ends"][border.peer_node]
+            external = ExternalKmeConfig(
+                url=mine["url"],
+                sae_id=mine["sae_id"],
+                peer_sae_id=theirs["sae_id"],
+                keys_per_pull=spec["keys_per_pull"],
+                key_bits=spec["key_bits"],
+                pull_interval_s=spec["pull_interval_s"],
+                **{
+                    name: Path(
+                        layout.external_file(border.node, border.peer_node, name, Path(mine[name]))
+                    )
+                    for name in ("ca", "cert", "key")
+                },
+            )
+        return LinkConfig.model_validate(
+            {
+                "peer": border.peer_node,
+                "kind": border.link["kind"],
+                "address": border.peer_address if transmits else None,
+                "psk_file": layout.psk_file(border.link_id),
+                "channel": border.link["channel"],
+                "processing": border.link["processing"],
+                "external_kme": external,
+            }
+        )
 
     def layout(self, pki: TopologyPki) -> ConfigLayout:
         """How this plan's runtime shows nodes their files and each other."""

@@ -64,7 +64,8 @@ class TelemetryAccess:
     def for_network(
         cls, prefix: str, nodes: Iterable[str], links: Iterable[tuple[str, str]]
     ) -> TelemetryAccess:
-        """The list of a deployment: its topic prefix, node IDs and links (node pairs)."""
+        """The list of a deployment: its topic prefix, node IDs and links (node pairs; the
+        links of its borders to other domains have one end that is not its node)."""
         publish: dict[str, list[str]] = {}
         for node in nodes:
             publish[node] = [
@@ -75,9 +76,11 @@ class TelemetryAccess:
         for a, b in links:
             transmitter, receiver = sorted((a, b))
             link_id = f"{transmitter}--{receiver}"
-            publish[transmitter].append(f"{prefix}/link/{link_id}/stats")
+            if transmitter in publish:  # (a link across domains has one end here)
+                publish[transmitter].append(f"{prefix}/link/{link_id}/stats")
             for end in (transmitter, receiver):
-                publish[end].append(f"{prefix}/link/{link_id}/store/{end}")
+                if end in publish:
+                    publish[end].append(f"{prefix}/link/{link_id}/store/{end}")
         return cls(publish=publish, subscribe={CONTROLLER_NAME: [f"{prefix}/#"]})
 
     def may_publish(self, role: Role, name: str, topic: str) -> bool:

@@ -315,8 +315,9 @@ class Topology(BaseModel):
         return self
 
     def _check_domains(self) -> None:
-        """Every node in a declared domain (or none declared); a link across domains is an
-        interworking link, one per border node, and an interworking link crosses domains."""
+        """Every node in a declared domain (or none declared); one link across domains per
+        border node (a QKD link of any kind, or an interworking link), and an interworking
+        link crosses domains."""
         for node_id, node in self.nodes.items():
             if self.domains and node.domain is None:
                 raise _PathError(
@@ -346,13 +347,6 @@ class Topology(BaseModel):
         for index, link in enumerate(self.links):
             a, b = link.endpoints
             across = self.nodes[a].domain != self.nodes[b].domain
-            if across and link.kind != INTERWORKING:
-                raise _PathError(
-                    ("links", index, "kind"),
-                    f"link {a}--{b} joins domains {self.nodes[a].domain!r} and "
-                    f"{self.nodes[b].domain!r}: only an {INTERWORKING!r} link may (a QKD link "
-                    "across domains is not supported yet)",
-                )
             if link.kind == INTERWORKING and not across:
                 raise _PathError(
                     ("links", index, "kind"),
@@ -363,7 +357,7 @@ class Topology(BaseModel):
                     raise _PathError(
                         ("links", index, "endpoints"),
                         f"node {end!r} is a border already (links[{borders[end]}]): one "
-                        "interworking link per border node",
+                        "link across domains per border node",
                     )
                 borders[end] = index
         for node_id, node in self.nodes.items():

@@ -5,18 +5,25 @@ its own state directory, as two machines would, the CAs exchanged with `qkdnet c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from qkdnet.node.identity import Role
 from qkdnet.orchestrator.client.key_client import BlockingKeyApiClient, KeyApiError
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
+from qkdnet.orchestrator.plan.pki import CertificateAuthority
 from qkdnet.orchestrator.plan.registry import Registry
+from qkdnet.v1 import control_pb2, control_pb2_grpc, relay_pb2, relay_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -155,3 +162,103 @@ def test_two_domains_deployed_apart_from_their_own_state_dirs_relay_keys(tmp_pat
     assert Registry().get("fed2-de") is None
     assert not a.exists()
     assert not b.exists()
+
+
+async def _codes(
+    address: str, node: str, ca: Path, cert: Path, key: Path, *, link: bool = True
+) -> dict[str, Any]:
+    """What node `node` answers a caller with this certificate, service by service (the
+    server's certificate checked against `ca`); `link=False` leaves out the link's services
+    (a call to them from the link's real peer would replace its running session)."""
+    from qkdnet.node.edge.grpc_dial import credentials_from_files, dial
+
+    from .test_security import _calls, _code
+
+    async with dial(address, node, credentials_from_files(ca, cert, key)) as channel:
+        if link:
+            return await _calls(channel)
+        return {
+            "NodeControl": await _code(
+                control_pb2_grpc.NodeControlStub(channel).GetStatus(control_pb2.StatusRequest())
+            ),
+            "Relay": await _code(
+                relay_pb2_grpc.KeyRelayStub(channel).Relay(relay_pb2.RelayFrame(), timeout=5)
+            ),
+            "Health": await _code(
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            ),
+        }
+
+
+def test_a_qkd_link_across_domains_pads_the_border_crossing_and_trusts_one_peer_only(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text(
+        TOPOLOGY.format(name="fed3", at="", de="").replace(
+            "length_km: 0, kind: interworking", "length_km: 30"
+        )
+    )
+    deployed = _run("deploy", "-t", path)
+    try:
+        assert deployed.returncode == 0, deployed.stderr
+        entries = {entry.name: entry for entry in Registry().all()}
+        at = NetworkPlan.load(entries["fed3-at"].state_dir)
+        de = NetworkPlan.load(entries["fed3-de"].state_dir)
+        assert at is not None
+        assert de is not None
+        _keys_cross(at, "sae-vienna", de, "sae-munich")
+        _keys_cross(de, "sae-munich", at, "sae-vienna")
+        shown = _run("inspect", "-t", path).stdout
+        assert "bb84 30 km, running" in shown
+        # The keys crossed padded with the shared link's key: both ends used some of it.
+        for plan, node in ((at, "linz"), (de, "passau")):
+            links = asyncio.run(_status(plan, node)).links
+            (end,) = [s for s in links if s.link_id == "linz--passau"]
+            assert end.stored_bits_total - end.store_bits >= 2 * 10 * 256, end
+        # Both ends of the shared link hold the same secret, from one domain's PKI.
+        secret = "linz--passau"
+        assert (at.pki_dir / "links").exists()
+        at_secret = next(p for p in (at.pki_dir / "links").iterdir() if secret in p.name)
+        de_secret = next(p for p in (de.pki_dir / "links").iterdir() if secret in p.name)
+        assert at_secret.read_bytes() == de_secret.read_bytes()
+        asyncio.run(_only_the_peer_border_crosses(at, de, tmp_path))
+    finally:
+        gone = _run("destroy", "-t", path)
+    assert gone.returncode == 0, gone.stderr
+
+
+async def _status(plan: NetworkPlan, node: str) -> control_pb2.NodeStatus:
+    from qkdnet.orchestrator.client.controller import NodeClient
+
+    client = NodeClient(node, plan.nodes[node].address, plan.controller_credentials)
+    try:
+        return await client.status()
+    finally:
+        await client.close()
+
+
+async def _only_the_peer_border_crosses(at: NetworkPlan, de: NetworkPlan, tmp_path: Path) -> None:
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    passau, munich = de.nodes["passau"].address, de.nodes["munich"].address
+    ca_de = de.pki_dir / "ca.pem"
+
+    def node_cert(plan: NetworkPlan, node: str) -> tuple[Path, Path]:
+        return plan.pki_dir / "nodes" / node / "cert.pem", plan.pki_dir / "nodes" / node / "key.pem"
+
+    # The peer border reaches passau's link services and nothing else.
+    calls = await _codes(passau, "passau", ca_de, *node_cert(at, "linz"), link=False)
+    assert set(calls.values()) == {denied}, calls
+    # Another node of Austria reaches nothing of passau, not even the link services.
+    calls = await _codes(passau, "passau", ca_de, *node_cert(at, "vienna"))
+    assert set(calls.values()) == {denied}, calls
+    # Inside Germany, past the border, Austria's certificates do not even get a handshake.
+    calls = await _codes(munich, "munich", ca_de, *node_cert(at, "linz"))
+    assert set(calls.values()) == {grpc.StatusCode.UNAVAILABLE}, calls
+    # Austria's CA claiming a German node's identity: passau trusts that CA (for linz), but
+    # only for identities of Austria's trust domain; the forgery reaches nothing.
+    forged = CertificateAuthority(at.pki_dir, trust_domain=de.trust_domain).issue(
+        Role.NODE, "munich", tmp_path / "forged", hosts=["munich"]
+    )
+    calls = await _codes(passau, "passau", ca_de, forged.cert, forged.key)
+    assert set(calls.values()) == {denied}, calls

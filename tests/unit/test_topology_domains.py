@@ -59,10 +59,10 @@ def test_a_topology_splits_into_its_domains_and_borders(tmp_path: Path) -> None:
     assert all(node.domain is None for node in de.nodes.values())
     assert not de.domains
     assert borders(topology) == [
-        Border("at-border", "at", "de-east", "de", ("sae-berlin", "sae-paris")),
-        Border("de-east", "de", "at-border", "at", ("sae-vienna",)),
-        Border("de-west", "de", "fr-east", "fr", ("sae-paris",)),
-        Border("fr-east", "fr", "de-west", "de", ("sae-vienna", "sae-berlin")),
+        Border("at-border", "at", "de-east", "de", ("sae-berlin", "sae-paris"), 1),
+        Border("de-east", "de", "at-border", "at", ("sae-vienna",), 1),
+        Border("de-west", "de", "fr-east", "fr", ("sae-paris",), 4),
+        Border("fr-east", "fr", "de-west", "de", ("sae-vienna", "sae-berlin"), 4),
     ]
     # Austria reaches Paris through Germany: its one border; Germany splits by direction.
     assert far_directory(topology, "at") == {"sae-berlin": "at-border", "sae-paris": "at-border"}
@@ -75,14 +75,14 @@ def test_a_topology_splits_into_its_domains_and_borders(tmp_path: Path) -> None:
         (("  berlin: {domain: de, saes: [sae-berlin]}", "  berlin: {saes: [sae-berlin]}"),
          "node 'berlin' names no domain"),
         (("  paris: {domain: fr,", "  paris: {domain: es,"), "unknown domain 'es'"),
-        (("{endpoints: [at-border, de-east], length_km: 0, kind: interworking}",
-          "{endpoints: [at-border, de-east], length_km: 10}"),
-         "only an 'interworking' link may"),
         (("{endpoints: [de-east, berlin], length_km: 30}",
           "{endpoints: [de-east, berlin], length_km: 0, kind: interworking}"),
          "are in the same one"),
         (("{endpoints: [de-west, fr-east]", "{endpoints: [de-east, fr-east]"),
          "node 'de-east' is a border already"),
+        (("{endpoints: [de-west, fr-east], length_km: 0, kind: interworking}",
+          "{endpoints: [de-east, fr-east], length_km: 10}"),
+         "one link across domains per border node"),
     ],
 )  # fmt: skip
 def test_validate_names_the_domain_mistake_and_its_line(
@@ -203,3 +203,34 @@ def test_domain_addresses_are_checked(
     assert old in THREE
     with pytest.raises(ConfigError, match=message):
         _load(tmp_path, THREE.replace(old, new))
+
+
+def test_a_qkd_link_across_domains_joins_two_borders_that_share_its_key(tmp_path: Path) -> None:
+    shared = THREE.replace(
+        "{endpoints: [at-border, de-east], length_km: 0, kind: interworking}",
+        "{endpoints: [at-border, de-east], length_km: 30}",
+    )
+    topology = _load(tmp_path, shared)
+    plans = plan_domains(topology, state_dir=tmp_path / "state")
+    at, de = plans["at"], plans["de"]
+    (border,) = at.shared_links()
+    assert border.link is not None
+    assert (border.link["kind"], border.link["channel"]["length_km"]) == ("bb84", 30)
+    assert border.peer_address == de.nodes["de-east"].address
+    assert "at-border--de-east" in at.link_ids()
+    assert [link.endpoints for link in at.links] == [("vienna", "at-border")]  # not its own
+    # Telemetry: the border publishes its end of the shared link (de-east transmits).
+    access = at.telemetry_access()
+    assert "qkdnet/eu-at/link/at-border--de-east/store/at-border" in access.publish["at-border"]
+    install_peer_ca(at, "de", de.provision_pki().ca.read_bytes(), "x")
+    config = at.node_configs(at.layout(at.provision_pki()))["at-border"]
+    assert config.interworking is not None
+    assert config.interworking.shared_link
+    assert [link.peer for link in config.links] == ["vienna", "de-east"]
+    assert config.links[1].address == de.nodes["de-east"].address  # "at-border" sorts first
+    # Deployed apart, the two ends could not share the link's secret: refused, saying why.
+    with pytest.raises(ConfigError, match="deploying domains apart does not exchange yet"):
+        plan_domains(
+            _load(tmp_path, shared.replace("  de: {}", "  de: {subnet: 127.77.0.0/16}")),
+            only="at",
+        )
