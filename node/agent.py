@@ -74,7 +74,7 @@ from .protocol.link import LinkEnd, SessionTransmitter
 from .protocol.link_state import LinkStateFlooder
 from .protocol.relay import KeyRelay
 from .protocol.routing import Router
-from .status import DeliveryStatus, NodeStatus, RelayStatus
+from .status import DeliveryStatus, InterworkingStatus, NodeStatus, RelayStatus
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
 from .store.key_store import KeyStore
 from .structured_log import configure_logging, log_event
@@ -237,10 +237,14 @@ class NodeAgent:
         )
         if cfg.key_api is not None or cfg.interworking is not None:
             self._start_key_manager(cfg.key_api)
-        if cfg.key_api is not None:
-            await self._start_key_api(cfg.key_api)
+        # A border's exporter is in place before any key is made here (pools, the ETSI API):
+        # keys for another domain's SAEs must never be kept as this node's own.
         if cfg.interworking is not None:
             await self._start_interworking(cfg.interworking)
+        if self.key_manager is not None:
+            self._start_pools()
+        if cfg.key_api is not None:
+            await self._start_key_api(cfg.key_api)
         if cfg.telemetry is not None:
             tls = (
                 client_tls_context(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
@@ -288,10 +292,14 @@ class NodeAgent:
             on_event=self._relay_event,
         )
         self.key_manager = manager
+
+    def _start_pools(self) -> None:
+        manager = self.key_manager
+        assert manager is not None
         self._tasks.append(asyncio.create_task(manager.fill_pools_forever(), name="key pools"))
         self._tasks.append(
             asyncio.create_task(
-                manager.expire_pools_forever(_expiry_interval(policy.key_ttl_s)),
+                manager.expire_pools_forever(_expiry_interval(manager.policy.key_ttl_s)),
                 name="pool expiry",
             )
         )
@@ -475,6 +483,20 @@ class NodeAgent:
             routing_nodes=tuple(self.router.nodes()),
             delivery=delivery,
             calls_refused=dict(self.authorization.refused),
+            interworking=self._interworking_status(),
+        )
+
+    def _interworking_status(self) -> InterworkingStatus | None:
+        if self.border is None or self.config.interworking is None:
+            return None
+        c = self.border.counters
+        return InterworkingStatus(
+            peer_node=self.config.interworking.peer_node,
+            keys_exported=c.keys_exported,
+            keys_imported=c.keys_imported,
+            transfers_failed=c.transfers_failed,
+            keys_voided=c.keys_voided,
+            acks_undelivered=c.acks_undelivered,
         )
 
     async def stop(self, grace: float = 2.0) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .protocol.link_stats import LinkStatus
 
-__all__ = ["DeliveryStatus", "LinkStatus", "NodeStatus", "RelayStatus"]
+__all__ = ["DeliveryStatus", "InterworkingStatus", "LinkStatus", "NodeStatus", "RelayStatus"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,18 @@ class DeliveryStatus:
 
 
 @dataclass(frozen=True)
+class InterworkingStatus:
+    """A border node's ETSI GS QKD 020 side: keys handed to and taken from the peer border."""
+
+    peer_node: str
+    keys_exported: int
+    keys_imported: int
+    transfers_failed: int
+    keys_voided: int
+    acks_undelivered: int
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     node_id: str
     uptime_seconds: float
@@ -53,3 +65,4 @@ class NodeStatus:
     calls_refused: dict[str, int]
     relay: RelayStatus | None = None
     delivery: DeliveryStatus | None = None
+    interworking: InterworkingStatus | None = None

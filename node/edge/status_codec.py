@@ -28,4 +28,9 @@ def status_to_wire(status: NodeStatus) -> control_pb2.NodeStatus:
             control_pb2.DeliveryStatus(**_values(status.delivery)) if status.delivery else None
         ),
         calls_refused=status.calls_refused,
+        interworking=(
+            control_pb2.InterworkingStatus(**_values(status.interworking))
+            if status.interworking
+            else None
+        ),
     )

@@ -179,15 +179,14 @@ class KeyManager:
         """The node serving `sae`: from the topology, else from routing advertisements."""
         return self._directory.get(sae) or self._router.node_of_sae(sae)
 
+    def _elsewhere(self, slave: str) -> bool:
+        """Whether `slave` is served by another node (or, from a border, in another domain)."""
+        node = self.node_of(slave)
+        return node is not None and (node != self.node_id or slave not in self.local_saes)
+
     def _pooled(self, master: str, slave: str) -> bool:
         """Whether (master, slave) has a pool here: master local, slave elsewhere."""
-        node = self.node_of(slave)
-        return (
-            self.policy.pool_keys > 0
-            and master in self.local_saes
-            and node is not None
-            and node != self.node_id
-        )
+        return self.policy.pool_keys > 0 and master in self.local_saes and self._elsewhere(slave)
 
     async def stored_key_count(self, master: str, slave: str) -> int:
         """Keys this KME can hand `master` for `slave` at once, without relaying.
@@ -195,8 +194,7 @@ class KeyManager:
         For a slave on another node: the pool. For a slave on this node keys are drawn from the
         node's random generator on request, so there is no shortage: `max_key_count`.
         """
-        node = self.node_of(slave)
-        if node == self.node_id:
+        if self.node_of(slave) == self.node_id and slave in self.local_saes:
             return self.limits.max_key_count
         if not self._pooled(master, slave):
             return 0
@@ -270,7 +268,7 @@ class KeyManager:
                 raise
             finally:
                 self._taken[pair] -= len(pooled)
-            remote = set(by_node) - {self.node_id}
+            remote = [slave for slave in slaves if self._elsewhere(slave)]
             report.source = "relay" if remote else "local"
             if pooled:
                 report.source = "pool+relay"

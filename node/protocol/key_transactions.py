@@ -107,6 +107,7 @@ class KeyTransactions:
             )
 
         local = by_node.get(self.node_id)
+        parts: frozenset[str] = frozenset()
         if local:
             new = NewKeys(
                 transaction_id=transaction_id,
@@ -119,7 +120,7 @@ class KeyTransactions:
                 keys=tuple(keys),
                 ttl_s=ttl_s,
             )
-            await self._delivered.run(lambda db: db.add(new, pending=True))
+            parts = await self._relay.store_new(new)
         remote = {node: saes for node, saes in by_node.items() if node != self.node_id}
         results = await asyncio.gather(
             *(self._deliver(node, payload(saes), multipath) for node, saes in remote.items()),
@@ -133,10 +134,8 @@ class KeyTransactions:
                     *(self._relay.settle(node, transaction_id, True) for node in stored)
                 )
                 if local:
-                    committed.append(
-                        await self._delivered.run(
-                            lambda db: db.settle(transaction_id, self.node_id, True)
-                        )
+                    committed += await self._relay.settle_parts(
+                        transaction_id, self.node_id, True, parts
                     )
                 if any(count != number for count in committed):
                     # A target lost some before they were committed (they expired pending).
@@ -151,10 +150,8 @@ class KeyTransactions:
             # relay failed on the way back) may hold the keys all the same.
             await self._discard(list(remote), transaction_id)
             if local:
-                with contextlib.suppress(KeyStoreError):
-                    await self._delivered.run(
-                        lambda db: db.settle(transaction_id, self.node_id, False)
-                    )
+                with contextlib.suppress(KeyStoreError, RelayError):
+                    await self._relay.settle_parts(transaction_id, self.node_id, False, parts)
             self._relay.counters.transactions_failed += 1
             if isinstance(failure, RelayError | KeyStoreError):
                 raise failure

@@ -353,17 +353,52 @@ class KeyRelay:
             keys=tuple(payload.keys[i * size : (i + 1) * size] for i in range(count)),
             ttl_s=float(payload.ttl_seconds) or self.key_ttl_s,
         )
-        if foreign:
-            assert exporter is not None
-            await exporter.export(replace(new, local_slaves=foreign))
-            if not local:
-                return
-            new = replace(new, local_slaves=local)
         if shares == 1:
-            await self._delivered.run(lambda db: db.add(new, pending=True))
+            await self.store_new(replace(new, local_slaves=local + foreign))
+            return
         else:
             share, share_set = int(payload.share), payload.share_set
             await self._delivered.run(lambda db: db.add_share(new, share_set, share, shares))
+
+    async def store_new(self, new: NewKeys) -> frozenset[str]:
+        """Keep new keys for `new.local_slaves`, pending: those of this node's SAEs in its
+        delivered keys, those of another domain's handed to the exporter (a border). Which
+        parts it went to: "here", "exported"."""
+        exporter = self.exporter
+        foreign = tuple(
+            s
+            for s in new.local_slaves
+            if s not in self._local_saes and exporter is not None and exporter.handles(s)
+        )
+        local = tuple(s for s in new.local_slaves if s in self._local_saes)
+        stray = sorted(set(new.local_slaves) - set(local) - set(foreign))
+        if stray:  # never kept as this node's own: no key at one end only
+            raise RelayError(f"SAE {stray[0]} is not served here", reason="unknown_route")
+        parts = set()
+        if foreign:
+            assert exporter is not None
+            await exporter.export(replace(new, local_slaves=foreign))
+            parts.add("exported")
+        if local:
+            await self._delivered.run(
+                lambda db: db.add(replace(new, local_slaves=local), pending=True)
+            )
+            parts.add("here")
+        return frozenset(parts)
+
+    async def settle_parts(
+        self, transaction_id: str, origin: str, commit: bool, parts: frozenset[str]
+    ) -> list[int]:
+        """Settle what `store_new` kept, part by part: the keys each part committed (or
+        discarded)."""
+        counts = []
+        if "here" in parts:
+            counts.append(
+                await self._delivered.run(lambda db: db.settle(transaction_id, origin, commit))
+            )
+        if "exported" in parts and self.exporter is not None:
+            counts.append(await self.exporter.settle(transaction_id, origin, commit))
+        return counts
 
     async def expire_forever(self, interval_s: float = 30.0) -> None:
         """Every `interval_s`: drop what an origin never settled, keys past their time to live

@@ -1,6 +1,7 @@
 """The demos: `link-demo` (one link between two processes), `relay-demo` (keys relayed through
 trusted nodes on demand) and `demo` (a bundled network distilling key). Their parsers and
-dispatch; the work is in `link_demo.py`, `relay_demo.py` and `network_demo.py`.
+dispatch; the work is in `link_demo.py`, `relay_demo.py`, `network_demo.py` and
+`federation_demo.py`.
 """
 
 from __future__ import annotations
@@ -67,10 +68,14 @@ def add_commands(commands: Subcommands) -> None:
         "demo",
         help="deploy a bundled example, show every link distilling key, tear down",
         description="Deploy a bundled example network on local processes, show its links "
-        "distilling key live, compare both ends of every link and tear everything down.",
+        "distilling key live, compare both ends of every link and tear everything down. An "
+        "example with domains (euroqci) deploys each domain on its own, with what its "
+        "external-KME links draw on, and relays keys across every border meanwhile.",
     )
     network_demo.add_argument(
-        "--example", default="secoqc", help="bundled example to deploy (default secoqc)"
+        "--example",
+        default="secoqc",
+        help="bundled example to deploy (default secoqc; euroqci: three national networks)",
     )
     network_demo.add_argument(
         "--duration", type=float, default=45.0, help="seconds to run (default 45)"

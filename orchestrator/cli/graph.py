@@ -296,6 +296,8 @@ def render_graph(
             else:
                 style = {"color": _LINK_ZERO, "linewidth": 1.5, "linestyle": "--"}
             text = f"{_format_length(link.length_km)} · {labels[link_id]}"
+        if link.kind not in ("bb84", "interworking"):
+            text += f" · {link.kind}"
         axes.plot([xa, xb], [ya, yb], zorder=1, solid_capstyle="round", **style)
         axes.text(
             (xa + xb) / 2.0,

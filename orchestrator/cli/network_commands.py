@@ -283,6 +283,8 @@ def deploy(
         _trust_peers(plans, peer_cas)
     elif peer_cas:
         raise ConfigError("--peer-ca: only for a topology with domains")
+    for plan in plans:  # whatever the configurations need is there, before anything starts
+        plan.node_configs(plan.layout(plan.provision_pki()))
     shown = []
     for plan in plans:
         if plan.domain is not None:

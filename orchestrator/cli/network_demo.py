@@ -77,8 +77,14 @@ async def _show(
 
 
 def run_demo(example: str, duration: float, state_dir: Path | None, console: Console) -> int:
-    """Deploy `example`, show it for `duration` seconds (or until Ctrl-C), destroy it."""
-    plan = NetworkPlan.build(load_topology(bundled_example(example)), state_dir)
+    """Deploy `example`, show it for `duration` seconds (or until Ctrl-C), destroy it (an
+    example with domains: `federation_demo`)."""
+    topology = load_topology(bundled_example(example))
+    if topology.domains:
+        from .federation_demo import run_federation_demo
+
+        return run_federation_demo(example, duration, state_dir, console)
+    plan = NetworkPlan.build(topology, state_dir)
     runtime = runtime_for(plan)
     if runtime.inspect().running:
         console.print(f"an earlier {plan.name} deployment is still running: destroying it first")

@@ -418,22 +418,26 @@ def nodes_json(
 
 def borders_table(plan: NetworkPlan, snapshot: NetworkSnapshot | None = None) -> Table:
     """A domain's border nodes: where their ETSI GS QKD 020 API listens, their peers, the QKD
-    link they share with them (with its state and this end's store, from `snapshot`) and the
-    SAEs of other domains reached through them."""
+    link they share with them and the keys that crossed (with `snapshot`: live, from the
+    border) and the SAEs of other domains reached through them."""
     assert plan.domain is not None
     table = Table(title=f"{plan.name}: borders (ETSI GS QKD 020)", title_justify="left")
-    for column in ("border", "020 API", "peer", "peer's 020 API", "shared link", "SAEs reached"):
+    columns = ("border", "020 API", "peer", "peer's 020 API", "shared link", "keys out/in")
+    for column in (*columns, "SAEs reached"):
         table.add_column(column)
     for border in plan.domain.borders:
+        status = snapshot.nodes.get(border.node) if snapshot is not None else None
+        crossed = "-"
+        if status is not None and status.HasField("interworking"):
+            counters = status.interworking
+            crossed = f"{counters.keys_exported}/{counters.keys_imported}"
+            if counters.keys_voided:
+                crossed += f" ({counters.keys_voided} voided)"
         shared = "none: keys cross over TLS only"
         if border.link is not None:
             shared = f"{border.link['kind']} {border.link['channel']['length_km']:g} km"
-            status = snapshot.nodes.get(border.node) if snapshot is not None else None
-            end = (
-                next((s for s in status.links if s.link_id == border.link_id), None)
-                if (status is not None)
-                else None
-            )
+            links = status.links if status is not None else []
+            end = next((s for s in links if s.link_id == border.link_id), None)
             if end is not None:
                 shared += f", {end.state}, store {_bits(end.store_bits)}"
         table.add_row(
@@ -442,6 +446,7 @@ def borders_table(plan: NetworkPlan, snapshot: NetworkSnapshot | None = None) ->
             f"{border.peer_node} (domain {border.peer_domain})",
             border.peer_url,
             shared,
+            crossed,
             ", ".join(border.far_saes) or "-",
         )
     return table

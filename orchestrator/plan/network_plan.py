@@ -43,7 +43,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.file_modes import private_dir, write_private
@@ -53,12 +53,13 @@ from qkdnet.node.link_names import link_id_for
 from .container_layout import BROKER_PORT, NODE_CONFIG_DIR, NODE_STATE_DIR, NODE_UID
 from .credentials import CertificatePaths
 from .domain_role import BorderPlan, DomainRole
+from .external_kmes import resolve_end
 from .mosquitto import mosquitto_conf
 from .registry import Registry, block_of_subnet, network_prefix, state_home
 from .telemetry_access import TelemetryAccess
 
 if TYPE_CHECKING:  # pydantic models and the PKI: loaded by what needs them (deploy, graph)
-    from qkdnet.node.config import LinkConfig, NodeConfig
+    from qkdnet.node.config import ExternalKmeConfig, LinkConfig, NodeConfig
 
     from .pki import TopologyPki
     from .topology import Topology
@@ -471,7 +472,6 @@ class NetworkPlan:
         """Every node's configuration (the links it holds, TLS, telemetry, key delivery), with
         addresses and file paths as `layout` says the node sees them."""
         from qkdnet.node.config import (
-            ExternalKmeConfig,
             InterworkingConfig,
             KeyApiConfig,
             LinkConfig,
@@ -487,18 +487,8 @@ class NetworkPlan:
             for end, peer in ((a, b), (b, a)):
                 external = None
                 if link.external_kme is not None:
-                    mine, theirs = link.external_kme.ends[end], link.external_kme.ends[peer]
-                    external = ExternalKmeConfig(
-                        url=mine.url,
-                        sae_id=mine.sae_id,
-                        peer_sae_id=theirs.sae_id,
-                        keys_per_pull=link.external_kme.keys_per_pull,
-                        key_bits=link.external_kme.key_bits,
-                        pull_interval_s=link.external_kme.pull_interval_s,
-                        **{
-                            name: Path(layout.external_file(end, peer, name, getattr(mine, name)))
-                            for name in ("ca", "cert", "key")
-                        },
+                    external = _external_config(
+                        link.external_kme.model_dump(), end, peer, layout, f"links[{link.index}]"
                     )
                 links_of[end].append(
                     LinkConfig(
@@ -567,7 +557,7 @@ class NetworkPlan:
     def _shared_link_config(self, border: BorderPlan, layout: ConfigLayout) -> LinkConfig:
         """The configuration of the QKD link `border` shares with its peer in another domain
         (its gRPC server trusts the peer's CA for that link only: see the node's agent)."""
-        from qkdnet.node.config import ExternalKmeConfig, LinkConfig
+        from qkdnet.node.config import LinkConfig
 
         assert border.link is not None
         transmits = border.node < border.peer_node
@@ -576,21 +566,8 @@ class NetworkPlan:
         external = None
         spec = border.link["external_kme"]
         if spec is not None:
-            mine, theirs = spec["ends"][border.node], spec["ends"][border.peer_node]
-            external = ExternalKmeConfig(
-                url=mine["url"],
-                sae_id=mine["sae_id"],
-                peer_sae_id=theirs["sae_id"],
-                keys_per_pull=spec["keys_per_pull"],
-                key_bits=spec["key_bits"],
-                pull_interval_s=spec["pull_interval_s"],
-                **{
-                    name: Path(
-                        layout.external_file(border.node, border.peer_node, name, Path(mine[name]))
-                    )
-                    for name in ("ca", "cert", "key")
-                },
-            )
+            where = f"the link {border.link_id} across domains"
+            external = _external_config(spec, border.node, border.peer_node, layout, where)
         return LinkConfig.model_validate(
             {
                 "peer": border.peer_node,
@@ -708,7 +685,7 @@ class NetworkPlan:
             if resolved.external_kme is None or node.node_id not in resolved.endpoints:
                 continue
             peer = next(end for end in resolved.endpoints if end != node.node_id)
-            mine = resolved.external_kme.ends[node.node_id]
+            mine = resolve_end(resolved.external_kme.ends[node.node_id], f"links[{resolved.index}]")
             private_dir(where / "external")
             for name in ("ca", "cert", "key"):
                 path = where / "external" / f"{peer}-{name}.pem"
@@ -717,6 +694,28 @@ class NetworkPlan:
         for link in links:
             name = link.psk_file.name
             write_private(where / "links" / name, secrets[name].read_bytes())
+
+
+def _external_config(
+    spec: dict[str, Any], end: str, peer: str, layout: ConfigLayout, where: str
+) -> ExternalKmeConfig:
+    """The external_kme section of `end`'s configuration of its link to `peer` (`spec`: the
+    topology's `external_kme`, as JSON)."""
+    from qkdnet.node.config import ExternalKmeConfig
+
+    mine = resolve_end(spec["ends"][end], f"{where}, end {end}")
+    return ExternalKmeConfig(
+        url=mine.url,
+        sae_id=spec["ends"][end]["sae_id"],
+        peer_sae_id=spec["ends"][peer]["sae_id"],
+        keys_per_pull=spec["keys_per_pull"],
+        key_bits=spec["key_bits"],
+        pull_interval_s=spec["pull_interval_s"],
+        **{
+            name: Path(layout.external_file(end, peer, name, getattr(mine, name)))
+            for name in ("ca", "cert", "key")
+        },
+    )
 
 
 def _hand_over(directory: Path) -> None:

@@ -138,15 +138,38 @@ class NodeSpec(BaseModel):
 
 
 class ExternalKmeEnd(BaseModel):
-    """One end of an external-KME link: the ETSI GS QKD 014 KME it draws on, as which SAE."""
+    """One end of an external-KME link: the ETSI GS QKD 014 KME it draws on, as which SAE:
+    given by its URL and the SAE's files, or (`qkdnet`) a qkdnet deployment on this machine
+    whose KME serves the SAE (its URL and files are looked up when the link is deployed)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str = Field(pattern=r"^https://[^/]+$", description="https://host:port of the KME")
     sae_id: Identifier = Field(description="the node's SAE ID at that KME")
-    ca: Path = Field(description="CA of the KME's certificate (relative to the topology file)")
-    cert: Path = Field(description="the node's client certificate at the KME")
-    key: Path = Field(description="its private key")
+    url: str | None = Field(
+        None, pattern=r"^https://[^/]+$", description="https://host:port of the KME"
+    )
+    ca: Path | None = Field(
+        None, description="CA of the KME's certificate (relative to the topology file)"
+    )
+    cert: Path | None = Field(None, description="the node's client certificate at the KME")
+    key: Path | None = Field(None, description="its private key")
+    qkdnet: Identifier | None = Field(
+        None,
+        description="instead of url, ca, cert and key: a qkdnet deployment on this machine "
+        "whose KME serving sae_id feeds the link",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ExternalKmeEnd:
+        given = [name for name in ("url", "ca", "cert", "key") if getattr(self, name)]
+        if self.qkdnet is not None and given:
+            raise ValueError(f"qkdnet names the KME: give no {', '.join(given)} with it")
+        if self.qkdnet is None and len(given) < 4:
+            missing = sorted({"url", "ca", "cert", "key"} - set(given))
+            raise ValueError(
+                f"give url, ca, cert and key (missing: {', '.join(missing)}), or qkdnet"
+            )
+        return self
 
 
 class ExternalKmeSpec(BaseModel):
@@ -631,6 +654,8 @@ def _external_files(topology: Topology, base: Path) -> tuple[Topology, list[_Pat
         ends = {}
         for node, end in link.external_kme.ends.items():
             files = {}
+            if end.qkdnet is not None:  # looked up at deploy time
+                continue
             for name in ("ca", "cert", "key"):
                 where = base / getattr(end, name)
                 if not where.is_file():
@@ -642,6 +667,7 @@ def _external_files(topology: Topology, base: Path) -> tuple[Topology, list[_Pat
                     )
                 files[name] = where.absolute()
             ends[node] = end.model_copy(update=files)
+        ends = {node: ends.get(node, end) for node, end in link.external_kme.ends.items()}
         external = link.external_kme.model_copy(update={"ends": ends})
         links[index] = link.model_copy(update={"external_kme": external})
     return topology.model_copy(update={"links": links}), problems

@@ -262,3 +262,20 @@ async def _only_the_peer_border_crosses(at: NetworkPlan, de: NetworkPlan, tmp_pa
     )
     calls = await _codes(passau, "passau", ca_de, forged.cert, forged.key)
     assert set(calls.values()) == {denied}, calls
+
+
+def test_the_euroqci_demo_relays_keys_across_every_border(tmp_path: Path) -> None:
+    """Three domains, one joined by a cross-border QKD link, one by a link fed by another
+    deployment's ETSI 014 KMEs (the demo deploys it first): every SAE gets keys with every SAE
+    of the other domains, and everything is torn down."""
+    ran = _run(
+        "demo", "--example", "euroqci", "--duration", "40", "--state-dir", tmp_path,
+        timeout=200,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    rows = [line for line in ran.stdout.splitlines() if "→" in line and "sae-" in line]
+    pairs = {tuple(cell.strip() for cell in row.strip("│").split("│")[:2]) for row in rows}
+    assert len(pairs) == 6, ran.stdout
+    assert "external-kme 111 km" in ran.stdout
+    assert "torn down" in ran.stdout
+    assert not [e.name for e in Registry().all() if e.name.startswith("euroqci")]

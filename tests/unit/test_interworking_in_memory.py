@@ -163,6 +163,28 @@ async def test_keys_asked_in_one_domain_arrive_in_the_other(tmp_path: Path, ciph
         assert await _take(parts, "a", "sae-a", "sae-c", [k for k, _ in back]) == back
 
 
+async def test_a_border_that_serves_an_sae_hands_its_keys_across_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master's KME is the border itself: its keys go over 020 at once, with no relay
+    inside the domain (and are kept here for the master only once the peer has them)."""
+    monkeypatch.setitem(SAES, "xb", ["sae-xb"])
+    monkeypatch.setitem(DIRECTORY, "x", {**DIRECTORY["x"], "sae-xb": "xb"})
+    monkeypatch.setitem(DIRECTORY, "y", {**DIRECTORY["y"], "sae-xb": "yb"})
+    monkeypatch.setitem(BORDERS, "yb", ("y", "xb", frozenset({"sae-a", "sae-xb"})))
+    async with _domains(tmp_path) as parts:
+        manager = parts["managers"]["xb"]
+        assert await manager.stored_key_count("sae-xb", "sae-c") == 0  # no pool: not local
+        keys, report = await manager.enc_keys("sae-xb", ["sae-c"], 4, 256)
+        assert report.source == "relay"
+        assert await _take(parts, "c", "sae-c", "sae-xb", [k for k, _ in keys]) == keys
+        assert await _count(parts, "xb") == 0  # nothing kept at the border for sae-c
+        assert parts["kms"]["xb"].counters.keys_exported == 4
+        # And to it: an SAE of Y asks for keys with the border's own SAE.
+        back, _ = await parts["managers"]["c"].enc_keys("sae-c", ["sae-xb"], 2, 256)
+        assert await _take(parts, "xb", "sae-xb", "sae-c", [k for k, _ in back]) == back
+
+
 async def test_a_peer_border_that_does_not_answer_fails_the_request_and_leaves_no_key(
     tmp_path: Path,
 ) -> None:

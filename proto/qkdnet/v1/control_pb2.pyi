@@ -292,6 +292,7 @@ class NodeStatus(_message.Message):
     ROUTING_NODES_FIELD_NUMBER: _builtins.int
     DELIVERY_FIELD_NUMBER: _builtins.int
     CALLS_REFUSED_FIELD_NUMBER: _builtins.int
+    INTERWORKING_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     uptime_seconds: _builtins.float
     key_api_url: _builtins.str
@@ -316,6 +317,10 @@ class NodeStatus(_message.Message):
         identity).
         """
 
+    @_builtins.property
+    def interworking(self) -> Global___InterworkingStatus:
+        """A border node's ETSI GS QKD 020 side (absent on other nodes)."""
+
     def __init__(
         self,
         *,
@@ -327,14 +332,54 @@ class NodeStatus(_message.Message):
         routing_nodes: _abc.Iterable[_builtins.str] | None = ...,
         delivery: Global___DeliveryStatus | None = ...,
         calls_refused: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        interworking: Global___InterworkingStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "relay", b"relay"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "interworking", b"interworking", "relay", b"relay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_refused", b"calls_refused", "delivery", b"delivery", "key_api_url", b"key_api_url", "links", b"links", "node_id", b"node_id", "relay", b"relay", "routing_nodes", b"routing_nodes", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_refused", b"calls_refused", "delivery", b"delivery", "interworking", b"interworking", "key_api_url", b"key_api_url", "links", b"links", "node_id", b"node_id", "relay", b"relay", "routing_nodes", b"routing_nodes", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class InterworkingStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_NODE_FIELD_NUMBER: _builtins.int
+    KEYS_EXPORTED_FIELD_NUMBER: _builtins.int
+    KEYS_IMPORTED_FIELD_NUMBER: _builtins.int
+    TRANSFERS_FAILED_FIELD_NUMBER: _builtins.int
+    KEYS_VOIDED_FIELD_NUMBER: _builtins.int
+    ACKS_UNDELIVERED_FIELD_NUMBER: _builtins.int
+    peer_node: _builtins.str
+    """the peer border, in another domain"""
+    keys_exported: _builtins.int
+    """keys handed over to the peer border (ETSI 020 transfers)"""
+    keys_imported: _builtins.int
+    """keys taken from it and relayed on inside this domain"""
+    transfers_failed: _builtins.int
+    """outbound transfers that failed"""
+    keys_voided: _builtins.int
+    """keys voided (a failure on either side)"""
+    acks_undelivered: _builtins.int
+    def __init__(
+        self,
+        *,
+        peer_node: _builtins.str = ...,
+        keys_exported: _builtins.int = ...,
+        keys_imported: _builtins.int = ...,
+        transfers_failed: _builtins.int = ...,
+        keys_voided: _builtins.int = ...,
+        acks_undelivered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks_undelivered", b"acks_undelivered", "keys_exported", b"keys_exported", "keys_imported", b"keys_imported", "keys_voided", b"keys_voided", "peer_node", b"peer_node", "transfers_failed", b"transfers_failed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InterworkingStatus: _TypeAlias = InterworkingStatus  # noqa: Y015
 
 @_typing.final
 class DeliveryStatus(_message.Message):
