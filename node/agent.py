@@ -75,6 +75,7 @@ from .protocol.link_state import LinkStateFlooder
 from .protocol.relay import KeyRelay
 from .protocol.routing import Router
 from .status import DeliveryStatus, InterworkingStatus, NodeStatus, RelayStatus
+from .store.border_journal import BorderJournal
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
 from .store.key_store import KeyStore
 from .structured_log import configure_logging, log_event
@@ -116,6 +117,7 @@ class NodeAgent:
         self.border: BorderKms | None = None
         self.interworking: InterworkingServer | None = None
         self._peer_kms: HttpPeerKms | None = None
+        self._journal: BorderJournal | None = None
         # A border sharing a QKD link with another domain's border trusts that domain's CA for
         # that link only (grpc_authorization.py).
         self._foreign = _foreign_peer(config)
@@ -338,6 +340,7 @@ class NodeAgent:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"interworking.peer_ca: {border.peer_ca}: {exc}") from None
         self._peer_kms = HttpPeerKms(border.peer_url, client)
+        self._journal = await BorderJournal.open(self.config.state_dir / "border_journal.sqlite")
         kms = BorderKms(
             self.config.node_id,
             self._peer_kms,
@@ -347,6 +350,7 @@ class NodeAgent:
             cipher=LinkHopCipher(self.relay, border.peer_node) if border.shared_link else None,
             ack_timeout_s=border.ack_timeout_s,
             on_event=self._relay_event,
+            journal=self._journal,
         )
         self.border = kms
         self.relay.exporter = kms
@@ -359,6 +363,12 @@ class NodeAgent:
             raise ConfigError(
                 f"interworking.listen: cannot listen on {border.listen} ({exc.strerror})"
             ) from None
+
+        # What was crossing the border when this node last stopped is voided on both sides.
+        async def recover() -> None:
+            await kms.recover()
+
+        self._tasks.append(asyncio.create_task(recover(), name="border recovery"))
 
     def _relay_event(self, kind: str, fields: dict[str, Any]) -> None:
         if self.telemetry is not None:
@@ -509,6 +519,8 @@ class NodeAgent:
             await self._bounded("interworking", self.interworking.stop())
         if self.border is not None:
             await self._bounded("border", self.border.close())
+        if self._journal is not None:
+            await self._bounded("border journal", self._journal.close())
         if self._peer_kms is not None:
             await self._bounded("peer_kms", self._peer_kms.close())
         if self.flooder is not None:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import KeyStoreError, RelayError
+from ..store.border_journal import BorderJournal, InFlight
 from ..store.delivered_keys import NewKeys
 from ..structured_log import log_event
 from .border_link import OTP_EXTENSION, HopCipher, transfer_context
@@ -150,9 +151,11 @@ class BorderKms:
         cipher: HopCipher | None = None,
         ack_timeout_s: float = ACK_TIMEOUT_S,
         on_event: EventSink | None = None,
+        journal: BorderJournal | None = None,
     ) -> None:
         """`peer_saes`: the SAEs of the other domain this border hands keys to (announced in
-        this domain as served here); `callback_url`: where the peer posts acknowledgements."""
+        this domain as served here); `callback_url`: where the peer posts acknowledgements;
+        `journal`: where keys in flight are written, so that a crash voids them (`recover`)."""
         self.node_id = node_id
         self.peer_saes = peer_saes
         self.callback_url = callback_url
@@ -166,6 +169,7 @@ class BorderKms:
         self._imported: dict[str, _Imported] = {}  # by key ID
         self._tombstones: dict[str, float] = {}  # key IDs voided or never seen
         self._tasks: set[asyncio.Task[None]] = set()
+        self._journal = journal
         self.counters = InterworkingCounters()
 
     # -- outbound ----------------------------------------------------------------------------
@@ -228,6 +232,18 @@ class BorderKms:
         self._exported[keys.transaction_id] = _Exported(
             keys.origin, keys.master, targets, tuple(keys.key_ids), time.monotonic()
         )
+        # The peer has them; the master gets them once the origin settles: until then a crash
+        # here must void them at the peer.
+        await self._note(
+            InFlight(
+                f"export:{keys.transaction_id}",
+                "export",
+                tuple(keys.key_ids),
+                keys.master,
+                targets,
+                keys.origin,
+            )
+        )
         self.counters.keys_exported += len(keys.key_ids)
         self._event(
             "interworking_transfer",
@@ -256,6 +272,7 @@ class BorderKms:
         exported = self._exported.get(transaction_id)
         if exported is None or exported.origin != origin:
             return 0
+        await self._cleared(f"export:{transaction_id}")
         if not commit:
             del self._exported[transaction_id]
             await self._void_at_peer(exported.key_ids, exported.initiator, exported.targets)
@@ -274,13 +291,14 @@ class BorderKms:
                     exported.key_ids = rest
                 else:
                     del self._exported[transaction_id]
+                    await self._cleared(f"export:{transaction_id}")
         return voided
 
     async def _void_at_peer(
         self, key_ids: Sequence[str], initiator: str, targets: Sequence[str]
-    ) -> None:
+    ) -> bool:
         """Void keys at the peer, synchronously when it answers so, else acks come later;
-        when it cannot be reached the keys' time to live there ends them."""
+        when it cannot be reached (False) the keys' time to live there ends them."""
         request = VoidRequest(
             key_ids=tuple(key_ids),
             initiator=initiator,
@@ -293,8 +311,9 @@ class BorderKms:
             log_event(
                 logger, logging.WARNING, "peer_void_failed", keys=len(key_ids), error=str(exc)
             )
-        else:
-            self.counters.keys_voided += len(key_ids)
+            return False
+        self.counters.keys_voided += len(key_ids)
+        return True
 
     def _resolve(self, acks: Sequence[Ack]) -> int:
         """Wake the exports waiting for these acks; how many key IDs one was waiting for."""
@@ -306,6 +325,47 @@ class BorderKms:
                     fut.set_result(ack)
                     known += 1
         return known
+
+    # -- the journal: keys in flight across a crash ---------------------------------------------
+    async def _note(self, item: InFlight) -> None:
+        if self._journal is not None:
+            await self._journal.run(lambda db: db.write(item))
+
+    async def _cleared(self, entry: str) -> None:
+        if self._journal is not None:
+            with contextlib.suppress(KeyStoreError):
+                await self._journal.run(lambda db: db.clear(entry))
+
+    async def recover(self, attempts: int = 30, pause_s: float = 2.0) -> int:
+        """Void on both sides what was in flight when this border last stopped (its journal):
+        exports the origin never settled, at the peer; imports the peer never heard about,
+        in this domain and at the peer. The peer may be away: tried `attempts` times, `pause_s`
+        apart (what is still left then ends with its time to live). How many keys."""
+        if self._journal is None:
+            return 0
+        voided = 0
+        for attempt in range(attempts):
+            left = await self._journal.run(lambda db: db.pending())
+            for item in left:
+                if item.direction == "import":
+                    await self._withdraw(item.targets, item.key_ids)
+                if await self._void_at_peer(item.key_ids, item.initiator, item.targets):
+                    for key_id in item.key_ids:
+                        self._tombstones[key_id] = time.monotonic()
+                    await self._cleared(item.entry)
+                    voided += len(item.key_ids)
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "in_flight_voided",
+                        direction=item.direction,
+                        keys=len(item.key_ids),
+                    )
+            if not await self._journal.run(lambda db: db.pending()):
+                break
+            if attempt + 1 < attempts:
+                await asyncio.sleep(pause_s)
+        return voided
 
     # -- inbound -----------------------------------------------------------------------------
     def check_transfer(self, transfer: KeyTransfer) -> None:
@@ -372,9 +432,16 @@ class BorderKms:
             self._imported[key_id] = _Imported(
                 transfer.initiator, transfer.targets, AckStatus.FAILED, time.monotonic()
             )
+        entry = f"import:{transfer.key_ids[0]}"
+        await self._note(
+            InFlight(entry, "import", transfer.key_ids, transfer.initiator, transfer.targets, "")
+        )
         if transfer.callback_url is None:
-            return await self._import(transfer)
-        self._spawn(self._import_and_acknowledge(transfer))
+            try:
+                return await self._import(transfer)
+            finally:
+                await self._cleared(entry)
+        self._spawn(self._import_and_acknowledge(transfer, entry))
         return None
 
     async def _opened(self, transfer: KeyTransfer) -> KeyTransfer:
@@ -449,7 +516,13 @@ class BorderKms:
         )
         return acks
 
-    async def _import_and_acknowledge(self, transfer: KeyTransfer) -> None:
+    async def _import_and_acknowledge(self, transfer: KeyTransfer, entry: str) -> None:
+        try:
+            await self._import_and_acknowledge_journalled(transfer)
+        finally:
+            await self._cleared(entry)
+
+    async def _import_and_acknowledge_journalled(self, transfer: KeyTransfer) -> None:
         acks = await self._import(transfer)
         if await self._acknowledge(acks):
             return

@@ -175,6 +175,23 @@ def load_plans(opts: NetworkOptions) -> list[NetworkPlan]:
     if opts.name is not None and opts.name != topology.name:
         raise ConfigError(f"--name: {opts.topology} names its network {topology.name!r}")
     registry = Registry()
+    chosen = [opts.domain] if opts.domain is not None else list(topology.domains)
+    recorded: dict[str, NetworkPlan] = {}
+    for domain in chosen:
+        entry = registry.get(deployment_name(topology.name, domain))
+        plan = NetworkPlan.load(entry.state_dir, opts.broker) if entry else None
+        if entry is not None and plan is not None and plan.domain is not None:
+            if (
+                opts.state_dir is not None
+                and opts.domain is not None
+                and (entry.state_dir != opts.state_dir.absolute())
+            ):
+                raise ConfigError(
+                    f"--state-dir: domain {domain} is deployed with state dir {entry.state_dir}"
+                )
+            recorded[domain] = plan  # laid out as it was deployed
+    if len(recorded) == len(chosen):
+        return [recorded[domain] for domain in chosen]
     fresh = plan_domains(
         topology,
         state_dir=opts.state_dir,
@@ -182,16 +199,7 @@ def load_plans(opts: NetworkOptions) -> list[NetworkPlan]:
         runtime=opts.runtime,
         only=opts.domain,
     )
-    plans = []
-    for domain, plan in fresh.items():
-        entry = registry.get(deployment_name(topology.name, domain))
-        recorded = NetworkPlan.load(entry.state_dir, opts.broker) if entry else None
-        if entry is not None and opts.state_dir is not None and entry.state_dir != plan.state_dir:
-            raise ConfigError(
-                f"--state-dir: domain {domain} is deployed with state dir {entry.state_dir}"
-            )
-        plans.append(recorded if recorded is not None and recorded.domain else plan)
-    return plans
+    return [recorded.get(domain) or fresh[domain] for domain in chosen if domain in fresh]
 
 
 def registration(plan: NetworkPlan) -> Registration | None:

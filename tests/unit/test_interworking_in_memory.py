@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import time
 import types
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -30,7 +32,8 @@ from qkdnet.node.protocol.key_manager import DeliveryPolicy, KeyManager
 from qkdnet.node.protocol.relay import KeyRelay, link_key_bits
 from qkdnet.node.protocol.relay_messages import LinkState, LinkStateAdvert
 from qkdnet.node.protocol.routing import Router
-from qkdnet.node.store.delivered_keys import DeliveredKeys, DeliveredKeysDb
+from qkdnet.node.store.border_journal import BorderJournal, InFlight
+from qkdnet.node.store.delivered_keys import DeliveredKeys, DeliveredKeysDb, NewKeys
 from qkdnet.node.store.key_store import KeyStore, KeyStoreDb
 from qkdnet.node.testing import InMemoryBorders, InMemoryRelayNetwork, store_same_key
 
@@ -109,8 +112,12 @@ async def _domains(
                 parts["delivered"][node] = delivered
                 parts["relays"][node] = relay
                 parts["managers"][node] = manager
+        parts["journals"] = {}
         for node, (_, peer, peer_saes) in BORDERS.items():
             relay = parts["relays"][node]
+            journal = await BorderJournal.open(tmp_path / f"{node}-journal.sqlite")
+            stack.push_async_callback(journal.close)
+            parts["journals"][node] = journal
             base = (urls or {}).get(node, f"https://{node}.example")
             kms = BorderKms(
                 node,
@@ -120,6 +127,7 @@ async def _domains(
                 callback_url=f"{base}/kmapi/v1/ext_keys/ack",
                 cipher=LinkHopCipher(relay, peer) if cipher else None,
                 ack_timeout_s=2.0,
+                journal=journal,
             )
             relay.exporter = kms
             borders.add(node, kms)
@@ -183,6 +191,67 @@ async def test_a_border_that_serves_an_sae_hands_its_keys_across_itself(
         # And to it: an SAE of Y asks for keys with the border's own SAE.
         back, _ = await parts["managers"]["c"].enc_keys("sae-c", ["sae-xb"], 2, 256)
         assert await _take(parts, "xb", "sae-xb", "sae-c", [k for k, _ in back]) == back
+
+
+def _restarted(parts: dict[str, Any], node: str) -> BorderKms:
+    """Border `node` as it starts again after a crash: a new BorderKms (nothing in memory) on
+    the same journal, joined to the same peer."""
+    old = parts["kms"][node]
+    peer = BORDERS[node][1]
+    kms = BorderKms(
+        node,
+        parts["borders"].peer_of(node, peer),
+        parts["managers"][node],
+        old.peer_saes,
+        callback_url=old.callback_url,
+        cipher=LinkHopCipher(parts["relays"][node], peer),
+        ack_timeout_s=2.0,
+        journal=parts["journals"][node],
+    )
+    parts["relays"][node].exporter = kms
+    parts["borders"].add(node, kms)
+    return kms
+
+
+async def test_a_border_that_dies_before_its_export_is_settled_voids_it_at_the_peer(
+    tmp_path: Path,
+) -> None:
+    async with _domains(tmp_path) as parts:
+        keys = NewKeys(
+            transaction_id="t1",
+            origin="a",
+            master="sae-a",
+            slaves=("sae-c",),
+            local_slaves=("sae-c",),
+            key_bits=256,
+            key_ids=tuple(str(uuid.uuid4()) for _ in range(3)),
+            keys=tuple(os.urandom(32) for _ in range(3)),
+            ttl_s=60.0,
+        )
+        await parts["kms"]["xb"].export(keys)  # the peer has them; the origin never settles
+        assert await _count(parts, "c") == 3
+        pending = await parts["journals"]["xb"].run(lambda db: db.pending())
+        assert [item.direction for item in pending] == ["export"]
+        assert await _restarted(parts, "xb").recover(attempts=1) == 3
+        assert await _count(parts, "c") == 0  # no key at one end only
+        assert await parts["journals"]["xb"].run(lambda db: db.pending()) == []
+
+
+async def test_a_border_that_dies_before_its_ack_went_out_voids_the_import_on_both_sides(
+    tmp_path: Path,
+) -> None:
+    async with _domains(tmp_path) as parts:
+        ids = [str(uuid.uuid4()) for _ in range(2)]
+        given = [(key_id, os.urandom(32)) for key_id in ids]
+        # yb relayed keys from X to c, wrote its journal, and died before acknowledging.
+        await parts["managers"]["yb"].relay_given("sae-a", ["sae-c"], given, 256)
+        item = InFlight(f"import:{ids[0]}", "import", tuple(ids), "sae-a", ("sae-c",), "")
+        await parts["journals"]["yb"].run(lambda db: db.write(item))
+        assert await _count(parts, "c") == 2
+        calls = len(parts["borders"].calls)
+        assert await _restarted(parts, "yb").recover(attempts=1) == 2
+        assert await _count(parts, "c") == 0
+        assert len(parts["borders"].calls) > calls  # and xb was told to void them too
 
 
 async def test_a_peer_border_that_does_not_answer_fails_the_request_and_leaves_no_key(
