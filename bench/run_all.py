@@ -16,6 +16,7 @@ BENCHMARKS = [
     ["bench_deploy.py", "--runtime", "docker", "--speedups", "10"],
     ["bench_images.py"],
     ["bench_relay.py"],
+    ["bench_cross_domain.py"],
     ["bench_slow_clients.py"],
     ["bench_verbs.py"],
     ["bench_cli_import.py"],
