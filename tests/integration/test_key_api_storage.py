@@ -18,11 +18,13 @@ import pytest
 
 from qkdnet.node.edge.etsi014 import KeyDeliveryServer
 from qkdnet.node.edge.https_server import server_ssl_context
+from qkdnet.node.edge.relay_codec import RELAY_CODEC
 from qkdnet.node.identity import Role
 from qkdnet.node.protocol.key_manager import DeliveryPolicy, KeyManager
-from qkdnet.node.protocol.relay import RelayCounters
+from qkdnet.node.protocol.relay import KeyRelay
 from qkdnet.node.protocol.routing import Router
 from qkdnet.node.store.delivered_keys import DeliveredKeys
+from qkdnet.node.testing import InMemoryRelayNetwork
 from qkdnet.orchestrator.plan.pki import CertificateAuthority
 
 pytestmark = pytest.mark.integration
@@ -76,7 +78,15 @@ async def kme(small_disk: Path, tmp_path: Path) -> AsyncIterator[tuple[Kme, Deli
         context.load_cert_chain(str(paths.cert), str(paths.key))
         contexts[sae] = context
     delivered = await DeliveredKeys.open(small_disk / "delivered_keys.sqlite")
-    relay = type("NoRelay", (), {"counters": RelayCounters()})()  # both SAEs are local
+    # Both SAEs are on this node: a relay with no link and no peer.
+    relay = KeyRelay(
+        "n",
+        {},
+        delivered,
+        InMemoryRelayNetwork().peers_of("n"),
+        frozenset({"sae-a", "sae-b"}),
+        codec=RELAY_CODEC,
+    )
     directory = {"sae-a": "n", "sae-b": "n"}
     manager = KeyManager(
         "n",
