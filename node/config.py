@@ -26,6 +26,7 @@ __all__ = [
     "KeyApiConfig",
     "LinkConfig",
     "NodeConfig",
+    "PqcBridgeConfig",
     "ProcessingConfig",
     "TelemetryConfig",
     "TlsConfig",
@@ -154,6 +155,18 @@ class ExternalKmeConfig(_Strict):
     )
 
 
+class PqcBridgeConfig(_Strict):
+    """A `pqc-bridge` link: its key comes from ML-KEM-768 exchanges over the authenticated
+    classical channel (no quantum channel; computational security)."""
+
+    block_bits: int = Field(
+        8192, ge=1024, le=1_048_576, multiple_of=8, description="key bits per exchange"
+    )
+    interval_s: float = Field(
+        0.5, ge=0.001, le=3600.0, description="seconds between exchanges (the link's key rate)"
+    )
+
+
 class LinkConfig(_Strict):
     """One QKD link of this node. The node whose ID sorts first transmits (is Alice)."""
 
@@ -169,6 +182,9 @@ class LinkConfig(_Strict):
     processing: ProcessingConfig = ProcessingConfig()
     external_kme: ExternalKmeConfig | None = Field(
         None, description="kind external-kme: the KME outside the deployment this end draws on"
+    )
+    pqc_bridge: PqcBridgeConfig = Field(
+        default_factory=PqcBridgeConfig, description="kind pqc-bridge: block size and pace"
     )
 
     @field_validator("address")

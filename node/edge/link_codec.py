@@ -19,6 +19,7 @@ from ..errors import ProtocolError
 from ..link_kinds import LinkKind
 from ..protocol import link_messages as m
 from ..protocol.external_kme_link import ExternalKeys
+from ..protocol.pqc_bridge_link import KemCapsule, KemCommit, KemOffer
 
 __all__ = [
     "BB84",
@@ -47,6 +48,9 @@ PAYLOAD_NAMES: dict[type[Any], str] = {
     m.Stored: "stored",
     m.Abort: "abort",
     ExternalKeys: "external_keys",
+    KemOffer: "kem_offer",
+    KemCapsule: "kem_capsule",
+    KemCommit: "kem_commit",
 }
 _PAYLOAD_CLASSES = {name: cls for cls, name in PAYLOAD_NAMES.items()}
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in PAYLOAD_NAMES}

@@ -118,6 +118,7 @@ def plan_domains(
             "external_kme": (
                 link.external_kme.model_dump(mode="json") if link.external_kme else None
             ),
+            "pqc_bridge": link.pqc_bridge.model_dump(mode="json") if link.pqc_bridge else None,
         }
 
     out = {}

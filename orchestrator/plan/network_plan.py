@@ -499,6 +499,7 @@ class NetworkPlan:
                         channel=link.channel,
                         processing=link.processing,
                         external_kme=external,
+                        **({"pqc_bridge": link.pqc_bridge} if link.pqc_bridge else {}),
                     )
                 )
         directory = {sae: node.node_id for node in self.nodes.values() for sae in node.saes}
@@ -577,6 +578,11 @@ class NetworkPlan:
                 "channel": border.link["channel"],
                 "processing": border.link["processing"],
                 "external_kme": external,
+                **(
+                    {"pqc_bridge": border.link["pqc_bridge"]}
+                    if border.link.get("pqc_bridge")
+                    else {}
+                ),
             }
         )
 

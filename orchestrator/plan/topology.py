@@ -60,7 +60,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from qkdnet.node.config import ChannelConfig, ProcessingConfig
+from qkdnet.node.config import ChannelConfig, PqcBridgeConfig, ProcessingConfig
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.identity import RESERVED_NAMES
 
@@ -184,6 +184,7 @@ class ExternalKmeSpec(BaseModel):
 
 
 EXTERNAL_KME = "external-kme"  # the link kind whose key comes from a pair of external KMEs
+PQC_BRIDGE = "pqc-bridge"  # the link kind whose key comes from ML-KEM-768 exchanges
 
 
 class LinkSpec(LinkParameters):
@@ -196,10 +197,16 @@ class LinkSpec(LinkParameters):
         pattern=r"^[a-z][a-z0-9-]*$",
         description="the link's protocol: a link kind the nodes have installed (bb84); "
         "`interworking` joins the border nodes of two domains over ETSI GS QKD 020; "
-        "`external-kme` draws key from a pair of ETSI GS QKD 014 KMEs outside the deployment",
+        "`external-kme` draws key from a pair of ETSI GS QKD 014 KMEs outside the deployment; "
+        "`pqc-bridge` makes key by ML-KEM-768 exchanges (no quantum channel)",
     )
     external_kme: ExternalKmeSpec | None = Field(
         None, description="kind external-kme: the two KMEs the link's key comes from"
+    )
+    pqc_bridge: PqcBridgeConfig | None = Field(
+        None,
+        description="kind pqc-bridge (key from ML-KEM-768 exchanges, no quantum channel): "
+        "block_bits per exchange (8192) and interval_s between exchanges (0.5)",
     )
 
 
@@ -360,6 +367,10 @@ class Topology(BaseModel):
                     ("links", index, "external_kme" if external else "kind"),
                     f"external_kme goes with kind {EXTERNAL_KME!r}, and that kind needs it",
                 )
+            if link.pqc_bridge is not None and link.kind != PQC_BRIDGE:
+                raise _PathError(
+                    ("links", index, "pqc_bridge"), f"pqc_bridge goes with kind {PQC_BRIDGE!r}"
+                )
             if external is not None and set(external.ends) != set(link.endpoints):
                 raise _PathError(
                     ("links", index, "external_kme", "ends"),
@@ -442,7 +453,10 @@ class Topology(BaseModel):
                 continue  # no QKD link: two KMSs joined by ETSI GS QKD 020
             merged = {
                 **defaults,
-                **link.model_dump(exclude_none=True, exclude={"endpoints", "kind", "external_kme"}),
+                **link.model_dump(
+                    exclude_none=True,
+                    exclude={"endpoints", "kind", "external_kme", "pqc_bridge"},
+                ),
             }
             channel = {k: v for k, v in merged.items() if k in _CHANNEL_FIELDS | {"length_km"}}
             processing = {k: v for k, v in merged.items() if k in _PROCESSING_FIELDS}
@@ -454,6 +468,7 @@ class Topology(BaseModel):
                     processing=ProcessingConfig.model_validate(processing),
                     kind=link.kind,
                     external_kme=link.external_kme,
+                    pqc_bridge=link.pqc_bridge,
                 )
             except ValidationError as exc:
                 detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
@@ -472,6 +487,7 @@ class ResolvedLink:
     processing: ProcessingConfig
     kind: str = "bb84"
     external_kme: ExternalKmeSpec | None = None
+    pqc_bridge: PqcBridgeConfig | None = None
 
 
 _OTHER = "\x00other"  # where a message names the other field of a clash

@@ -448,3 +448,22 @@ def test_external_kme_mistakes_are_named(tmp_path: Path, old: str, new: str, mes
     path.write_text(EXTERNAL.replace(old, new))
     with pytest.raises(ConfigError, match=message):
         load_topology(path)
+
+
+def test_pqc_bridge_settings_go_with_their_kind(tmp_path: Path) -> None:
+    path = tmp_path / "pqc.yaml"
+    text = (
+        "name: pqc\nnodes:\n  x: {saes: [sae-x]}\n  y: {saes: [sae-y]}\nlinks:\n"
+        "  - {endpoints: [x, y], length_km: 400, kind: pqc-bridge,"
+        " pqc_bridge: {block_bits: 4096, interval_s: 1}}\n"
+    )
+    path.write_text(text)
+    (link,) = load_topology(path).resolved_links()  # 400 km: no model check for this kind
+    assert link.pqc_bridge is not None
+    assert link.pqc_bridge.block_bits == 4096
+    path.write_text(text.replace("kind: pqc-bridge,", "").replace("400", "40"))
+    with pytest.raises(ConfigError, match="pqc_bridge goes with kind 'pqc-bridge'"):
+        load_topology(path)
+    path.write_text(text.replace("block_bits: 4096", "block_bits: 100"))
+    with pytest.raises(ConfigError, match="block_bits"):
+        load_topology(path)

@@ -148,6 +148,9 @@ class ClassicalMessage(_message.Message):
     STORED_FIELD_NUMBER: _builtins.int
     ABORT_FIELD_NUMBER: _builtins.int
     EXTERNAL_KEYS_FIELD_NUMBER: _builtins.int
+    KEM_OFFER_FIELD_NUMBER: _builtins.int
+    KEM_CAPSULE_FIELD_NUMBER: _builtins.int
+    KEM_COMMIT_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
     sender: _builtins.str
     pad_index: _builtins.int
@@ -185,6 +188,12 @@ class ClassicalMessage(_message.Message):
     def abort(self) -> Global___Abort: ...
     @_builtins.property
     def external_keys(self) -> Global___ExternalKeys: ...
+    @_builtins.property
+    def kem_offer(self) -> Global___KemOffer: ...
+    @_builtins.property
+    def kem_capsule(self) -> Global___KemCapsule: ...
+    @_builtins.property
+    def kem_commit(self) -> Global___KemCommit: ...
     def __init__(
         self,
         *,
@@ -207,12 +216,15 @@ class ClassicalMessage(_message.Message):
         stored: Global___Stored | None = ...,
         abort: Global___Abort | None = ...,
         external_keys: Global___ExternalKeys | None = ...,
+        kem_offer: Global___KemOffer | None = ...,
+        kem_capsule: Global___KemCapsule | None = ...,
+        kem_commit: Global___KemCommit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "amplification", b"amplification", "estimation", b"estimation", "estimation_result", b"estimation_result", "external_keys", b"external_keys", "hello", b"hello", "hello_reply", b"hello_reply", "parity_reply", b"parity_reply", "parity_request", b"parity_request", "payload", b"payload", "round_start", b"round_start", "sift", b"sift", "sift_reply", b"sift_reply", "stored", b"stored", "verification", b"verification", "verification_result", b"verification_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "amplification", b"amplification", "estimation", b"estimation", "estimation_result", b"estimation_result", "external_keys", b"external_keys", "hello", b"hello", "hello_reply", b"hello_reply", "kem_capsule", b"kem_capsule", "kem_commit", b"kem_commit", "kem_offer", b"kem_offer", "parity_reply", b"parity_reply", "parity_request", b"parity_request", "payload", b"payload", "round_start", b"round_start", "sift", b"sift", "sift_reply", b"sift_reply", "stored", b"stored", "verification", b"verification", "verification_result", b"verification_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "amplification", b"amplification", "estimation", b"estimation", "estimation_result", b"estimation_result", "external_keys", b"external_keys", "frame", b"frame", "hello", b"hello", "hello_reply", b"hello_reply", "link_id", b"link_id", "pad_index", b"pad_index", "parity_reply", b"parity_reply", "parity_request", b"parity_request", "payload", b"payload", "round_start", b"round_start", "sender", b"sender", "sift", b"sift", "sift_reply", b"sift_reply", "stored", b"stored", "verification", b"verification", "verification_result", b"verification_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "amplification", b"amplification", "estimation", b"estimation", "estimation_result", b"estimation_result", "external_keys", b"external_keys", "frame", b"frame", "hello", b"hello", "hello_reply", b"hello_reply", "kem_capsule", b"kem_capsule", "kem_commit", b"kem_commit", "kem_offer", b"kem_offer", "link_id", b"link_id", "pad_index", b"pad_index", "parity_reply", b"parity_reply", "parity_request", b"parity_request", "payload", b"payload", "round_start", b"round_start", "sender", b"sender", "sift", b"sift", "sift_reply", b"sift_reply", "stored", b"stored", "verification", b"verification", "verification_result", b"verification_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hello", "hello_reply", "round_start", "sift", "sift_reply", "estimation", "estimation_result", "parity_request", "parity_reply", "verification", "verification_result", "amplification", "stored", "abort", "external_keys"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["hello", "hello_reply", "round_start", "sift", "sift_reply", "estimation", "estimation_result", "parity_request", "parity_reply", "verification", "verification_result", "amplification", "stored", "abort", "external_keys", "kem_offer", "kem_capsule", "kem_commit"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -617,3 +629,86 @@ class ExternalKeys(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExternalKeys: _TypeAlias = ExternalKeys  # noqa: Y015
+
+@_typing.final
+class KemOffer(_message.Message):
+    """pqc-bridge links (no quantum channel): one block of key per ML-KEM-768 exchange.
+    Transmitter -> receiver: a fresh encapsulation key, and the block it will make.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    BLOCK_BITS_FIELD_NUMBER: _builtins.int
+    REFILL_PADS_FORWARD_FIELD_NUMBER: _builtins.int
+    REFILL_PADS_BACKWARD_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    public_key: _builtins.bytes
+    """ML-KEM-768 encapsulation key, 1,184 bytes"""
+    block_bits: _builtins.int
+    """bits the shared secret is expanded to"""
+    refill_pads_forward: _builtins.int
+    refill_pads_backward: _builtins.int
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        block_bits: _builtins.int = ...,
+        refill_pads_forward: _builtins.int = ...,
+        refill_pads_backward: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_bits", b"block_bits", "block_id", b"block_id", "public_key", b"public_key", "refill_pads_backward", b"refill_pads_backward", "refill_pads_forward", b"refill_pads_forward"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KemOffer: _TypeAlias = KemOffer  # noqa: Y015
+
+@_typing.final
+class KemCapsule(_message.Message):
+    """Receiver -> transmitter: the ciphertext of a shared secret under that key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    ciphertext: _builtins.bytes
+    """1,088 bytes"""
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id", "ciphertext", b"ciphertext"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KemCapsule: _TypeAlias = KemCapsule  # noqa: Y015
+
+@_typing.final
+class KemCommit(_message.Message):
+    """Transmitter -> receiver: the transmitter holds the block (pending): store yours."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_ID_FIELD_NUMBER: _builtins.int
+    block_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        block_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_id", b"block_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KemCommit: _TypeAlias = KemCommit  # noqa: Y015
