@@ -73,7 +73,7 @@ from .protocol.key_manager import KeyManager, delivery_settings
 from .protocol.link import LinkEnd, SessionTransmitter
 from .protocol.link_state import LinkStateFlooder
 from .protocol.relay import KeyRelay
-from .protocol.routing import Router
+from .protocol.routing import Router, kind_costs
 from .status import DeliveryStatus, InterworkingStatus, NodeStatus, RelayStatus
 from .store.border_journal import BorderJournal
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
@@ -106,7 +106,7 @@ class NodeAgent:
         self._health = health.aio.HealthServicer()
         self.telemetry: TelemetryPublisher | None = None
         self.port = 0
-        self.router = Router(config.node_id)
+        self.router = Router(config.node_id, kind_costs=kind_costs(config.routing.kinds))
         self.faults = PeerFaults(config.node_id)
         self.peers = shaped_peer_channels(config.nodes, credentials.channel(), self.faults)
         self.delivered: DeliveredKeys | None = None

@@ -28,6 +28,7 @@ __all__ = [
     "NodeConfig",
     "PqcBridgeConfig",
     "ProcessingConfig",
+    "RoutingConfig",
     "TelemetryConfig",
     "TlsConfig",
     "format_validation_error",
@@ -164,6 +165,21 @@ class PqcBridgeConfig(_Strict):
     )
     interval_s: float = Field(
         0.5, ge=0.001, le=3600.0, description="seconds between exchanges (the link's key rate)"
+    )
+
+
+RoutingPolicy = Literal["allow", "prefer", "avoid", "exclude"]
+_DEFAULT_KIND_POLICIES: dict[str, RoutingPolicy] = {"pqc-bridge": "avoid"}
+
+
+class RoutingConfig(_Strict):
+    """How routes treat links of a kind: `avoid` (used only where nothing else reaches),
+    `prefer`, `exclude` (never used for relays), or `allow` (like any link)."""
+
+    kinds: dict[str, RoutingPolicy] = Field(
+        default_factory=lambda: dict(_DEFAULT_KIND_POLICIES),
+        description="link kind -> policy; pqc-bridge links (computational security) are "
+        "avoided by default",
     )
 
 
@@ -324,6 +340,9 @@ class NodeConfig(_Strict):
     telemetry: TelemetryConfig | None = Field(None, description="publish telemetry over MQTT")
     saes: list[str] = Field(default_factory=list, description="SAE IDs this node's KME serves")
     key_api: KeyApiConfig | None = Field(None, description="serve ETSI GS QKD 014")
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig, description="how routes treat links of some kinds"
+    )
     nodes: dict[str, str] = Field(
         default_factory=dict, description="gRPC host:port of every node (relay and settling)"
     )

@@ -135,7 +135,9 @@ def advert_to_wire(advert: LinkStateAdvert) -> relay_pb2.LinkStateAdvert:
         origin=advert.origin,
         sequence=advert.sequence,
         links=[
-            relay_pb2.LinkState(peer=s.peer, up=s.up, bits_out=s.bits_out, bits_in=s.bits_in)
+            relay_pb2.LinkState(
+                peer=s.peer, up=s.up, bits_out=s.bits_out, bits_in=s.bits_in, kind=s.kind
+            )
             for s in advert.links
         ],
         saes=advert.saes,
@@ -147,7 +149,13 @@ def advert_from_wire(wire: relay_pb2.LinkStateAdvert) -> LinkStateAdvert:
         origin=wire.origin,
         sequence=int(wire.sequence),
         links=tuple(
-            LinkState(peer=s.peer, up=s.up, bits_out=int(s.bits_out), bits_in=int(s.bits_in))
+            LinkState(
+                peer=s.peer,
+                up=s.up,
+                bits_out=int(s.bits_out),
+                bits_in=int(s.bits_in),
+                kind=s.kind,
+            )
             for s in wire.links
         ),
         saes=tuple(wire.saes),

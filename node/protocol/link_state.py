@@ -83,6 +83,7 @@ class LinkStateFlooder:
                     up=link.stats.state in UP_STATES,
                     bits_out=bits_out,
                     bits_in=bits_in,
+                    kind=link.config.kind,
                 )
             )
         return LinkStateAdvert(

@@ -87,6 +87,7 @@ class LinkState:
     up: bool
     bits_out: int
     bits_in: int
+    kind: str = ""  # the link kind ("" from nodes that predate it: taken as QKD)
 
 
 @dataclass(frozen=True, slots=True)

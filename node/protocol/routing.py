@@ -9,18 +9,21 @@ the graph even when no neighbour could report it.
 A route is a least-cost path (Dijkstra) over links that both ends report up and whose sending
 side has enough key for the relay: each hop costs 1 plus a penalty that grows as the link's key
 runs low, so relays drift away from links that are being exhausted before they fail on them.
+An operator's policy may add a cost to links of a kind, or exclude them (`kind_costs`: the
+pqc-bridge links, whose key is not information-theoretically secure, are avoided, preferred or
+left out that way).
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .relay_messages import LinkStateAdvert
 
-__all__ = ["LinkView", "Router", "hop_cost"]
+__all__ = ["KIND_POLICIES", "LinkView", "Router", "hop_cost", "kind_costs"]
 
 # Key below this many bits on a hop adds up to LOW_KEY_PENALTY to its cost.
 COMFORT_BITS = 1 << 20
@@ -34,6 +37,26 @@ class LinkView:
     up: bool
     bits_out: int
     bits_in: int
+    kind: str = ""
+
+
+# What a policy for a link kind adds to each hop of that kind (None: never used).
+KIND_POLICIES: dict[str, float | None] = {
+    "allow": 0.0,
+    "prefer": -0.5,  # a hop still costs at least 0.5: Dijkstra needs positive costs
+    "avoid": 100.0,  # used only where no route without it exists
+    "exclude": None,
+}
+
+
+def kind_costs(policies: Mapping[str, str]) -> dict[str, float | None]:
+    """Link kind -> extra cost per hop, from kind -> policy name (ValueError when unknown)."""
+    out: dict[str, float | None] = {}
+    for kind, policy in policies.items():
+        if policy not in KIND_POLICIES:
+            raise ValueError(f"routing policy {policy!r} (known: {', '.join(KIND_POLICIES)})")
+        out[kind] = KIND_POLICIES[policy]
+    return out
 
 
 @dataclass
@@ -58,8 +81,11 @@ class Router:
         *,
         max_age: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
+        kind_costs: dict[str, float | None] | None = None,
     ) -> None:
+        """`kind_costs`: extra cost per hop of links of a kind (None: never used)."""
         self.node_id = node_id
+        self.kind_costs = dict(kind_costs or {})
         self.max_age = max_age
         self._clock = clock
         self._db: dict[str, _Entry] = {}
@@ -72,7 +98,10 @@ class Router:
             return False
         self._db[advert.origin] = _Entry(
             sequence=advert.sequence,
-            links={s.peer: LinkView(s.up, int(s.bits_out), int(s.bits_in)) for s in advert.links},
+            links={
+                s.peer: LinkView(s.up, int(s.bits_out), int(s.bits_in), s.kind)
+                for s in advert.links
+            },
             saes=tuple(advert.saes),
             received=self._clock(),
         )
@@ -96,6 +125,12 @@ class Router:
             if sae in entry.saes:
                 return origin
         return None
+
+    def kind_cost(self, a: str, b: str) -> float | None:
+        """What the policy adds to the hop a -> b for its link kind (None: excluded)."""
+        entry = self._db.get(a)
+        view = entry.links.get(b) if entry is not None else None
+        return self.kind_costs.get(view.kind, 0.0) if view is not None else 0.0
 
     def link(self, a: str, b: str) -> tuple[bool, int]:
         """(usable, bits a can send to b): both ends live and reporting the link up."""
@@ -142,13 +177,16 @@ class Router:
             for peer in neighbours.get(node, ()):
                 if peer in banned or frozenset((node, peer)) in banned_links:
                     continue
+                extra = self.kind_cost(node, peer)
+                if extra is None:
+                    continue
                 if usable_only:
                     usable, bits = self.link(node, peer)
                     if not usable or bits < need_bits:
                         continue
-                    step = hop_cost(bits)
+                    step = hop_cost(bits) + extra
                 else:
-                    step = 1.0
+                    step = 1.0 + extra
                 candidate = cost + step
                 if candidate < dist.get(peer, float("inf")):
                     dist[peer] = candidate

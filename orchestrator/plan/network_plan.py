@@ -476,6 +476,7 @@ class NetworkPlan:
             KeyApiConfig,
             LinkConfig,
             NodeConfig,
+            RoutingConfig,
             TelemetryConfig,
             TlsConfig,
         )
@@ -552,6 +553,7 @@ class NetworkPlan:
                 saes=list(node.saes),
                 key_api=key_api,
                 interworking=interworking,
+                routing=RoutingConfig(kinds=dict(self.topology.routing.kinds)),
             )
         return configs
 

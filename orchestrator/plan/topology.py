@@ -60,7 +60,13 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from qkdnet.node.config import ChannelConfig, PqcBridgeConfig, ProcessingConfig
+from qkdnet.node.config import (
+    ChannelConfig,
+    PqcBridgeConfig,
+    ProcessingConfig,
+    RoutingConfig,
+    RoutingPolicy,
+)
 from qkdnet.node.errors import ConfigError
 from qkdnet.node.identity import RESERVED_NAMES
 
@@ -75,6 +81,7 @@ __all__ = [
     "LogSpec",
     "NodeSpec",
     "ResolvedLink",
+    "RoutingSpec",
     "TelemetrySpec",
     "Topology",
     "load_topology",
@@ -240,6 +247,18 @@ class TelemetrySpec(BaseModel):
     interval_s: float = Field(1.0, ge=0.1, le=3600.0, description="seconds between reports")
 
 
+class RoutingSpec(BaseModel):
+    """How every node's routes treat links of some kinds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kinds: dict[str, RoutingPolicy] = Field(
+        default_factory=lambda: dict(RoutingConfig().kinds),
+        description="link kind -> allow, prefer, avoid (used only where nothing else reaches) "
+        "or exclude; pqc-bridge links (computational security) are avoided by default",
+    )
+
+
 class KeyDeliverySpec(BaseModel):
     """How every KME of the network delivers keys (ETSI GS QKD 014)."""
 
@@ -312,6 +331,7 @@ class Topology(BaseModel):
     links: list[LinkSpec] = Field(default_factory=list)
     telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
     key_delivery: KeyDeliverySpec = Field(default_factory=KeyDeliverySpec)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
     logs: LogSpec = Field(default_factory=LogSpec)
 
     @model_validator(mode="after")
@@ -574,6 +594,7 @@ def _model_at(path: Path_) -> type[BaseModel] | None:
             "defaults": LinkParameters,
             "telemetry": TelemetrySpec,
             "key_delivery": KeyDeliverySpec,
+            "routing": RoutingSpec,
             "logs": LogSpec,
         }
         return sections.get(path[0])

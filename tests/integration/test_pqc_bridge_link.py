@@ -64,6 +64,7 @@ def test_a_pqc_bridge_joins_two_islands_and_carries_relayed_keys(tmp_path: Path)
         assert got.returncode == 0, got.stdout + got.stderr
         assert got.stdout.count("match") == 8
         assert "MISMATCH" not in got.stdout
+        assert "a → b → c → d" in got.stdout  # over the bridge: avoided, but the only way
         shown = json.loads(_run("inspect", "-t", path, "--json").stdout)
         rows = {row["link"]: row for row in shown["links"]}
         bridge = rows["b--c"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qkdnet.node.protocol.relay_messages import LinkState, LinkStateAdvert
-from qkdnet.node.protocol.routing import COMFORT_BITS, Router
+from qkdnet.node.protocol.routing import COMFORT_BITS, Router, kind_costs
 
 # a - r1 - b and a - r2 - b: two node-disjoint routes between a and b; c hangs off b.
 RING = {"a": ["r1", "r2"], "r1": ["a", "b"], "r2": ["a", "b"], "b": ["r1", "r2", "c"], "c": ["b"]}
@@ -116,3 +116,35 @@ async def test_an_advert_from_the_future_is_dropped_by_the_flooder() -> None:
     await flooder.received(advert("a", [], sequence=soon), "r")
     assert flooder.refused_from_future == 1
     assert not router.link("a", "r")[0]
+
+
+@pytest.mark.parametrize(
+    ("policy", "route"),
+    [
+        ("avoid", ["a", "b", "c"]),  # two QKD hops rather than the bridge
+        ("allow", ["a", "c"]),
+        ("prefer", ["a", "c"]),
+        ("exclude", ["a", "b", "c"]),
+    ],
+)
+def test_routes_treat_pqc_bridges_as_the_policy_says(policy: str, route: list[str]) -> None:
+    """a - c is a pqc-bridge link; a - b - c are QKD links."""
+    router = Router("a", kind_costs=kind_costs({"pqc-bridge": policy}))
+
+    def state(peer: str, kind: str) -> LinkState:
+        return LinkState(peer=peer, up=True, bits_out=1 << 20, bits_in=1 << 20, kind=kind)
+
+    kinds = {("a", "b"): "bb84", ("b", "c"): "bb84", ("a", "c"): "pqc-bridge"}
+    for node in "abc":
+        links = tuple(
+            state(other, kind)
+            for (x, y), kind in kinds.items()
+            for end, other in ((x, y), (y, x))
+            if end == node
+        )
+        router.accept(LinkStateAdvert(origin=node, sequence=1, links=links, saes=()))
+    assert router.route("c") == route
+    # Without the QKD path, an avoided bridge still carries relays; an excluded one never.
+    assert router.route("c", avoid_nodes=["b"]) == (None if policy == "exclude" else ["a", "c"])
+    with pytest.raises(ValueError, match="routing policy 'sometimes'"):
+        kind_costs({"pqc-bridge": "sometimes"})

@@ -321,12 +321,15 @@ class LinkState(_message.Message):
     UP_FIELD_NUMBER: _builtins.int
     BITS_OUT_FIELD_NUMBER: _builtins.int
     BITS_IN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     up: _builtins.bool
     """The link has a running session."""
     bits_out: _builtins.int
     """Unused link key the origin can draw on to send to the peer, and the peer to send to it."""
     bits_in: _builtins.int
+    kind: _builtins.str
+    """The link kind ("bb84", "pqc-bridge", ...): routing may avoid or prefer some kinds."""
     def __init__(
         self,
         *,
@@ -334,10 +337,11 @@ class LinkState(_message.Message):
         up: _builtins.bool = ...,
         bits_out: _builtins.int = ...,
         bits_in: _builtins.int = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits_in", b"bits_in", "bits_out", b"bits_out", "peer", b"peer", "up", b"up"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits_in", b"bits_in", "bits_out", b"bits_out", "kind", b"kind", "peer", b"peer", "up", b"up"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
