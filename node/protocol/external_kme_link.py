@@ -101,14 +101,6 @@ class _ExternalKmeEnd(LinkEnd):
         self.settings = self.config.external_kme
         self.stats.source = key_source.description
 
-    def _stored(self, bits: int, auth: int) -> None:
-        """A block stored: `auth` of its `bits` refilled pads, the rest is key; no photon, no
-        error, nothing disclosed."""
-        self.stats.record_key(
-            reconciled=0, errors=0, disclosed=0, ideal_disclosed=0.0, secret=bits - auth, auth=auth
-        )
-        self.stats.record_frame(0, 0, 0)
-
     async def close(self) -> None:
         await self.key_source.close()
         await super().close()
@@ -147,7 +139,7 @@ class ExternalKmeTransmitter(_ExternalKmeEnd, SessionTransmitter):
             await self.store.run(partial(KeyStoreDb.confirm_blocks, block_ids=[block_id]))
             await self.auth.persist()
             await self.refresh_store_level()
-            self._stored(int(bits.size), refill)
+            self.stats.record_block(int(bits.size), refill)
             frame += 1
             await self.store.run(partial(KeyStoreDb.set_meta, name="next_frame", value=frame))
             await self.clock.sleep(settings.pull_interval_s)
@@ -184,4 +176,4 @@ class ExternalKmeReceiver(_ExternalKmeEnd, SessionReceiver):
             await conv.send(Stored(block_id=offer.block_id))
             await self.auth.persist()
             await self.refresh_store_level()
-            self._stored(int(bits.size), 64 * sum(refill))
+            self.stats.record_block(int(bits.size), 64 * sum(refill))

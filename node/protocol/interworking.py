@@ -346,6 +346,10 @@ class BorderKms:
         voided = 0
         for attempt in range(attempts):
             left = await self._journal.run(lambda db: db.pending())
+            if not left:
+                break
+            if attempt:
+                await asyncio.sleep(pause_s)  # the peer was away: try again a little later
             for item in left:
                 if item.direction == "import":
                     await self._withdraw(item.targets, item.key_ids)
@@ -361,10 +365,6 @@ class BorderKms:
                         direction=item.direction,
                         keys=len(item.key_ids),
                     )
-            if not await self._journal.run(lambda db: db.pending()):
-                break
-            if attempt + 1 < attempts:
-                await asyncio.sleep(pause_s)
         return voided
 
     # -- inbound -----------------------------------------------------------------------------

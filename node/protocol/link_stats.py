@@ -109,6 +109,14 @@ class LinkStats:
     source: str = ""  # where key comes from when not from the link's photons (external KME)
     last_fault: str = ""  # why the last session ended
 
+    def record_block(self, bits: int, auth: int) -> None:
+        """A block of a kind without photons or reconciliation stored (external KMEs, ML-KEM):
+        `auth` of its `bits` refilled the authentication pads, the rest is key."""
+        self.record_key(
+            reconciled=0, errors=0, disclosed=0, ideal_disclosed=0.0, secret=bits - auth, auth=auth
+        )
+        self.record_frame(0, 0, 0)
+
     def record_frame(self, pulses: int, detections: int, sifted: int) -> None:
         """A frame went through sifting (whatever happens to it next)."""
         self.pulses += pulses

@@ -31,8 +31,15 @@ from .link import SessionReceiver, SessionTransmitter, store_block
 from .link_messages import Stored
 from .link_transport import PhotonSink
 
-__all__ = ["REFILL_PADS", "SOURCE", "KemCapsule", "KemCommit", "KemOffer", "PqcBridgeReceiver",
-           "PqcBridgeTransmitter"]  # fmt: skip
+__all__ = [
+    "REFILL_PADS",
+    "SOURCE",
+    "KemCapsule",
+    "KemCommit",
+    "KemOffer",
+    "PqcBridgeReceiver",
+    "PqcBridgeTransmitter",
+]
 
 REFILL_PADS = 4  # pads refilled each way per block: an exchange uses two transmitter pads
 SOURCE = "ML-KEM-768 over the classical channel (computational security, no quantum channel)"
@@ -97,11 +104,7 @@ class PqcBridgeTransmitter(SessionTransmitter):
             await self.store.run(partial(KeyStoreDb.confirm_blocks, block_ids=[block_id]))
             await self.auth.persist()
             await self.refresh_store_level()
-            self.stats.record_key(
-                reconciled=0, errors=0, disclosed=0, ideal_disclosed=0.0, secret=bits - refill,
-                auth=refill,
-            )  # fmt: skip
-            self.stats.record_frame(0, 0, 0)
+            self.stats.record_block(bits, refill)
             frame += 1
             await self.store.run(partial(KeyStoreDb.set_meta, name="next_frame", value=frame))
             await self.clock.sleep(settings.interval_s)
@@ -142,9 +145,4 @@ class PqcBridgeReceiver(SessionReceiver):
             await conv.send(Stored(block_id=offer.block_id))
             await self.auth.persist()
             await self.refresh_store_level()
-            auth = 64 * sum(refill)
-            self.stats.record_key(
-                reconciled=0, errors=0, disclosed=0, ideal_disclosed=0.0,
-                secret=offer.block_bits - auth, auth=auth,
-            )  # fmt: skip
-            self.stats.record_frame(0, 0, 0)
+            self.stats.record_block(offer.block_bits, 64 * sum(refill))

@@ -182,7 +182,8 @@ async def test_a_border_that_serves_an_sae_hands_its_keys_across_itself(
     monkeypatch.setitem(BORDERS, "yb", ("y", "xb", frozenset({"sae-a", "sae-xb"})))
     async with _domains(tmp_path) as parts:
         manager = parts["managers"]["xb"]
-        assert await manager.stored_key_count("sae-xb", "sae-c") == 0  # no pool: not local
+        # sae-c is no local SAE of xb, though xb is its node here: no unlimited local supply.
+        assert await manager.stored_key_count("sae-xb", "sae-c") == 0
         keys, report = await manager.enc_keys("sae-xb", ["sae-c"], 4, 256)
         assert report.source == "relay"
         assert await _take(parts, "c", "sae-c", "sae-xb", [k for k, _ in keys]) == keys
