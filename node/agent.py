@@ -44,6 +44,7 @@ from .core.channel_model import ChannelChange
 from .core.toeplitz import configure_fftw
 from .edge.channel_shaping import ALL_PEERS, Shaping
 from .edge.control_grpc import ControlService
+from .edge.etsi004 import KeyStreamServer
 from .edge.etsi014 import KeyDeliveryServer
 from .edge.etsi020 import (
     ACK_PATH,
@@ -59,6 +60,7 @@ from .edge.link_grpc import GrpcLinkConnector, LinkService
 from .edge.peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
 from .edge.relay_codec import RELAY_CODEC
 from .edge.relay_grpc import RelayService
+from .edge.stream_grpc import GrpcStreamPeers, StreamSyncService
 from .edge.telemetry import TelemetryPublisher
 from .edge.tls import NodeCredentials, client_tls_context, load_credentials
 from .errors import ConfigError, KeyStoreError, QkdnetError
@@ -70,6 +72,7 @@ from .protocol.authentication import LinkAuthenticator
 from .protocol.border_link import LinkHopCipher
 from .protocol.interworking import BorderKms
 from .protocol.key_manager import KeyManager, delivery_settings
+from .protocol.key_streams import KeyStreams, StreamLimits
 from .protocol.link import LinkEnd, SessionTransmitter
 from .protocol.link_state import LinkStateFlooder
 from .protocol.relay import KeyRelay
@@ -114,6 +117,9 @@ class NodeAgent:
         self.flooder: LinkStateFlooder | None = None
         self.key_api: KeyDeliveryServer | None = None
         self.key_manager: KeyManager | None = None
+        self.key_streams: KeyStreams | None = None
+        self.stream_api: KeyStreamServer | None = None
+        self._stream_sync = StreamSyncService()
         self.border: BorderKms | None = None
         self.interworking: InterworkingServer | None = None
         self._peer_kms: HttpPeerKms | None = None
@@ -198,6 +204,7 @@ class NodeAgent:
         relay_pb2_grpc.add_KeyRelayServicer_to_server(
             RelayService(self.relay, self.flooder.received), server
         )
+        relay_pb2_grpc.add_KeyStreamSyncServicer_to_server(self._stream_sync, server)
         link_pb2_grpc.add_QuantumChannelServicer_to_server(services, server)
         link_pb2_grpc.add_ClassicalChannelServicer_to_server(services, server)
         control_pb2_grpc.add_NodeControlServicer_to_server(ControlService(self), server)
@@ -207,6 +214,7 @@ class NodeAgent:
             link_pb2.DESCRIPTOR.services_by_name["ClassicalChannel"].full_name,
             control_pb2.DESCRIPTOR.services_by_name["NodeControl"].full_name,
             relay_pb2.DESCRIPTOR.services_by_name["KeyRelay"].full_name,
+            relay_pb2.DESCRIPTOR.services_by_name["KeyStreamSync"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -219,7 +227,7 @@ class NodeAgent:
             raise ConfigError(f"listen: cannot listen on {cfg.listen}") from None
         await server.start()
         self._server = server
-        for name in names[:4]:
+        for name in names[:5]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for link in self.links.values():
@@ -247,6 +255,8 @@ class NodeAgent:
             self._start_pools()
         if cfg.key_api is not None:
             await self._start_key_api(cfg.key_api)
+            if cfg.key_api.stream_listen is not None:
+                await self._start_stream_api(cfg.key_api)
         if cfg.telemetry is not None:
             tls = (
                 client_tls_context(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
@@ -326,6 +336,37 @@ class NodeAgent:
         except OSError as exc:
             raise ConfigError(
                 f"key_api.listen: cannot listen on {api.listen} ({exc.strerror})"
+            ) from None
+
+    async def _start_stream_api(self, api: KeyApiConfig) -> None:
+        """ETSI GS QKD 004: the node's key streams, their TLS server, and the service through
+        which the KMEs of a stream's two ends speak."""
+        assert self.key_manager is not None
+        assert self.delivered is not None
+        assert api.stream_listen is not None
+        streams = KeyStreams(
+            self.config.node_id,
+            frozenset(self.config.saes),
+            self.key_manager,
+            self.router,
+            self.delivered,
+            GrpcStreamPeers(self.peers),
+            StreamLimits(local_max_bps=api.stream_local_max_bps, max_streams=api.max_streams),
+            on_event=self._relay_event,
+        )
+        self.key_streams = streams
+        self._stream_sync.streams = streams
+        self._tasks.append(asyncio.create_task(streams.expire_forever(), name="stream expiry"))
+        self.stream_api = KeyStreamServer(streams, self.credentials.identity.trust_domain)
+        host, _, port = api.stream_listen.rpartition(":")
+        tls = self.config.tls
+        try:
+            await self.stream_api.start(
+                host, int(port), server_ssl_context(tls.ca, tls.cert, tls.key)
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"key_api.stream_listen: cannot listen on {api.stream_listen} ({exc.strerror})"
             ) from None
 
     async def _start_interworking(self, border: InterworkingConfig) -> None:
@@ -515,6 +556,10 @@ class NodeAgent:
         await self._bounded("health", self._health.enter_graceful_shutdown())
         if self.key_api is not None:
             await self._bounded("key_api", self.key_api.stop())
+        if self.stream_api is not None:
+            await self._bounded("stream_api", self.stream_api.stop())
+        if self.key_streams is not None:
+            await self._bounded("key_streams", self.key_streams.close_all())
         if self.interworking is not None:
             await self._bounded("interworking", self.interworking.stop())
         if self.border is not None:

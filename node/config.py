@@ -263,11 +263,21 @@ class KeyApiConfig(_Strict):
     max_connections: int = Field(
         512, ge=1, le=100_000, description="HTTPS connections held at once at most"
     )
+    stream_listen: str | None = Field(
+        None,
+        description="host:port of the ETSI GS QKD 004 server (key streams over TLS, QUBIP's "
+        "binary framing); none when absent",
+    )
+    stream_local_max_bps: int = Field(
+        10_000_000, ge=1, description="rate a 004 stream between two SAEs of this node may take"
+    )
+    max_streams: int = Field(1024, ge=1, le=100_000, description="004 streams held at once")
 
-    @field_validator("listen")
+    @field_validator("listen", "stream_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_address(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
         return value
 
     @model_validator(mode="after")

@@ -71,6 +71,9 @@ class Reason(StrEnum):
     PEER_FAILED = "peer_failed"
     ADVERT_FAILED = "advert_failed"
     NOT_THE_ORIGIN = "not_the_origin"
+    # Key streams (ETSI GS QKD 004) between two KMEs.
+    KSID_IN_USE = "ksid_in_use"
+    UNKNOWN_STREAM = "unknown_stream"
 
     @classmethod
     def of(cls, code: str, default: Reason) -> Reason:

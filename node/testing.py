@@ -25,6 +25,9 @@ clock and being recorded.
 their gRPC service would, with the same errors; a node in `down` answers nothing, as a node
 that died (reason `unreachable`).
 
+`InMemoryStreamNetwork` joins the ETSI GS QKD 004 stream logic (`KeyStreams`) of several
+nodes: `peers_of(node)` is one node's `StreamPeers`, calling the others directly.
+
 `InMemoryBorders` joins the `BorderKms` (protocol/interworking.py) of two domains' border
 nodes: `peer_of(name)` is the `PeerKms` of one, calling the other's 020 side directly as its
 HTTPS server would (a refusal as `InterworkingRefusal`, a border in `down` as `unreachable`);
@@ -58,6 +61,8 @@ from .protocol.relay_messages import LinkStateAdvert, RelayAck, RelayFrame
 if TYPE_CHECKING:
     from .protocol.interworking import BorderKms
     from .protocol.interworking_messages import Ack, KeyTransfer, VoidRequest
+    from .protocol.key_stream_messages import StreamAnnouncement
+    from .protocol.key_streams import KeyStreams
     from .protocol.link import SessionReceiver
     from .protocol.relay import KeyRelay
     from .store.key_store import KeyStore
@@ -71,6 +76,7 @@ __all__ = [
     "InMemoryKmePair",
     "InMemoryLink",
     "InMemoryRelayNetwork",
+    "InMemoryStreamNetwork",
     "Lose",
     "MemoryStream",
     "MessageFilter",
@@ -414,6 +420,47 @@ class _MemoryRelayPeers:
 
     async def close(self) -> None:
         """Nothing to let go of."""
+
+
+@dataclass
+class InMemoryStreamNetwork:
+    """The ETSI 004 stream logic (`KeyStreams`) of several nodes, joined in memory as
+    `qkdnet.node.edge.stream_grpc.GrpcStreamPeers` joins them over gRPC; a node in `down`
+    answers nothing."""
+
+    streams: dict[str, KeyStreams] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+
+    def add(self, streams: KeyStreams) -> None:
+        self.streams[streams.node_id] = streams
+
+    def peers_of(self, node: str) -> _MemoryStreamPeers:
+        """The `StreamPeers` of `node`."""
+        return _MemoryStreamPeers(self, node)
+
+
+class _MemoryStreamPeers:
+    def __init__(self, network: InMemoryStreamNetwork, node: str) -> None:
+        self._network = network
+        self.node = node
+
+    def _reach(self, node: str) -> KeyStreams:
+        streams = self._network.streams.get(node)
+        if streams is None or node in self._network.down or self.node in self._network.down:
+            raise RelayError(f"{node} did not answer", reason="unreachable")
+        return streams
+
+    async def announce(self, node: str, announcement: StreamAnnouncement) -> None:
+        self._reach(node).announced(announcement, self.node)
+
+    async def connected(self, node: str, ksid: uuid.UUID) -> None:
+        self._reach(node).peer_connected(ksid, self.node)
+
+    async def progress(self, node: str, ksid: uuid.UUID, chunks: int) -> None:
+        await self._reach(node).progress(ksid, chunks, self.node)
+
+    async def closed(self, node: str, ksid: uuid.UUID, reason: str) -> None:
+        await self._reach(node).peer_closed(ksid, reason, self.node)
 
 
 @dataclass

@@ -136,7 +136,12 @@ def advert_to_wire(advert: LinkStateAdvert) -> relay_pb2.LinkStateAdvert:
         sequence=advert.sequence,
         links=[
             relay_pb2.LinkState(
-                peer=s.peer, up=s.up, bits_out=s.bits_out, bits_in=s.bits_in, kind=s.kind
+                peer=s.peer,
+                up=s.up,
+                bits_out=s.bits_out,
+                bits_in=s.bits_in,
+                kind=s.kind,
+                rate_out_bps=s.rate_out_bps,
             )
             for s in advert.links
         ],
@@ -155,6 +160,7 @@ def advert_from_wire(wire: relay_pb2.LinkStateAdvert) -> LinkStateAdvert:
                 bits_out=int(s.bits_out),
                 bits_in=int(s.bits_in),
                 kind=s.kind,
+                rate_out_bps=int(s.rate_out_bps),
             )
             for s in wire.links
         ),

@@ -31,7 +31,7 @@ from .relay_codec import (
     frame_to_wire,
 )
 
-__all__ = ["PeerChannels", "RelayService"]
+__all__ = ["PeerChannels", "RelayService", "relay_error"]
 
 _ADVERT_TIMEOUT_S = 2.0
 
@@ -54,7 +54,8 @@ class PeerChannels:
         self._interceptors = interceptors
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def stub(self, node: str) -> relay_pb2_grpc.KeyRelayAsyncStub:
+    def channel(self, node: str) -> grpc.aio.Channel:
+        """The channel to `node`, opened on first use (RelayError for an unknown node)."""
         channel = self._channels.get(node)
         if channel is None:
             address = self._addresses.get(node)
@@ -63,7 +64,10 @@ class PeerChannels:
             interceptors = list(self._interceptors(node)) if self._interceptors else None
             channel = dial(address, node, self._credentials, interceptors=interceptors)
             self._channels[node] = channel
-        return relay_pb2_grpc.KeyRelayStub(channel)
+        return channel
+
+    def stub(self, node: str) -> relay_pb2_grpc.KeyRelayAsyncStub:
+        return relay_pb2_grpc.KeyRelayStub(self.channel(node))
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -76,7 +80,7 @@ class PeerChannels:
                 frame_to_wire(frame), timeout=HOP_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            raise _relay_error(node, exc, Reason.RELAY_FAILED) from None
+            raise relay_error(node, exc, Reason.RELAY_FAILED) from None
         return ack_from_wire(ack)
 
     async def settle(self, node: str, transaction_id: str, commit: bool) -> int:
@@ -99,10 +103,10 @@ class PeerChannels:
         try:
             await self.stub(node).Advertise(advert_to_wire(advert), timeout=_ADVERT_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            raise _relay_error(node, exc, Reason.ADVERT_FAILED) from None
+            raise relay_error(node, exc, Reason.ADVERT_FAILED) from None
 
 
-def _relay_error(node: str, exc: grpc.aio.AioRpcError, default: Reason) -> RelayError:
+def relay_error(node: str, exc: grpc.aio.AioRpcError, default: Reason) -> RelayError:
     """The RelayError a failed call to `node` stands for."""
     if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return RelayError(f"{node} did not answer", reason="unreachable")

@@ -286,10 +286,16 @@ class KeyManager:
         return [(k.key_id, k.key) for k in pooled] + fresh, report
 
     async def relay_given(
-        self, master: str, slaves: Sequence[str], keys: Sequence[tuple[str, bytes]], size: int
+        self,
+        master: str,
+        slaves: Sequence[str],
+        keys: Sequence[tuple[str, bytes]],
+        size: int,
+        ttl_s: float | None = None,
     ) -> DeliveryReport:
-        """Relay keys made elsewhere (another domain's, over ETSI GS QKD 020) from this node to
-        the nodes of `slaves`, and commit them there: all or, with RelayError, none."""
+        """Relay keys made elsewhere (another domain's, over ETSI GS QKD 020; a key stream's
+        chunks) from this node to the nodes of `slaves`, and commit them there: all or, with
+        RelayError, none. They wait for their slaves `ttl_s` (default: the policy's)."""
         start = time.perf_counter()
         by_node = self._by_node(slaves)
         report = DeliveryReport(source="relay", relayed=len(keys))
@@ -300,7 +306,7 @@ class KeyManager:
             len(keys),
             size,
             False,
-            self.policy.key_ttl_s,
+            self.policy.key_ttl_s if ttl_s is None else ttl_s,
             given=keys,
         )
         report.ms = (time.perf_counter() - start) * 1e3

@@ -84,6 +84,8 @@ class LinkStateFlooder:
                     bits_out=bits_out,
                     bits_in=bits_in,
                     kind=link.config.kind,
+                    # Blocks alternate between the two directions (key_store: frame parity).
+                    rate_out_bps=int(link.stats.rates()[1] / 2),
                 )
             )
         return LinkStateAdvert(

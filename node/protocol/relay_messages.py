@@ -88,6 +88,7 @@ class LinkState:
     bits_out: int
     bits_in: int
     kind: str = ""  # the link kind ("" from nodes that predate it: taken as QKD)
+    rate_out_bps: int = 0  # secret key the link adds per second towards the peer
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ class LinkView:
     bits_out: int
     bits_in: int
     kind: str = ""
+    rate_out_bps: int = 0
 
 
 # What a policy for a link kind adds to each hop of that kind (None: never used).
@@ -99,7 +100,7 @@ class Router:
         self._db[advert.origin] = _Entry(
             sequence=advert.sequence,
             links={
-                s.peer: LinkView(s.up, int(s.bits_out), int(s.bits_in), s.kind)
+                s.peer: LinkView(s.up, int(s.bits_out), int(s.bits_in), s.kind, int(s.rate_out_bps))
                 for s in advert.links
             },
             saes=tuple(advert.saes),
@@ -142,6 +143,14 @@ class Router:
         if va is None or vb is None or not (va.up and vb.up):
             return False, 0
         return True, va.bits_out
+
+    def rate_out(self, a: str, b: str) -> int:
+        """Secret key per second the link a -> b adds for a to send to b, as a advertises it
+        (0 when the link is not usable)."""
+        usable, _ = self.link(a, b)
+        if not usable:
+            return 0
+        return self._db[a].links[b].rate_out_bps
 
     # -- routes ------------------------------------------------------------------------------
     def route(

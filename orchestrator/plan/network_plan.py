@@ -70,6 +70,7 @@ __all__ = [
     "KEY_API_PREFIX",
     "MQTT_PORT",
     "RUNTIMES",
+    "STREAM_API_PORT",
     "ConfigLayout",
     "NetworkPlan",
     "NodePlan",
@@ -83,6 +84,7 @@ RUNTIMES = ("process", "docker")
 
 GRPC_PORT = 50051
 KEY_API_PORT = 8443
+STREAM_API_PORT = 25575  # ETSI GS QKD 004, the port QUBIP's implementation uses
 KEY_API_PREFIX = "/api/v1/keys"  # ETSI GS QKD 014's path prefix of the key delivery API
 MQTT_PORT = BROKER_PORT
 
@@ -147,6 +149,11 @@ class NodePlan:
         return f"https://{address}" if address else None
 
     @property
+    def stream_api_address(self) -> str | None:
+        """host:port of the node's ETSI GS QKD 004 server (None when it serves no SAE)."""
+        return f"{self.host}:{STREAM_API_PORT}" if self.saes else None
+
+    @property
     def interworking_address(self) -> str | None:
         """host:port of a border's ETSI GS QKD 020 server (None on other nodes)."""
         return f"{self.host}:{self.interworking_port}" if self.interworking_port else None
@@ -154,7 +161,9 @@ class NodePlan:
     def listen_addresses(self) -> list[str]:
         """Every address the node listens on."""
         return [self.address] + [
-            a for a in (self.key_api_address, self.interworking_address) if a is not None
+            a
+            for a in (self.key_api_address, self.stream_api_address, self.interworking_address)
+            if a is not None
         ]
 
 
@@ -512,8 +521,10 @@ class NetworkPlan:
             node_id = node.node_id
             key_api = None
             if node.saes:
+                api_host = layout.key_api_listen[node_id].rpartition(":")[0]
                 key_api = KeyApiConfig(
                     listen=layout.key_api_listen[node_id],
+                    stream_listen=f"{api_host}:{STREAM_API_PORT}",
                     key_size=delivery.key_size,
                     pool_keys=delivery.pool_keys,
                     multipath=delivery.multipath,

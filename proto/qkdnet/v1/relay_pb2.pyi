@@ -322,6 +322,7 @@ class LinkState(_message.Message):
     BITS_OUT_FIELD_NUMBER: _builtins.int
     BITS_IN_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    RATE_OUT_BPS_FIELD_NUMBER: _builtins.int
     peer: _builtins.str
     up: _builtins.bool
     """The link has a running session."""
@@ -330,6 +331,10 @@ class LinkState(_message.Message):
     bits_in: _builtins.int
     kind: _builtins.str
     """The link kind ("bb84", "pqc-bridge", ...): routing may avoid or prefer some kinds."""
+    rate_out_bps: _builtins.int
+    """Secret key the link adds per second for the origin to send to the peer (bit/s): what a
+    key stream (ETSI GS QKD 004) routed over it may reserve.
+    """
     def __init__(
         self,
         *,
@@ -338,10 +343,11 @@ class LinkState(_message.Message):
         bits_out: _builtins.int = ...,
         bits_in: _builtins.int = ...,
         kind: _builtins.str = ...,
+        rate_out_bps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits_in", b"bits_in", "bits_out", b"bits_out", "kind", b"kind", "peer", b"peer", "up", b"up"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits_in", b"bits_in", "bits_out", b"bits_out", "kind", b"kind", "peer", b"peer", "rate_out_bps", b"rate_out_bps", "up", b"up"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,3 +400,125 @@ class AdvertAck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AdvertAck: _TypeAlias = AdvertAck  # noqa: Y015
+
+@_typing.final
+class StreamQos(_message.Message):
+    """The QoS of ETSI GS QKD 004: chunk size in bytes, rates in bit/s, timeout in ms, TTL in s."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_BPS_FIELD_NUMBER: _builtins.int
+    MIN_BPS_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    METADATA_MIMETYPE_FIELD_NUMBER: _builtins.int
+    key_chunk_size: _builtins.int
+    max_bps: _builtins.int
+    min_bps: _builtins.int
+    jitter: _builtins.int
+    priority: _builtins.int
+    timeout: _builtins.int
+    ttl: _builtins.int
+    metadata_mimetype: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_chunk_size: _builtins.int = ...,
+        max_bps: _builtins.int = ...,
+        min_bps: _builtins.int = ...,
+        jitter: _builtins.int = ...,
+        priority: _builtins.int = ...,
+        timeout: _builtins.int = ...,
+        ttl: _builtins.int = ...,
+        metadata_mimetype: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jitter", b"jitter", "key_chunk_size", b"key_chunk_size", "max_bps", b"max_bps", "metadata_mimetype", b"metadata_mimetype", "min_bps", b"min_bps", "priority", b"priority", "timeout", b"timeout", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamQos: _TypeAlias = StreamQos  # noqa: Y015
+
+@_typing.final
+class StreamAnnouncement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KSID_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    QOS_FIELD_NUMBER: _builtins.int
+    HOPS_FIELD_NUMBER: _builtins.int
+    ksid: _builtins.bytes
+    """The Key_stream_ID (16 bytes)."""
+    origin: _builtins.str
+    source: _builtins.str
+    """The SAE that opened the stream, and the SAE of the called node it is for."""
+    destination: _builtins.str
+    hops: _builtins.int
+    """Links the stream's key crosses."""
+    @_builtins.property
+    def qos(self) -> Global___StreamQos: ...
+    def __init__(
+        self,
+        *,
+        ksid: _builtins.bytes = ...,
+        origin: _builtins.str = ...,
+        source: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        qos: Global___StreamQos | None = ...,
+        hops: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["qos", b"qos"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "hops", b"hops", "ksid", b"ksid", "origin", b"origin", "qos", b"qos", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAnnouncement: _TypeAlias = StreamAnnouncement  # noqa: Y015
+
+@_typing.final
+class StreamEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KSID_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ksid: _builtins.bytes
+    chunks: _builtins.int
+    """Progress: how many chunks are committed."""
+    reason: _builtins.str
+    """Closed: why ("closed", "ttl")."""
+    def __init__(
+        self,
+        *,
+        ksid: _builtins.bytes = ...,
+        chunks: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "ksid", b"ksid", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEvent: _TypeAlias = StreamEvent  # noqa: Y015
+
+@_typing.final
+class StreamAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamAck: _TypeAlias = StreamAck  # noqa: Y015

@@ -231,3 +231,224 @@ class KeyRelay:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class KeyStreamSyncStub:
+    """Between the KMEs at the two ends of an ETSI GS QKD 004 key stream. The stream's origin (the
+    KME of the application that opened it first) announces it to the KME of the other
+    application, makes its key chunks and relays them there with KeyRelay like any key, and says
+    how far the committed chunks go; either end says when the stream ended. The caller must be
+    the other end's node (checked against the announcement).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Announce = channel.unary_unary(
+                '/qkdnet.v1.KeyStreamSync/Announce',
+                request_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamAnnouncement.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+                _registered_method=True)
+        self.Connected = channel.unary_unary(
+                '/qkdnet.v1.KeyStreamSync/Connected',
+                request_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamEvent.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+                _registered_method=True)
+        self.Progress = channel.unary_unary(
+                '/qkdnet.v1.KeyStreamSync/Progress',
+                request_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamEvent.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+                _registered_method=True)
+        self.Closed = channel.unary_unary(
+                '/qkdnet.v1.KeyStreamSync/Closed',
+                request_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamEvent.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+                _registered_method=True)
+
+
+class KeyStreamSyncServicer:
+    """Between the KMEs at the two ends of an ETSI GS QKD 004 key stream. The stream's origin (the
+    KME of the application that opened it first) announces it to the KME of the other
+    application, makes its key chunks and relays them there with KeyRelay like any key, and says
+    how far the committed chunks go; either end says when the stream ended. The caller must be
+    the other end's node (checked against the announcement).
+    """
+
+    def Announce(self, request, context):
+        """A new stream towards an SAE of the called node; refused (reason "ksid_in_use") when the
+        KSID is known there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Connected(self, request, context):
+        """The called node's stream: its other application opened it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Progress(self, request, context):
+        """Chunks 0 .. chunks-1 of the stream are committed at the called node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Closed(self, request, context):
+        """The stream ended at the caller (closed by its application, or its TTL).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_KeyStreamSyncServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Announce': grpc.unary_unary_rpc_method_handler(
+                    servicer.Announce,
+                    request_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamAnnouncement.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.SerializeToString,
+            ),
+            'Connected': grpc.unary_unary_rpc_method_handler(
+                    servicer.Connected,
+                    request_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamEvent.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.SerializeToString,
+            ),
+            'Progress': grpc.unary_unary_rpc_method_handler(
+                    servicer.Progress,
+                    request_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamEvent.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.SerializeToString,
+            ),
+            'Closed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Closed,
+                    request_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamEvent.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'qkdnet.v1.KeyStreamSync', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('qkdnet.v1.KeyStreamSync', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class KeyStreamSync:
+    """Between the KMEs at the two ends of an ETSI GS QKD 004 key stream. The stream's origin (the
+    KME of the application that opened it first) announces it to the KME of the other
+    application, makes its key chunks and relays them there with KeyRelay like any key, and says
+    how far the committed chunks go; either end says when the stream ended. The caller must be
+    the other end's node (checked against the announcement).
+    """
+
+    @staticmethod
+    def Announce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.KeyStreamSync/Announce',
+            qkdnet_dot_v1_dot_relay__pb2.StreamAnnouncement.SerializeToString,
+            qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connected(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.KeyStreamSync/Connected',
+            qkdnet_dot_v1_dot_relay__pb2.StreamEvent.SerializeToString,
+            qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Progress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.KeyStreamSync/Progress',
+            qkdnet_dot_v1_dot_relay__pb2.StreamEvent.SerializeToString,
+            qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Closed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.KeyStreamSync/Closed',
+            qkdnet_dot_v1_dot_relay__pb2.StreamEvent.SerializeToString,
+            qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -111,3 +111,91 @@ class KeyRelayServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_KeyRelayServicer_to_server(servicer: KeyRelayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class KeyStreamSyncStub:
+    """Between the KMEs at the two ends of an ETSI GS QKD 004 key stream. The stream's origin (the
+    KME of the application that opened it first) announces it to the KME of the other
+    application, makes its key chunks and relays them there with KeyRelay like any key, and says
+    how far the committed chunks go; either end says when the stream ended. The caller must be
+    the other end's node (checked against the announcement).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> KeyStreamSyncAsyncStub: ...
+    Announce: _grpc.UnaryUnaryMultiCallable[_relay_pb2.StreamAnnouncement, _relay_pb2.StreamAck]
+    """A new stream towards an SAE of the called node; refused (reason "ksid_in_use") when the
+    KSID is known there.
+    """
+    Connected: _grpc.UnaryUnaryMultiCallable[_relay_pb2.StreamEvent, _relay_pb2.StreamAck]
+    """The called node's stream: its other application opened it."""
+    Progress: _grpc.UnaryUnaryMultiCallable[_relay_pb2.StreamEvent, _relay_pb2.StreamAck]
+    """Chunks 0 .. chunks-1 of the stream are committed at the called node."""
+    Closed: _grpc.UnaryUnaryMultiCallable[_relay_pb2.StreamEvent, _relay_pb2.StreamAck]
+    """The stream ended at the caller (closed by its application, or its TTL)."""
+
+@_typing.type_check_only
+class KeyStreamSyncAsyncStub(KeyStreamSyncStub):
+    """Between the KMEs at the two ends of an ETSI GS QKD 004 key stream. The stream's origin (the
+    KME of the application that opened it first) announces it to the KME of the other
+    application, makes its key chunks and relays them there with KeyRelay like any key, and says
+    how far the committed chunks go; either end says when the stream ended. The caller must be
+    the other end's node (checked against the announcement).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Announce: _aio.UnaryUnaryMultiCallable[_relay_pb2.StreamAnnouncement, _relay_pb2.StreamAck]  # type: ignore[assignment]
+    """A new stream towards an SAE of the called node; refused (reason "ksid_in_use") when the
+    KSID is known there.
+    """
+    Connected: _aio.UnaryUnaryMultiCallable[_relay_pb2.StreamEvent, _relay_pb2.StreamAck]  # type: ignore[assignment]
+    """The called node's stream: its other application opened it."""
+    Progress: _aio.UnaryUnaryMultiCallable[_relay_pb2.StreamEvent, _relay_pb2.StreamAck]  # type: ignore[assignment]
+    """Chunks 0 .. chunks-1 of the stream are committed at the called node."""
+    Closed: _aio.UnaryUnaryMultiCallable[_relay_pb2.StreamEvent, _relay_pb2.StreamAck]  # type: ignore[assignment]
+    """The stream ended at the caller (closed by its application, or its TTL)."""
+
+class KeyStreamSyncServicer(metaclass=_abc_1.ABCMeta):
+    """Between the KMEs at the two ends of an ETSI GS QKD 004 key stream. The stream's origin (the
+    KME of the application that opened it first) announces it to the KME of the other
+    application, makes its key chunks and relays them there with KeyRelay like any key, and says
+    how far the committed chunks go; either end says when the stream ended. The caller must be
+    the other end's node (checked against the announcement).
+    """
+
+    @_abc_1.abstractmethod
+    def Announce(
+        self,
+        request: _relay_pb2.StreamAnnouncement,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relay_pb2.StreamAck, _abc.Awaitable[_relay_pb2.StreamAck]]:
+        """A new stream towards an SAE of the called node; refused (reason "ksid_in_use") when the
+        KSID is known there.
+        """
+
+    @_abc_1.abstractmethod
+    def Connected(
+        self,
+        request: _relay_pb2.StreamEvent,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relay_pb2.StreamAck, _abc.Awaitable[_relay_pb2.StreamAck]]:
+        """The called node's stream: its other application opened it."""
+
+    @_abc_1.abstractmethod
+    def Progress(
+        self,
+        request: _relay_pb2.StreamEvent,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relay_pb2.StreamAck, _abc.Awaitable[_relay_pb2.StreamAck]]:
+        """Chunks 0 .. chunks-1 of the stream are committed at the called node."""
+
+    @_abc_1.abstractmethod
+    def Closed(
+        self,
+        request: _relay_pb2.StreamEvent,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relay_pb2.StreamAck, _abc.Awaitable[_relay_pb2.StreamAck]]:
+        """The stream ended at the caller (closed by its application, or its TTL)."""
+
+def add_KeyStreamSyncServicer_to_server(servicer: KeyStreamSyncServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
