@@ -17,6 +17,7 @@ BENCHMARKS = [
     ["bench_images.py"],
     ["bench_relay.py"],
     ["bench_cross_domain.py"],
+    ["bench_key_streams.py"],
     ["bench_slow_clients.py"],
     ["bench_verbs.py"],
     ["bench_cli_import.py"],

@@ -248,6 +248,11 @@ class MemoryStream:
     closed: bool = False
     _in_flight: asyncio.Queue[tuple[float, Envelope]] | None = None
     _courier: asyncio.Task[None] | None = None
+    _ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_closed(self) -> None:
+        """Until either end closed the stream."""
+        await self._ended.wait()
 
     async def read(self) -> Envelope | None:
         item = await self._inbox.get()
@@ -283,10 +288,12 @@ class MemoryStream:
         """End the stream: the peer's reads return None from now on."""
         if not self.closed:
             self.closed = True
+            self._ended.set()
             if self._courier is not None:
                 self._courier.cancel()
             if self._peer is not None:
                 self._peer._inbox.put_nowait(_CLOSED)
+                self._peer._ended.set()
 
 
 def stream_pair(

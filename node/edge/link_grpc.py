@@ -50,10 +50,17 @@ def _link_error(exc: grpc.aio.AioRpcError) -> LinkError:
 
 class GrpcStream:
     """A gRPC stream-stream call, or a server's context, as a `Duplex` of domain envelopes:
-    EOF reads as None, a failed call raises LinkError."""
+    EOF reads as None, a failed call raises LinkError. `call` is the client's call, whose end
+    `wait_closed` awaits (a server's stream never reports it: the client's end does)."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, call: Any = None) -> None:
         self._stream = stream
+        self._call = call
+
+    async def wait_closed(self) -> None:
+        if self._call is None:
+            await asyncio.Event().wait()
+        await self._call.code()  # returns once the call has ended, however it ended
 
     async def read(self) -> Envelope | None:
         try:
@@ -98,11 +105,12 @@ async def classical_session(
     *,
     peer: str,
     shaping: ChannelShaping | None = None,
+    call: Any = None,
 ) -> AsyncIterator[Duplex]:
     """The classical `stream` (a call or a server context) as the link's `Duplex`, with the
-    node's shaping toward `peer` around it, for one session."""
+    node's shaping toward `peer` around it, for one session; `call` is the client's call."""
     shaped = ShapedStream(stream, shaping, peer, Flow()) if shaping is not None else None
-    duplex: Duplex = GrpcStream(shaped if shaped is not None else stream)
+    duplex: Duplex = GrpcStream(shaped if shaped is not None else stream, call)
     try:
         yield duplex
     finally:
@@ -140,7 +148,7 @@ class GrpcLinkConnector:
             photons = link_pb2_grpc.QuantumChannelStub(channel).Transmit()
             try:
                 async with classical_session(
-                    classical, peer=self.peer, shaping=self._shaping
+                    classical, peer=self.peer, shaping=self._shaping, call=classical
                 ) as duplex:
                     yield duplex, _PhotonStream(photons)
             finally:

@@ -46,6 +46,10 @@ class Conversation:
         )
         await self._stream.write(await self._auth.seal(message))
 
+    async def wait_closed(self) -> None:
+        """Return once the session's stream has ended (see `Duplex.wait_closed`)."""
+        await self._stream.wait_closed()
+
     async def receive(self, *, idle: bool = False) -> ClassicalMessage:
         """The next authenticated message; LinkError when the peer went away.
 

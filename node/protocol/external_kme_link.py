@@ -117,7 +117,7 @@ class ExternalKmeTransmitter(_ExternalKmeEnd, SessionTransmitter):
         settings = self.settings
         frame = await self.store.run(lambda db: db.get_meta("next_frame"))
         while True:
-            await self.while_store_full()
+            await self.while_store_full(conv)
             conv.frame = frame
             keys = await self.key_source.enc_keys(settings.keys_per_pull, settings.key_bits)
             ids = [key_id for key_id, _ in keys]

@@ -1,28 +1,32 @@
 """Key streams of ETSI GS QKD 004: OPEN_CONNECT, GET_KEY and CLOSE at one KME.
 
 A stream joins two SAEs. The first to open it (its *source*) names the other (its
-*destination*); the source's KME is the stream's origin. The origin checks the QoS against what
-the route to the destination's node can carry (the least of the key rates its links advertise,
-less what streams opened here already reserved on them) and refuses with status 7 and a
+*destination*: the SAE of the destination URI, see `sae_of_uri`); the source's KME is the
+stream's origin. The origin checks the QoS against what the route to the destination's node can
+carry (on each of its links, the key rate it advertises plus the key it holds spread over the
+stream's TTL, less what streams opened here already reserved) and refuses with status 7 and a
 counter-proposal when it cannot: no stream is made then (the UC3M wrapper's reading; QUBIP's
-server makes one all the same). Otherwise it announces the stream to the destination's KME and
-answers status 1 with the KSID; the destination's application opens the same KSID (status 0,
-the source's QoS), and both ends are connected.
+server makes one all the same). Otherwise it announces the stream to the destination's KME,
+relays the stream's first key, and answers status 1 with the KSID; the destination's
+application opens the same KSID (status 0, the source's QoS), and both ends are connected. A
+stream its peer application has not opened within `join_within_s` ends.
 
 Key: chunk `i` is `Key_chunk_size` random bytes made at the origin and relayed to the
 destination's node as an ordinary key of the SAE pair, under an ID derived from the KSID and
 `i` (`chunk_id`), so both ends read the same bytes at the same index with no table exchanged.
 It draws on the same link key as ETSI 014 and is committed at the destination before either end
 may read it, so no key is ever handed out twice or at one end only. The origin relays ahead of
-the stream's schedule by `lead_s` (and one lead's worth at open, so the first chunks are there
-when the peer connects), and tells the peer KME how far the committed chunks go.
+the stream's schedule by `lead_s` and tells the peer KME how far the committed chunks go; the
+peer KME takes them out of its store ahead of the reads.
 
 QoS is enforced: chunk `i` is due `i x chunk bits / Max_bps` seconds after the stream
 connected (chunk 0 at once); GET_KEY for a chunk not due within the call's Timeout answers 2,
-one due but not there when the Timeout ends answers 6. The stream ends at both KMEs when either
-application closes it or its TTL runs out; a closed KSID cannot be opened again (5). An end may
-read an index again (same bytes) while it is among the last `retained_chunks` it holds.
-Priority and jitter are negotiated and reported, not scheduled on.
+one due but not there when the Timeout ends answers 6 (every call is bounded by the Timeout;
+0 means no waiting at all, so an OPEN_CONNECT that must reach another KME answers 6). The
+stream ends at both KMEs when either application closes it or its TTL runs out; a closed KSID
+cannot be opened again (5). An end may read an index again (same bytes) while it is among the
+last `retained_chunks` it holds. Priority and jitter are negotiated and reported, not
+scheduled on.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ _RETIRED_KEPT = 100_000
 _TAKE_BATCH = 64
 # After a failed relay the origin waits this long before the next.
 _RETRY_S = 0.5
+# OPEN_CONNECT waits at most this long for the stream's first key to be relayed.
+_OPEN_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class StreamLimits:
     lead_s: float = 1.0  # how far ahead of its schedule a stream's key is relayed
     retained_chunks: int = 1024  # chunks an end keeps (read or not); also the lead's cap
     batch_bits: int = 1 << 16  # key relayed in one transaction at most (one chunk at least)
+    join_within_s: float = 300.0  # a stream the peer application has not opened by then ends
 
 
 @dataclass(frozen=True)
@@ -127,8 +134,11 @@ class StreamCounters:
 
 
 def sae_of_uri(uri: str) -> str | None:
-    """The SAE a 004 URI names: its host (`qkd://sae-b`, `server://sae-b:25575`); None for a
-    string with no scheme and host (QUBIP's server answers 4 to those as well)."""
+    """The SAE a 004 URI names: its user part, else its first path segment, else its host
+    (`qkd://sae-b`, `server://sae-b@10.0.0.2:25575`, `server://10.0.0.2:25575/sae-b`: clients
+    such as the UC3M wrapper's connect to the host of the destination URI, so the SAE goes
+    beside it); None for a string with no scheme and host (QUBIP's server answers 4 to those
+    as well)."""
     try:
         parts = urlsplit(uri)
         host = parts.hostname
@@ -136,6 +146,11 @@ def sae_of_uri(uri: str) -> str | None:
         return None
     if not parts.scheme or not parts.netloc or not host:
         return None
+    if parts.username:
+        return parts.username
+    segment = parts.path.strip("/").split("/", 1)[0]
+    if segment:
+        return segment
     # urlsplit lower-cases the host; SAE IDs keep their case.
     start = parts.netloc.rfind("@") + 1
     return parts.netloc[start : start + len(host)]
@@ -159,6 +174,7 @@ class _Stream:
         self.peer_node = peer_node  # the other end's node (None: both ends here)
         self.origin_here = origin_here
         self.expires_at = expires_at
+        self.opened_at = expires_at - announcement.qos.ttl
         self.reserved = reserved  # hops whose rate this stream reserved (origin only)
         self.opened: set[str] = set()
         self.connected_at: float | None = None
@@ -237,8 +253,9 @@ class KeyStreams:
         self._reserved_local = 0
         self._background: set[asyncio.Task[None]] = set()
 
-    def _spawn(self, call: Coroutine[Any, Any, None]) -> None:
-        """Tell the other KME something without waiting (failures are left to its TTL)."""
+    def _spawn(self, call: Coroutine[Any, Any, object]) -> None:
+        """Tell the other KME something, or fetch chunks, without waiting (a failure is left
+        to the stream's TTL, or to the next read)."""
 
         async def quietly() -> None:
             with contextlib.suppress(RelayError):
@@ -291,7 +308,7 @@ class KeyStreams:
         hops = tuple(itertools.pairwise(route))
         if not here and not hops:  # an SAE of another domain: 020 carries no streams
             return OpenResult(StreamStatus.NO_QKD_CONNECTION, qos)
-        granted = self._grant(qos, self._capacity(hops, here))
+        granted = self._grant(qos, self._capacity(hops, here, max(1, qos.ttl)))
         if granted != qos:
             return OpenResult(StreamStatus.QOS_NOT_MET, granted)
         ksid = ksid or uuid.uuid4()
@@ -336,6 +353,15 @@ class KeyStreams:
         self.counters.opened += 1
         stream.producer = asyncio.create_task(self._produce(stream), name=f"stream {ksid}")
         self._event("stream_opened", stream)
+        # Key for the stream's first lead is relayed before the answer (within the call's
+        # timeout), so that the peer finds it when it connects; if the relay is slower, the
+        # producer carries on all the same.
+        deadline = self._clock.monotonic() + min(qos.timeout / 1000, _OPEN_WAIT_S)
+        while stream.made == 0 and not stream.closed:
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                break
+            await stream.wait(left)
         return OpenResult(StreamStatus.PEER_NOT_CONNECTED, qos, ksid)
 
     async def _join(self, stream: _Stream, caller: str) -> OpenResult:
@@ -356,7 +382,17 @@ class KeyStreams:
                 return OpenResult(StreamStatus.NO_QKD_CONNECTION, stream.qos)
         stream.opened.add(caller)
         self._connected(stream)
+        if not stream.origin_here:
+            self._prefetch(stream)
         return OpenResult(StreamStatus.SUCCESS, stream.qos, stream.ann.ksid)
+
+    def _prefetch(self, stream: _Stream) -> None:
+        """At the destination's KME: take committed chunks out of the store ahead of the reads
+        (a batch from SQLite costs milliseconds), no further than the retained window."""
+        furthest = max(stream.read_to.values(), default=0)
+        last = min(stream.made, furthest + self.limits.retained_chunks) - 1
+        if last >= stream.taken:
+            self._spawn(self._chunk(stream, last))
 
     def _connected(self, stream: _Stream) -> None:
         if stream.connected_at is None:
@@ -422,7 +458,7 @@ class KeyStreams:
         if held is not None or stream.origin_here:
             return held
         async with stream.take_lock:
-            while stream.taken <= index and index < stream.made:
+            while stream.taken <= index < stream.made and not stream.closed:
                 first = stream.taken
                 last = min(stream.made, first + _TAKE_BATCH)
                 got = await self._take(stream, first, last)
@@ -512,6 +548,8 @@ class KeyStreams:
         if chunks > stream.made:
             stream.made = chunks
             stream.changed()
+            if stream.opened:
+                self._prefetch(stream)
 
     async def peer_closed(self, ksid: uuid.UUID, reason: str, sender: str) -> None:
         """The other end ended the stream."""
@@ -526,11 +564,18 @@ class KeyStreams:
         return stream
 
     # -- the stream's life -------------------------------------------------------------------
-    def _capacity(self, hops: tuple[tuple[str, str], ...], here: bool) -> int:
-        """The rate a new stream may reserve on `hops` (bit/s)."""
+    def _capacity(self, hops: tuple[tuple[str, str], ...], here: bool, ttl_s: int) -> int:
+        """The rate a new stream living `ttl_s` may reserve on `hops` (bit/s): on each hop, what
+        the link adds per second and what it holds spread over that time (a link whose store is
+        full adds nothing until key is drawn), less what streams opened here reserved."""
         if here:
             return max(0, self.limits.local_max_bps - self._reserved_local)
-        return max(0, min(self._router.rate_out(a, b) - self._reserved[(a, b)] for a, b in hops))
+
+        def hop(a: str, b: str) -> int:
+            _, stored = self._router.link(a, b)
+            return self._router.rate_out(a, b) + stored // max(1, ttl_s) - self._reserved[(a, b)]
+
+        return max(0, min(hop(a, b) for a, b in hops))
 
     def _grant(self, asked: StreamQos, capacity: int) -> StreamQos:
         """What this KME can grant of `asked`: `asked` itself, or the counter-proposal."""
@@ -610,12 +655,12 @@ class KeyStreams:
             stream.keep(first + offset, key, now, 2 * self.limits.retained_chunks)
         stream.made = first + count
         self.counters.chunks_made += count
-        stream.changed()
         if stream.peer_node is not None:
             try:
                 await self._peers.progress(stream.peer_node, ann.ksid, stream.made)
             except RelayError as exc:  # the next batch's progress says it again
                 log_event(logger, logging.INFO, "stream_progress_failed", reason=exc.reason)
+        stream.changed()
         return True
 
     async def _expired(self, stream: _Stream) -> bool:
@@ -627,11 +672,20 @@ class KeyStreams:
         return True
 
     async def expire_once(self) -> int:
-        """End every stream past its TTL; how many."""
-        due = [s for s in self._streams.values() if self._clock.monotonic() >= s.expires_at]
+        """End every stream past its TTL, and every stream whose peer application has not
+        opened it within `join_within_s` (its KSID lost, say); how many."""
+        now = self._clock.monotonic()
+        due = [s for s in self._streams.values() if now >= s.expires_at]
+        unjoined = [
+            s
+            for s in self._streams.values()
+            if s.connected_at is None and now >= s.opened_at + self.limits.join_within_s
+        ]
         for stream in due:
             await self._end(stream, "ttl", notify=True)
-        return len(due)
+        for stream in unjoined:
+            await self._end(stream, "not_joined", notify=True)
+        return len(due) + len(unjoined)
 
     async def expire_forever(self, interval_s: float = 1.0) -> None:
         while True:
@@ -655,7 +709,7 @@ class KeyStreams:
             self._reserve(stream, -1)
         stream.chunks.clear()
         stream.changed()
-        if reason == "ttl":
+        if reason in ("ttl", "not_joined"):
             self.counters.expired += 1
         else:
             self.counters.closed += 1

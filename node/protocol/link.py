@@ -284,7 +284,7 @@ class SessionTransmitter(LinkEnd):
         session is over."""
         raise NotImplementedError
 
-    async def while_store_full(self) -> None:
+    async def while_store_full(self, conv: Conversation | None = None) -> None:
         """Start no frame while the store holds `store_max_bits` of unconsumed key; go on once
         applications have taken an eighth of it (the frames in flight still land: the store
         may pass the cap by three frames).
@@ -306,11 +306,18 @@ class SessionTransmitter(LinkEnd):
             store_max_bits=cap,
         )
         self.stats.state = "full"
+        # A silent session may have died (the receiver restarted): then end it, so that a new
+        # one starts and the receiver serves, and so reports, the link again.
+        ended = asyncio.ensure_future(conv.wait_closed()) if conv is not None else None
         try:
             while self.stats.store.bits > cap - cap // 8:
                 await self.clock.sleep(_STORE_POLL_S)
+                if ended is not None and ended.done():
+                    raise LinkError("the session ended while the store was full", reason="closed")
                 await self.refresh_store_level()
         finally:
+            if ended is not None:
+                ended.cancel()
             if self.stats.state == "full":  # not cut meanwhile
                 self.stats.state = "running"
         log_event(

@@ -30,6 +30,11 @@ class Duplex(Protocol):
 
     async def write(self, message: Envelope) -> None: ...
 
+    async def wait_closed(self) -> None:
+        """Return once the stream has ended (closed by the peer, or failed), without reading
+        it: how a transmitter that sends nothing (its store full) learns its session died."""
+        ...
+
 
 class PhotonSink(Protocol):
     """Where a transmitter writes the photons of its frames."""

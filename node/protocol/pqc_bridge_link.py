@@ -82,7 +82,7 @@ class PqcBridgeTransmitter(SessionTransmitter):
         refill = 64 * 2 * REFILL_PADS
         frame = await self.store.run(lambda db: db.get_meta("next_frame"))
         while True:
-            await self.while_store_full()
+            await self.while_store_full(conv)
             conv.frame = frame
             block_id = f"{self.link_id}/{frame:08d}-{uuid.uuid4().hex[:8]}"
             pair = Decapsulator()

@@ -113,7 +113,7 @@ class TransmitterLink(SessionTransmitter):
         """Emulate frames of photons and run a round on each, until the session ends."""
         frames: asyncio.Queue[_TxFrame] = asyncio.Queue(maxsize=1)
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._produce(photons, frames))
+            group.create_task(self._produce(conv, photons, frames))
             group.create_task(self._rounds(conv, frames))
 
     # -- the emulated quantum channel ---------------------------------------------------------
@@ -124,11 +124,13 @@ class TransmitterLink(SessionTransmitter):
         cap = int(self.processing.max_frame_seconds * params.pulse_rate_hz)
         return max(1, min(needed, cap))
 
-    async def _produce(self, photons: PhotonSink, frames: asyncio.Queue[_TxFrame]) -> None:
+    async def _produce(
+        self, conv: Conversation, photons: PhotonSink, frames: asyncio.Queue[_TxFrame]
+    ) -> None:
         rate = self.params.pulse_rate_hz * self.processing.speedup
         clock = self.clock.monotonic()
         while True:
-            await self.while_store_full()
+            await self.while_store_full(conv)
             # A frame is emulated with the channel in force when it starts (a live change
             # applies from the next frame on).
             params = self.params

@@ -57,3 +57,18 @@ async def test_the_store_stops_at_its_cap_and_resumes_when_key_is_taken(
     assert comparison.match, comparison.detail
     receiver = await pair.status(RECEIVER)
     assert receiver.state == "running"
+
+
+async def test_a_receiver_restarted_while_the_store_is_full_is_served_again(
+    link_pair: PairFactory,
+) -> None:
+    # The transmitter of a full link sends nothing; it must still notice that its session died
+    # with the receiver, or the restarted receiver waits for a session that never comes and
+    # reports the link down to routing, and no relay can draw on the full store to drain it.
+    pair = link_pair(store_max_bits=CAP)
+    await pair.start()
+    await wait_for(pair, lambda s: s.state == "full", timeout=180)
+    await pair.stop(RECEIVER)
+    await pair.start(RECEIVER)
+    await wait_for(pair, lambda s: s.state == "running", timeout=60, node=RECEIVER)
+    assert (await pair.status()).state == "full"

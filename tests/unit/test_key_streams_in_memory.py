@@ -27,6 +27,7 @@ from qkdnet.node.store.key_store import KeyStore
 from qkdnet.node.testing import InMemoryRelayNetwork, InMemoryStreamNetwork, store_same_key
 
 RATE_BPS = 200_000  # what the a-b link advertises in each direction
+STORED = 1 << 22  # and the key it holds each way
 QOS = StreamQos(key_chunk_size=32, max_bps=64_000, min_bps=1_000, timeout=2_000, ttl=60)
 A, B, A2 = "qkd://sae-a", "qkd://sae-b", "qkd://sae-a2"
 
@@ -40,7 +41,7 @@ class Net:
 
 
 def _advert(origin: str, peer: str, saes: tuple[str, ...]) -> LinkStateAdvert:
-    link = LinkState(peer=peer, up=True, bits_out=1 << 22, bits_in=1 << 22, rate_out_bps=RATE_BPS)
+    link = LinkState(peer=peer, up=True, bits_out=STORED, bits_in=STORED, rate_out_bps=RATE_BPS)
     return LinkStateAdvert(origin=origin, sequence=1, links=(link,), saes=saes)
 
 
@@ -151,13 +152,15 @@ async def test_qos_beyond_the_route_is_refused_with_a_counter_proposal(tmp_path:
         too_fast = await a.open_connect("sae-a", A, B, QOS.but(max_bps=1_000_000))
         assert too_fast.status is StreamStatus.QOS_NOT_MET
         assert too_fast.ksid is None
-        assert too_fast.qos == QOS.but(max_bps=RATE_BPS)
-        # Streams opened here reserve the route's rate: two of 64 kbit/s leave 72 kbit/s.
+        # What the link adds per second, and what it holds spread over the stream's TTL.
+        capacity = RATE_BPS + STORED // QOS.ttl
+        assert too_fast.qos == QOS.but(max_bps=capacity)
+        # Streams opened here reserve the route's rate.
         await _connected(net)
         await _connected(net)
-        third = await a.open_connect("sae-a", A, B, QOS.but(max_bps=100_000))
+        third = await a.open_connect("sae-a", A, B, QOS.but(max_bps=200_000))
         assert third.status is StreamStatus.QOS_NOT_MET
-        assert third.qos.max_bps == RATE_BPS - 2 * QOS.max_bps
+        assert third.qos.max_bps == capacity - 2 * QOS.max_bps
         upside_down = await a.open_connect("sae-a", A, B, QOS.but(min_bps=70_000))
         assert upside_down.status is StreamStatus.QOS_NOT_MET
         assert upside_down.qos.min_bps == upside_down.qos.max_bps == QOS.max_bps
@@ -177,6 +180,9 @@ async def test_no_route_no_destination_no_uri_is_status_4(tmp_path: Path) -> Non
         net.stream_net.down.add("b")
         assert (await a.open_connect("sae-a", A, B, QOS)).status is (StreamStatus.NO_QKD_CONNECTION)
     assert sae_of_uri("server://SAE-b:25575") == "SAE-b"
+    # Clients that dial the destination URI's host (the UC3M wrapper) name the SAE beside it.
+    assert sae_of_uri("server://sae-b@127.0.0.3:25575") == "sae-b"
+    assert sae_of_uri("server://127.0.0.3:25575/sae-b") == "sae-b"
 
 
 async def test_get_key_statuses(tmp_path: Path) -> None:
@@ -293,3 +299,20 @@ async def test_a_chunk_relayed_is_an_ordinary_key_of_the_sae_pair_handed_out_onc
         with pytest.raises(Exception, match="not found"):
             await net.delivered["b"].run(lambda db: db.take("sae-b", "sae-a", [chunk_id(ksid, 0)]))
         assert got.status is StreamStatus.SUCCESS
+
+
+async def test_a_stream_its_peer_never_opens_ends_and_frees_its_rate(tmp_path: Path) -> None:
+    async with _network(tmp_path, StreamLimits(join_within_s=0.2)) as net:
+        a = net.streams["a"]
+        opened = await a.open_connect("sae-a", A, B, QOS.but(max_bps=RATE_BPS))
+        assert opened.status is StreamStatus.PEER_NOT_CONNECTED
+        assert opened.ksid is not None
+        refused = await a.open_connect("sae-a", A, B, QOS.but(max_bps=RATE_BPS))
+        assert refused.status is StreamStatus.QOS_NOT_MET
+        await asyncio.sleep(0.3)
+        assert await a.expire_once() == 1
+        await asyncio.sleep(0)
+        late = await net.streams["b"].open_connect("sae-b", B, A, QOS, opened.ksid)
+        assert late.status is StreamStatus.KSID_IN_USE
+        again = await a.open_connect("sae-a", A, B, QOS.but(max_bps=RATE_BPS))
+        assert again.status is StreamStatus.PEER_NOT_CONNECTED
