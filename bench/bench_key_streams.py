@@ -52,8 +52,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from qkdnet.node.edge.etsi004_client import KeyStreamClient
-from qkdnet.node.protocol.key_stream_messages import StreamQos, StreamStatus
+from qkdnet.node.edge.etsi004_client import KeyStreamClient, StreamQos, StreamStatus
 from qkdnet.orchestrator.client.stream_client import stream_client_for
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 

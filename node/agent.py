@@ -56,6 +56,7 @@ from .edge.etsi020 import (
 from .edge.grpc_authorization import ForeignPeer, RoleAuthorization
 from .edge.grpc_options import MAX_CONCURRENT_RPCS, SERVER_OPTIONS
 from .edge.https_server import HttpLimits, raise_file_limit, server_ssl_context
+from .edge.hybrid_grpc import GrpcKemPeers, HybridKemService
 from .edge.link_grpc import GrpcLinkConnector, LinkService
 from .edge.peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
 from .edge.relay_codec import RELAY_CODEC
@@ -70,6 +71,7 @@ from .link_names import link_id_for
 from .link_secret import read_psk
 from .protocol.authentication import LinkAuthenticator
 from .protocol.border_link import LinkHopCipher
+from .protocol.hybrid_keys import HybridKeys
 from .protocol.interworking import BorderKms
 from .protocol.key_manager import KeyManager, delivery_settings
 from .protocol.key_streams import KeyStreams, StreamLimits
@@ -120,6 +122,8 @@ class NodeAgent:
         self.key_streams: KeyStreams | None = None
         self.stream_api: KeyStreamServer | None = None
         self._stream_sync = StreamSyncService()
+        self.hybrid: HybridKeys | None = None
+        self._hybrid_kem = HybridKemService()
         self.border: BorderKms | None = None
         self.interworking: InterworkingServer | None = None
         self._peer_kms: HttpPeerKms | None = None
@@ -205,6 +209,7 @@ class NodeAgent:
             RelayService(self.relay, self.flooder.received), server
         )
         relay_pb2_grpc.add_KeyStreamSyncServicer_to_server(self._stream_sync, server)
+        relay_pb2_grpc.add_HybridKemServicer_to_server(self._hybrid_kem, server)
         link_pb2_grpc.add_QuantumChannelServicer_to_server(services, server)
         link_pb2_grpc.add_ClassicalChannelServicer_to_server(services, server)
         control_pb2_grpc.add_NodeControlServicer_to_server(ControlService(self), server)
@@ -215,6 +220,7 @@ class NodeAgent:
             control_pb2.DESCRIPTOR.services_by_name["NodeControl"].full_name,
             relay_pb2.DESCRIPTOR.services_by_name["KeyRelay"].full_name,
             relay_pb2.DESCRIPTOR.services_by_name["KeyStreamSync"].full_name,
+            relay_pb2.DESCRIPTOR.services_by_name["HybridKem"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -227,7 +233,7 @@ class NodeAgent:
             raise ConfigError(f"listen: cannot listen on {cfg.listen}") from None
         await server.start()
         self._server = server
-        for name in names[:5]:
+        for name in names[:6]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for link in self.links.values():
@@ -304,6 +310,8 @@ class NodeAgent:
             on_event=self._relay_event,
         )
         self.key_manager = manager
+        self.hybrid = HybridKeys(self.config.node_id, self.delivered, GrpcKemPeers(self.peers))
+        self._hybrid_kem.hybrid = self.hybrid
 
     def _start_pools(self) -> None:
         manager = self.key_manager
@@ -328,6 +336,7 @@ class NodeAgent:
                 body_timeout_s=api.body_timeout_s,
                 max_connections=api.max_connections,
             ),
+            hybrid=self.hybrid,
         )
         host, _, port = api.listen.rpartition(":")
         tls = self.config.tls

@@ -74,6 +74,9 @@ class Reason(StrEnum):
     # Key streams (ETSI GS QKD 004) between two KMEs.
     KSID_IN_USE = "ksid_in_use"
     UNKNOWN_STREAM = "unknown_stream"
+    # Hybrid keys (ML-KEM between two KMEs).
+    UNKNOWN_KEM_KEY = "unknown_kem_key"
+    NOT_REPLACED = "not_replaced"
 
     @classmethod
     def of(cls, code: str, default: Reason) -> Reason:

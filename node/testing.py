@@ -28,6 +28,8 @@ that died (reason `unreachable`).
 `InMemoryStreamNetwork` joins the ETSI GS QKD 004 stream logic (`KeyStreams`) of several
 nodes: `peers_of(node)` is one node's `StreamPeers`, calling the others directly.
 
+`InMemoryKemNetwork` joins the hybrid-key side (`HybridKeys`) of several KMEs the same way.
+
 `InMemoryBorders` joins the `BorderKms` (protocol/interworking.py) of two domains' border
 nodes: `peer_of(name)` is the `PeerKms` of one, calling the other's 020 side directly as its
 HTTPS server would (a refusal as `InterworkingRefusal`, a border in `down` as `unreachable`);
@@ -59,6 +61,7 @@ from .protocol.link_transport import Duplex, PhotonSink
 from .protocol.relay_messages import LinkStateAdvert, RelayAck, RelayFrame
 
 if TYPE_CHECKING:
+    from .protocol.hybrid_keys import HybridKeys, HybridSeal
     from .protocol.interworking import BorderKms
     from .protocol.interworking_messages import Ack, KeyTransfer, VoidRequest
     from .protocol.key_stream_messages import StreamAnnouncement
@@ -73,6 +76,7 @@ __all__ = [
     "Duplicate",
     "FakeClock",
     "InMemoryBorders",
+    "InMemoryKemNetwork",
     "InMemoryKmePair",
     "InMemoryLink",
     "InMemoryRelayNetwork",
@@ -468,6 +472,40 @@ class _MemoryStreamPeers:
 
     async def closed(self, node: str, ksid: uuid.UUID, reason: str) -> None:
         await self._reach(node).peer_closed(ksid, reason, self.node)
+
+
+@dataclass
+class InMemoryKemNetwork:
+    """The hybrid-key side (`HybridKeys`) of several KMEs, joined in memory as
+    `qkdnet.node.edge.hybrid_grpc.GrpcKemPeers` joins them; a node in `down` answers nothing."""
+
+    kmes: dict[str, HybridKeys] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)
+
+    def add(self, hybrid: HybridKeys) -> None:
+        self.kmes[hybrid.node_id] = hybrid
+
+    def peers_of(self, node: str) -> _MemoryKemPeers:
+        """The `KemPeers` of `node`."""
+        return _MemoryKemPeers(self, node)
+
+
+class _MemoryKemPeers:
+    def __init__(self, network: InMemoryKemNetwork, node: str) -> None:
+        self._network = network
+        self.node = node
+
+    def _reach(self, node: str) -> HybridKeys:
+        hybrid = self._network.kmes.get(node)
+        if hybrid is None or node in self._network.down or self.node in self._network.down:
+            raise RelayError(f"{node} did not answer", reason="unreachable")
+        return hybrid
+
+    async def kem_key(self, node: str) -> tuple[str, bytes]:
+        return self._reach(node).public_key()
+
+    async def seal(self, node: str, seal: HybridSeal) -> int:
+        return await self._reach(node).opened(self.node, seal)
 
 
 @dataclass

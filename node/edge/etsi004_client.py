@@ -4,7 +4,8 @@
 the SAE) and makes the three calls of the standard, one at a time: `open_connect`, `get_key`
 and `close`, in QUBIP's binary framing (`etsi004_wire.py`). Answers come back as they are,
 status included; only a connection that fails or bytes that are not 004 raise
-`StreamApiError`. The orchestrator's `key stream` verb, the benchmark and the tests use it.
+`StreamApiError`. `StreamQos` and `StreamStatus` are the QoS and statuses it speaks in. The
+orchestrator's `key stream` verb, the benchmark and the tests use it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from .etsi004_wire import (
     encode_open_request,
 )
 
-__all__ = ["KeyStreamClient", "StreamApiError"]
+__all__ = [
+    "GetKeyAnswer",
+    "KeyStreamClient",
+    "OpenAnswer",
+    "StreamApiError",
+    "StreamQos",
+    "StreamStatus",
+]
 
 _MAX_ANSWER_BYTES = 1 << 20
 

@@ -34,6 +34,7 @@ node spent on them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import logging
@@ -48,6 +49,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import KeyStoreError, RelayError
 from ..identity import Identity, Role, peer_certificate_identity
+from ..protocol.hybrid_keys import HYBRID_EXTENSION, HybridKeys
 from ..protocol.key_manager import KeyManager
 from ..store.delivered_keys import KeyNotFound, KeyNotYours
 from ..structured_log import log_event
@@ -122,8 +124,10 @@ def _key_container(
 
 # The vendor extensions of enc_keys (objects in extension_mandatory / extension_optional):
 # qkdnet_multipath splits each key into XOR shares over node-disjoint routes; qkdnet_pool false
-# relays every key on demand instead of handing out keys relayed ahead of demand.
-EXTENSIONS = {"qkdnet_multipath": bool, "qkdnet_pool": bool}
+# relays every key on demand instead of handing out keys relayed ahead of demand; qkdnet_hybrid
+# combines each key with an ML-KEM-768 secret between the master's and the slave's KMEs
+# (`protocol/hybrid_keys.py`).
+EXTENSIONS = {"qkdnet_multipath": bool, "qkdnet_pool": bool, "qkdnet_hybrid": bool}
 
 
 def _extensions(body: dict[str, Any], name: str) -> dict[str, Any]:
@@ -184,10 +188,13 @@ class KeyDeliveryServer:
         trust_domain: str,
         limits: HttpLimits | None = None,
         identify: Callable[[web.Request], Identity | None] | None = None,
+        hybrid: HybridKeys | None = None,
     ) -> None:
         """`identify` names the caller of a request; by default the identity in its TLS client
-        certificate (tests in memory give the caller another way)."""
+        certificate (tests in memory give the caller another way). Without `hybrid`, the
+        qkdnet_hybrid extension is not supported."""
         self._manager = manager
+        self._hybrid = hybrid
         self._identify = identify or _certificate_identity
         self._kme_id = kme_id
         self._all_saes = dict(all_saes)  # SAE ID -> node (KME) ID, for the whole network
@@ -363,6 +370,16 @@ class KeyDeliveryServer:
         options = {k: v for k, v in optional.items() if k in EXTENSIONS} | mandatory
         multipath = options.get("qkdnet_multipath")
         use_pool = options.get("qkdnet_pool", True)
+        hybrid = self._hybrid if options.get("qkdnet_hybrid") else None
+        if hybrid is None and mandatory.get("qkdnet_hybrid"):
+            raise _bad("not all extension_mandatory parameters are supported")
+        if hybrid is not None and len(slaves) > 1:
+            if mandatory.get("qkdnet_hybrid"):
+                raise _bad(
+                    "not all extension_mandatory request options could be met: hybrid keys "
+                    "are for one slave SAE (no additional_slave_SAE_IDs)"
+                )
+            hybrid = None  # optional: plain keys
         try:
             keys, report = await self._manager.enc_keys(
                 caller, slaves, number, size, multipath=multipath, use_pool=use_pool
@@ -380,13 +397,31 @@ class KeyDeliveryServer:
             keys, report = await self._manager.enc_keys(
                 caller, slaves, number, size, multipath=False, use_pool=use_pool
             )
-        response = _key_container(keys, {"qkdnet_relay": report.to_json()})
+        extension: dict[str, Any] = {"qkdnet_relay": report.to_json()}
+        if hybrid is not None:
+            keys = await self._combine(hybrid, caller, slave, keys)
+            extension["qkdnet_hybrid"] = HYBRID_EXTENSION
+        response = _key_container(keys, extension)
         try:
             await self._write(request, response)
         except ConnectionError:
             await self._manager.abandon(caller, slaves, [key_id for key_id, _ in keys])
             raise
         return response
+
+    async def _combine(
+        self, hybrid: HybridKeys, master: str, slave: str, keys: list[tuple[str, bytes]]
+    ) -> list[tuple[str, bytes]]:
+        """The hybrid keys of `keys` (replaced at the slave's KME too); when the slave's KME
+        cannot take part the keys are withdrawn there and the request fails (503)."""
+        node = self._manager.node_of(slave)
+        assert node is not None  # the keys reached it
+        try:
+            return await hybrid.combine(master, node, keys)
+        except RelayError:
+            with contextlib.suppress(RelayError, KeyStoreError):
+                await self._manager.withdraw([slave], [key_id for key_id, _ in keys], "abandoned")
+            raise
 
     def _additional_slaves(self, body: dict[str, Any], master: str, slave: str) -> list[str]:
         if "additional_slave_SAE_IDs" not in body:

@@ -11,6 +11,7 @@ PERMISSION_DENIED before the service sees the call:
 | QuantumChannel, ClassicalChannel          | node               |
 | KeyRelay (relay, settle, link-state)      | node               |
 | KeyStreamSync (ETSI 004 streams' two KMEs) | node              |
+| HybridKem (ML-KEM between two KMEs)       | node               |
 | NodeControl                               | controller         |
 | grpc.health.v1.Health                     | controller, node   |
 | server reflection                         | controller         |
@@ -60,6 +61,7 @@ POLICY: Mapping[str, frozenset[Role]] = {
     "qkdnet.v1.ClassicalChannel": _NODE,
     "qkdnet.v1.KeyRelay": _NODE,
     "qkdnet.v1.KeyStreamSync": _NODE,
+    "qkdnet.v1.HybridKem": _NODE,
     "qkdnet.v1.NodeControl": _CONTROLLER,
     "grpc.health.v1.Health": _CONTROLLER | _NODE,
     "grpc.reflection.v1alpha.ServerReflection": _CONTROLLER,

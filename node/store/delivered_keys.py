@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -376,6 +376,36 @@ class DeliveredKeysDb:
                     "DELETE FROM keys WHERE key_id=? AND origin=?", (key_id, origin)
                 ).rowcount
         return removed
+
+    def rekey(
+        self,
+        origin: str,
+        master: str,
+        key_ids: Sequence[str],
+        derive: Callable[[str, bytes], bytes],
+    ) -> int:
+        """Replace keys that `origin` relayed here for `master` by `derive(key ID, key)`, all or
+        none (KeyNotFound): only committed keys that no slave has fetched, or is being handed.
+        The hybrid keys of ETSI 014 (`protocol/hybrid_keys.py`) take the place of the QKD keys
+        this way before their slave can learn their IDs. Returns how many."""
+        with Transaction(self._db):
+            for key_id in key_ids:
+                row = self._db.execute(
+                    "SELECT origin, master, slaves, waiting, handing, key FROM keys "
+                    "WHERE key_id=? AND state='ready'",
+                    (key_id,),
+                ).fetchone()
+                if (
+                    row is None
+                    or (row[0], row[1]) != (origin, master)
+                    or sorted(json.loads(row[3])) != sorted(json.loads(row[2]))
+                    or json.loads(row[4])
+                ):
+                    raise KeyNotFound(f"key {key_id} is not here to be replaced")
+                self._db.execute(
+                    "UPDATE keys SET key=? WHERE key_id=?", (derive(key_id, bytes(row[5])), key_id)
+                )
+        return len(key_ids)
 
     def take(
         self, caller: str, master: str, key_ids: Sequence[str], *, hold: bool = False

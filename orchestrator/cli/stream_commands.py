@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from qkdnet.node.edge.etsi004_client import StreamQos, StreamStatus
 from qkdnet.node.errors import ConfigError
-from qkdnet.node.protocol.key_stream_messages import StreamQos, StreamStatus
 
 from .console_output import Progress
 from .network_commands import NetworkOptions, deploy_command, load_plans, require_deployed

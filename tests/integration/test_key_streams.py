@@ -1,22 +1,24 @@
-"""ETSI GS QKD 004 key streams across a deployed chain (real node processes, real links, TLS):
-two SAEs on the chain's ends open one stream and read the same chunks in order at the stream's
-rate; a stream asking more than the route carries is refused with status 7 and what it could
-have; closing one end ends the stream at both."""
+"""The integrators' interfaces across a deployed chain (real node processes, real links, TLS):
+
+- ETSI GS QKD 004: two SAEs on the chain's ends open one stream and read the same chunks in
+  order at the stream's rate; a stream asking more than the route carries is refused with
+  status 7 and what it could have; closing one end ends the stream at both;
+- hybrid keys (ETSI 014 with qkdnet_hybrid): the same at both ends, and no node logs them."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from qkdnet.node.edge.etsi004_client import KeyStreamClient
-from qkdnet.node.protocol.key_stream_messages import StreamQos, StreamStatus
+from qkdnet.node.edge.etsi004_client import KeyStreamClient, StreamQos, StreamStatus
 from qkdnet.orchestrator.plan.network_plan import NetworkPlan
 
-from .sae import deployed, sae_context
+from .sae import deployed, sae_clients, sae_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -95,6 +97,29 @@ async def _streams(plan: NetworkPlan) -> None:
         assert reopened.status is StreamStatus.KSID_IN_USE
 
 
-def test_two_saes_share_a_paced_stream_across_a_relay(tmp_path: Path) -> None:
-    with deployed(TOPOLOGY, tmp_path) as plan:
-        asyncio.run(_streams(plan))
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetworkPlan]:
+    with deployed(TOPOLOGY, tmp_path_factory.mktemp("streams")) as plan:
+        yield plan
+
+
+def test_two_saes_share_a_paced_stream_across_a_relay(chain: NetworkPlan) -> None:
+    asyncio.run(_streams(chain))
+
+
+async def _hybrid(plan: NetworkPlan) -> dict[str, bytes]:
+    async with sae_clients(plan) as sae:
+        body = {"number": 8, "extension_mandatory": [{"qkdnet_hybrid": True}]}
+        container = await sae["sae-a"].enc_container("sae-b", **body)
+        assert container["key_container_extension"]["qkdnet_hybrid"]["kem"] == "ML-KEM-768"
+        issued = {k["key_ID"]: k["key"] for k in container["keys"]}
+        assert await sae["sae-b"].dec("sae-a", list(issued)) == issued
+        return {i: base64.b64decode(k) for i, k in issued.items()}
+
+
+def test_hybrid_keys_are_the_same_at_both_ends_and_never_logged(chain: NetworkPlan) -> None:
+    keys = asyncio.run(_hybrid(chain))
+    logs = "".join(path.read_text() for path in (chain.state_dir / "logs").glob("*.log"))
+    for key in keys.values():
+        assert key.hex() not in logs
+        assert base64.b64encode(key).decode() not in logs

@@ -452,3 +452,130 @@ class KeyStreamSync:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class HybridKemStub:
+    """Hybrid keys of ETSI GS QKD 014 (vendor extension qkdnet_hybrid): the master's KME encapsulates
+    an ML-KEM-768 secret to the slave's KME, which replaces its copies of the keys by the
+    combination of the QKD key and that secret. Only the keys' origin may seal them.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetKemKey = channel.unary_unary(
+                '/qkdnet.v1.HybridKem/GetKemKey',
+                request_serializer=qkdnet_dot_v1_dot_relay__pb2.KemKeyRequest.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_relay__pb2.KemKey.FromString,
+                _registered_method=True)
+        self.Seal = channel.unary_unary(
+                '/qkdnet.v1.HybridKem/Seal',
+                request_serializer=qkdnet_dot_v1_dot_relay__pb2.HybridSeal.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_relay__pb2.SealReply.FromString,
+                _registered_method=True)
+
+
+class HybridKemServicer:
+    """Hybrid keys of ETSI GS QKD 014 (vendor extension qkdnet_hybrid): the master's KME encapsulates
+    an ML-KEM-768 secret to the slave's KME, which replaces its copies of the keys by the
+    combination of the QKD key and that secret. Only the keys' origin may seal them.
+    """
+
+    def GetKemKey(self, request, context):
+        """The called KME's current ML-KEM-768 public key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Seal(self, request, context):
+        """Replace keys the caller relayed here by hybrid keys; refused with reason "unknown_kem_key"
+        when the ciphertext was made to a key the called KME no longer holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HybridKemServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetKemKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKemKey,
+                    request_deserializer=qkdnet_dot_v1_dot_relay__pb2.KemKeyRequest.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_relay__pb2.KemKey.SerializeToString,
+            ),
+            'Seal': grpc.unary_unary_rpc_method_handler(
+                    servicer.Seal,
+                    request_deserializer=qkdnet_dot_v1_dot_relay__pb2.HybridSeal.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_relay__pb2.SealReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'qkdnet.v1.HybridKem', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('qkdnet.v1.HybridKem', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class HybridKem:
+    """Hybrid keys of ETSI GS QKD 014 (vendor extension qkdnet_hybrid): the master's KME encapsulates
+    an ML-KEM-768 secret to the slave's KME, which replaces its copies of the keys by the
+    combination of the QKD key and that secret. Only the keys' origin may seal them.
+    """
+
+    @staticmethod
+    def GetKemKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.HybridKem/GetKemKey',
+            qkdnet_dot_v1_dot_relay__pb2.KemKeyRequest.SerializeToString,
+            qkdnet_dot_v1_dot_relay__pb2.KemKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Seal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.HybridKem/Seal',
+            qkdnet_dot_v1_dot_relay__pb2.HybridSeal.SerializeToString,
+            qkdnet_dot_v1_dot_relay__pb2.SealReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

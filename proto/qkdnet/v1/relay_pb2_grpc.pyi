@@ -199,3 +199,61 @@ class KeyStreamSyncServicer(metaclass=_abc_1.ABCMeta):
         """The stream ended at the caller (closed by its application, or its TTL)."""
 
 def add_KeyStreamSyncServicer_to_server(servicer: KeyStreamSyncServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class HybridKemStub:
+    """Hybrid keys of ETSI GS QKD 014 (vendor extension qkdnet_hybrid): the master's KME encapsulates
+    an ML-KEM-768 secret to the slave's KME, which replaces its copies of the keys by the
+    combination of the QKD key and that secret. Only the keys' origin may seal them.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> HybridKemAsyncStub: ...
+    GetKemKey: _grpc.UnaryUnaryMultiCallable[_relay_pb2.KemKeyRequest, _relay_pb2.KemKey]
+    """The called KME's current ML-KEM-768 public key."""
+    Seal: _grpc.UnaryUnaryMultiCallable[_relay_pb2.HybridSeal, _relay_pb2.SealReply]
+    """Replace keys the caller relayed here by hybrid keys; refused with reason "unknown_kem_key"
+    when the ciphertext was made to a key the called KME no longer holds.
+    """
+
+@_typing.type_check_only
+class HybridKemAsyncStub(HybridKemStub):
+    """Hybrid keys of ETSI GS QKD 014 (vendor extension qkdnet_hybrid): the master's KME encapsulates
+    an ML-KEM-768 secret to the slave's KME, which replaces its copies of the keys by the
+    combination of the QKD key and that secret. Only the keys' origin may seal them.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetKemKey: _aio.UnaryUnaryMultiCallable[_relay_pb2.KemKeyRequest, _relay_pb2.KemKey]  # type: ignore[assignment]
+    """The called KME's current ML-KEM-768 public key."""
+    Seal: _aio.UnaryUnaryMultiCallable[_relay_pb2.HybridSeal, _relay_pb2.SealReply]  # type: ignore[assignment]
+    """Replace keys the caller relayed here by hybrid keys; refused with reason "unknown_kem_key"
+    when the ciphertext was made to a key the called KME no longer holds.
+    """
+
+class HybridKemServicer(metaclass=_abc_1.ABCMeta):
+    """Hybrid keys of ETSI GS QKD 014 (vendor extension qkdnet_hybrid): the master's KME encapsulates
+    an ML-KEM-768 secret to the slave's KME, which replaces its copies of the keys by the
+    combination of the QKD key and that secret. Only the keys' origin may seal them.
+    """
+
+    @_abc_1.abstractmethod
+    def GetKemKey(
+        self,
+        request: _relay_pb2.KemKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relay_pb2.KemKey, _abc.Awaitable[_relay_pb2.KemKey]]:
+        """The called KME's current ML-KEM-768 public key."""
+
+    @_abc_1.abstractmethod
+    def Seal(
+        self,
+        request: _relay_pb2.HybridSeal,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relay_pb2.SealReply, _abc.Awaitable[_relay_pb2.SealReply]]:
+        """Replace keys the caller relayed here by hybrid keys; refused with reason "unknown_kem_key"
+        when the ciphertext was made to a key the called KME no longer holds.
+        """
+
+def add_HybridKemServicer_to_server(servicer: HybridKemServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
