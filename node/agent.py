@@ -61,6 +61,7 @@ from .edge.link_grpc import GrpcLinkConnector, LinkService
 from .edge.peer_faults import PeerFaultInterceptor, PeerFaults, shaped_peer_channels
 from .edge.relay_codec import RELAY_CODEC
 from .edge.relay_grpc import RelayService
+from .edge.restconf import RestconfServer
 from .edge.stream_grpc import GrpcStreamPeers, StreamSyncService
 from .edge.telemetry import TelemetryPublisher
 from .edge.tls import NodeCredentials, client_tls_context, load_credentials
@@ -77,9 +78,12 @@ from .protocol.key_manager import KeyManager, delivery_settings
 from .protocol.key_streams import KeyStreams, StreamLimits
 from .protocol.link import LinkEnd, SessionTransmitter
 from .protocol.link_state import LinkStateFlooder
+from .protocol.rate_book import RateBook
 from .protocol.relay import KeyRelay
 from .protocol.routing import Router, kind_costs
-from .status import DeliveryStatus, InterworkingStatus, NodeStatus, RelayStatus
+from .protocol.sdn_view import LinkView015, SdnNode
+from .protocol.virtual_links import VirtualLinks
+from .status import DeliveryStatus, InterworkingStatus, NodeStatus, RelayStatus, VirtualLinkStatus
 from .store.border_journal import BorderJournal
 from .store.delivered_keys import DEFAULT_KEY_TTL_S, DeliveredKeys, DeliveryLevels
 from .store.key_store import KeyStore
@@ -112,6 +116,11 @@ class NodeAgent:
         self.telemetry: TelemetryPublisher | None = None
         self.port = 0
         self.router = Router(config.node_id, kind_costs=kind_costs(config.routing.kinds))
+        # Key rate reserved on links by this node: its 004 streams and its virtual links.
+        self.rate_book = RateBook(self.router)
+        self.virtual_links = VirtualLinks(config.node_id, self.router, self.rate_book)
+        self.sdn: SdnNode | None = None
+        self.restconf: RestconfServer | None = None
         self.faults = PeerFaults(config.node_id)
         self.peers = shaped_peer_channels(config.nodes, credentials.channel(), self.faults)
         self.delivered: DeliveredKeys | None = None
@@ -263,6 +272,8 @@ class NodeAgent:
             await self._start_key_api(cfg.key_api)
             if cfg.key_api.stream_listen is not None:
                 await self._start_stream_api(cfg.key_api)
+        if cfg.restconf_listen is not None:
+            await self._start_restconf(cfg.restconf_listen)
         if cfg.telemetry is not None:
             tls = (
                 client_tls_context(cfg.tls.ca, cfg.tls.cert, cfg.tls.key)
@@ -362,6 +373,7 @@ class NodeAgent:
             GrpcStreamPeers(self.peers),
             StreamLimits(local_max_bps=api.stream_local_max_bps, max_streams=api.max_streams),
             on_event=self._relay_event,
+            book=self.rate_book,
         )
         self.key_streams = streams
         self._stream_sync.streams = streams
@@ -376,6 +388,59 @@ class NodeAgent:
         except OSError as exc:
             raise ConfigError(
                 f"key_api.stream_listen: cannot listen on {api.stream_listen} ({exc.strerror})"
+            ) from None
+
+    def _links_015(self) -> list[LinkView015]:
+        views = []
+        for link in self.links.values():
+            status = link.stats.snapshot()
+            params = link.stats.params
+            bb84 = link.config.kind == "bb84"
+            views.append(
+                LinkView015(
+                    link_id=link.link_id,
+                    peer=link.peer,
+                    role=link.role,
+                    kind=link.config.kind,
+                    state=status.state,
+                    store_bits=status.store_bits,
+                    secret_rate_bps=status.secret_rate_bps,
+                    qber=status.last_qber if bb84 and status.frames_ok else None,
+                    attenuation_db=(
+                        params.length_km * params.fiber_loss_db_per_km + params.extra_loss_db
+                        if bb84
+                        else None
+                    ),
+                )
+            )
+        return views
+
+    async def _start_restconf(self, listen: str) -> None:
+        """ETSI GS QKD 015: the node as its SDN controller sees it, over RESTCONF."""
+        from importlib.metadata import version
+
+        self.sdn = SdnNode(
+            self.config.node_id,
+            self.credentials.identity.trust_domain,
+            version("qkdnet"),
+            list(self.config.nodes),
+            self._links_015,
+            self.router,
+            self.rate_book,
+            self.virtual_links,
+            self.key_streams,
+            location=self.config.location,
+        )
+        self.restconf = RestconfServer(self.sdn, self.credentials.identity.trust_domain)
+        host, _, port = listen.rpartition(":")
+        tls = self.config.tls
+        try:
+            await self.restconf.start(
+                host, int(port), server_ssl_context(tls.ca, tls.cert, tls.key)
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"restconf_listen: cannot listen on {listen} ({exc.strerror})"
             ) from None
 
     async def _start_interworking(self, border: InterworkingConfig) -> None:
@@ -544,6 +609,17 @@ class NodeAgent:
             delivery=delivery,
             calls_refused=dict(self.authorization.refused),
             interworking=self._interworking_status(),
+            virtual_links=tuple(
+                VirtualLinkStatus(
+                    qkdl_id=str(v.qkdl_id),
+                    remote=v.remote,
+                    path=v.path,
+                    bandwidth_bps=v.bandwidth_bps,
+                    usable=all(self.router.link(a, b)[0] for a, b in v.hops),
+                )
+                for v in self.virtual_links
+            ),
+            key_streams=len(self.key_streams.snapshot()) if self.key_streams else 0,
         )
 
     def _interworking_status(self) -> InterworkingStatus | None:
@@ -567,6 +643,8 @@ class NodeAgent:
             await self._bounded("key_api", self.key_api.stop())
         if self.stream_api is not None:
             await self._bounded("stream_api", self.stream_api.stop())
+        if self.restconf is not None:
+            await self._bounded("restconf", self.restconf.stop())
         if self.key_streams is not None:
             await self._bounded("key_streams", self.key_streams.close_all())
         if self.interworking is not None:

@@ -362,8 +362,14 @@ class NodeConfig(_Strict):
     interworking: InterworkingConfig | None = Field(
         None, description="this node is a border towards another domain (ETSI GS QKD 020)"
     )
+    restconf_listen: str | None = Field(
+        None,
+        description="host:port of the RESTCONF server (ETSI GS QKD 015, HTTPS, the controller's "
+        "certificate only); none when absent",
+    )
+    location: str = Field("", description="qkdn_location_id in the ETSI 015 view")
 
-    @field_validator("listen", "advertise")
+    @field_validator("listen", "advertise", "restconf_listen")
     @classmethod
     def _check_listen(cls, value: str | None) -> str | None:
         if value is not None:

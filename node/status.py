@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 
 from .protocol.link_stats import LinkStatus
 
-__all__ = ["DeliveryStatus", "InterworkingStatus", "LinkStatus", "NodeStatus", "RelayStatus"]
+__all__ = [
+    "DeliveryStatus",
+    "InterworkingStatus",
+    "LinkStatus",
+    "NodeStatus",
+    "RelayStatus",
+    "VirtualLinkStatus",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,17 @@ class InterworkingStatus:
 
 
 @dataclass(frozen=True)
+class VirtualLinkStatus:
+    """A virtual link an SDN controller created here (ETSI GS QKD 015)."""
+
+    qkdl_id: str
+    remote: str
+    path: tuple[str, ...]
+    bandwidth_bps: int
+    usable: bool
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     node_id: str
     uptime_seconds: float
@@ -66,3 +84,5 @@ class NodeStatus:
     relay: RelayStatus | None = None
     delivery: DeliveryStatus | None = None
     interworking: InterworkingStatus | None = None
+    virtual_links: tuple[VirtualLinkStatus, ...] = ()
+    key_streams: int = 0

@@ -470,6 +470,9 @@ class _MemoryStreamPeers:
     async def progress(self, node: str, ksid: uuid.UUID, chunks: int) -> None:
         await self._reach(node).progress(ksid, chunks, self.node)
 
+    async def requalified(self, node: str, announcement: StreamAnnouncement) -> None:
+        self._reach(node).requalified(announcement, self.node)
+
     async def closed(self, node: str, ksid: uuid.UUID, reason: str) -> None:
         await self._reach(node).peer_closed(ksid, reason, self.node)
 

@@ -33,4 +33,8 @@ def status_to_wire(status: NodeStatus) -> control_pb2.NodeStatus:
             if status.interworking
             else None
         ),
+        virtual_links=[
+            control_pb2.VirtualLinkStatus(**_values(link)) for link in status.virtual_links
+        ],
+        key_streams=status.key_streams,
     )

@@ -54,6 +54,28 @@ def _qos_from_wire(wire: relay_pb2.StreamQos) -> StreamQos:
     )
 
 
+def _announcement_to_wire(announcement: StreamAnnouncement) -> relay_pb2.StreamAnnouncement:
+    return relay_pb2.StreamAnnouncement(
+        ksid=announcement.ksid.bytes,
+        origin=announcement.origin,
+        source=announcement.source,
+        destination=announcement.destination,
+        qos=_qos_to_wire(announcement.qos),
+        hops=announcement.hops,
+    )
+
+
+def _announcement_from_wire(request: relay_pb2.StreamAnnouncement) -> StreamAnnouncement:
+    return StreamAnnouncement(
+        ksid=_ksid(request.ksid),
+        origin=request.origin,
+        source=request.source,
+        destination=request.destination,
+        qos=_qos_from_wire(request.qos),
+        hops=request.hops,
+    )
+
+
 def _ksid(data: bytes) -> uuid.UUID:
     if len(data) != 16:
         raise RelayError("a KSID is 16 bytes", reason="malformed")
@@ -76,15 +98,10 @@ class GrpcStreamPeers:
             raise relay_error(node, exc, Reason.PEER_FAILED) from None
 
     async def announce(self, node: str, announcement: StreamAnnouncement) -> None:
-        request = relay_pb2.StreamAnnouncement(
-            ksid=announcement.ksid.bytes,
-            origin=announcement.origin,
-            source=announcement.source,
-            destination=announcement.destination,
-            qos=_qos_to_wire(announcement.qos),
-            hops=announcement.hops,
-        )
-        await self._call(node, "Announce", request)
+        await self._call(node, "Announce", _announcement_to_wire(announcement))
+
+    async def requalified(self, node: str, announcement: StreamAnnouncement) -> None:
+        await self._call(node, "Requalified", _announcement_to_wire(announcement))
 
     async def connected(self, node: str, ksid: uuid.UUID) -> None:
         await self._call(node, "Connected", relay_pb2.StreamEvent(ksid=ksid.bytes))
@@ -121,17 +138,17 @@ class StreamSyncService(relay_pb2_grpc.KeyStreamSyncServicer):
         self, request: relay_pb2.StreamAnnouncement, context: Context
     ) -> relay_pb2.StreamAck:
         try:
-            self._streams.announced(
-                StreamAnnouncement(
-                    ksid=_ksid(request.ksid),
-                    origin=request.origin,
-                    source=request.source,
-                    destination=request.destination,
-                    qos=_qos_from_wire(request.qos),
-                    hops=request.hops,
-                ),
-                peer_name(context),
-            )
+            self._streams.announced(_announcement_from_wire(request), peer_name(context))
+        except RelayError as exc:
+            await self._refuse(context, exc)
+            raise
+        return relay_pb2.StreamAck()
+
+    async def Requalified(
+        self, request: relay_pb2.StreamAnnouncement, context: Context
+    ) -> relay_pb2.StreamAck:
+        try:
+            self._streams.requalified(_announcement_from_wire(request), peer_name(context))
         except RelayError as exc:
             await self._refuse(context, exc)
             raise

@@ -100,6 +100,10 @@ class StreamPeers(Protocol):
         """Chunks 0 .. `chunks` - 1 of the stream are committed at `node`."""
         ...
 
+    async def requalified(self, node: str, announcement: StreamAnnouncement) -> None:
+        """The stream's origin changed its QoS (`announcement.qos`)."""
+        ...
+
     async def closed(self, node: str, ksid: uuid.UUID, reason: str) -> None:
         """The stream ended at this end (closed by its application, or its time to live)."""
         ...

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,6 +59,7 @@ from .key_stream_messages import (
     StreamStatus,
     chunk_id,
 )
+from .rate_book import RateBook
 from .routing import Router
 
 __all__ = [
@@ -175,9 +176,14 @@ class _Stream:
         self.origin_here = origin_here
         self.expires_at = expires_at
         self.opened_at = expires_at - announcement.qos.ttl
+        self.opened_wall = time.time()
         self.reserved = reserved  # hops whose rate this stream reserved (origin only)
         self.opened: set[str] = set()
         self.connected_at: float | None = None
+        # The schedule: chunk i >= anchor_index is due at anchor_time + (i - anchor_index) x
+        # chunk bits / Max_bps (a QoS change moves the anchor).
+        self.anchor_time = 0.0
+        self.anchor_index = 0
         self.made = 0  # chunks 0 .. made-1 are committed at this end
         self.taken = 0  # destination side: chunks moved out of the delivered-key store
         self.chunks: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
@@ -195,13 +201,33 @@ class _Stream:
     def due(self, index: int) -> float:
         """When chunk `index` is due (connected streams only)."""
         assert self.connected_at is not None
-        return self.connected_at + index * self.qos.chunk_bits / self.qos.max_bps
+        period = self.qos.chunk_bits / self.qos.max_bps
+        return self.anchor_time + max(0, index - self.anchor_index) * period
 
     def due_count(self, at: float) -> int:
         """How many chunks are due by `at` (none before the stream connected)."""
-        if self.connected_at is None or at < self.connected_at:
+        if self.connected_at is None:
             return 0
-        return 1 + math.floor((at - self.connected_at) * self.qos.max_bps / self.qos.chunk_bits)
+        if at < self.anchor_time:
+            return self.anchor_index
+        rate = self.qos.max_bps / self.qos.chunk_bits
+        return self.anchor_index + 1 + math.floor((at - self.anchor_time) * rate)
+
+    def connect(self, at: float) -> None:
+        self.connected_at = self.anchor_time = at
+        self.anchor_index = 0
+
+    def requalify(self, announcement: StreamAnnouncement, at: float) -> None:
+        """New QoS from `at` on: what was due stays due; the next chunk comes one period of
+        the new rate later."""
+        if self.connected_at is not None:
+            next_index = self.due_count(at)
+            self.ann = announcement
+            self.anchor_index = next_index
+            self.anchor_time = at + self.qos.chunk_bits / self.qos.max_bps
+        else:
+            self.ann = announcement
+        self.expires_at = self.opened_at + announcement.qos.ttl
 
     def changed(self) -> None:
         """Wake everything waiting on the stream."""
@@ -236,7 +262,9 @@ class KeyStreams:
         *,
         clock: Clock = SYSTEM_CLOCK,
         on_event: EventSink | None = None,
+        book: RateBook | None = None,
     ) -> None:
+        """`book`: the node's rate reservations, shared with its virtual links."""
         self.node_id = node_id
         self.local_saes = local_saes
         self.limits = limits
@@ -249,7 +277,7 @@ class KeyStreams:
         self._on_event = on_event
         self._streams: dict[uuid.UUID, _Stream] = {}
         self._retired: OrderedDict[uuid.UUID, _Stream] = OrderedDict()
-        self._reserved: Counter[tuple[str, str]] = Counter()
+        self.book = book or RateBook(router)
         self._reserved_local = 0
         self._background: set[asyncio.Task[None]] = set()
 
@@ -396,7 +424,7 @@ class KeyStreams:
 
     def _connected(self, stream: _Stream) -> None:
         if stream.connected_at is None:
-            stream.connected_at = self._clock.monotonic()
+            stream.connect(self._clock.monotonic())
             self.counters.connected += 1
             stream.changed()
 
@@ -511,7 +539,59 @@ class KeyStreams:
         await self._end(stream, "closed", notify=True)
         return StreamStatus.SUCCESS
 
+    async def update_qos(
+        self,
+        ksid: uuid.UUID,
+        *,
+        max_bps: int | None = None,
+        min_bps: int | None = None,
+        ttl: int | None = None,
+    ) -> StreamQos:
+        """Change a stream's QoS (an SDN controller's call, ETSI 015 `app_qos`), here at its
+        origin and at the other end's KME; the new QoS. LookupError for no such stream,
+        ValueError (what and why) for a QoS that cannot be had."""
+        stream = self._streams.get(ksid)
+        if stream is None:
+            raise LookupError(f"no open stream {ksid} here")
+        if not stream.origin_here:
+            raise ValueError(
+                f"the QoS of stream {ksid} is set at its origin, node {stream.ann.origin}"
+            )
+        old = stream.qos
+        qos = old.but(
+            max_bps=old.max_bps if max_bps is None else max_bps,
+            min_bps=old.min_bps if min_bps is None else min_bps,
+            ttl=old.ttl if ttl is None else ttl,
+        )
+        if qos.max_bps < 1 or qos.min_bps > qos.max_bps:
+            raise ValueError(f"max_bandwidth {qos.max_bps} with min_bandwidth {qos.min_bps}")
+        if not 1 <= qos.ttl <= self.limits.max_ttl_s:
+            raise ValueError(f"ttl: 1 to {self.limits.max_ttl_s} s, not {qos.ttl}")
+        here = stream.peer_node is None
+        self._reserve(stream, -1)
+        capacity = self._capacity(stream.reserved, here, qos.ttl)
+        if qos.max_bps > capacity:
+            self._reserve(stream, +1)
+            raise ValueError(f"max_bandwidth {qos.max_bps}: the route can carry {capacity} bit/s")
+        announcement = replace(stream.ann, qos=qos)
+        stream.requalify(announcement, self._clock.monotonic())
+        self._reserve(stream, +1)
+        stream.changed()
+        if stream.peer_node is not None:
+            try:
+                await self._peers.requalified(stream.peer_node, announcement)
+            except RelayError as exc:  # its reads are then paced to the old rate
+                log_event(logger, logging.WARNING, "stream_update_not_told", reason=exc.reason)
+        self._event("stream_updated", stream)
+        return qos
+
     # -- what the other KME says -------------------------------------------------------------
+    def requalified(self, announcement: StreamAnnouncement, sender: str) -> None:
+        """The origin `sender` changed the stream's QoS."""
+        stream = self._from_peer(announcement.ksid, sender)
+        stream.requalify(replace(stream.ann, qos=announcement.qos), self._clock.monotonic())
+        stream.changed()
+
     def announced(self, announcement: StreamAnnouncement, sender: str) -> None:
         """A stream towards one of this node's SAEs, from its origin `sender`."""
         if announcement.origin != sender:
@@ -567,15 +647,10 @@ class KeyStreams:
     def _capacity(self, hops: tuple[tuple[str, str], ...], here: bool, ttl_s: int) -> int:
         """The rate a new stream living `ttl_s` may reserve on `hops` (bit/s): on each hop, what
         the link adds per second and what it holds spread over that time (a link whose store is
-        full adds nothing until key is drawn), less what streams opened here reserved."""
+        full adds nothing until key is drawn), less what this node reserved (`RateBook`)."""
         if here:
             return max(0, self.limits.local_max_bps - self._reserved_local)
-
-        def hop(a: str, b: str) -> int:
-            _, stored = self._router.link(a, b)
-            return self._router.rate_out(a, b) + stored // max(1, ttl_s) - self._reserved[(a, b)]
-
-        return max(0, min(hop(a, b) for a, b in hops))
+        return self.book.left(hops, ttl_s)
 
     def _grant(self, asked: StreamQos, capacity: int) -> StreamQos:
         """What this KME can grant of `asked`: `asked` itself, or the counter-proposal."""
@@ -601,8 +676,7 @@ class KeyStreams:
         rate = sign * stream.qos.max_bps
         if stream.peer_node is None:
             self._reserved_local += rate
-        for hop in stream.reserved:
-            self._reserved[hop] += rate
+        self.book.reserve(stream.reserved, rate)
 
     async def _produce(self, stream: _Stream) -> None:
         """The origin's loop: make and relay chunks ahead of the stream's schedule."""
@@ -769,6 +843,10 @@ class KeyStreams:
                     "ttl_left_s": max(0.0, round(stream.expires_at - now, 1)),
                     "chunks_made": stream.made,
                     "hops": ann.hops,
+                    "route": [a for a, _ in stream.reserved] + [b for _, b in stream.reserved[-1:]],
+                    "jitter": ann.qos.jitter,
+                    "created": stream.opened_wall,
+                    "expires_in_s": max(0.0, stream.expires_at - now),
                 }
             )
         return out

@@ -17,6 +17,7 @@ left out that way).
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,7 @@ class Router:
         self.max_age = max_age
         self._clock = clock
         self._db: dict[str, _Entry] = {}
+        self._pins: dict[str, list[str]] = {}
 
     # -- the database ------------------------------------------------------------------------
     def accept(self, advert: LinkStateAdvert) -> bool:
@@ -161,22 +163,35 @@ class Router:
         avoid_nodes: Iterable[str] = (),
         avoid_links: Iterable[tuple[str, str]] = (),
         usable_only: bool = True,
+        start: str | None = None,
     ) -> list[str] | None:
-        """Least-cost route from this node to `target` (both included), or None.
+        """Least-cost route from this node (or `start`) to `target` (both included), or None.
 
         With `usable_only` False the route may cross links that are down or short of key and
         nodes that are gone, as long as a live neighbour still advertises the link: whether
-        the network has such a route at all, not whether a relay could take it now.
+        the network has such a route at all, not whether a relay could take it now. A route
+        pinned to `target` (`pin`: an SDN controller's virtual link) is taken while every hop
+        of it is usable and not avoided.
         """
-        if target == self.node_id:
+        source = start or self.node_id
+        if target == source:
             return [target]
+        pinned = self._pins.get(target) if source == self.node_id else None
+        if (
+            pinned is not None
+            and usable_only
+            and self._usable_path(
+                pinned, need_bits, set(avoid_nodes), {frozenset(p) for p in avoid_links}
+            )
+        ):
+            return list(pinned)
         db = self._fresh()
         neighbours = self._neighbours(db, usable_only)
-        banned = set(avoid_nodes) - {self.node_id, target}
+        banned = set(avoid_nodes) - {source, target}
         banned_links = {frozenset(pair) for pair in avoid_links}
-        dist: dict[str, float] = {self.node_id: 0.0}
+        dist: dict[str, float] = {source: 0.0}
         prev: dict[str, str] = {}
-        queue = [(0.0, self.node_id)]
+        queue = [(0.0, source)]
         while queue:
             cost, node = heapq.heappop(queue)
             if node == target:
@@ -204,9 +219,33 @@ class Router:
         if target not in prev:
             return None
         path = [target]
-        while path[-1] != self.node_id:
+        while path[-1] != source:
             path.append(prev[path[-1]])
         return path[::-1]
+
+    # -- pinned routes (virtual links) -------------------------------------------------------
+    def pin(self, target: str, path: list[str]) -> None:
+        """Relays to `target` follow `path` (from this node) while it is usable."""
+        self._pins[target] = list(path)
+
+    def unpin(self, target: str) -> None:
+        self._pins.pop(target, None)
+
+    def pinned(self) -> dict[str, list[str]]:
+        return {target: list(path) for target, path in self._pins.items()}
+
+    def _usable_path(
+        self, path: list[str], need_bits: int, avoid: set[str], avoid_links: set[frozenset[str]]
+    ) -> bool:
+        if set(path[1:-1]) & avoid:
+            return False
+        for a, b in itertools.pairwise(path):
+            usable, bits = self.link(a, b)
+            if not usable or bits < need_bits or frozenset((a, b)) in avoid_links:
+                return False
+            if self.kind_cost(a, b) is None:
+                return False
+        return True
 
     @staticmethod
     def _neighbours(db: dict[str, _Entry], usable_only: bool) -> dict[str, set[str]]:

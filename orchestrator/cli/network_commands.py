@@ -42,6 +42,8 @@ from .network_view import (
     nodes_json,
     nodes_table,
     rows_from_snapshot,
+    virtual_links_json,
+    virtual_links_table,
 )
 
 if TYPE_CHECKING:
@@ -497,6 +499,7 @@ def _inspect_one(
     snapshot = asyncio.run(_snapshot(plan, _running(info))) if info.running else None
     unreachable = _unreachable(info, snapshot)
     rows = rows_from_snapshot(plan, snapshot, info) if snapshot else []
+    virtual = virtual_links_json(snapshot)
     entry = registration(plan)
     part = {
         "name": plan.name,
@@ -515,6 +518,7 @@ def _inspect_one(
         },
         "nodes": nodes_json(plan, info, unreachable),
         "links": [row.as_json() for row in rows],
+        "virtual_links": virtual,
         "ca": str(plan.pki_dir / "ca.pem"),
         **({"domain": plan.domain.as_json()} if plan.domain else {}),
     }
@@ -522,6 +526,8 @@ def _inspect_one(
         console.print(nodes_table(plan, info, unreachable))
         if rows:
             console.print(links_table(rows))
+        if virtual:
+            console.print(virtual_links_table(virtual))
         if plan.domain is not None and plan.domain.borders:
             console.print(borders_table(plan, snapshot))
     if not info.running:

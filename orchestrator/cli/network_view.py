@@ -408,12 +408,49 @@ def nodes_json(
                 "address": node.address,
                 "kme_id": node_id,
                 "key_api_url": f"{url}{KEY_API_PREFIX}" if url else None,
+                "stream_api": plan.nodes[node_id].stream_api_address,
+                "restconf_url": plan.nodes[node_id].restconf_url,
                 "saes": _saes_json(plan, node_id),
                 "config": str(plan.nodes[node_id].config_path),
                 "log": str(plan.nodes[node_id].log_path),
             }
         )
     return nodes
+
+
+def virtual_links_json(snapshot: NetworkSnapshot | None) -> list[dict[str, Any]]:
+    """The virtual links SDN controllers created (ETSI GS QKD 015), node by node."""
+    if snapshot is None:
+        return []
+    return [
+        {
+            "node": node_id,
+            "qkdl_id": link.qkdl_id,
+            "remote": link.remote,
+            "path": list(link.path),
+            "bandwidth_bps": link.bandwidth_bps,
+            "usable": link.usable,
+        }
+        for node_id, status in sorted(snapshot.nodes.items())
+        if status is not None
+        for link in status.virtual_links
+    ]
+
+
+def virtual_links_table(links: list[dict[str, Any]]) -> Table:
+    table = Table(title="virtual links (created over ETSI GS QKD 015)", title_justify="left")
+    for column in ("node", "qkdl_id", "to", "path (relays pinned to it)", "bandwidth", "state"):
+        table.add_column(column)
+    for link in links:
+        table.add_row(
+            link["node"],
+            link["qkdl_id"],
+            link["remote"],
+            " → ".join(link["path"]),
+            f"{link['bandwidth_bps']} bit/s",
+            "[green]up[/]" if link["usable"] else "[red]a hop is down[/]",
+        )
+    return table
 
 
 def borders_table(plan: NetworkPlan, snapshot: NetworkSnapshot | None = None) -> Table:

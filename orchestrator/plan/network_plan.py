@@ -69,6 +69,7 @@ __all__ = [
     "KEY_API_PORT",
     "KEY_API_PREFIX",
     "MQTT_PORT",
+    "RESTCONF_PORT",
     "RUNTIMES",
     "STREAM_API_PORT",
     "ConfigLayout",
@@ -85,6 +86,7 @@ RUNTIMES = ("process", "docker")
 GRPC_PORT = 50051
 KEY_API_PORT = 8443
 STREAM_API_PORT = 25575  # ETSI GS QKD 004, the port QUBIP's implementation uses
+RESTCONF_PORT = 8040  # ETSI GS QKD 015 over RESTCONF (RFC 8040)
 KEY_API_PREFIX = "/api/v1/keys"  # ETSI GS QKD 014's path prefix of the key delivery API
 MQTT_PORT = BROKER_PORT
 
@@ -149,6 +151,15 @@ class NodePlan:
         return f"https://{address}" if address else None
 
     @property
+    def restconf_address(self) -> str:
+        """host:port of the node's RESTCONF server (ETSI GS QKD 015): every node has one."""
+        return f"{self.host}:{RESTCONF_PORT}"
+
+    @property
+    def restconf_url(self) -> str:
+        return f"https://{self.restconf_address}/restconf/data/etsi-qkd-sdn-node:qkd_node"
+
+    @property
     def stream_api_address(self) -> str | None:
         """host:port of the node's ETSI GS QKD 004 server (None when it serves no SAE)."""
         return f"{self.host}:{STREAM_API_PORT}" if self.saes else None
@@ -162,7 +173,12 @@ class NodePlan:
         """Every address the node listens on."""
         return [self.address] + [
             a
-            for a in (self.key_api_address, self.stream_api_address, self.interworking_address)
+            for a in (
+                self.key_api_address,
+                self.stream_api_address,
+                self.restconf_address,
+                self.interworking_address,
+            )
             if a is not None
         ]
 
@@ -564,6 +580,8 @@ class NetworkPlan:
                 saes=list(node.saes),
                 key_api=key_api,
                 interworking=interworking,
+                restconf_listen=f"{layout.listen[node_id].rpartition(':')[0]}:{RESTCONF_PORT}",
+                location=f"{self.domain.domain}/{node_id}" if self.domain else node_id,
                 routing=RoutingConfig(kinds=dict(self.topology.routing.kinds)),
             )
         return configs

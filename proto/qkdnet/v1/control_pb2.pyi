@@ -293,10 +293,14 @@ class NodeStatus(_message.Message):
     DELIVERY_FIELD_NUMBER: _builtins.int
     CALLS_REFUSED_FIELD_NUMBER: _builtins.int
     INTERWORKING_FIELD_NUMBER: _builtins.int
+    VIRTUAL_LINKS_FIELD_NUMBER: _builtins.int
+    KEY_STREAMS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     uptime_seconds: _builtins.float
     key_api_url: _builtins.str
     """https://host:port of the node's ETSI GS QKD 014 API ("" when it serves no SAE)."""
+    key_streams: _builtins.int
+    """ETSI GS QKD 004 streams with an end at this node, open now."""
     @_builtins.property
     def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkStatus]: ...
     @_builtins.property
@@ -321,6 +325,10 @@ class NodeStatus(_message.Message):
     def interworking(self) -> Global___InterworkingStatus:
         """A border node's ETSI GS QKD 020 side (absent on other nodes)."""
 
+    @_builtins.property
+    def virtual_links(self) -> _containers.RepeatedCompositeFieldContainer[Global___VirtualLinkStatus]:
+        """Virtual links an SDN controller created at this node (ETSI GS QKD 015)."""
+
     def __init__(
         self,
         *,
@@ -333,14 +341,53 @@ class NodeStatus(_message.Message):
         delivery: Global___DeliveryStatus | None = ...,
         calls_refused: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         interworking: Global___InterworkingStatus | None = ...,
+        virtual_links: _abc.Iterable[Global___VirtualLinkStatus] | None = ...,
+        key_streams: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "interworking", b"interworking", "relay", b"relay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_refused", b"calls_refused", "delivery", b"delivery", "interworking", b"interworking", "key_api_url", b"key_api_url", "links", b"links", "node_id", b"node_id", "relay", b"relay", "routing_nodes", b"routing_nodes", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_refused", b"calls_refused", "delivery", b"delivery", "interworking", b"interworking", "key_api_url", b"key_api_url", "key_streams", b"key_streams", "links", b"links", "node_id", b"node_id", "relay", b"relay", "routing_nodes", b"routing_nodes", "uptime_seconds", b"uptime_seconds", "virtual_links", b"virtual_links"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class VirtualLinkStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QKDL_ID_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    BANDWIDTH_BPS_FIELD_NUMBER: _builtins.int
+    USABLE_FIELD_NUMBER: _builtins.int
+    qkdl_id: _builtins.str
+    remote: _builtins.str
+    """the node at its other end"""
+    bandwidth_bps: _builtins.int
+    """reserved on each hop of the path"""
+    usable: _builtins.bool
+    """every hop of the path is up"""
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """from this node to the remote node"""
+
+    def __init__(
+        self,
+        *,
+        qkdl_id: _builtins.str = ...,
+        remote: _builtins.str = ...,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+        bandwidth_bps: _builtins.int = ...,
+        usable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_bps", b"bandwidth_bps", "path", b"path", "qkdl_id", b"qkdl_id", "remote", b"remote", "usable", b"usable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VirtualLinkStatus: _TypeAlias = VirtualLinkStatus  # noqa: Y015
 
 @_typing.final
 class InterworkingStatus(_message.Message):

@@ -267,6 +267,11 @@ class KeyStreamSyncStub:
                 request_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamEvent.SerializeToString,
                 response_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
                 _registered_method=True)
+        self.Requalified = channel.unary_unary(
+                '/qkdnet.v1.KeyStreamSync/Requalified',
+                request_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamAnnouncement.SerializeToString,
+                response_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+                _registered_method=True)
 
 
 class KeyStreamSyncServicer:
@@ -306,6 +311,13 @@ class KeyStreamSyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Requalified(self, request, context):
+        """The stream's origin changed its QoS (an SDN controller did, over ETSI 015).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyStreamSyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +339,11 @@ def add_KeyStreamSyncServicer_to_server(servicer, server):
             'Closed': grpc.unary_unary_rpc_method_handler(
                     servicer.Closed,
                     request_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamEvent.FromString,
+                    response_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.SerializeToString,
+            ),
+            'Requalified': grpc.unary_unary_rpc_method_handler(
+                    servicer.Requalified,
+                    request_deserializer=qkdnet_dot_v1_dot_relay__pb2.StreamAnnouncement.FromString,
                     response_serializer=qkdnet_dot_v1_dot_relay__pb2.StreamAck.SerializeToString,
             ),
     }
@@ -442,6 +459,33 @@ class KeyStreamSync:
             target,
             '/qkdnet.v1.KeyStreamSync/Closed',
             qkdnet_dot_v1_dot_relay__pb2.StreamEvent.SerializeToString,
+            qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Requalified(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qkdnet.v1.KeyStreamSync/Requalified',
+            qkdnet_dot_v1_dot_relay__pb2.StreamAnnouncement.SerializeToString,
             qkdnet_dot_v1_dot_relay__pb2.StreamAck.FromString,
             options,
             channel_credentials,

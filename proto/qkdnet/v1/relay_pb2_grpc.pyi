@@ -134,6 +134,8 @@ class KeyStreamSyncStub:
     """Chunks 0 .. chunks-1 of the stream are committed at the called node."""
     Closed: _grpc.UnaryUnaryMultiCallable[_relay_pb2.StreamEvent, _relay_pb2.StreamAck]
     """The stream ended at the caller (closed by its application, or its TTL)."""
+    Requalified: _grpc.UnaryUnaryMultiCallable[_relay_pb2.StreamAnnouncement, _relay_pb2.StreamAck]
+    """The stream's origin changed its QoS (an SDN controller did, over ETSI 015)."""
 
 @_typing.type_check_only
 class KeyStreamSyncAsyncStub(KeyStreamSyncStub):
@@ -155,6 +157,8 @@ class KeyStreamSyncAsyncStub(KeyStreamSyncStub):
     """Chunks 0 .. chunks-1 of the stream are committed at the called node."""
     Closed: _aio.UnaryUnaryMultiCallable[_relay_pb2.StreamEvent, _relay_pb2.StreamAck]  # type: ignore[assignment]
     """The stream ended at the caller (closed by its application, or its TTL)."""
+    Requalified: _aio.UnaryUnaryMultiCallable[_relay_pb2.StreamAnnouncement, _relay_pb2.StreamAck]  # type: ignore[assignment]
+    """The stream's origin changed its QoS (an SDN controller did, over ETSI 015)."""
 
 class KeyStreamSyncServicer(metaclass=_abc_1.ABCMeta):
     """Between the KMEs at the two ends of an ETSI GS QKD 004 key stream. The stream's origin (the
@@ -197,6 +201,14 @@ class KeyStreamSyncServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_relay_pb2.StreamAck, _abc.Awaitable[_relay_pb2.StreamAck]]:
         """The stream ended at the caller (closed by its application, or its TTL)."""
+
+    @_abc_1.abstractmethod
+    def Requalified(
+        self,
+        request: _relay_pb2.StreamAnnouncement,
+        context: _ServicerContext,
+    ) -> _typing.Union[_relay_pb2.StreamAck, _abc.Awaitable[_relay_pb2.StreamAck]]:
+        """The stream's origin changed its QoS (an SDN controller did, over ETSI 015)."""
 
 def add_KeyStreamSyncServicer_to_server(servicer: KeyStreamSyncServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
