@@ -50,7 +50,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _errors(status: int, tag: str, message: str, path: str = "") -> web.Response:
     error: dict[str, Any] = {
-        "error-type": "protocol" if status in (400, 404, 405, 415) else "application",
+        "error-type": "protocol" if status in (400, 401, 403, 404, 405, 415) else "application",
         "error-tag": tag,
         "error-message": message,
     }
