@@ -3,7 +3,8 @@
 # a minimal Debian bookworm made with debootstrap from a Debian package mirror, imported with
 # `docker import`. It holds what the node and broker images need and nothing else:
 # python3 (3.11, the project's version) with venv, CA certificates, iproute2 (tc/netem for fault
-# injection), mosquitto, and curl and ping (iputils-ping) for a user who execs into a container.
+# injection), mosquitto, curl and ping (iputils-ping) for a user who execs into a container, and
+# WireGuard (wireguard-go, wireguard-tools) for the encryptors of `qkdnet demo --example wireguard`.
 #
 #   deploy/make-base-image.sh [--force] [--image NAME] [--mirror URL] [--workdir DIR]
 #
@@ -24,7 +25,7 @@ SUITE=bookworm
 MIRROR=${QKDNET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VARIANT=minbase
 # `qkdnet image build` remakes a base whose org.qkdnet.base.include label differs from this list.
-INCLUDE=python3,python3-venv,ca-certificates,iproute2,mosquitto,curl,iputils-ping
+INCLUDE=python3,python3-venv,ca-certificates,iproute2,mosquitto,curl,iputils-ping,wireguard-tools,wireguard-go
 WORKDIR=${TMPDIR:-/var/tmp}
 FORCE=0
 STEP=start
@@ -167,7 +168,7 @@ step "verify"
 docker run --rm --network none "$IMAGE" sh -c \
     'python3 -c "import ssl, sys, venv; print(\"python\", sys.version.split()[0])" \
      && command -v mosquitto >/dev/null && ip -V && curl --version | head -n 1 \
-     && ping -c 1 -W 2 127.0.0.1 >/dev/null && ping -V'
+     && ping -c 1 -W 2 127.0.0.1 >/dev/null && ping -V && wg --version && command -v wireguard-go'
 image_id=$(docker image inspect --format '{{.Id}}' "$IMAGE")
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 if [[ -n $existing && $existing != "$image_id" ]]; then

@@ -70,12 +70,16 @@ def add_commands(commands: Subcommands) -> None:
         description="Deploy a bundled example network on local processes, show its links "
         "distilling key live, compare both ends of every link and tear everything down. An "
         "example with domains (euroqci) deploys each domain on its own, with what its "
-        "external-KME links draw on, and relays keys across every border meanwhile.",
+        "external-KME links draw on, and relays keys across every border meanwhile. The "
+        "wireguard example runs in containers: two WireGuard encryptors rotate their "
+        "preshared key from an ETSI 004 key stream every 5 s while a ping crosses the tunnel.",
     )
     network_demo.add_argument(
         "--example",
         default="secoqc",
-        help="bundled example to deploy (default secoqc; euroqci: three national networks)",
+        help="bundled example to deploy (default secoqc; euroqci: three national networks; "
+        "wireguard: two WireGuard encryptors whose preshared key comes from qkdnet, in "
+        "containers)",
     )
     network_demo.add_argument(
         "--duration", type=float, default=45.0, help="seconds to run (default 45)"

@@ -79,6 +79,10 @@ async def _show(
 def run_demo(example: str, duration: float, state_dir: Path | None, console: Console) -> int:
     """Deploy `example`, show it for `duration` seconds (or until Ctrl-C), destroy it (an
     example with domains: `federation_demo`)."""
+    if example == "wireguard":
+        from .wireguard_demo import run_wireguard_demo
+
+        return run_wireguard_demo(duration, state_dir, console)
     topology = load_topology(bundled_example(example))
     if topology.domains:
         from .federation_demo import run_federation_demo

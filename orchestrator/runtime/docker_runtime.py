@@ -501,9 +501,54 @@ class DockerRuntime(ContainerFaults):
 
     # -- destroy -------------------------------------------------------------------------------
 
+    def run_application(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        volumes: dict[str, dict[str, str]],
+        cap_add: list[str] | None = None,
+        devices: list[str] | None = None,
+    ) -> Any:
+        """Start a container beside the nodes (an application of the deployment, such as the
+        WireGuard demo's encryptors): the node image with its Python environment, running
+        `python COMMAND...` as root, on the deployment's network (reachable by its name,
+        `qkdnet-<deployment>-app-<name>`); removed with the deployment."""
+        volumes = dict(volumes)
+        if self._venv_volume is not None:
+            volumes[self._venv_volume] = {"bind": VENV_DIR, "mode": "ro"}
+        container = self.client.containers.create(
+            self.node_image,
+            command,
+            name=self.application_name(name),
+            entrypoint=["python"],
+            user="root",
+            network=self.network_name,
+            labels=self.labels("application"),
+            volumes=volumes,
+            cap_add=cap_add or [],
+            devices=devices or [],
+            log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "2"}),
+            detach=True,
+        )
+        container.start()
+        return container
+
+    def application_name(self, name: str) -> str:
+        return f"qkdnet-{self.plan.name}-app-{name}"
+
+    def _applications(self) -> list[Any]:
+        filters = self._filters()
+        filters["label"] = [*filters["label"], f"{LABEL_ROLE}=application"]
+        return list(self.client.containers.list(all=True, ignore_removed=True, filters=filters))
+
     def _remove_all(self, grace: int) -> tuple[list[str], list[str]]:
-        """Stop (nodes first, the broker last) and remove every container of the deployment,
-        then its network. Returns (stopped, killed): the names that ran and how they ended."""
+        """Stop (applications, then nodes, the broker last) and remove every container of the
+        deployment, then its network. Returns (stopped, killed): the names of the nodes and
+        the broker that ran and how they ended."""
+        for application in self._applications():
+            with contextlib.suppress(NotFound, APIError):
+                application.remove(force=True)
         containers = self._containers()
         broker = containers.pop(BROKER, None)
         stopped: list[str] = []
