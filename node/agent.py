@@ -81,7 +81,7 @@ from .protocol.link_state import LinkStateFlooder
 from .protocol.rate_book import RateBook
 from .protocol.relay import KeyRelay
 from .protocol.routing import Router, kind_costs
-from .protocol.sdn_view import LinkView015, SdnNode
+from .protocol.sdn_view import SdnNode, link_views
 from .protocol.virtual_links import VirtualLinks
 from .status import DeliveryStatus, InterworkingStatus, NodeStatus, RelayStatus, VirtualLinkStatus
 from .store.border_journal import BorderJournal
@@ -349,14 +349,7 @@ class NodeAgent:
             ),
             hybrid=self.hybrid,
         )
-        host, _, port = api.listen.rpartition(":")
-        tls = self.config.tls
-        try:
-            await self.key_api.start(host, int(port), server_ssl_context(tls.ca, tls.cert, tls.key))
-        except OSError as exc:
-            raise ConfigError(
-                f"key_api.listen: cannot listen on {api.listen} ({exc.strerror})"
-            ) from None
+        await self._serve_tls(self.key_api, api.listen, "key_api.listen")
 
     async def _start_stream_api(self, api: KeyApiConfig) -> None:
         """ETSI GS QKD 004: the node's key streams, their TLS server, and the service through
@@ -379,41 +372,7 @@ class NodeAgent:
         self._stream_sync.streams = streams
         self._tasks.append(asyncio.create_task(streams.expire_forever(), name="stream expiry"))
         self.stream_api = KeyStreamServer(streams, self.credentials.identity.trust_domain)
-        host, _, port = api.stream_listen.rpartition(":")
-        tls = self.config.tls
-        try:
-            await self.stream_api.start(
-                host, int(port), server_ssl_context(tls.ca, tls.cert, tls.key)
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"key_api.stream_listen: cannot listen on {api.stream_listen} ({exc.strerror})"
-            ) from None
-
-    def _links_015(self) -> list[LinkView015]:
-        views = []
-        for link in self.links.values():
-            status = link.stats.snapshot()
-            params = link.stats.params
-            bb84 = link.config.kind == "bb84"
-            views.append(
-                LinkView015(
-                    link_id=link.link_id,
-                    peer=link.peer,
-                    role=link.role,
-                    kind=link.config.kind,
-                    state=status.state,
-                    store_bits=status.store_bits,
-                    secret_rate_bps=status.secret_rate_bps,
-                    qber=status.last_qber if bb84 and status.frames_ok else None,
-                    attenuation_db=(
-                        params.length_km * params.fiber_loss_db_per_km + params.extra_loss_db
-                        if bb84
-                        else None
-                    ),
-                )
-            )
-        return views
+        await self._serve_tls(self.stream_api, api.stream_listen, "key_api.stream_listen")
 
     async def _start_restconf(self, listen: str) -> None:
         """ETSI GS QKD 015: the node as its SDN controller sees it, over RESTCONF."""
@@ -424,7 +383,7 @@ class NodeAgent:
             self.credentials.identity.trust_domain,
             version("qkdnet"),
             list(self.config.nodes),
-            self._links_015,
+            lambda: link_views(self.links),
             self.router,
             self.rate_book,
             self.virtual_links,
@@ -432,16 +391,17 @@ class NodeAgent:
             location=self.config.location,
         )
         self.restconf = RestconfServer(self.sdn, self.credentials.identity.trust_domain)
+        await self._serve_tls(self.restconf, listen, "restconf_listen")
+
+    async def _serve_tls(self, server: Any, listen: str, field: str) -> None:
+        """Start one of the node's TLS servers (`start(host, port, context)`) on `listen` with
+        the node's certificate; ConfigError naming `field` when the address cannot be had."""
         host, _, port = listen.rpartition(":")
         tls = self.config.tls
         try:
-            await self.restconf.start(
-                host, int(port), server_ssl_context(tls.ca, tls.cert, tls.key)
-            )
+            await server.start(host, int(port), server_ssl_context(tls.ca, tls.cert, tls.key))
         except OSError as exc:
-            raise ConfigError(
-                f"restconf_listen: cannot listen on {listen} ({exc.strerror})"
-            ) from None
+            raise ConfigError(f"{field}: cannot listen on {listen} ({exc.strerror})") from None
 
     async def _start_interworking(self, border: InterworkingConfig) -> None:
         """ETSI GS QKD 020 towards the peer domain's border: the client, the hand-over logic

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .key_streams import KeyStreams
+from .link import LinkEnd
 from .rate_book import RateBook
 from .routing import Router
 from .virtual_links import VirtualLinkRefused, VirtualLinks
@@ -36,6 +37,7 @@ __all__ = [
     "SdnNode",
     "SdnRefused",
     "link_uuid",
+    "link_views",
     "node_uuid",
 ]
 
@@ -94,6 +96,33 @@ class LinkView015:
 
 class LinkSource(Protocol):
     def __call__(self) -> Sequence[LinkView015]: ...
+
+
+def link_views(links: Mapping[str, LinkEnd]) -> list[LinkView015]:
+    """What the 015 view needs of a node's link ends, now."""
+    views = []
+    for link in links.values():
+        status = link.stats.snapshot()
+        params = link.stats.params
+        bb84 = link.config.kind == "bb84"
+        views.append(
+            LinkView015(
+                link_id=link.link_id,
+                peer=link.peer,
+                role=link.role,
+                kind=link.config.kind,
+                state=status.state,
+                store_bits=status.store_bits,
+                secret_rate_bps=status.secret_rate_bps,
+                qber=status.last_qber if bb84 and status.frames_ok else None,
+                attenuation_db=(
+                    params.length_km * params.fiber_loss_db_per_km + params.extra_loss_db
+                    if bb84
+                    else None
+                ),
+            )
+        )
+    return views
 
 
 _TECHNOLOGY = {"bb84": "DV-QKD"}  # other kinds have no 015 technology: qkdi_type is left out
