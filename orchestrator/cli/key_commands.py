@@ -40,6 +40,7 @@ def _key_round(
     number: int,
     size: int,
     multipath: bool,
+    hybrid: bool = False,
 ) -> _KeyRound:
     from ..client.key_client import BlockingKeyApiClient
 
@@ -51,7 +52,11 @@ def _key_round(
             number,
             size,
             additional_slaves=slaves[1:],
-            extension_mandatory=[{"qkdnet_multipath": True}] if multipath else None,
+            extension_mandatory=[
+                *([{"qkdnet_multipath": True}] if multipath else []),
+                *([{"qkdnet_hybrid": True}] if hybrid else []),
+            ]
+            or None,
         )
         enc_keys_ms = (time.perf_counter() - started) * 1e3
     fetched: dict[str, dict[str, bytes]] = {}
@@ -102,6 +107,7 @@ def key_get(
     size: int,
     multipath: bool,
     as_json: bool,
+    hybrid: bool = False,
 ) -> int:
     """enc_keys as `master`, dec_keys as every slave; 0 when every key matches everywhere."""
     from ..client.key_client import fingerprint
@@ -114,6 +120,8 @@ def key_get(
         raise ConfigError(f"--to: {master} is the master (--from) itself")
     if len(set(slaves)) != len(slaves):
         raise ConfigError("--to: an SAE is named twice")
+    if hybrid and len(slaves) > 1:
+        raise ConfigError("--hybrid: hybrid keys are for one slave SAE (one --to)")
     plans = load_plans(opts)
     plan_of: dict[str, NetworkPlan] = {}
     for option, sae in [("--from", master), *(("--to", slave) for slave in slaves)]:
@@ -134,7 +142,7 @@ def key_get(
         require_deployed(plan, [s for s, p in plan_of.items() if p is plan], hint)
     plan = plan_of[master]
     with Progress(console, f"enc_keys as {master}, dec_keys as {', '.join(slaves)}"):
-        result = _key_round(plan_of, master, slaves, number, size, multipath)
+        result = _key_round(plan_of, master, slaves, number, size, multipath, hybrid)
     extension = result.issued.extension or {}
     relay = extension.get("qkdnet_relay")
     matches = {
@@ -160,6 +168,7 @@ def key_get(
                     ],
                     "enc_keys_ms": result.enc_keys_ms,
                     "relay": relay if isinstance(relay, dict) else None,
+                    "hybrid": extension.get("qkdnet_hybrid"),
                 },
                 indent=2,
             )
@@ -189,6 +198,13 @@ def key_get(
         route = _route_text(relay)
         if route:
             console.print(f"relay: {route}", highlight=False)
+        combined = extension.get("qkdnet_hybrid")
+        if isinstance(combined, dict):
+            console.print(
+                f"hybrid: each key combines the QKD key with an {combined.get('kem')} secret "
+                f"between the two KMEs ({combined.get('kdf')}, {combined.get('combiner')})",
+                highlight=False,
+            )
     if len(result.issued.keys) != number:
         console.print(f"[red]✗[/] asked for {number} key(s), got {len(result.issued.keys)}")
     elif not ok:

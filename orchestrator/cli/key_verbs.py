@@ -51,6 +51,12 @@ def add_commands(commands: Subcommands) -> None:
         help='ask for multi-path relay (extension_mandatory [{"qkdnet_multipath": true}])',
     )
     key_get.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="ask for hybrid keys: QKD combined with an ML-KEM-768 secret between the two "
+        'KMEs (extension_mandatory [{"qkdnet_hybrid": true}]; one --to only)',
+    )
+    key_get.add_argument(
         "--json", action="store_true", help="print the keys (base64) and matches as JSON"
     )
     key_get.set_defaults(run=run)
@@ -114,5 +120,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         number=args.number,
         size=args.size,
         multipath=args.multipath,
+        hybrid=args.hybrid,
         as_json=args.json,
     )
