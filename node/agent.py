@@ -323,6 +323,7 @@ class NodeAgent:
         self.key_manager = manager
         self.hybrid = HybridKeys(self.config.node_id, self.delivered, GrpcKemPeers(self.peers))
         self._hybrid_kem.hybrid = self.hybrid
+        self._tasks.append(asyncio.create_task(self.hybrid.rotate_forever(), name="kem rotation"))
 
     def _start_pools(self) -> None:
         manager = self.key_manager

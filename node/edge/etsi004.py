@@ -140,7 +140,8 @@ class KeyStreamServer:
                 log_event(logger, logging.WARNING, "etsi004_malformed", sae=sae, error=str(exc))
                 return
             writer.write(answer)
-            await writer.drain()
+            async with asyncio.timeout(self.limits.handshake_timeout_s):
+                await writer.drain()  # a client that does not read loses its connection
 
     async def _answer(self, sae: str, service: Service, payload: bytes) -> bytes:
         streams = self._streams

@@ -26,7 +26,6 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -152,11 +151,12 @@ class RestconfServer:
 
     # -- the data resource -------------------------------------------------------------------
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        segments = [unquote(s) for s in request.match_info.get("path", "").split("/") if s]
+        # aiohttp has decoded the path once already: list keys are not decoded again.
+        segments = [s for s in request.match_info.get("path", "").split("/") if s]
         if segments and segments[0] not in (_ROOT, f"{MODULE}:"):
             raise SdnRefused(404, "invalid-value", f"no resource {segments[0]!r}")
         rest = segments[1:]
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):  # HEAD: the same headers, no body
             return self._get(segments, rest)
         if request.method == "POST":
             return await self._post(request, rest)
@@ -164,7 +164,7 @@ class RestconfServer:
             return self._delete(rest)
         if request.method == "PATCH":
             return await self._patch(request, rest)
-        raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST", "PATCH", "DELETE"])
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST", "PATCH", "DELETE"])
 
     def _get(self, segments: list[str], rest: list[str]) -> web.Response:
         tree = self._node.tree()

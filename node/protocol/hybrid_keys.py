@@ -92,14 +92,29 @@ class HybridKeys:
         self._clock = clock
         self._current = _KemPair(clock.monotonic())
         self._previous: _KemPair | None = None
-        self._known: dict[str, tuple[str, bytes]] = {}  # node -> its (key ID, public key)
+        # node -> its (key ID, public key) and when it was fetched
+        self._known: dict[str, tuple[str, bytes, float]] = {}
         self.seals_made = 0
         self.seals_opened = 0
 
+    def rotate_if_due(self) -> bool:
+        """Replace the key pair once it is `rotate_s` old (the previous one still opens
+        ciphertexts made to it); whether it did."""
+        if self._clock.monotonic() - self._current.born < self._rotate_s:
+            return False
+        self._previous, self._current = self._current, _KemPair(self._clock.monotonic())
+        return True
+
+    async def rotate_forever(self, interval_s: float = 60.0) -> None:
+        """`rotate_if_due` every `interval_s`, so that the key pair is renewed on time even
+        while no one asks for it."""
+        while True:
+            await self._clock.sleep(interval_s)
+            self.rotate_if_due()
+
     def public_key(self) -> tuple[str, bytes]:
-        """(key ID, public key) others encapsulate to; rotated every `rotate_s`."""
-        if self._clock.monotonic() - self._current.born >= self._rotate_s:
-            self._previous, self._current = self._current, _KemPair(self._clock.monotonic())
+        """(key ID, public key) others encapsulate to; renewed every `rotate_s`."""
+        self.rotate_if_due()
         return self._current.key_id, self._current.public_key
 
     async def combine(
@@ -131,13 +146,19 @@ class HybridKeys:
     async def _public_key_of(self, node: str, *, refresh: bool) -> tuple[str, bytes]:
         if node == self.node_id:
             return self.public_key()
-        if refresh or node not in self._known:
-            self._known[node] = await self._peers.kem_key(node)
-        return self._known[node]
+        known = self._known.get(node)
+        # A peer's key is fetched again after half a rotation: it stays among the two the
+        # peer holds, and this KME follows the peer's renewals.
+        if refresh or known is None or self._clock.monotonic() - known[2] > self._rotate_s / 2:
+            key_id, public_key = await self._peers.kem_key(node)
+            known = (key_id, public_key, self._clock.monotonic())
+            self._known[node] = known
+        return known[0], known[1]
 
     async def opened(self, sender: str, seal: HybridSeal) -> int:
         """At the slave's KME: the seal of `sender` (the keys' origin); how many keys it
         replaced (RelayError when it cannot)."""
+        self.rotate_if_due()
         pair = next(
             (p for p in (self._current, self._previous) if p and p.key_id == seal.kem_key_id),
             None,

@@ -76,6 +76,8 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 # Closed KSIDs remembered (so that none is opened again) at most.
 _RETIRED_KEPT = 100_000
+# A progress message for a closed stream withdraws at most this many chunks.
+_VOID_BOUND = 1 << 16
 # Chunks taken from the delivered-key store at once by the destination's KME.
 _TAKE_BATCH = 64
 # After a failed relay the origin waits this long before the next.
@@ -157,6 +159,17 @@ def sae_of_uri(uri: str) -> str | None:
     return parts.netloc[start : start + len(host)]
 
 
+@dataclass(slots=True)
+class _Retired:
+    """What this KME remembers of a stream that ended (a few dozen bytes, kept by the
+    hundred thousand): who may close it again, and what may still arrive for it."""
+
+    local_ends: frozenset[str]
+    peer_node: str | None
+    origin_here: bool
+    made: int
+
+
 class _Stream:
     """One stream as this KME holds it (one end, or both when both SAEs are served here)."""
 
@@ -184,6 +197,7 @@ class _Stream:
         # chunk bits / Max_bps (a QoS change moves the anchor).
         self.anchor_time = 0.0
         self.anchor_index = 0
+        self.settled_at = 0.0  # chunks below anchor_index were due by then
         self.made = 0  # chunks 0 .. made-1 are committed at this end
         self.taken = 0  # destination side: chunks moved out of the delivered-key store
         self.chunks: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
@@ -198,11 +212,19 @@ class _Stream:
     def qos(self) -> StreamQos:
         return self.ann.qos
 
+    @property
+    def ended(self) -> bool:
+        """`closed`, read anew after an await (a property, so type checkers do not assume it
+        kept the value it had before)."""
+        return self.closed
+
     def due(self, index: int) -> float:
         """When chunk `index` is due (connected streams only)."""
         assert self.connected_at is not None
+        if index < self.anchor_index:
+            return self.settled_at  # due before the last QoS change already
         period = self.qos.chunk_bits / self.qos.max_bps
-        return self.anchor_time + max(0, index - self.anchor_index) * period
+        return self.anchor_time + (index - self.anchor_index) * period
 
     def due_count(self, at: float) -> int:
         """How many chunks are due by `at` (none before the stream connected)."""
@@ -214,7 +236,7 @@ class _Stream:
         return self.anchor_index + 1 + math.floor((at - self.anchor_time) * rate)
 
     def connect(self, at: float) -> None:
-        self.connected_at = self.anchor_time = at
+        self.connected_at = self.anchor_time = self.settled_at = at
         self.anchor_index = 0
 
     def requalify(self, announcement: StreamAnnouncement, at: float) -> None:
@@ -224,6 +246,7 @@ class _Stream:
             next_index = self.due_count(at)
             self.ann = announcement
             self.anchor_index = next_index
+            self.settled_at = at
             self.anchor_time = at + self.qos.chunk_bits / self.qos.max_bps
         else:
             self.ann = announcement
@@ -276,7 +299,7 @@ class KeyStreams:
         self._clock = clock
         self._on_event = on_event
         self._streams: dict[uuid.UUID, _Stream] = {}
-        self._retired: OrderedDict[uuid.UUID, _Stream] = OrderedDict()
+        self._retired: OrderedDict[uuid.UUID, _Retired] = OrderedDict()
         self.book = book or RateBook(router)
         self._reserved_local = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -285,13 +308,17 @@ class KeyStreams:
         """Tell the other KME something, or fetch chunks, without waiting (a failure is left
         to the stream's TTL, or to the next read)."""
 
-        async def quietly() -> None:
-            with contextlib.suppress(RelayError):
-                await call
-
-        task = asyncio.create_task(quietly())
+        task: asyncio.Task[Any] = asyncio.create_task(call)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not isinstance(error, RelayError | KeyStoreError):
+            logger.error("a stream's background task failed", exc_info=error)
 
     # -- what the application calls ----------------------------------------------------------
     async def open_connect(
@@ -315,6 +342,8 @@ class KeyStreams:
         qos: StreamQos,
         ksid: uuid.UUID | None,
     ) -> OpenResult:
+        if caller not in self.local_saes:  # an SAE of another KME: it has no streams here
+            return OpenResult(StreamStatus.NO_QKD_CONNECTION, qos)
         if ksid is not None and ksid.int == 0:
             ksid = None
         if ksid is not None:
@@ -337,7 +366,7 @@ class KeyStreams:
         if not here and not hops:  # an SAE of another domain: 020 carries no streams
             return OpenResult(StreamStatus.NO_QKD_CONNECTION, qos)
         granted = self._grant(qos, self._capacity(hops, here, max(1, qos.ttl)))
-        if granted != qos:
+        if granted != qos or granted.max_bps < 1:
             return OpenResult(StreamStatus.QOS_NOT_MET, granted)
         ksid = ksid or uuid.uuid4()
         announcement = StreamAnnouncement(
@@ -374,12 +403,16 @@ class KeyStreams:
                     if exc.reason is Reason.KSID_IN_USE
                     else StreamStatus.NO_QKD_CONNECTION
                 )
+            if stream.ended:  # closed (or expired) meanwhile: _end undid everything
+                return OpenResult(StreamStatus.KSID_IN_USE, qos)
             if status is not StreamStatus.SUCCESS:
                 self._reserve(stream, -1)
                 del self._streams[ksid]
                 return OpenResult(status, qos)
         self.counters.opened += 1
         stream.producer = asyncio.create_task(self._produce(stream), name=f"stream {ksid}")
+        self._background.add(stream.producer)
+        stream.producer.add_done_callback(self._spawned_done)
         self._event("stream_opened", stream)
         # Key for the stream's first lead is relayed before the answer (within the call's
         # timeout), so that the peer finds it when it connects; if the relay is slower, the
@@ -390,6 +423,8 @@ class KeyStreams:
             if left <= 0:
                 break
             await stream.wait(left)
+        if stream.closed:
+            return OpenResult(StreamStatus.KSID_IN_USE, qos)
         return OpenResult(StreamStatus.PEER_NOT_CONNECTED, qos, ksid)
 
     async def _join(self, stream: _Stream, caller: str) -> OpenResult:
@@ -408,6 +443,8 @@ class KeyStreams:
             except RelayError as exc:
                 log_event(logger, logging.INFO, "stream_connect_failed", reason=exc.reason)
                 return OpenResult(StreamStatus.NO_QKD_CONNECTION, stream.qos)
+        if stream.ended:  # closed while its peer was told
+            return OpenResult(StreamStatus.KSID_IN_USE, stream.qos)
         stream.opened.add(caller)
         self._connected(stream)
         if not stream.origin_here:
@@ -463,6 +500,8 @@ class KeyStreams:
         if stream.closed:
             return ChunkResult(StreamStatus.NOT_CONNECTED, index)
         chunk = await self._chunk(stream, index)
+        if stream.ended:  # closed while the chunk was taken
+            return ChunkResult(StreamStatus.NOT_CONNECTED, index)
         if chunk is None:
             return ChunkResult(StreamStatus.INSUFFICIENT_KEY, index)
         key, arrived = chunk
@@ -490,6 +529,8 @@ class KeyStreams:
                 first = stream.taken
                 last = min(stream.made, first + _TAKE_BATCH)
                 got = await self._take(stream, first, last)
+                if stream.ended:  # taken after the end: _end voided the rest, drop these
+                    break
                 now = self._clock.monotonic()
                 for offset, key in enumerate(got):
                     if key is not None:
@@ -545,6 +586,7 @@ class KeyStreams:
         *,
         max_bps: int | None = None,
         min_bps: int | None = None,
+        jitter: int | None = None,
         ttl: int | None = None,
     ) -> StreamQos:
         """Change a stream's QoS (an SDN controller's call, ETSI 015 `app_qos`), here at its
@@ -561,6 +603,7 @@ class KeyStreams:
         qos = old.but(
             max_bps=old.max_bps if max_bps is None else max_bps,
             min_bps=old.min_bps if min_bps is None else min_bps,
+            jitter=old.jitter if jitter is None else jitter,
             ttl=old.ttl if ttl is None else ttl,
         )
         if qos.max_bps < 1 or qos.min_bps > qos.max_bps:
@@ -588,7 +631,7 @@ class KeyStreams:
     # -- what the other KME says -------------------------------------------------------------
     def requalified(self, announcement: StreamAnnouncement, sender: str) -> None:
         """The origin `sender` changed the stream's QoS."""
-        stream = self._from_peer(announcement.ksid, sender)
+        stream = self._from_peer(announcement.ksid, sender, origin_here=False)
         stream.requalify(replace(stream.ann, qos=announcement.qos), self._clock.monotonic())
         stream.changed()
 
@@ -613,7 +656,7 @@ class KeyStreams:
 
     def peer_connected(self, ksid: uuid.UUID, sender: str) -> None:
         """The destination's application opened stream `ksid` at `sender`."""
-        stream = self._from_peer(ksid, sender)
+        stream = self._from_peer(ksid, sender, origin_here=True)
         self._connected(stream)
 
     async def progress(self, ksid: uuid.UUID, chunks: int, sender: str) -> None:
@@ -621,10 +664,13 @@ class KeyStreams:
         retired = self._retired.get(ksid)
         if retired is not None and retired.peer_node == sender and not retired.origin_here:
             # Committed after this end closed: withdraw them.
-            await self._void(retired, retired.made, chunks)
-            retired.made = max(retired.made, chunks)
+            last = min(chunks, retired.made + _VOID_BOUND)
+            await self._void_range(ksid, retired.peer_node, retired.made, last)
+            retired.made = max(retired.made, last)
             return
-        stream = self._from_peer(ksid, sender)
+        stream = self._from_peer(ksid, sender, origin_here=False)
+        if chunks > stream.made + self._progress_bound(stream):
+            raise RelayError(f"progress to chunk {chunks} of stream {ksid}", reason="malformed")
         if chunks > stream.made:
             stream.made = chunks
             stream.changed()
@@ -637,11 +683,23 @@ class KeyStreams:
             return
         await self._end(self._from_peer(ksid, sender), reason, notify=False)
 
-    def _from_peer(self, ksid: uuid.UUID, sender: str) -> _Stream:
+    def _from_peer(self, ksid: uuid.UUID, sender: str, origin_here: bool | None = None) -> _Stream:
+        """The stream `ksid` whose other end `sender` is (and, when `origin_here` is given,
+        of which this KME is the origin or not: each message comes from one end only)."""
         stream = self._streams.get(ksid)
-        if stream is None or stream.peer_node != sender:
+        if (
+            stream is None
+            or stream.peer_node != sender
+            or (origin_here is not None and stream.origin_here != origin_here)
+        ):
             raise RelayError(f"no stream {ksid} with {sender} here", reason="unknown_stream")
         return stream
+
+    def _progress_bound(self, stream: _Stream) -> int:
+        """How far one progress message may move a stream on: a batch and the window."""
+        return max(1, self.limits.batch_bits // stream.qos.chunk_bits) + (
+            2 * self.limits.retained_chunks
+        )
 
     # -- the stream's life -------------------------------------------------------------------
     def _capacity(self, hops: tuple[tuple[str, str], ...], here: bool, ttl_s: int) -> int:
@@ -690,7 +748,10 @@ class KeyStreams:
             else:
                 want = stream.due_count(now + limits.lead_s)
                 low = stream.due_count(now + limits.lead_s / 2)
-            cap = max(stream.read_to.values(), default=0) + limits.retained_chunks
+            # No further than the window ahead of the slowest reader here (both ends of a
+            # stream between two SAEs of this node), so that no end loses a chunk it never read.
+            slowest = min(stream.read_to.get(end, 0) for end in stream.local_ends)
+            cap = slowest + limits.retained_chunks
             want, low = min(want, cap), min(low, cap)
             if stream.made >= low:
                 if stream.connected_at is None or stream.made >= cap:
@@ -776,7 +837,8 @@ class KeyStreams:
         stream.closed = True
         ksid = stream.ann.ksid
         self._streams.pop(ksid, None)
-        self._retired[ksid] = stream
+        retired = _Retired(stream.local_ends, stream.peer_node, stream.origin_here, stream.made)
+        self._retired[ksid] = retired
         while len(self._retired) > _RETIRED_KEPT:
             self._retired.popitem(last=False)
         if stream.origin_here:
@@ -788,26 +850,24 @@ class KeyStreams:
         else:
             self.counters.closed += 1
         self._event("stream_closed", stream, reason=reason)
-        if stream.producer is not None and stream.producer is not asyncio.current_task():
-            stream.producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stream.producer
+        # The producer is not cancelled: a relay it has in flight may commit at the peer, and
+        # only the producer can then withdraw what it made (`_make`); woken, it ends by itself.
         if not stream.origin_here:
             async with stream.take_lock:
-                await self._void(stream, stream.taken, stream.made)
-                stream.taken = stream.made
+                await self._void_range(ksid, stream.peer_node, stream.taken, stream.made)
+                stream.taken = retired.made = max(retired.made, stream.made)
         if notify and stream.peer_node is not None:
             try:
                 await self._peers.closed(stream.peer_node, ksid, reason)
             except RelayError as exc:  # its TTL ends it there
                 log_event(logger, logging.INFO, "stream_close_not_told", reason=exc.reason)
 
-    async def _void(self, stream: _Stream, first: int, last: int) -> None:
-        """Withdraw chunks first .. last-1 from this node's delivered-key store."""
-        if last <= first or stream.peer_node is None:
+    async def _void_range(self, ksid: uuid.UUID, origin: str | None, first: int, last: int) -> None:
+        """Withdraw chunks first .. last-1 of stream `ksid` (relayed by `origin`) from this
+        node's delivered-key store."""
+        if last <= first or origin is None:
             return
-        ids = [chunk_id(stream.ann.ksid, i) for i in range(first, last)]
-        origin = stream.peer_node
+        ids = [chunk_id(ksid, i) for i in range(first, last)]
         try:
             await self._delivered.run(lambda db: db.void(origin, ids))
         except KeyStoreError as exc:  # their TTL ends them
@@ -815,11 +875,12 @@ class KeyStreams:
 
     async def close_all(self) -> None:
         """At shutdown: stop making key (streams end with the node)."""
-        for stream in list(self._streams.values()):
-            if stream.producer is not None:
-                stream.producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await stream.producer
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     # -- status ------------------------------------------------------------------------------
     def snapshot(self) -> list[dict[str, Any]]:
@@ -840,6 +901,7 @@ class KeyStreams:
                     "max_bps": ann.qos.max_bps,
                     "min_bps": ann.qos.min_bps,
                     "priority": ann.qos.priority,
+                    "ttl": ann.qos.ttl,
                     "ttl_left_s": max(0.0, round(stream.expires_at - now, 1)),
                     "chunks_made": stream.made,
                     "hops": ann.hops,

@@ -294,7 +294,7 @@ class SdnNode:
                         "max_bandwidth": _u32(stream["max_bps"]),
                         "min_bandwidth": _u32(stream["min_bps"]),
                         "jitter": _u32(stream["jitter"]),
-                        "ttl": _u32(stream["ttl_left_s"]),
+                        "ttl": _u32(stream["ttl"]),
                     },
                     "backing_qkdl_id": [self._hop_link(a, b) for a, b in itertools.pairwise(route)],
                     "local_qkdn_id": self.qkdn_id,
@@ -313,7 +313,7 @@ class SdnNode:
         try:
             for index, item in enumerate(items):
                 made.append(self._create_link(item, f"qkd_link[{index}]"))
-        except SdnRefused:
+        except BaseException:
             for qkdl_id in made:
                 self._virtual.delete(qkdl_id)
             raise
@@ -332,12 +332,17 @@ class SdnNode:
             )
         qkdl_id = self._uuid(item.get("qkdl_id"), f"{where}.qkdl_id")
         local = item.get("qkdl_local") or {}
-        if isinstance(local, dict) and local.get("qkdn_id") not in (None, self.qkdn_id):
+        remote = item.get("qkdl_remote")
+        for name, value in (("qkdl_local", local), ("qkdl_remote", remote)):
+            if not isinstance(value, dict):
+                raise SdnRefused(400, "invalid-value", f"{where}.{name}: an object with qkdn_id")
+        assert isinstance(local, dict)
+        assert isinstance(remote, dict)
+        if local.get("qkdn_id") not in (None, self.qkdn_id):
             raise SdnRefused(
                 400, "invalid-value", f"{where}.qkdl_local.qkdn_id: this node is {self.qkdn_id}"
             )
-        remote_ref = (item.get("qkdl_remote") or {}).get("qkdn_id")
-        remote = self._node(remote_ref, f"{where}.qkdl_remote.qkdn_id")
+        remote_node = self._node(remote.get("qkdn_id"), f"{where}.qkdl_remote.qkdn_id")
         hops = item.get("virt_next_hop") or []
         if not isinstance(hops, list) or len(hops) > 1:
             raise SdnRefused(
@@ -347,10 +352,14 @@ class SdnNode:
             )
         next_hop = self._node(hops[0], f"{where}.virt_next_hop[0]") if hops else None
         bandwidth = item.get("virt_bandwidth", 0)
-        if isinstance(bandwidth, bool) or not isinstance(bandwidth, int) or bandwidth < 0:
+        if (
+            isinstance(bandwidth, bool)
+            or not isinstance(bandwidth, int)
+            or not (0 <= bandwidth < 2**32)
+        ):
             raise SdnRefused(400, "invalid-value", f"{where}.virt_bandwidth: bit/s, a uint32")
         try:
-            self._virtual.create(qkdl_id, remote, next_hop=next_hop, bandwidth_bps=bandwidth)
+            self._virtual.create(qkdl_id, remote_node, next_hop=next_hop, bandwidth_bps=bandwidth)
         except VirtualLinkRefused as exc:
             tag = "data-exists" if "exists" in str(exc) else "resource-denied"
             raise SdnRefused(409, tag, f"{where}: {exc}") from None
@@ -374,8 +383,13 @@ class SdnNode:
         ksid = self._uuid(app_id, "qkd_app")
         if not isinstance(qos, dict):
             raise SdnRefused(400, "invalid-value", f"{where}: app_qos is an object")
-        fields = {"max_bandwidth": "max_bps", "min_bandwidth": "min_bps", "ttl": "ttl"}
-        unknown = set(qos) - {*fields, "jitter"}
+        fields = {
+            "max_bandwidth": "max_bps",
+            "min_bandwidth": "min_bps",
+            "jitter": "jitter",
+            "ttl": "ttl",
+        }
+        unknown = set(qos) - set(fields)
         if unknown:
             raise SdnRefused(
                 400, "invalid-value", f"{where}: {', '.join(sorted(unknown))} cannot be changed"
@@ -386,6 +400,8 @@ class SdnNode:
                 raise SdnRefused(400, "invalid-value", f"{where}.{name}: a uint32")
             if name in fields:
                 changes[fields[name]] = value
+        if changes.get("max_bps") == 0:
+            raise SdnRefused(400, "invalid-value", f"{where}.max_bandwidth: at least 1 bit/s")
         try:
             await self._streams.update_qos(ksid, **changes)
         except LookupError:

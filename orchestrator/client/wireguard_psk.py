@@ -156,7 +156,7 @@ async def _chunk(
     deadline = time.monotonic() + 2 * interval + 60
     while True:
         got = await client.get_key(ksid, index, 0)
-        if got.status is StreamStatus.SUCCESS:
+        if got.status is StreamStatus.SUCCESS and got.index == index:
             return got
         if got.status not in (StreamStatus.NOT_CONNECTED, StreamStatus.TIMEOUT) or (
             time.monotonic() > deadline
@@ -173,7 +173,7 @@ async def _rotate(args: argparse.Namespace) -> None:
     qos = StreamQos(
         key_chunk_size=CHUNK_BYTES,
         max_bps=max_bps,
-        timeout=int(args.interval * 1000) + 5000,
+        timeout=min(60_000, int(args.interval * 1000) + 5000),
         ttl=max(60, int(args.interval * (args.rotations + 4))),
         metadata_mimetype="",  # no metadata: the key is all this side needs
     )
@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         args.private_key = Path(args.private_key_file).read_text().strip()
     except OSError as exc:
         parser.error(f"--private-key-file: {exc.strerror}")
-    if args.interval < 1 or args.rotations < 1:
-        parser.error("--interval is at least 1 s, --rotations at least 1")
+    if not 1 <= args.interval <= 3600 or args.rotations < 1:
+        parser.error("--interval is 1 to 3600 s, --rotations at least 1")
     try:
         _bring_up(args)
         _emit(event="up", interface=INTERFACE, address=args.address)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from qkdnet.node.edge.relay_codec import RELAY_CODEC
+from qkdnet.node.errors import RelayError
 from qkdnet.node.protocol.key_manager import DeliveryPolicy, KeyManager
 from qkdnet.node.protocol.key_stream_messages import StreamQos, StreamStatus, chunk_id
 from qkdnet.node.protocol.key_streams import KeyStreams, StreamLimits, sae_of_uri
@@ -316,3 +317,63 @@ async def test_a_stream_its_peer_never_opens_ends_and_frees_its_rate(tmp_path: P
         assert late.status is StreamStatus.KSID_IN_USE
         again = await a.open_connect("sae-a", A, B, QOS.but(max_bps=RATE_BPS))
         assert again.status is StreamStatus.PEER_NOT_CONNECTED
+
+
+async def test_each_kme_message_is_taken_only_from_the_end_that_sends_it(tmp_path: Path) -> None:
+    async with _network(tmp_path) as net:
+        ksid = await _connected(net)
+        a, b = net.streams["a"], net.streams["b"]
+        (announcement,) = [s for s in b.snapshot() if s["ksid"] == str(ksid)]
+        assert announcement["origin"] == "a"
+        # b (the destination's KME) cannot re-rate, advance or connect a's stream.
+        with pytest.raises(RelayError):
+            await a.progress(ksid, 10_000, "b")
+        with pytest.raises(RelayError):
+            b.peer_connected(ksid, "a")
+        # ... and the origin cannot claim more chunks than a batch and the window.
+        with pytest.raises(RelayError):
+            await b.progress(ksid, 10**9, "a")
+        # An SAE served by b has no streams at a's KME.
+        opened = await a.open_connect("sae-b", B, A, QOS)
+        assert opened.status is StreamStatus.NO_QKD_CONNECTION
+
+
+async def test_a_rate_of_zero_is_never_granted(tmp_path: Path) -> None:
+    async with _network(tmp_path, StreamLimits(local_max_bps=1000)) as net:
+        a = net.streams["a"]
+        first = await a.open_connect("sae-a", A, A2, QOS.but(max_bps=1000, min_bps=0))
+        assert first.status is StreamStatus.PEER_NOT_CONNECTED
+        nothing_left = await a.open_connect("sae-a", A, A2, QOS.but(max_bps=0, min_bps=0))
+        assert nothing_left.status is StreamStatus.QOS_NOT_MET
+        assert nothing_left.qos.max_bps == 0
+
+
+async def test_a_new_rate_keeps_what_was_due_due(tmp_path: Path) -> None:
+    async with _network(tmp_path) as net:
+        ksid = await _connected(net, QOS.but(max_bps=25_600))
+        b = net.streams["b"]
+        read = [await b.get_key("sae-b", ksid, i, 1024) for i in range(6)]
+        assert all(c.status is StreamStatus.SUCCESS for c in read)
+        await net.streams["a"].update_qos(ksid, max_bps=2_560)
+        again = await b.get_key("sae-b", ksid, 5, 1024)
+        assert again.status is StreamStatus.SUCCESS
+        assert again.key == read[5].key
+
+
+async def test_both_ends_on_one_node_keep_every_chunk_the_slower_has_not_read(
+    tmp_path: Path,
+) -> None:
+    async with _network(tmp_path, StreamLimits(retained_chunks=8)) as net:
+        a = net.streams["a"]
+        opened = await a.open_connect("sae-a", A, A2, QOS.but(timeout=200))
+        assert opened.ksid is not None
+        await a.open_connect("sae-a2", A2, A, QOS, opened.ksid)
+        fast = [await a.get_key("sae-a", opened.ksid, i, 1024) for i in range(8)]
+        assert all(c.status is StreamStatus.SUCCESS for c in fast)
+        # The faster end cannot run further ahead than the window...
+        ahead = await a.get_key("sae-a", opened.ksid, 12, 1024)
+        assert ahead.status is StreamStatus.TIMEOUT
+        # ... and the slower one still gets the first chunk, the same.
+        slow = await a.get_key("sae-a2", opened.ksid, 0, 1024)
+        assert slow.status is StreamStatus.SUCCESS
+        assert slow.key == fast[0].key

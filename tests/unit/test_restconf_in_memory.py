@@ -210,6 +210,16 @@ async def test_refusals_are_restconf_errors() -> None:
             400,
         )
         assert "qkdl_remote.qkdn_id" in message["error-message"]
+        not_an_object = dict(too_much, qkdl_remote="b", virt_bandwidth=1)
+        message = await error(
+            await client.post(
+                f"{ROOT}/qkd_links",
+                json={"etsi-qkd-sdn-node:qkd_link": [not_an_object]},
+                headers=CONTROLLER,
+            ),
+            400,
+        )
+        assert "qkdl_remote" in message["error-message"]
         phys_id = str(link_uuid(DOMAIN, "a--r1"))
         await error(
             await client.delete(f"{ROOT}/qkd_links/qkd_link={phys_id}", headers=CONTROLLER), 400
