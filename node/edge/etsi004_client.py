@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import ssl
 import uuid
+from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 from ..errors import QkdnetError
 from ..protocol.key_stream_messages import StreamQos, StreamStatus
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 _MAX_ANSWER_BYTES = 1 << 20
+T = TypeVar("T")
 
 
 class StreamApiError(QkdnetError):
@@ -93,11 +96,11 @@ class KeyStreamClient:
         self._reader = self._writer = None
 
     async def _call(self, request: bytes, expect: Service) -> bytes:
-        if self._reader is None or self._writer is None:
-            await self.connect()
-        assert self._reader is not None
-        assert self._writer is not None
         async with self._lock:
+            if self._reader is None or self._writer is None:
+                await self.connect()
+            assert self._reader is not None
+            assert self._writer is not None
             try:
                 async with asyncio.timeout(self._timeout_s):
                     self._writer.write(request)
@@ -107,10 +110,20 @@ class KeyStreamClient:
                         raise WireError(f"{service.name} of {length} bytes for a {expect.name}")
                     return await self._reader.readexactly(length)
             except WireError as exc:
+                await self.aclose()  # the stream is out of step: the next call reconnects
                 raise StreamApiError(f"{self.host}:{self.port}: {exc}") from None
             except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                 await self.aclose()
                 raise StreamApiError(f"{self.host}:{self.port}: no answer ({exc!r})") from None
+            except asyncio.CancelledError:
+                await self.aclose()  # cancelled mid-call: its answer would go to the next call
+                raise
+
+    def _decode(self, decode: Callable[[bytes], T], payload: bytes) -> T:
+        try:
+            return decode(payload)
+        except WireError as exc:
+            raise StreamApiError(f"{self.host}:{self.port}: {exc}") from None
 
     async def open_connect(
         self,
@@ -122,22 +135,13 @@ class KeyStreamClient:
         """OPEN_CONNECT: `ksid` None asks the KME for a new one."""
         request = OpenRequest(source, destination, qos, ksid or uuid.UUID(int=0))
         payload = await self._call(encode_open_request(request), Service.OPEN_CONNECT_ANSWER)
-        try:
-            return decode_open_answer(payload)
-        except WireError as exc:
-            raise StreamApiError(f"{self.host}:{self.port}: {exc}") from None
+        return self._decode(decode_open_answer, payload)
 
     async def get_key(self, ksid: uuid.UUID, index: int, metadata_size: int = 1024) -> GetKeyAnswer:
         request = GetKeyRequest(ksid, index, metadata_size)
         payload = await self._call(encode_get_key_request(request), Service.GET_KEY_ANSWER)
-        try:
-            return decode_get_key_answer(payload)
-        except WireError as exc:
-            raise StreamApiError(f"{self.host}:{self.port}: {exc}") from None
+        return self._decode(decode_get_key_answer, payload)
 
     async def close(self, ksid: uuid.UUID) -> StreamStatus:
         payload = await self._call(encode_close_request(CloseRequest(ksid)), Service.CLOSE_ANSWER)
-        try:
-            return decode_close_answer(payload)
-        except WireError as exc:
-            raise StreamApiError(f"{self.host}:{self.port}: {exc}") from None
+        return self._decode(decode_close_answer, payload)

@@ -9,6 +9,7 @@ the caller by its node certificate; a refusal crosses as a typed error detail.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -134,54 +135,56 @@ class StreamSyncService(relay_pb2_grpc.KeyStreamSyncServicer):
         )
         await abort_with(context, code, exc)
 
-    async def Announce(
-        self, request: relay_pb2.StreamAnnouncement, context: Context
+    async def _answer(
+        self, context: Context, call: Callable[[], Awaitable[None] | None]
     ) -> relay_pb2.StreamAck:
+        """Run `call` (with the caller named by its certificate); a refusal crosses as a typed
+        error detail."""
         try:
-            self._streams.announced(_announcement_from_wire(request), peer_name(context))
+            pending = call()
+            if pending is not None:
+                await pending
         except RelayError as exc:
             await self._refuse(context, exc)
             raise
         return relay_pb2.StreamAck()
+
+    async def Announce(
+        self, request: relay_pb2.StreamAnnouncement, context: Context
+    ) -> relay_pb2.StreamAck:
+        sender = peer_name(context)
+        return await self._answer(
+            context, lambda: self._streams.announced(_announcement_from_wire(request), sender)
+        )
 
     async def Requalified(
         self, request: relay_pb2.StreamAnnouncement, context: Context
     ) -> relay_pb2.StreamAck:
-        try:
-            self._streams.requalified(_announcement_from_wire(request), peer_name(context))
-        except RelayError as exc:
-            await self._refuse(context, exc)
-            raise
-        return relay_pb2.StreamAck()
+        sender = peer_name(context)
+        return await self._answer(
+            context, lambda: self._streams.requalified(_announcement_from_wire(request), sender)
+        )
 
     async def Connected(
         self, request: relay_pb2.StreamEvent, context: Context
     ) -> relay_pb2.StreamAck:
-        try:
-            self._streams.peer_connected(_ksid(request.ksid), peer_name(context))
-        except RelayError as exc:
-            await self._refuse(context, exc)
-            raise
-        return relay_pb2.StreamAck()
+        sender = peer_name(context)
+        return await self._answer(
+            context, lambda: self._streams.peer_connected(_ksid(request.ksid), sender)
+        )
 
     async def Progress(
         self, request: relay_pb2.StreamEvent, context: Context
     ) -> relay_pb2.StreamAck:
-        try:
-            await self._streams.progress(
-                _ksid(request.ksid), int(request.chunks), peer_name(context)
-            )
-        except RelayError as exc:
-            await self._refuse(context, exc)
-            raise
-        return relay_pb2.StreamAck()
+        sender = peer_name(context)
+        return await self._answer(
+            context,
+            lambda: self._streams.progress(_ksid(request.ksid), int(request.chunks), sender),
+        )
 
     async def Closed(self, request: relay_pb2.StreamEvent, context: Context) -> relay_pb2.StreamAck:
-        try:
-            await self._streams.peer_closed(
-                _ksid(request.ksid), request.reason[:32], peer_name(context)
-            )
-        except RelayError as exc:
-            await self._refuse(context, exc)
-            raise
-        return relay_pb2.StreamAck()
+        sender = peer_name(context)
+        return await self._answer(
+            context,
+            lambda: self._streams.peer_closed(_ksid(request.ksid), request.reason[:32], sender),
+        )

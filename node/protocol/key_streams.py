@@ -59,6 +59,7 @@ from .key_stream_messages import (
     StreamStatus,
     chunk_id,
 )
+from .key_stream_state import RetiredStream, StreamState
 from .rate_book import RateBook
 from .routing import Router
 
@@ -159,117 +160,6 @@ def sae_of_uri(uri: str) -> str | None:
     return parts.netloc[start : start + len(host)]
 
 
-@dataclass(slots=True)
-class _Retired:
-    """What this KME remembers of a stream that ended (a few dozen bytes, kept by the
-    hundred thousand): who may close it again, and what may still arrive for it."""
-
-    local_ends: frozenset[str]
-    peer_node: str | None
-    origin_here: bool
-    made: int
-
-
-class _Stream:
-    """One stream as this KME holds it (one end, or both when both SAEs are served here)."""
-
-    def __init__(
-        self,
-        announcement: StreamAnnouncement,
-        *,
-        local_ends: frozenset[str],
-        peer_node: str | None,
-        origin_here: bool,
-        expires_at: float,
-        reserved: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        self.ann = announcement
-        self.local_ends = local_ends
-        self.peer_node = peer_node  # the other end's node (None: both ends here)
-        self.origin_here = origin_here
-        self.expires_at = expires_at
-        self.opened_at = expires_at - announcement.qos.ttl
-        self.opened_wall = time.time()
-        self.reserved = reserved  # hops whose rate this stream reserved (origin only)
-        self.opened: set[str] = set()
-        self.connected_at: float | None = None
-        # The schedule: chunk i >= anchor_index is due at anchor_time + (i - anchor_index) x
-        # chunk bits / Max_bps (a QoS change moves the anchor).
-        self.anchor_time = 0.0
-        self.anchor_index = 0
-        self.settled_at = 0.0  # chunks below anchor_index were due by then
-        self.made = 0  # chunks 0 .. made-1 are committed at this end
-        self.taken = 0  # destination side: chunks moved out of the delivered-key store
-        self.chunks: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
-        self.floor = 0  # chunks below were dropped at this end
-        self.read_to: dict[str, int] = {}  # end -> highest index read + 1
-        self.closed = False
-        self.producer: asyncio.Task[None] | None = None
-        self.take_lock = asyncio.Lock()
-        self._changed = asyncio.Event()
-
-    @property
-    def qos(self) -> StreamQos:
-        return self.ann.qos
-
-    @property
-    def ended(self) -> bool:
-        """`closed`, read anew after an await (a property, so type checkers do not assume it
-        kept the value it had before)."""
-        return self.closed
-
-    def due(self, index: int) -> float:
-        """When chunk `index` is due (connected streams only)."""
-        assert self.connected_at is not None
-        if index < self.anchor_index:
-            return self.settled_at  # due before the last QoS change already
-        period = self.qos.chunk_bits / self.qos.max_bps
-        return self.anchor_time + (index - self.anchor_index) * period
-
-    def due_count(self, at: float) -> int:
-        """How many chunks are due by `at` (none before the stream connected)."""
-        if self.connected_at is None:
-            return 0
-        if at < self.anchor_time:
-            return self.anchor_index
-        rate = self.qos.max_bps / self.qos.chunk_bits
-        return self.anchor_index + 1 + math.floor((at - self.anchor_time) * rate)
-
-    def connect(self, at: float) -> None:
-        self.connected_at = self.anchor_time = self.settled_at = at
-        self.anchor_index = 0
-
-    def requalify(self, announcement: StreamAnnouncement, at: float) -> None:
-        """New QoS from `at` on: what was due stays due; the next chunk comes one period of
-        the new rate later."""
-        if self.connected_at is not None:
-            next_index = self.due_count(at)
-            self.ann = announcement
-            self.anchor_index = next_index
-            self.settled_at = at
-            self.anchor_time = at + self.qos.chunk_bits / self.qos.max_bps
-        else:
-            self.ann = announcement
-        self.expires_at = self.opened_at + announcement.qos.ttl
-
-    def changed(self) -> None:
-        """Wake everything waiting on the stream."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait(self, seconds: float) -> None:
-        """Until the stream changes or `seconds` pass."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, seconds)):
-                await self._changed.wait()
-
-    def keep(self, index: int, key: bytes, at: float, cap: int) -> None:
-        self.chunks[index] = (key, at)
-        while len(self.chunks) > cap:
-            dropped, _ = self.chunks.popitem(last=False)
-            self.floor = max(self.floor, dropped + 1)
-
-
 class KeyStreams:
     """The ETSI GS QKD 004 streams of one KME."""
 
@@ -298,8 +188,8 @@ class KeyStreams:
         self._peers = peers
         self._clock = clock
         self._on_event = on_event
-        self._streams: dict[uuid.UUID, _Stream] = {}
-        self._retired: OrderedDict[uuid.UUID, _Retired] = OrderedDict()
+        self._streams: dict[uuid.UUID, StreamState] = {}
+        self._retired: OrderedDict[uuid.UUID, RetiredStream] = OrderedDict()
         self.book = book or RateBook(router)
         self._reserved_local = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -377,7 +267,7 @@ class KeyStreams:
             qos=qos,
             hops=len(hops),
         )
-        stream = _Stream(
+        stream = StreamState(
             announcement,
             local_ends=frozenset({caller, peer_sae}) if here else frozenset({caller}),
             peer_node=None if here else peer_node,
@@ -427,7 +317,7 @@ class KeyStreams:
             return OpenResult(StreamStatus.KSID_IN_USE, qos)
         return OpenResult(StreamStatus.PEER_NOT_CONNECTED, qos, ksid)
 
-    async def _join(self, stream: _Stream, caller: str) -> OpenResult:
+    async def _join(self, stream: StreamState, caller: str) -> OpenResult:
         """The second application opens a stream: the one it was opened towards."""
         if stream.closed or caller in stream.opened or caller != stream.ann.destination:
             return OpenResult(StreamStatus.KSID_IN_USE, stream.qos)
@@ -451,7 +341,7 @@ class KeyStreams:
             self._prefetch(stream)
         return OpenResult(StreamStatus.SUCCESS, stream.qos, stream.ann.ksid)
 
-    def _prefetch(self, stream: _Stream) -> None:
+    def _prefetch(self, stream: StreamState) -> None:
         """At the destination's KME: take committed chunks out of the store ahead of the reads
         (a batch from SQLite costs milliseconds), no further than the retained window."""
         furthest = max(stream.read_to.values(), default=0)
@@ -459,7 +349,7 @@ class KeyStreams:
         if last >= stream.taken:
             self._spawn(self._chunk(stream, last))
 
-    def _connected(self, stream: _Stream) -> None:
+    def _connected(self, stream: StreamState) -> None:
         if stream.connected_at is None:
             stream.connect(self._clock.monotonic())
             self.counters.connected += 1
@@ -518,7 +408,7 @@ class KeyStreams:
             stream.changed()  # the producer may run further ahead now
         return ChunkResult(StreamStatus.SUCCESS, index, key, metadata, len(metadata))
 
-    async def _chunk(self, stream: _Stream, index: int) -> tuple[bytes, float] | None:
+    async def _chunk(self, stream: StreamState, index: int) -> tuple[bytes, float] | None:
         """Chunk `index` (committed at this end): held in memory, or, at the destination's
         KME, taken from the delivered-key store (a batch at a time). None when dropped."""
         held = stream.chunks.get(index)
@@ -538,7 +428,7 @@ class KeyStreams:
                 stream.taken = last
         return stream.chunks.get(index)
 
-    async def _take(self, stream: _Stream, first: int, last: int) -> list[bytes | None]:
+    async def _take(self, stream: StreamState, first: int, last: int) -> list[bytes | None]:
         """Chunks first .. last-1 out of the delivered-key store (None for any not there)."""
         ann = stream.ann
         ids = [chunk_id(ann.ksid, i) for i in range(first, last)]
@@ -646,7 +536,7 @@ class KeyStreams:
             raise RelayError(f"{self.node_id} serves no SAE {announcement.destination}")
         if len(self._streams) >= self.limits.max_streams:
             raise RelayError(f"{self.node_id} holds {self.limits.max_streams} streams already")
-        self._streams[ksid] = _Stream(
+        self._streams[ksid] = StreamState(
             announcement,
             local_ends=frozenset({announcement.destination}),
             peer_node=sender,
@@ -683,7 +573,9 @@ class KeyStreams:
             return
         await self._end(self._from_peer(ksid, sender), reason, notify=False)
 
-    def _from_peer(self, ksid: uuid.UUID, sender: str, origin_here: bool | None = None) -> _Stream:
+    def _from_peer(
+        self, ksid: uuid.UUID, sender: str, origin_here: bool | None = None
+    ) -> StreamState:
         """The stream `ksid` whose other end `sender` is (and, when `origin_here` is given,
         of which this KME is the origin or not: each message comes from one end only)."""
         stream = self._streams.get(ksid)
@@ -695,7 +587,7 @@ class KeyStreams:
             raise RelayError(f"no stream {ksid} with {sender} here", reason="unknown_stream")
         return stream
 
-    def _progress_bound(self, stream: _Stream) -> int:
+    def _progress_bound(self, stream: StreamState) -> int:
         """How far one progress message may move a stream on: a batch and the window."""
         return max(1, self.limits.batch_bits // stream.qos.chunk_bits) + (
             2 * self.limits.retained_chunks
@@ -730,13 +622,13 @@ class KeyStreams:
             granted = granted.but(min_bps=granted.max_bps)
         return granted
 
-    def _reserve(self, stream: _Stream, sign: int) -> None:
+    def _reserve(self, stream: StreamState, sign: int) -> None:
         rate = sign * stream.qos.max_bps
         if stream.peer_node is None:
             self._reserved_local += rate
         self.book.reserve(stream.reserved, rate)
 
-    async def _produce(self, stream: _Stream) -> None:
+    async def _produce(self, stream: StreamState) -> None:
         """The origin's loop: make and relay chunks ahead of the stream's schedule."""
         qos, limits = stream.qos, self.limits
         lead_chunks = max(1, math.ceil(limits.lead_s * qos.max_bps / qos.chunk_bits))
@@ -763,7 +655,7 @@ class KeyStreams:
             if not await self._make(stream, stream.made, count):
                 await stream.wait(_RETRY_S)
 
-    async def _make(self, stream: _Stream, first: int, count: int) -> bool:
+    async def _make(self, stream: StreamState, first: int, count: int) -> bool:
         """Make chunks first .. first+count-1 and commit them at both ends."""
         ann = stream.ann
         keys = [secrets.token_bytes(ann.qos.key_chunk_size) for _ in range(count)]
@@ -798,7 +690,7 @@ class KeyStreams:
         stream.changed()
         return True
 
-    async def _expired(self, stream: _Stream) -> bool:
+    async def _expired(self, stream: StreamState) -> bool:
         if stream.closed:
             return True
         if self._clock.monotonic() < stream.expires_at:
@@ -830,14 +722,16 @@ class KeyStreams:
             except Exception:  # a bug here must not end expiry for good
                 logger.exception("stream expiry failed")
 
-    async def _end(self, stream: _Stream, reason: str, *, notify: bool) -> None:
+    async def _end(self, stream: StreamState, reason: str, *, notify: bool) -> None:
         """The stream is over at this KME: forget its key, tell the other end's KME."""
         if stream.closed:
             return
         stream.closed = True
         ksid = stream.ann.ksid
         self._streams.pop(ksid, None)
-        retired = _Retired(stream.local_ends, stream.peer_node, stream.origin_here, stream.made)
+        retired = RetiredStream(
+            stream.local_ends, stream.peer_node, stream.origin_here, stream.made
+        )
         self._retired[ksid] = retired
         while len(self._retired) > _RETIRED_KEPT:
             self._retired.popitem(last=False)
@@ -913,7 +807,7 @@ class KeyStreams:
             )
         return out
 
-    def _event(self, kind: str, stream: _Stream, **fields: Any) -> None:
+    def _event(self, kind: str, stream: StreamState, **fields: Any) -> None:
         if self._on_event is None:
             return
         ann = stream.ann

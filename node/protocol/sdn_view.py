@@ -18,6 +18,7 @@ bandwidth, jitter, TTL; at the stream's origin), and `qkdn_location_id`. Every e
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -145,8 +146,6 @@ class SdnNode:
         location: str = "",
         now: Callable[[], float] | None = None,
     ) -> None:
-        import time
-
         self.node_id = node_id
         self.trust_domain = trust_domain
         self.version = version

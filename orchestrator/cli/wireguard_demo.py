@@ -12,6 +12,7 @@ rotation gave both sites the same key and the ping went through in every interva
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -98,8 +99,6 @@ def run_wireguard_demo(
 def _run(
     plan: NetworkPlan, runtime: DockerRuntime, console: Console, interval: float, rotations: int
 ) -> int:
-    import asyncio
-
     with Progress(console, f"{plan.name}: waiting for key on every link"):
         asyncio.run(wait_for_key(plan, timeout=180))
     sites = {"a": _Site("a", "encryptor-a"), "b": _Site("b", "encryptor-b")}

@@ -175,6 +175,11 @@ async def test_refusals_are_restconf_errors() -> None:
             "access-denied"
         )
         await error(await client.get(f"{ROOT}/nothing", headers=CONTROLLER), 404)
+
+        async def post(item: dict[str, Any]) -> Any:
+            body = {"etsi-qkd-sdn-node:qkd_link": [item]}
+            return await client.post(f"{ROOT}/qkd_links", json=body, headers=CONTROLLER)
+
         too_much = {
             "qkdl_id": str(uuid.uuid4()),
             "qkdl_type": "etsi-qkd-node-types:VIRT",
@@ -182,41 +187,25 @@ async def test_refusals_are_restconf_errors() -> None:
             "virt_bandwidth": 10 * RATE,
         }
         denied = await error(
-            await client.post(
-                f"{ROOT}/qkd_links",
-                json={"etsi-qkd-sdn-node:qkd_link": [too_much]},
-                headers=CONTROLLER,
-            ),
+            await post(too_much),
             409,
         )
         assert denied["error-tag"] == "resource-denied"
         assert "left" in denied["error-message"]
         physical = dict(too_much, qkdl_type="etsi-qkd-node-types:PHYS")
         await error(
-            await client.post(
-                f"{ROOT}/qkd_links",
-                json={"etsi-qkd-sdn-node:qkd_link": [physical]},
-                headers=CONTROLLER,
-            ),
+            await post(physical),
             400,
         )
         stranger = dict(too_much, qkdl_remote={"qkdn_id": str(uuid.uuid4())}, virt_bandwidth=1)
         message = await error(
-            await client.post(
-                f"{ROOT}/qkd_links",
-                json={"etsi-qkd-sdn-node:qkd_link": [stranger]},
-                headers=CONTROLLER,
-            ),
+            await post(stranger),
             400,
         )
         assert "qkdl_remote.qkdn_id" in message["error-message"]
         not_an_object = dict(too_much, qkdl_remote="b", virt_bandwidth=1)
         message = await error(
-            await client.post(
-                f"{ROOT}/qkd_links",
-                json={"etsi-qkd-sdn-node:qkd_link": [not_an_object]},
-                headers=CONTROLLER,
-            ),
+            await post(not_an_object),
             400,
         )
         assert "qkdl_remote" in message["error-message"]
